@@ -1,0 +1,29 @@
+"""Stage 6: the clean dataset, what training may use."""
+
+import dagster as dg
+import pandas as pd
+
+from assets.metadata import table_metadata
+from core.collections import accounting, clean_table
+from resources.output_store import OutputStoreResource
+
+
+@dg.asset(group_name="dedup")
+def clean_dataset(
+    context: dg.AssetExecutionContext,
+    raw_images: pd.DataFrame,
+    rejected_images: pd.DataFrame,
+    duplicate_groups: pd.DataFrame,
+    duplicates_collection: pd.DataFrame,
+    output_store: OutputStoreResource,
+) -> dg.Output[pd.DataFrame]:
+    """Manifest of kept images: discovered minus duplicates minus rejected files."""
+    clean = clean_table(raw_images, duplicate_groups)
+    books = accounting(len(raw_images) + len(rejected_images), len(clean), len(duplicates_collection), len(rejected_images))
+    columns = ["path", "image_id", "pixel_hash", "file_sha256", "width", "height", "bytes"]
+    manifest_csv = output_store.write_table("clean.csv", clean[columns])
+    output_store.write_table("clean.parquet", clean[columns])
+    return dg.Output(
+        clean,
+        metadata=table_metadata(clean[columns], accounting=dg.MetadataValue.json(books), export=dg.MetadataValue.path(str(manifest_csv))),
+    )

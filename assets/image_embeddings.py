@@ -1,0 +1,65 @@
+"""Stage 2: one embedding per distinct pixel hash that the vector table does not hold yet."""
+
+import time
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from assets.metadata import table_metadata
+from core.checkpoints import EmbeddingCheckpoint
+from core.embedders import embed_in_batches
+from resources.embedding_model import EmbeddingModelResource
+from resources.image_store import ImageStoreResource
+from resources.lancedb import LanceDBResource
+from resources.output_store import OutputStoreResource
+
+
+def embedding_checkpoint(output_store: OutputStoreResource, lancedb: LanceDBResource, model_id: str) -> EmbeddingCheckpoint:
+    return EmbeddingCheckpoint(output_store.state_dir / "embedding-checkpoints" / lancedb.table_name(model_id))
+
+
+@dg.asset(group_name="dedup")
+def image_embeddings(
+    context: dg.AssetExecutionContext,
+    raw_images: pd.DataFrame,
+    image_store: ImageStoreResource,
+    embedding_model: EmbeddingModelResource,
+    lancedb: LanceDBResource,
+    output_store: OutputStoreResource,
+) -> dg.Output[pd.DataFrame]:
+    """Embeddings (L2-normalised) computed in this run, one per new pixel hash, with the model id."""
+    embedder = embedding_model.get_embedder()
+    model_id = embedder.model_id
+    path_by_hash = raw_images.sort_values("path").drop_duplicates("pixel_hash").set_index("pixel_hash")["path"].to_dict()
+    stored = lancedb.stored_hashes(model_id)
+    checkpoint = embedding_checkpoint(output_store, lancedb, model_id)
+    resumed = {h: v for h, v in checkpoint.load().items() if h in path_by_hash and h not in stored}
+    todo = {h: p for h, p in path_by_hash.items() if h not in stored and h not in resumed}
+    context.log.info(
+        f"model {model_id}: {len(path_by_hash)} distinct contents, {len(stored & path_by_hash.keys())} already in the "
+        f"vector table, {len(resumed)} resumed from checkpoints, {len(todo)} to embed"
+    )
+
+    started, done = time.monotonic(), 0
+    for hashes, vectors in embed_in_batches(todo, embedder, lambda path, draft: image_store.load_rgb(path, draft), embedding_model.batch_size):
+        checkpoint.write(hashes, vectors)
+        resumed.update(zip(hashes, vectors))
+        done += len(hashes)
+        rate = done / max(time.monotonic() - started, 1e-9)
+        context.log.info(f"embedded {done}/{len(todo)} images, {rate:.1f} images/s, ETA {(len(todo) - done) / rate:.0f} s")
+
+    hashes = sorted(resumed)
+    embeddings = pd.DataFrame({"pixel_hash": hashes, "model_id": model_id, "vector": [np.asarray(resumed[h], np.float32) for h in hashes]})
+    elapsed = time.monotonic() - started
+    return dg.Output(
+        embeddings,
+        metadata=table_metadata(
+            embeddings,
+            model_id=model_id,
+            embedded_this_run=done,
+            reused_from_vector_table=len(stored & path_by_hash.keys()),
+            dimensions=int(embeddings["vector"].iloc[0].shape[0]) if len(embeddings) else 0,
+            images_per_second=round(done / elapsed, 2) if done and elapsed > 0 else 0.0,
+        ),
+    )

@@ -1,0 +1,60 @@
+"""Stage 3: the LanceDB vector table (store of record), one table per model."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from assets.image_embeddings import embedding_checkpoint
+from resources.embedding_model import EmbeddingModelResource
+from resources.image_store import ImageStoreResource
+from resources.lancedb import LanceDBResource
+from resources.output_store import OutputStoreResource
+
+
+@dg.asset(group_name="dedup")
+def image_vectors(
+    context: dg.AssetExecutionContext,
+    image_embeddings: pd.DataFrame,
+    embedding_model: EmbeddingModelResource,
+    lancedb: LanceDBResource,
+    output_store: OutputStoreResource,
+    image_store: ImageStoreResource,
+) -> dg.Output[dict]:
+    """The LanceDB table holding one vector per pixel hash for the configured model."""
+    model_id = embedding_model.get_embedder().model_id
+    if len(image_embeddings) and set(image_embeddings["model_id"]) != {model_id}:
+        raise ValueError(f"embeddings are from {set(image_embeddings['model_id'])}, but the configured model is {model_id}; rematerialize image_embeddings")
+    if len(image_embeddings):
+        table, inserted = lancedb.insert_missing(model_id, image_embeddings["pixel_hash"].tolist(), np.stack(image_embeddings["vector"].to_numpy()))
+    else:
+        table, inserted = lancedb.open_vectors(model_id), 0
+    # The vectors are now durable in LanceDB, so the per-batch checkpoints can go.
+    embedding_checkpoint(output_store, lancedb, model_id).clear()
+    summary = {
+        "uri": lancedb.uri,
+        "table": lancedb.table_name(model_id),
+        "model_id": model_id,
+        "version": int(table.version) if table is not None else 0,
+        "rows": int(table.count_rows()) if table is not None else 0,
+    }
+    # `imgdedup similar` finds the table and the image catalog of the last run through this file.
+    output_store.write_json("state/vectors.json", {**summary, "catalog": output_store.catalog_name(image_store.root), "image_root": str(image_store.root)})
+    context.log.info(f"inserted {inserted} vectors into {summary['table']} (version {summary['version']}, {summary['rows']} rows)")
+    return dg.Output(
+        summary,
+        metadata={
+            "dagster/row_count": summary["rows"],
+            "lancedb/table_version": summary["version"],
+            "lancedb/table": summary["table"],
+            "lancedb/uri": dg.MetadataValue.path(lancedb.uri),
+            "model_id": model_id,
+            "inserted_this_run": inserted,
+            "dagster/column_schema": dg.TableSchema(
+                columns=[
+                    dg.TableColumn("pixel_hash", "string"),
+                    dg.TableColumn("model_id", "string"),
+                    dg.TableColumn("vector", "fixed_size_list<float32>"),
+                ]
+            ),
+        },
+    )

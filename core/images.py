@@ -1,0 +1,240 @@
+"""Discovering, decoding and fingerprinting image files.
+
+Everything here works on plain paths and returns plain values; nothing imports Dagster.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, ImageChops, ImageFile, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: beyond this a file is treated as a decompression bomb.
+
+# Truncated files must fail loudly so that they land in `rejected` instead of being half-decoded.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass(frozen=True)
+class DiscoveredFile:
+    """A file under the image root that has an image extension.
+
+    Attributes:
+        path: path relative to the image root, '/'-separated.
+        rejection: why the file cannot be read at all (symlink escaping the root, ...), else None.
+    """
+
+    path: str
+    rejection: str | None = None
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Facts about one successfully decoded image (pixels already EXIF-rotated and in RGB)."""
+
+    width: int
+    height: int
+    pixel_hash: str
+    content_pixels: int
+    source_mode: str
+    frames: int
+
+
+class ImageRejected(ValueError):
+    """A file that cannot be used as an image; `reason` is a short machine-readable label."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def image_id_for(relative_path: str) -> str:
+    """Stable id of an image: a hash of its '/'-separated path relative to the image root."""
+    return hashlib.sha1(relative_path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def discover_image_files(image_root: str | os.PathLike) -> list[DiscoveredFile]:
+    """List every file with an image extension under `image_root`, sorted by relative path.
+
+    Directories are walked without following symlinks (no loops, no escapes). A symlinked file is
+    kept only when its target resolves inside the root; otherwise it is returned with a rejection.
+
+    Raises:
+        ValueError: when `image_root` is not an existing directory.
+    """
+    root = Path(image_root)
+    if not root.is_dir():
+        raise ValueError(f"image root {str(root)!r} is not an existing directory; pass the folder that holds the images")
+    resolved_root = root.resolve()
+    found: list[DiscoveredFile] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            full = Path(dirpath) / name
+            relative = PurePosixPath(full.relative_to(root).as_posix()).as_posix()
+            found.append(DiscoveredFile(relative, _rejection_for_entry(full, resolved_root)))
+    return sorted(found, key=lambda f: f.path)
+
+
+def _rejection_for_entry(full: Path, resolved_root: Path) -> str | None:
+    try:
+        if full.is_symlink():
+            target = full.resolve(strict=False)
+            if not target.is_relative_to(resolved_root):
+                return "symlink_outside_root"
+            if not target.exists():
+                return "broken_symlink"
+        mode = full.stat().st_mode
+    except RuntimeError:  # symlink loop (raised by resolve)
+        return "symlink_loop"
+    except FileNotFoundError:
+        return "disappeared"
+    except OSError as exc:
+        return "symlink_loop" if exc.errno == 40 else "unreadable"
+    if not stat.S_ISREG(mode):
+        return "not_a_regular_file"
+    return None
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of the file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pixel_hash(rgb: Image.Image) -> str:
+    """Hex SHA-256 of decoded RGB pixels plus width and height (SPEC.md's identity of content)."""
+    if rgb.mode != "RGB":
+        raise ValueError(f"pixel_hash expects an RGB image, got mode {rgb.mode!r}; decode with load_rgb first")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB without clipping or losing transparency semantics.
+
+    High bit-depth images are scaled down (a naive convert saturates 16-bit values to white);
+    transparent pixels are composited over white so that equal visible content hashes equally.
+    """
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min(initial=0)), float(values.max(initial=1))
+        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        return Image.fromarray(np.rint(scaled * 255).astype(np.uint8), mode="L").convert("RGB")
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def content_pixel_count(rgb: Image.Image, tolerance: int = 12) -> int:
+    """Pixels inside the bounding box of content, after trimming uniform borders.
+
+    The border colour is taken from the top-left corner; rows and columns that differ from it by at
+    most `tolerance` (per channel) are trimmed, so a letterboxed copy does not outrank its original.
+    """
+    corner = rgb.getpixel((0, 0))
+    difference = ImageChops.difference(rgb, Image.new("RGB", rgb.size, corner)).convert("L")
+    bbox = difference.point(lambda v: 255 if v > tolerance else 0).getbbox()
+    if bbox is None:  # a uniform image: all of it is content
+        return rgb.width * rgb.height
+    left, top, right, bottom = bbox
+    return (right - left) * (bottom - top)
+
+
+def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image lazily, refusing decompression bombs before any pixel is decoded.
+
+    Raises:
+        ImageRejected: for empty, unidentifiable or oversized files.
+    """
+    if os.path.getsize(path) == 0:
+        raise ImageRejected("empty_file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except UnidentifiedImageError as exc:
+            raise ImageRejected("not_an_image", str(exc)) from exc
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageRejected("too_many_pixels", str(exc)) from exc
+    if image.width * image.height > max_pixels:
+        image.close()
+        raise ImageRejected("too_many_pixels", f"{image.width}x{image.height} exceeds max_pixels={max_pixels}")
+    return image
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode an image file to an EXIF-oriented RGB image (first frame of animations).
+
+    Args:
+        path: the file.
+        max_pixels: decoded-size limit; larger images are rejected (decompression bombs).
+        draft_size: when set, JPEGs are decoded at a reduced scale of at least this size (fast
+            path for embedding; never used for hashing).
+
+    Raises:
+        ImageRejected: the file cannot be decoded; `reason` says why.
+    """
+    image = open_image(path, max_pixels)
+    try:
+        with image, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", draft_size)
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+            return to_rgb(oriented)
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError,) as exc:
+        raise ImageRejected("too_many_pixels", str(exc)) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError) as exc:
+        message = str(exc)
+        reason = "truncated" if "truncated" in message or isinstance(exc, EOFError) else "decode_error"
+        raise ImageRejected(reason, f"{type(exc).__name__}: {message}") from exc
+
+
+def describe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode one file and return its size, pixel hash and content-pixel count.
+
+    Raises:
+        ImageRejected: the file cannot be decoded.
+    """
+    with open_image(path, max_pixels) as probe:
+        source_mode = probe.mode
+        frames = getattr(probe, "n_frames", 1)
+    rgb = load_rgb(path, max_pixels)
+    return DecodedImage(
+        width=rgb.width,
+        height=rgb.height,
+        pixel_hash=pixel_hash(rgb),
+        content_pixels=content_pixel_count(rgb),
+        source_mode=source_mode,
+        frames=frames,
+    )

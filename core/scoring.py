@@ -1,0 +1,165 @@
+"""SPEC.md's uniqueness score and labels.
+
+`uniqueness` lies in [0, 1]; 1 means unique. Identical copies score exactly 0 except one keeper per
+identical group; every other image scores half the cosine distance to its nearest image outside
+its identical group, floored at 1e-9.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core.neighbors import l2_normalize, nearest_outside_group, search_neighbors
+
+IDENTICAL_COSINE_DISTANCE = 1e-5  # below this, two vectors are float noise of the same content
+MIN_NONZERO_UNIQUENESS = 1e-9
+NEIGHBORS_PER_ROW = 16
+
+LABEL_DUPLICATE = "duplicate"
+LABEL_NEAR_DUPLICATE = "near_duplicate"
+LABEL_UNIQUE = "unique"
+LABELS = (LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, LABEL_UNIQUE)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Label thresholds on the uniqueness scale (half the cosine distance).
+
+    Attributes:
+        duplicate: uniqueness <= this is `duplicate` (default 1e-4).
+        near_duplicate: uniqueness <= this (and above `duplicate`) is `near_duplicate` (default
+            0.05, i.e. cosine similarity 0.9).
+    """
+
+    duplicate: float = 1e-4
+    near_duplicate: float = 0.05
+
+    def __post_init__(self):
+        if not (0.0 <= self.duplicate < self.near_duplicate <= 1.0):
+            raise ValueError(
+                f"thresholds must satisfy 0 <= duplicate < near_duplicate <= 1, got duplicate={self.duplicate}, "
+                f"near_duplicate={self.near_duplicate}; fix the duplicate/near-duplicate threshold settings"
+            )
+
+    @property
+    def near_duplicate_cosine_distance(self) -> float:
+        return 2.0 * self.near_duplicate
+
+
+def label_for(uniqueness: float, thresholds: Thresholds) -> str:
+    """Label of one uniqueness value: duplicate, near_duplicate or unique."""
+    if uniqueness <= thresholds.duplicate:
+        return LABEL_DUPLICATE
+    if uniqueness <= thresholds.near_duplicate:
+        return LABEL_NEAR_DUPLICATE
+    return LABEL_UNIQUE
+
+
+def _union_find_labels(size: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    parent = np.arange(size)
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(left.tolist(), right.tolist()):
+        root_a, root_b = find(a), find(b)
+        if root_a != root_b:
+            parent[max(root_a, root_b)] = min(root_a, root_b)
+    return np.array([find(x) for x in range(size)], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ContentNeighbors:
+    """Neighbour structure over distinct contents (one row per pixel hash, sorted by hash).
+
+    Attributes:
+        pixel_hashes: (M,) sorted distinct pixel hashes.
+        identical_group: (M,) int64, the smallest row index of the row's identical group.
+        nearest_row / nearest_distance: nearest row outside the identical group (-1 / inf if none).
+        pairs: DataFrame [left, right, distance] of rows within the near-duplicate radius.
+    """
+
+    pixel_hashes: np.ndarray
+    identical_group: np.ndarray
+    nearest_row: np.ndarray
+    nearest_distance: np.ndarray
+    pairs: pd.DataFrame
+
+    def pairs_by_hash(self) -> pd.DataFrame:
+        """Close pairs as a new DataFrame [left_hash, right_hash, distance] (cosine distance)."""
+        return pd.DataFrame(
+            {
+                "left_hash": self.pixel_hashes[self.pairs["left"].to_numpy()].astype(str),
+                "right_hash": self.pixel_hashes[self.pairs["right"].to_numpy()].astype(str),
+                "distance": self.pairs["distance"].to_numpy(np.float64),
+            }
+        )
+
+
+def find_content_neighbors(vectors_by_hash: dict[str, np.ndarray] | pd.Series, radius: float) -> ContentNeighbors:
+    """Search neighbours among distinct contents, independent of discovery order.
+
+    Args:
+        vectors_by_hash: pixel hash -> embedding (any float dtype; normalised here).
+        radius: cosine distance within which pairs are kept (2 x the near-duplicate threshold).
+    """
+    hashes = np.array(sorted(vectors_by_hash.keys()), dtype=object)
+    if len(hashes) == 0:
+        empty = np.empty(0, np.int64)
+        return ContentNeighbors(hashes, empty, empty, np.empty(0, np.float32), pd.DataFrame({"left": empty, "right": empty, "distance": np.empty(0, np.float32)}))
+    vectors = l2_normalize(np.stack([np.asarray(vectors_by_hash[h], dtype=np.float32) for h in hashes]))
+    search = search_neighbors(vectors, k=NEIGHBORS_PER_ROW, radius=max(radius, IDENTICAL_COSINE_DISTANCE))
+    identical = search.pair_distance < IDENTICAL_COSINE_DISTANCE
+    group = _union_find_labels(len(hashes), search.pair_left[identical], search.pair_right[identical])
+    nearest_row, nearest_distance = nearest_outside_group(vectors, group, search)
+    pairs = pd.DataFrame({"left": search.pair_left, "right": search.pair_right, "distance": search.pair_distance})
+    return ContentNeighbors(hashes, group, nearest_row, nearest_distance, pairs)
+
+
+def compute_uniqueness_scores(
+    images: pd.DataFrame, neighbors: ContentNeighbors, keep_rank: pd.Series, thresholds: Thresholds
+) -> pd.DataFrame:
+    """Score every image by SPEC.md's rules.
+
+    Args:
+        images: one row per image with columns image_id, path, pixel_hash.
+        neighbors: `find_content_neighbors` over the images' pixel hashes.
+        keep_rank: image_id -> position in keep-policy order (0 = kept first).
+        thresholds: label thresholds.
+
+    Returns:
+        A new DataFrame, one row per image sorted by path, with columns image_id, path, pixel_hash,
+        identical_group (pixel hash naming the identical group), identical_group_size, uniqueness
+        (float64), label, nearest_path (nearest image outside the identical group, or None).
+    """
+    row_of_hash = {h: i for i, h in enumerate(neighbors.pixel_hashes)}
+    missing = set(images["pixel_hash"]) - set(row_of_hash)
+    if missing:
+        raise ValueError(f"{len(missing)} pixel hashes have no embedding (e.g. {sorted(missing)[:3]}); embed them before scoring")
+    scores = images[["image_id", "path", "pixel_hash"]].copy()
+    content_row = scores["pixel_hash"].map(row_of_hash).to_numpy(np.int64)
+    group_row = neighbors.identical_group[content_row]
+    scores["identical_group"] = neighbors.pixel_hashes[group_row]
+    scores["_rank"] = scores["image_id"].map(keep_rank).to_numpy()
+    if scores["_rank"].isna().any():
+        raise ValueError("keep_rank is missing some image ids; rank every image with keep_policy_order")
+    scores["identical_group_size"] = scores.groupby("identical_group")["image_id"].transform("size")
+    is_keeper = scores["_rank"] == scores.groupby("identical_group")["_rank"].transform("min")
+
+    nearest_distance = neighbors.nearest_distance[content_row].astype(np.float64)
+    has_other = np.isfinite(nearest_distance)
+    uniqueness = np.where(has_other, np.maximum(nearest_distance / 2.0, MIN_NONZERO_UNIQUENESS), 1.0)
+    scores["uniqueness"] = np.where(is_keeper, uniqueness, 0.0)
+    scores["label"] = [label_for(u, thresholds) for u in scores["uniqueness"]]
+
+    # The nearest image outside the group: its keeper, so that the name is stable across runs.
+    keeper_path_by_group = scores[is_keeper].set_index("identical_group")["path"]
+    nearest_rows = neighbors.nearest_row[content_row]
+    nearest_groups = np.where(nearest_rows >= 0, neighbors.pixel_hashes[neighbors.identical_group[np.maximum(nearest_rows, 0)]], None)
+    scores["nearest_path"] = [keeper_path_by_group.get(g) if has else None for g, has in zip(nearest_groups, has_other)]
+    return scores.drop(columns="_rank").sort_values("path", ignore_index=True)

@@ -1,0 +1,107 @@
+"""Deployment settings, read from the environment once and validated before any work starts."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from core.embedders import EMBEDDER_BACKENDS
+from core.grouping import KEEP_POLICIES, NEAR_DUPLICATE_ACTIONS
+from core.scoring import Thresholds
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "IMGDEDUP_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a deployment chooses. Environment variables are `IMGDEDUP_<FIELD>` upper-case.
+
+    Attributes:
+        image_root: folder of raw images.
+        out_dir: exports and state (vector table, caches) unless `lancedb_uri` says otherwise.
+        embedder: `hf` or `offline`.
+        model: hub id / local directory for `hf`.
+        lancedb_uri: vector store location; default `<out_dir>/state/lancedb`.
+        duplicate_threshold, near_duplicate_threshold: label thresholds (uniqueness scale).
+        keep_policy: resolution / first_seen / path.
+        near_duplicate_action: remove / review.
+        max_duplicate_fraction: raw-data gate.
+        max_pixels: decompression-bomb limit.
+        batch_size: images per forward pass.
+        device: torch device.
+    """
+
+    image_root: str = str(PROJECT_ROOT / "demo-output" / "sample-images")
+    out_dir: str = str(PROJECT_ROOT / "demo-output" / "results")
+    embedder: str = "hf"
+    model: str | None = None
+    lancedb_uri: str | None = None
+    duplicate_threshold: float = 1e-4
+    near_duplicate_threshold: float = 0.05
+    keep_policy: str = "resolution"
+    near_duplicate_action: str = "remove"
+    max_duplicate_fraction: float = 0.5
+    max_pixels: int = 100_000_000
+    batch_size: int = 32
+    device: str = "cpu"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = type(field.default) if field.default is not None else str
+            try:
+                values[field.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX + field.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+        return cls(**values)
+
+    def with_overrides(self, **changes) -> "Settings":
+        """A copy with the given non-None values replaced."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def vector_store_uri(self) -> str:
+        return self.lancedb_uri or str(Path(self.out_dir) / "state" / "lancedb")
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.duplicate_threshold, self.near_duplicate_threshold)
+
+    def problems(self, check_paths: bool = True) -> list[str]:
+        """What is wrong with these settings, each as a sentence saying what to fix (empty = fine)."""
+        problems = []
+        if check_paths and not Path(self.image_root).is_dir():
+            problems.append(f"image root {self.image_root!r} does not exist or is not a folder: pass --images DIR / set IMGDEDUP_IMAGE_ROOT")
+        if self.embedder not in EMBEDDER_BACKENDS:
+            problems.append(f"unknown embedder {self.embedder!r}: use one of {', '.join(EMBEDDER_BACKENDS)}")
+        if self.embedder == "offline" and self.model:
+            problems.append("--model applies to the hf embedder only; drop it or use --embedder hf")
+        try:
+            self.thresholds
+        except ValueError as exc:
+            problems.append(str(exc))
+        if self.keep_policy not in KEEP_POLICIES:
+            problems.append(f"unknown keep policy {self.keep_policy!r}: use one of {', '.join(KEEP_POLICIES)}")
+        if self.near_duplicate_action not in NEAR_DUPLICATE_ACTIONS:
+            problems.append(f"unknown near_duplicate_action {self.near_duplicate_action!r}: use one of {', '.join(NEAR_DUPLICATE_ACTIONS)}")
+        if not 0.0 <= self.max_duplicate_fraction <= 1.0:
+            problems.append(f"max_duplicate_fraction must be within [0, 1], got {self.max_duplicate_fraction}")
+        if self.max_pixels <= 0 or self.batch_size <= 0:
+            problems.append("max_pixels and batch_size must be positive")
+        if check_paths:
+            problems.extend(_unwritable(self.out_dir))
+        return problems
+
+
+def _unwritable(folder: str) -> list[str]:
+    path = Path(folder)
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        return [f"output folder {folder!r} cannot be created or written: choose a writable --out"]
+    return []

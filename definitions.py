@@ -1,0 +1,52 @@
+"""The single `Definitions` object: assets, checks, resources and the job, for one deployment."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from assets.clean_dataset import clean_dataset
+from assets.duplicates_collection import collect_duplicates
+from assets.image_embeddings import image_embeddings
+from assets.image_vectors import image_vectors
+from assets.raw_images import discover_raw_images
+from assets.uniqueness_scores import score_uniqueness
+from checks import all_checks
+from core.settings import Settings
+from resources.embedding_model import EmbeddingModelResource
+from resources.image_store import ImageStoreResource
+from resources.lancedb import LanceDBResource
+from resources.output_store import OutputStoreResource
+from resources.policy import DedupPolicyResource
+
+DEDUP_JOB = "dedup_job"
+ALL_ASSETS = [discover_raw_images, image_embeddings, image_vectors, score_uniqueness, collect_duplicates, clean_dataset]
+
+
+def resources_for(settings: Settings) -> dict:
+    """The resources of one deployment, all built from one `Settings`."""
+    return {
+        "image_store": ImageStoreResource(image_root=settings.image_root, max_pixels=settings.max_pixels),
+        "embedding_model": EmbeddingModelResource(
+            backend=settings.embedder, model=settings.model, device=settings.device, batch_size=settings.batch_size
+        ),
+        "lancedb": LanceDBResource(uri=settings.vector_store_uri),
+        "output_store": OutputStoreResource(out_dir=settings.out_dir),
+        "policy": DedupPolicyResource(
+            duplicate_threshold=settings.duplicate_threshold,
+            near_duplicate_threshold=settings.near_duplicate_threshold,
+            keep_policy=settings.keep_policy,
+            near_duplicate_action=settings.near_duplicate_action,
+            max_duplicate_fraction=settings.max_duplicate_fraction,
+        ),
+        # Intermediate tables are pickled under the output folder's state, beside the vector table.
+        "io_manager": dg.FilesystemIOManager(base_dir=str(Path(settings.out_dir) / "state" / "assets")),
+    }
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    dedup_job = dg.define_asset_job(DEDUP_JOB, selection=dg.AssetSelection.all(include_sources=False), description="Materialize the whole dedup graph and run its checks.")
+    return dg.Definitions(assets=ALL_ASSETS, asset_checks=all_checks(), jobs=[dedup_job], resources=resources_for(settings))
+
+
+defs = build_definitions(Settings.from_env())

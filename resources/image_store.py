@@ -1,0 +1,49 @@
+"""The folder of raw images: discovery, decoding and the human review file."""
+
+from pathlib import Path
+
+import dagster as dg
+from PIL import Image
+
+from core.images import DEFAULT_MAX_PIXELS, DiscoveredFile, discover_image_files, load_rgb
+from core.overrides import find_review_file, read_review_file
+
+
+class ImageStoreResource(dg.ConfigurableResource):
+    """Read-only access to the image root.
+
+    Attributes:
+        image_root: folder holding the images (nested folders are walked).
+        max_pixels: decoded-size limit; larger images are rejected as decompression bombs.
+        decode_workers: threads used to decode and hash files.
+    """
+
+    image_root: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_workers: int = 4
+
+    @property
+    def root(self) -> Path:
+        return Path(self.image_root)
+
+    def discover(self) -> list[DiscoveredFile]:
+        return discover_image_files(self.root)
+
+    def resolve(self, relative_path: str) -> Path:
+        """Absolute path of a file under the root; refuses any path that leaves the root.
+
+        Raises:
+            ValueError: the path resolves outside the image root.
+        """
+        root = self.root.resolve()
+        full = (root / relative_path).resolve()
+        if not full.is_relative_to(root):
+            raise ValueError(f"{relative_path!r} resolves to {full}, outside the image root {root}")
+        return full
+
+    def load_rgb(self, relative_path: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
+        return load_rgb(self.resolve(relative_path), self.max_pixels, draft_size)
+
+    def review_pins(self) -> dict[str, str]:
+        """path -> keep/remove from `<image_root>/.imgdedup/review.{csv,yaml}` (empty if absent)."""
+        return read_review_file(find_review_file(self.root))

@@ -1,0 +1,104 @@
+"""LanceDB, the store of record for embedding vectors (one table per model)."""
+
+import hashlib
+import re
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+
+
+def table_name_for(model_id: str, prefix: str = "vectors") -> str:
+    """A table per model id, so two models' vectors never share a table."""
+    slug = re.sub(r"[^a-zA-Z0-9]+", "_", model_id.split("/")[-1]).strip("_")[:40]
+    return f"{prefix}_{slug}_{hashlib.sha1(model_id.encode()).hexdigest()[:10]}"
+
+
+class LanceDBResource(dg.ConfigurableResource):
+    """Embedded LanceDB (a local directory) or object storage (`s3://...` URI).
+
+    Attributes:
+        uri: database location.
+        table_prefix: prefix of the per-model vector tables.
+    """
+
+    uri: str
+    table_prefix: str = "vectors"
+
+    def connect(self):
+        import lancedb
+
+        return lancedb.connect(self.uri)
+
+    def table_name(self, model_id: str) -> str:
+        return table_name_for(model_id, self.table_prefix)
+
+    def open_vectors(self, model_id: str):
+        """The model's vector table, or None when nothing was written for it yet."""
+        db = self.connect()
+        name = self.table_name(model_id)
+        return db.open_table(name) if name in db.table_names() else None
+
+    def stored_hashes(self, model_id: str) -> set[str]:
+        table = self.open_vectors(model_id)
+        if table is None:
+            return set()
+        return set(table.to_arrow().column("pixel_hash").to_pylist()) if table.count_rows() else set()
+
+    def insert_missing(self, model_id: str, hashes: list[str], vectors: np.ndarray):
+        """Insert vectors whose pixel hash has none yet (merge_insert keyed by pixel_hash, so a
+        rerun never duplicates a row). Returns (table, rows inserted)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        schema = pa.schema(
+            [("pixel_hash", pa.string()), ("model_id", pa.string()), ("vector", pa.list_(pa.float32(), vectors.shape[1]))],
+            metadata={"model_id": model_id},
+        )
+        db = self.connect()
+        table = db.create_table(self.table_name(model_id), schema=schema, exist_ok=True)
+        if not hashes:
+            return table, 0
+        data = pa.table(
+            {
+                "pixel_hash": pa.array(hashes, pa.string()),
+                "model_id": pa.array([model_id] * len(hashes), pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+            },
+            schema=schema,
+        )
+        result = table.merge_insert("pixel_hash").when_not_matched_insert_all().execute(data)
+        return table, int(result.num_inserted_rows)
+
+    def read_vectors(self, model_id: str, hashes: set[str]) -> dict[str, np.ndarray]:
+        """pixel hash -> vector for the requested hashes that are stored."""
+        table = self.open_vectors(model_id)
+        if table is None:
+            return {}
+        arrow = table.to_arrow().select(["pixel_hash", "model_id", "vector"])
+        stored_models = set(arrow.column("model_id").unique().to_pylist())
+        if stored_models - {model_id}:
+            raise ValueError(f"table {table.name} mixes models {sorted(stored_models)}; refusing to compare their vectors")
+        keys = arrow.column("pixel_hash").to_pylist()
+        matrix = arrow.column("vector").combine_chunks().flatten().to_numpy().reshape(len(keys), -1)
+        return {h: matrix[i] for i, h in enumerate(keys) if h in hashes}
+
+    def nearest_paths(self, model_id: str, pixel_hash: str, paths_by_hash: dict[str, list[str]], k: int, exclude_path: str) -> list[dict]:
+        """The k images nearest to the content `pixel_hash`, by LanceDB cosine search.
+
+        Returns:
+            [{"path", "uniqueness_distance"}] ascending; `uniqueness_distance` is half the cosine
+            distance (the uniqueness scale). Vectors of contents no longer present are skipped.
+        """
+        table = self.open_vectors(model_id)
+        if table is None:
+            raise ValueError(f"no vector table for model {model_id} at {self.uri}")
+        row = table.search().where(f"pixel_hash = '{pixel_hash}'").select(["vector"]).limit(1).to_list()
+        if not row:
+            raise ValueError(f"content {pixel_hash[:12]} has no vector in {table.name}")
+        wanted = k + sum(len(p) for p in paths_by_hash.values()) if len(paths_by_hash) < 1000 else 4 * k + 10
+        hits = table.search(np.asarray(row[0]["vector"], np.float32)).metric("cosine").select(["pixel_hash"]).limit(wanted).to_list()
+        results = []
+        for hit in hits:
+            for path in paths_by_hash.get(hit["pixel_hash"], []):
+                if path != exclude_path:
+                    results.append({"path": path, "uniqueness_distance": max(0.0, float(hit["_distance"])) / 2.0})
+        return results[:k]

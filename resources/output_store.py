@@ -1,0 +1,65 @@
+"""The output folder: exports people open (CSV / Parquet) and the pipeline's own state."""
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+
+class OutputStoreResource(dg.ConfigurableResource):
+    """Where exports are written (`out_dir`) and where run state lives (`out_dir/state`).
+
+    Attributes:
+        out_dir: folder for uniqueness.csv, duplicates.csv, clean.csv/.parquet, rejected.csv.
+    """
+
+    out_dir: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.out_dir)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    def catalog_name(self, image_root: Path) -> str:
+        """File name (in `state_dir`) of the image catalog for one image root."""
+        return f"catalog-{hashlib.sha1(str(Path(image_root).resolve()).encode()).hexdigest()[:12]}.parquet"
+
+    def write_json(self, file_name: str, payload: dict) -> Path:
+        target = self.path_for(file_name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.tmp")
+        temp.write_text(json.dumps(payload, indent=2, default=str))
+        os.replace(temp, target)
+        return target
+
+    def path_for(self, file_name: str) -> Path:
+        """A path inside `out_dir`; refuses names that would escape it."""
+        root = self.root.resolve()
+        target = (root / file_name).resolve()
+        if not target.is_relative_to(root):
+            raise ValueError(f"export name {file_name!r} would be written outside {root}")
+        return target
+
+    def write_table(self, file_name: str, table: pd.DataFrame) -> Path:
+        """Write CSV or Parquet (by suffix) atomically: a reader never sees a half-written file."""
+        target = self.path_for(file_name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            if target.suffix == ".parquet":
+                table.to_parquet(temp_name, index=False)
+            else:
+                table.to_csv(temp_name, index=False)
+            os.replace(temp_name, target)
+        finally:
+            if os.path.exists(temp_name):
+                os.remove(temp_name)
+        return target
