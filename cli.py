@@ -59,7 +59,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-def run_pipeline(settings: Settings, source: str = "cli"):
+def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO"):
     """Materialize the whole graph for `settings` in the persistent Dagster instance.
 
     Returns:
@@ -72,7 +72,13 @@ def run_pipeline(settings: Settings, source: str = "cli"):
     ensure_dagster_home()
     job = build_definitions(settings).resolve_job_def(DEDUP_JOB)
     with dg.DagsterInstance.get() as instance:
-        return job.execute_in_process(instance=instance, tags={RUN_SOURCE_TAG: source}, raise_on_error=False)
+        return job.execute_in_process(
+            instance=instance,
+            tags={RUN_SOURCE_TAG: source},
+            raise_on_error=False,
+            # Progress and warnings on the terminal; the full debug log stays in the UI.
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        )
 
 
 def summarize(result, settings: Settings) -> int:

@@ -45,7 +45,7 @@ def resources_for(settings: Settings) -> dict:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    dedup_job = dg.define_asset_job(DEDUP_JOB, selection=dg.AssetSelection.all(include_sources=False), description="Materialize the whole dedup graph and run its checks.")
+    dedup_job = dg.define_asset_job(DEDUP_JOB, selection=dg.AssetSelection.all(), description="Materialize the whole dedup graph and run its checks.")
     return dg.Definitions(assets=ALL_ASSETS, asset_checks=all_checks(), jobs=[dedup_job], resources=resources_for(settings))
 
 

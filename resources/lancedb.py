@@ -95,7 +95,7 @@ class LanceDBResource(dg.ConfigurableResource):
         if not row:
             raise ValueError(f"content {pixel_hash[:12]} has no vector in {table.name}")
         wanted = k + sum(len(p) for p in paths_by_hash.values()) if len(paths_by_hash) < 1000 else 4 * k + 10
-        hits = table.search(np.asarray(row[0]["vector"], np.float32)).metric("cosine").select(["pixel_hash"]).limit(wanted).to_list()
+        hits = table.search(np.asarray(row[0]["vector"], np.float32)).metric("cosine").select(["pixel_hash", "_distance"]).limit(wanted).to_list()
         results = []
         for hit in hits:
             for path in paths_by_hash.get(hit["pixel_hash"], []):

@@ -1,0 +1,36 @@
+"""Shared fixtures: paths to the public benchmark data, a tiny saved ViT, synthetic images."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DATA = PROJECT_ROOT.parent / "shared" / "bench" / "data"
+
+
+@pytest.fixture(scope="session")
+def bench_data() -> Path:
+    if not BENCH_DATA.is_dir():
+        pytest.skip(f"shared benchmark data not found at {BENCH_DATA}")
+    return BENCH_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer ViT saved with `save_pretrained`, loadable by AutoModel."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64,
+    )
+    directory = tmp_path_factory.mktemp("tiny-vit")
+    ViTModel(config).save_pretrained(directory)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
+    return directory

@@ -1,0 +1,87 @@
+"""The `imgdedup` command-line contract: flags, output files and exit codes."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def imgdedup(*args, dagster_home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    images, out, home = base / "images", base / "out", base / "dagster_home"
+    (images / "nested").mkdir(parents=True)
+    home.mkdir()
+    from skimage import data
+
+    for index, name in enumerate(["chelsea", "coffee", "rocket", "astronaut"]):
+        Image.fromarray(getattr(data, name)()).convert("RGB").resize((96, 64)).save(images / f"photo{index}.png")
+    shutil.copy(images / "photo1.png", images / "nested" / "photo1_copy.png")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    completed = imgdedup("run", "--images", images, "--out", out, "--embedder", "offline", dagster_home=home)
+    return completed, images, out, home
+
+
+def test_run_writes_the_four_exports_and_exits_zero(cli_run):
+    completed, _, out, _ = cli_run
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for name in ("uniqueness.csv", "duplicates.csv", "clean.csv", "rejected.csv"):
+        assert (out / name).is_file(), name
+    duplicates = pd.read_csv(out / "duplicates.csv")
+    assert duplicates["path"].tolist() == ["photo1.png"] or duplicates["path"].tolist() == ["nested/photo1_copy.png"]
+    assert pd.read_csv(out / "rejected.csv")["path"].tolist() == ["broken.jpg"]
+    assert len(pd.read_csv(out / "clean.csv")) == 4
+    assert "uniqueness.csv" in completed.stdout
+
+
+def test_the_run_is_recorded_in_the_dagster_instance(cli_run, monkeypatch):
+    _, _, _, home = cli_run
+    import dagster as dg
+
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs()
+    assert [run.tags.get("imgdedup/launched_from") for run in runs] == ["cli"]
+
+
+def test_similar_lists_the_nearest_images(cli_run):
+    _, _, out, home = cli_run
+    completed = imgdedup("similar", "photo1.png", "--k", "2", "--out", out, dagster_home=home)
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    assert len(lines) == 2
+    distance, path = lines[0].split()
+    assert path == "nested/photo1_copy.png" and float(distance) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--embedder", "offline", "--near-duplicate-threshold", "1.5"], "duplicate < near_duplicate <= 1"),
+        (["--embedder", "offline", "--keep-policy", "biggest"], "unknown keep policy"),
+        (["--embedder", "offline", "--model", "x/y"], "--model applies to the hf embedder only"),
+    ],
+    ids=["threshold-out-of-range", "unknown-keep-policy", "offline-with-model"],
+)
+def test_bad_config_fails_fast_with_exit_2(cli_run, tmp_path, extra, message):
+    _, images, _, home = cli_run
+    completed = imgdedup("run", "--images", images, "--out", tmp_path / "out", *extra, dagster_home=home)
+    assert completed.returncode == 2
+    assert message in completed.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_image_root_fails_fast(tmp_path):
+    completed = imgdedup("run", "--images", tmp_path / "nope", "--out", tmp_path / "out", "--embedder", "offline", dagster_home=tmp_path)
+    assert completed.returncode == 2 and "does not exist" in completed.stderr
