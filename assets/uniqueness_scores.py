@@ -28,7 +28,7 @@ def score_uniqueness(
 ):
     thresholds = policy.thresholds
     vectors = lancedb.read_vectors(image_vectors["model_id"], set(raw_images["pixel_hash"]))
-    neighbors = find_content_neighbors(vectors, radius=thresholds.near_duplicate_cosine_distance)
+    neighbors = find_content_neighbors(vectors, radius=thresholds.near_duplicate_cosine_distance, hash_signal=policy.hash_signal(raw_images))
     keep_rank = keep_policy_order(raw_images, policy.keep_policy, image_store.review_pins())
     scores = compute_uniqueness_scores(raw_images, neighbors, keep_rank, thresholds)
     pairs = neighbors.pairs_by_hash()

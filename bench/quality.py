@@ -26,7 +26,7 @@ def main() -> int:
     for name in SETS:
         out = Path(args.out) / name
         started = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "cli", "run", "--images", str(BENCH / "data" / name), "--out", str(out), "--embedder", args.embedder],
+        run = subprocess.run([sys.executable, "-m", "cli", "run", "--images", str(BENCH / "data" / name), "--out", str(out), "--embedder", args.embedder, "--max-duplicate-fraction", "1.0"],
                              cwd=PROJECT_ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - started
         if run.returncode not in (0, 1):

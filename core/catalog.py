@@ -5,6 +5,7 @@ unchanged folder only lists and stats it.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = [
     "image_id", "path", "bytes", "mtime_ns", "first_seen", "file_sha256", "width", "height",
-    "content_pixels", "pixel_hash", "source_mode", "frames",
+    "content_pixels", "pixel_hash", "source_mode", "frames", "phashes",
 ]
 REJECTED_COLUMNS = ["image_id", "path", "bytes", "reason", "detail"]
 
@@ -57,6 +58,7 @@ def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int) -> di
         "pixel_hash": facts.pixel_hash,
         "source_mode": facts.source_mode,
         "frames": facts.frames,
+        "phashes": list(facts.phashes),
     }
 
 
@@ -92,7 +94,7 @@ def build_catalog(
     """
     root = Path(image_root)
     reusable = {}
-    if previous is not None and len(previous):
+    if previous is not None and len(previous) and set(IMAGE_COLUMNS) <= set(previous.columns):
         reusable = {row["path"]: row for row in previous[IMAGE_COLUMNS].to_dict("records")}
     rows, to_describe = [], []
     for item in discovered:
@@ -124,3 +126,17 @@ def _unchanged(full: Path, old: dict) -> bool:
     except OSError:
         return False
     return stat.st_size == old["bytes"] and stat.st_mtime_ns == old["mtime_ns"]
+
+
+def listing_fingerprint(image_root: str | os.PathLike, discovered: list[DiscoveredFile]) -> str:
+    """A hash of (path, size, mtime) for every discovered file: changes whenever a file is added,
+    removed or rewritten, without reading any file's contents."""
+    root = Path(image_root)
+    digest = hashlib.sha256()
+    for item in sorted(discovered, key=lambda d: d.path):
+        try:
+            stat = (root / item.path).stat()
+            digest.update(f"{item.path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError:
+            digest.update(f"{item.path}\0unreadable\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()

@@ -41,7 +41,8 @@ class EmbeddingCheckpoint:
         for shard in self.shards():
             table = pq.read_table(shard)
             keys = table.column("pixel_hash").to_pylist()
-            matrix = table.column("vector").combine_chunks().flatten().to_numpy().reshape(len(keys), -1)
+            width = table.schema.field("vector").type.list_size
+            matrix = table.column("vector").combine_chunks().flatten().to_numpy().reshape(len(keys), width)
             vectors.update(zip(keys, matrix))
         return vectors
 

@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from core.images import trim_uniform_borders
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_HF_MODEL = "google/vit-base-patch16-224-in21k"
@@ -265,5 +267,7 @@ def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_ima
     draft = (embedder.input_size, embedder.input_size)
     for start in range(0, len(hashes), batch_size):
         batch = hashes[start : start + batch_size]
-        images = [load_image(paths_by_hash[h], draft) for h in batch]
+        # Letterbox borders carry no content; trimming them makes a letterboxed copy embed close
+        # to its original. The model then pads the content to its square input.
+        images = [trim_uniform_borders(load_image(paths_by_hash[h], draft)) for h in batch]
         yield batch, embedder.embed(images)

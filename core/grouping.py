@@ -17,9 +17,9 @@ def keep_policy_order(images: pd.DataFrame, policy: str = "resolution", override
     """Rank images by which one should survive: rank 0 is kept first.
 
     Args:
-        images: columns image_id, path, content_pixels, bytes, first_seen.
-        policy: `resolution` (most content pixels, then larger file, then earliest first_seen,
-            then path), `first_seen` (earliest, then path) or `path`.
+        images: columns image_id, path, width, height, content_pixels, bytes, first_seen.
+        policy: `resolution` (most content pixels after trimming uniform borders, then less
+            border, then larger file, then earliest first_seen, then path), `first_seen` (earliest, then path) or `path`.
         overrides: path -> "keep" | "remove" from the human review file; pinned keeps rank before
             everything, pinned removals after everything.
 
@@ -34,9 +34,12 @@ def keep_policy_order(images: pd.DataFrame, policy: str = "resolution", override
     ordered["_pin"] = np.select([pin == OVERRIDE_KEEP, pin == OVERRIDE_REMOVE], [0, 2], default=1)
     if policy == "resolution":
         ordered["_pixels"] = -images["content_pixels"].astype("int64")
+        # Equal content: the copy with less uniform border wins, so a letterboxed copy (whose
+        # padding also makes its file larger) never beats its original.
+        ordered["_border"] = images["width"].astype("int64") * images["height"].astype("int64") - images["content_pixels"].astype("int64")
         ordered["_bytes"] = -images["bytes"].astype("int64")
         ordered["_seen"] = images["first_seen"]
-        keys = ["_pin", "_pixels", "_bytes", "_seen", "path"]
+        keys = ["_pin", "_pixels", "_border", "_bytes", "_seen", "path"]
     elif policy == "first_seen":
         ordered["_seen"] = images["first_seen"]
         keys = ["_pin", "_seen", "path"]
@@ -132,7 +135,29 @@ def assign_groups(
                 "reason": reason,
             }
         )
+    if near_duplicate_action == "review":
+        _remove_duplicates_among_reviewed(rows, images["identical_group"].tolist(), close, 2.0 * thresholds.duplicate, overrides)
     return pd.DataFrame(rows).sort_values("path", ignore_index=True)
+
+
+def _remove_duplicates_among_reviewed(rows, identical_groups, close, duplicate_distance, overrides):
+    """In review mode near-duplicates stay in the clean set, but two kept images must never be
+    duplicates of each other: a reviewed image within the duplicate threshold of an image that is
+    already kept is removed as its duplicate. `rows` are in keep order and updated in place."""
+    reviewed = [i for i, row in enumerate(rows) if not row["removed"] and row["relation"] == LABEL_NEAR_DUPLICATE and overrides.get(row["path"]) != OVERRIDE_KEEP]
+    reviewed_set = set(reviewed)
+    kept_path_by_group = {}
+    for i, row in enumerate(rows):
+        if not row["removed"] and i not in reviewed_set:
+            kept_path_by_group.setdefault(identical_groups[i], row["path"])
+    for i in reviewed:
+        own = identical_groups[i]
+        clash = next((g for g, d in sorted(close[own].items(), key=lambda item: item[1]) if d <= duplicate_distance and g in kept_path_by_group), None)
+        if clash is None:
+            kept_path_by_group.setdefault(own, rows[i]["path"])
+            continue
+        keeper = kept_path_by_group[clash]
+        rows[i].update(removed=True, relation=LABEL_DUPLICATE, duplicate_of=keeper, reason=f"duplicate of {keeper}, which is kept (uniqueness {close[own][clash] / 2.0:.2e})")
 
 
 def _decide_removal(in_group, relation, pair_uniqueness, keeper_path, near_duplicate_action, override):

@@ -18,10 +18,15 @@ from PIL import Image, ImageChops, ImageFile, ImageOps, UnidentifiedImageError
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# What Pillow's decoders raise on malformed data (they are not consistent about it).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError)
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: beyond this a file is treated as a decompression bomb.
 
 # Truncated files must fail loudly so that they land in `rejected` instead of being half-decoded.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's own bomb guard (a warning at 89 MP, an error at 179 MP) would override the configurable
+# `max_pixels`; `open_image` enforces that limit from the header before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class DecodedImage:
     content_pixels: int
     source_mode: str
     frames: int
+    phashes: tuple[int, ...] = ()  # dihedral pHashes as signed int64 (Parquet has no list<uint64> ints > 2**63)
 
 
 class ImageRejected(ValueError):
@@ -143,7 +149,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         low, high = float(values.min(initial=0)), float(values.max(initial=1))
         scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
         return Image.fromarray(np.rint(scaled * 255).astype(np.uint8), mode="L").convert("RGB")
-    if mode == "P" and "transparency" in image.info:
+    if mode in ("P", "RGB", "L") and "transparency" in image.info:  # palette entry or colour key
         image, mode = image.convert("RGBA"), "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
@@ -152,19 +158,56 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def content_pixel_count(rgb: Image.Image, tolerance: int = 12) -> int:
-    """Pixels inside the bounding box of content, after trimming uniform borders.
+def content_box(rgb: Image.Image, tolerance: int = 12) -> tuple[int, int, int, int]:
+    """Bounding box (left, top, right, bottom) of the content inside uniform borders.
 
     The border colour is taken from the top-left corner; rows and columns that differ from it by at
-    most `tolerance` (per channel) are trimmed, so a letterboxed copy does not outrank its original.
+    most `tolerance` (per channel) are borders. A uniform image is all content.
     """
     corner = rgb.getpixel((0, 0))
-    difference = ImageChops.difference(rgb, Image.new("RGB", rgb.size, corner)).convert("L")
-    bbox = difference.point(lambda v: 255 if v > tolerance else 0).getbbox()
-    if bbox is None:  # a uniform image: all of it is content
-        return rgb.width * rgb.height
-    left, top, right, bottom = bbox
+    red, green, blue = ImageChops.difference(rgb, Image.new("RGB", rgb.size, corner)).split()
+    largest = ImageChops.lighter(ImageChops.lighter(red, green), blue)  # per-channel, not luminance
+    return largest.point(lambda v: 255 if v > tolerance else 0).getbbox() or (0, 0, rgb.width, rgb.height)
+
+
+def content_pixel_count(rgb: Image.Image, tolerance: int = 12) -> int:
+    """Pixels inside `content_box`, so that a letterboxed copy does not outrank its original."""
+    left, top, right, bottom = content_box(rgb, tolerance)
     return (right - left) * (bottom - top)
+
+
+def trim_uniform_borders(rgb: Image.Image, tolerance: int = 12) -> Image.Image:
+    """The image without its uniform (letterbox) borders; the image itself when it has none."""
+    box = content_box(rgb, tolerance)
+    return rgb if box == (0, 0, rgb.width, rgb.height) else rgb.crop(box)
+
+
+# The 8 rotations / flips of the square (dihedral group D4); identity first.
+DIHEDRAL_TRANSPOSES = (
+    None,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_180,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
+PHASH_INPUT_SIDE = 32  # imagehash.phash's DCT input for a 64-bit hash
+
+
+def dihedral_phashes(rgb: Image.Image) -> np.ndarray:
+    """64-bit pHashes (imagehash) of the border-trimmed image under all 8 rotations / flips.
+
+    The image is reduced once to pHash's 32x32 grey input and the variants are exact transposes of
+    that grid, so the min Hamming distance between one image's identity hash and another's 8
+    variants is a rotation/flip-invariant distance. Returns (8,) uint64, identity first.
+    """
+    import imagehash
+
+    grid = trim_uniform_borders(rgb).convert("L").resize((PHASH_INPUT_SIDE, PHASH_INPUT_SIDE), Image.Resampling.LANCZOS)
+    bits = [imagehash.phash(grid if t is None else grid.transpose(t)).hash.flatten() for t in DIHEDRAL_TRANSPOSES]
+    return np.packbits(np.array(bits, dtype=np.uint8), axis=1).view(">u8").astype(np.uint64).ravel()
 
 
 def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -181,6 +224,9 @@ def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             image = Image.open(path)
         except UnidentifiedImageError as exc:
             raise ImageRejected("not_an_image", str(exc)) from exc
+        except DECODE_ERRORS as exc:  # e.g. a JPEG cut inside its header
+            reason = "truncated" if "truncated" in str(exc).lower() else "decode_error"
+            raise ImageRejected(reason, f"{type(exc).__name__}: {exc}") from exc
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageRejected("too_many_pixels", str(exc)) from exc
     if image.width * image.height > max_pixels:
@@ -214,7 +260,7 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, draf
         raise
     except (Image.DecompressionBombError,) as exc:
         raise ImageRejected("too_many_pixels", str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError) as exc:
+    except DECODE_ERRORS as exc:
         message = str(exc)
         reason = "truncated" if "truncated" in message or isinstance(exc, EOFError) else "decode_error"
         raise ImageRejected(reason, f"{type(exc).__name__}: {message}") from exc
@@ -228,7 +274,10 @@ def describe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
     """
     with open_image(path, max_pixels) as probe:
         source_mode = probe.mode
-        frames = getattr(probe, "n_frames", 1)
+        try:
+            frames = getattr(probe, "n_frames", 1)  # walks the file: a truncated animation fails here
+        except DECODE_ERRORS as exc:
+            raise ImageRejected("truncated" if "truncated" in str(exc) else "decode_error", f"{type(exc).__name__}: {exc}") from exc
     rgb = load_rgb(path, max_pixels)
     return DecodedImage(
         width=rgb.width,
@@ -237,4 +286,5 @@ def describe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
         content_pixels=content_pixel_count(rgb),
         source_mode=source_mode,
         frames=frames,
+        phashes=tuple(dihedral_phashes(rgb).view(np.int64).tolist()),
     )

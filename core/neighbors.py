@@ -1,26 +1,28 @@
-"""Exact nearest-neighbour search over L2-normalised vectors, streamed in row chunks.
+"""Exact nearest-neighbour search, streamed in row chunks: cosine distance over L2-normalised
+vectors, and rotation/flip-invariant Hamming distance over perceptual hashes.
 
-Never holds an N x N matrix: each chunk of rows is multiplied against all vectors and reduced to
-its top-k neighbours and its close pairs before the next chunk starts.
+Never holds an N x N matrix: each chunk of rows is compared against all rows and reduced to its
+top-k neighbours and its close pairs before the next chunk starts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 DEFAULT_CHUNK_ROWS = 2048
 
 
 @dataclass(frozen=True)
 class NeighborSearch:
-    """Result of `search_neighbors` over M vectors.
+    """Result of a neighbour search over M rows (cosine distance, bits, or a fused scale).
 
     Attributes:
-        topk_index: (M, k) int64, nearest other rows by cosine distance, ascending; -1 pads.
-        topk_distance: (M, k) float32 cosine distances `1 - cos`, +inf where padded.
+        topk_index: (M, k) int64, nearest other rows, ascending by distance; -1 pads.
+        topk_distance: (M, k) float32 distances, +inf where padded.
         pair_left, pair_right: (P,) int64 row pairs with left < right whose distance <= radius.
-        pair_distance: (P,) float32 their cosine distances.
+        pair_distance: (P,) float32 their distances.
     """
 
     topk_index: np.ndarray
@@ -50,15 +52,26 @@ def search_neighbors(vectors: np.ndarray, k: int, radius: float, chunk_rows: int
         NeighborSearch with distances clipped to [0, 2].
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    rows = vectors.shape[0]
+
+    def cosine_block(start: int, stop: int) -> np.ndarray:
+        distance = 1.0 - vectors[start:stop] @ vectors.T
+        return np.clip(distance, 0.0, 2.0, out=distance)
+
+    return _search(vectors.shape[0], k, radius, chunk_rows, cosine_block)
+
+
+def _search(rows: int, k: int, radius: float, chunk_rows: int, distance_block) -> NeighborSearch:
+    """Shared top-k + radius reduction over row chunks of a distance matrix.
+
+    `distance_block(start, stop)` returns the (stop - start, rows) float32 distances of those rows.
+    """
     k = max(0, min(k, rows - 1))
     topk_index = np.full((rows, k), -1, dtype=np.int64)
     topk_distance = np.full((rows, k), np.inf, dtype=np.float32)
     lefts, rights, dists = [], [], []
     for start in range(0, rows, chunk_rows):
         stop = min(start + chunk_rows, rows)
-        distance = 1.0 - vectors[start:stop] @ vectors.T
-        np.clip(distance, 0.0, 2.0, out=distance)
+        distance = distance_block(start, stop)
         local = np.arange(stop - start)
         distance[local, local + start] = np.inf  # a row is not its own neighbour
         if k:
@@ -83,22 +96,88 @@ def search_neighbors(vectors: np.ndarray, k: int, radius: float, chunk_rows: int
     )
 
 
-def nearest_outside_group(vectors: np.ndarray, group_of_row: np.ndarray, search: NeighborSearch) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, the nearest row in a different group, and its cosine distance.
+def merge_searches(searches: list[NeighborSearch], k: int) -> NeighborSearch:
+    """Fuse searches whose distances are already on one scale: a pair's distance is the smallest
+    any search gives it; top-k lists are merged and cut to k."""
+    index = np.concatenate([s.topk_index for s in searches], axis=1)
+    distance = np.concatenate([s.topk_distance for s in searches], axis=1)
+    order = np.lexsort((index, distance), axis=1)[:, : max(0, min(k, index.shape[1]))]
+    pairs = pd.DataFrame(
+        {
+            "left": np.concatenate([s.pair_left for s in searches]),
+            "right": np.concatenate([s.pair_right for s in searches]),
+            "distance": np.concatenate([s.pair_distance for s in searches]),
+        }
+    ).groupby(["left", "right"], as_index=False, sort=True)["distance"].min()
+    return NeighborSearch(
+        topk_index=np.take_along_axis(index, order, axis=1),
+        topk_distance=np.take_along_axis(distance, order, axis=1),
+        pair_left=pairs["left"].to_numpy(np.int64),
+        pair_right=pairs["right"].to_numpy(np.int64),
+        pair_distance=pairs["distance"].to_numpy(np.float32),
+    )
+
+
+def scaled(search: NeighborSearch, factor: float) -> NeighborSearch:
+    """The same search with every distance multiplied by `factor` (maps a signal onto a scale)."""
+    return NeighborSearch(search.topk_index, search.topk_distance * np.float32(factor), search.pair_left, search.pair_right, search.pair_distance * np.float32(factor))
+
+
+def cosine_distances_from(vectors: np.ndarray, row: int) -> np.ndarray:
+    """(M,) cosine distances from one row to every row, clipped to [0, 2]."""
+    return np.clip(1.0 - vectors @ vectors[row], 0.0, 2.0)
+
+
+def hamming_distances_from(hashes: np.ndarray, row: int) -> np.ndarray:
+    """(M,) rotation/flip-invariant Hamming distances (bits) from one row to every row.
+
+    `hashes` is (M, V) uint64 with the identity variant in column 0; the distance between i and j
+    is the smallest Hamming distance between one's identity hash and any variant of the other,
+    taken both ways so that it is symmetric.
+    """
+    return _hamming_block(np.ascontiguousarray(hashes, dtype=np.uint64), row, row + 1)[0]
+
+
+def search_hash_neighbors(hashes: np.ndarray, k: int, radius_bits: float, max_cells: int = 1 << 24) -> NeighborSearch:
+    """Like `search_neighbors`, with `hamming_distances_from`'s distance in bits.
+
+    Args:
+        hashes: (M, V) uint64, identity variant first.
+        k: neighbours kept per row.
+        radius_bits: pairs within this many bits are returned.
+        max_cells: bound on the (rows x M x V) block held at once.
+    """
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    rows, variants = hashes.shape
+    chunk_rows = max(1, max_cells // max(1, rows * variants))
+    return _search(rows, k, radius_bits, chunk_rows, lambda start, stop: _hamming_block(hashes, start, stop))
+
+
+def _hamming_block(hashes: np.ndarray, start: int, stop: int) -> np.ndarray:
+    block = hashes[start:stop]
+    forward = np.bitwise_count(block[:, None, :1] ^ hashes[None, :, :]).min(axis=2)
+    backward = np.bitwise_count(block[:, None, :] ^ hashes[None, :, :1]).min(axis=2)
+    return np.minimum(forward, backward).astype(np.float32)
+
+
+def nearest_outside_group(row_distances, group_of_row: np.ndarray, search: NeighborSearch) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, the nearest row in a different group, and its distance.
 
     Uses the top-k lists; rows whose k neighbours all share their group (groups larger than k) are
-    recomputed exactly against all rows.
+    recomputed exactly with `row_distances(row) -> (M,) distances`.
 
     Returns:
         (index, distance): (M,) int64 with -1 where no row outside the group exists, and (M,)
         float32 with +inf there.
     """
-    rows = vectors.shape[0]
+    rows = len(group_of_row)
     index = np.full(rows, -1, dtype=np.int64)
     distance = np.full(rows, np.inf, dtype=np.float32)
     if rows == 0:
         return index, distance
     topk = search.topk_index
+    if topk.shape[1] == 0:  # a single row: nothing outside its group
+        return index, distance
     valid = topk >= 0
     other_group = valid & (group_of_row[np.where(valid, topk, 0)] != group_of_row[:, None])
     has_other = other_group.any(axis=1)
@@ -109,7 +188,7 @@ def nearest_outside_group(vectors: np.ndarray, group_of_row: np.ndarray, search:
     group_sizes = np.bincount(group_of_row)
     needs_exact = np.nonzero(~has_other & (group_sizes[group_of_row] < rows))[0]
     for row in needs_exact:
-        row_distance = np.clip(1.0 - vectors @ vectors[row], 0.0, 2.0)
+        row_distance = np.array(row_distances(row), dtype=np.float32)
         row_distance[group_of_row == group_of_row[row]] = np.inf
         best = int(np.argmin(row_distance))
         index[row], distance[row] = best, row_distance[best]

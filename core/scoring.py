@@ -11,7 +11,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core.neighbors import l2_normalize, nearest_outside_group, search_neighbors
+from core.neighbors import (
+    cosine_distances_from,
+    hamming_distances_from,
+    l2_normalize,
+    merge_searches,
+    nearest_outside_group,
+    scaled,
+    search_hash_neighbors,
+    search_neighbors,
+)
 
 IDENTICAL_COSINE_DISTANCE = 1e-5  # below this, two vectors are float noise of the same content
 MIN_NONZERO_UNIQUENESS = 1e-9
@@ -101,22 +110,56 @@ class ContentNeighbors:
         )
 
 
-def find_content_neighbors(vectors_by_hash: dict[str, np.ndarray] | pd.Series, radius: float) -> ContentNeighbors:
+@dataclass(frozen=True)
+class HashSignal:
+    """A perceptual-hash signal fused with the embedding distance.
+
+    Attributes:
+        hashes_by_content: pixel hash -> (V,) uint64 hashes, identity variant first.
+        threshold_bits: Hamming distance that counts as exactly at the near-duplicate threshold;
+            bits are mapped linearly onto the cosine scale so that this distance lands there.
+    """
+
+    hashes_by_content: dict
+    threshold_bits: int = 10
+
+
+def find_content_neighbors(
+    vectors_by_hash: dict[str, np.ndarray] | pd.Series,
+    radius: float,
+    hash_signal: HashSignal | None = None,
+) -> ContentNeighbors:
     """Search neighbours among distinct contents, independent of discovery order.
+
+    A pair's distance is the smallest over the signals (embedding cosine distance, and the hash
+    distance mapped so that `threshold_bits` equals `radius`), as SPEC.md asks.
 
     Args:
         vectors_by_hash: pixel hash -> embedding (any float dtype; normalised here).
         radius: cosine distance within which pairs are kept (2 x the near-duplicate threshold).
+        hash_signal: optional perceptual hashes per pixel hash.
     """
     hashes = np.array(sorted(vectors_by_hash.keys()), dtype=object)
     if len(hashes) == 0:
         empty = np.empty(0, np.int64)
         return ContentNeighbors(hashes, empty, empty, np.empty(0, np.float32), pd.DataFrame({"left": empty, "right": empty, "distance": np.empty(0, np.float32)}))
     vectors = l2_normalize(np.stack([np.asarray(vectors_by_hash[h], dtype=np.float32) for h in hashes]))
-    search = search_neighbors(vectors, k=NEIGHBORS_PER_ROW, radius=max(radius, IDENTICAL_COSINE_DISTANCE))
-    identical = search.pair_distance < IDENTICAL_COSINE_DISTANCE
-    group = _union_find_labels(len(hashes), search.pair_left[identical], search.pair_right[identical])
-    nearest_row, nearest_distance = nearest_outside_group(vectors, group, search)
+    radius = max(radius, IDENTICAL_COSINE_DISTANCE)
+    embedding_search = search_neighbors(vectors, k=NEIGHBORS_PER_ROW, radius=radius)
+    identical = embedding_search.pair_distance < IDENTICAL_COSINE_DISTANCE
+    group = _union_find_labels(len(hashes), embedding_search.pair_left[identical], embedding_search.pair_right[identical])
+
+    search, row_distances = embedding_search, lambda row: cosine_distances_from(vectors, row)
+    if hash_signal is not None and hash_signal.threshold_bits > 0:
+        phashes = np.stack([np.asarray(hash_signal.hashes_by_content[h]).astype(np.int64).view(np.uint64) for h in hashes])
+        bits_to_cosine = radius / hash_signal.threshold_bits
+        hash_search = scaled(search_hash_neighbors(phashes, k=NEIGHBORS_PER_ROW, radius_bits=hash_signal.threshold_bits), bits_to_cosine)
+        search = merge_searches([embedding_search, hash_search], k=NEIGHBORS_PER_ROW)
+
+        def row_distances(row):
+            return np.minimum(cosine_distances_from(vectors, row), hamming_distances_from(phashes, row) * bits_to_cosine)
+
+    nearest_row, nearest_distance = nearest_outside_group(row_distances, group, search)
     pairs = pd.DataFrame({"left": search.pair_left, "right": search.pair_right, "distance": search.pair_distance})
     return ContentNeighbors(hashes, group, nearest_row, nearest_distance, pairs)
 

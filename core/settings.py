@@ -27,6 +27,7 @@ class Settings:
         keep_policy: resolution / first_seen / path.
         near_duplicate_action: remove / review.
         max_duplicate_fraction: raw-data gate.
+        hash_threshold_bits: pHash distance fused with the embedding distance (0 = off).
         max_pixels: decompression-bomb limit.
         batch_size: images per forward pass.
         device: torch device.
@@ -42,6 +43,7 @@ class Settings:
     keep_policy: str = "resolution"
     near_duplicate_action: str = "remove"
     max_duplicate_fraction: float = 0.5
+    hash_threshold_bits: int = 10
     max_pixels: int = 100_000_000
     batch_size: int = 32
     device: str = "cpu"
@@ -92,6 +94,8 @@ class Settings:
             problems.append(f"unknown near_duplicate_action {self.near_duplicate_action!r}: use one of {', '.join(NEAR_DUPLICATE_ACTIONS)}")
         if not 0.0 <= self.max_duplicate_fraction <= 1.0:
             problems.append(f"max_duplicate_fraction must be within [0, 1], got {self.max_duplicate_fraction}")
+        if not 0 <= self.hash_threshold_bits <= 32:
+            problems.append(f"hash_threshold_bits must be within [0, 32] (0 turns the hash signal off), got {self.hash_threshold_bits}")
         if self.max_pixels <= 0 or self.batch_size <= 0:
             problems.append("max_pixels and batch_size must be positive")
         if check_paths:

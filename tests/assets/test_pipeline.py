@@ -38,7 +38,8 @@ def load_evaluator(bench_data):
 def idealo_run(bench_data, tmp_path_factory):
     """One real `materialize` of every asset on the shared idealo folder, then a second run."""
     out = tmp_path_factory.mktemp("idealo-out")
-    settings = Settings(image_root=str(bench_data / IDEALO), out_dir=str(out), embedder="offline")
+    # The benchmark folder is mostly copies by design; its duplicate-fraction gate would block it.
+    settings = Settings(image_root=str(bench_data / IDEALO), out_dir=str(out), embedder="offline", max_duplicate_fraction=1.0)
     with dg.instance_for_test() as instance:
         first = dg.materialize(ALL_ASSETS, resources=resources_for(settings), instance=instance)
         second = run_job(settings, instance)
@@ -127,7 +128,8 @@ def _write_images(folder, count=6, size=48):
 def test_hf_backend_runs_the_whole_graph_and_models_never_share_a_table(tmp_path, tiny_vit_dir):
     images = tmp_path / "images"
     _write_images(images)
-    hf = Settings(image_root=str(images), out_dir=str(tmp_path / "out"), embedder="hf", model=str(tiny_vit_dir))
+    # A random tiny ViT finds everything similar: the duplicate-fraction gate is not under test here.
+    hf = Settings(image_root=str(images), out_dir=str(tmp_path / "out"), embedder="hf", model=str(tiny_vit_dir), max_duplicate_fraction=1.0)
     with dg.instance_for_test() as instance:
         assert run_job(hf, instance).success
         assert run_job(dataclasses.replace(hf, embedder="offline", model=None), instance).success
