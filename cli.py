@@ -40,6 +40,7 @@ def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-policy", default=None, help="resolution (default), first_seen or path")
     parser.add_argument("--near-duplicate-action", default=None, help="remove (default) or review")
     parser.add_argument("--max-duplicate-fraction", type=float, default=None)
+    parser.add_argument("--hash-threshold-bits", type=int, default=None, help="pHash bits at the near-duplicate threshold (default 10; 0 = embedding only)")
     parser.add_argument("--batch-size", type=int, default=None)
 
 
@@ -55,6 +56,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         keep_policy=args.keep_policy,
         near_duplicate_action=args.near_duplicate_action,
         max_duplicate_fraction=args.max_duplicate_fraction,
+        hash_threshold_bits=args.hash_threshold_bits,
         batch_size=args.batch_size,
     )
 
@@ -82,31 +84,50 @@ def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO
 
 
 def summarize(result, settings: Settings) -> int:
-    """Print what happened and where the results are; return the exit code."""
+    """Print what happened and where the results are; return the exit code.
+
+    Every failed check is printed with its observed value, threshold and unexpected count, and
+    every asset the run planned but did not materialize is listed as held back (a failed blocking
+    check skips everything downstream of it, e.g. `training_manifest`).
+    """
+    import json
+
     import pandas as pd
 
     out = Path(settings.out_dir)
-    failed_checks = [
-        evaluation for evaluation in result.get_asset_check_evaluations() if not evaluation.passed
-    ]
+    evaluations = result.get_asset_check_evaluations()
+    failed_checks = [evaluation for evaluation in evaluations if not evaluation.passed]
     for evaluation in failed_checks:
-        observed = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items() if k in ("observed_value", "threshold", "unexpected_count")}
-        print(f"FAILED check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {observed}")
-    materialized = {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
-    if not result.success:
-        for event in result.all_events:
-            if event.is_step_failure:
-                print(f"FAILED step {event.step_key}: {event.step_failure_data.error.message.strip()[:2000]}", file=sys.stderr)
-    held_back = sorted(set(result.job_def.asset_layer.executable_asset_keys_to_user_strings()) - materialized) if hasattr(result.job_def, "asset_layer") and hasattr(result.job_def.asset_layer, "executable_asset_keys_to_user_strings") else []
+        print(f"FAILED check {evaluation.asset_key.to_user_string()}:{evaluation.check_name}" + (" (blocking)" if evaluation.blocking else ""))
+        for key in ("observed_value", "threshold", "unexpected_count", "failed_expectations"):
+            value = evaluation.metadata[key].value if key in evaluation.metadata else None
+            if value is not None:
+                print(f"    {key}: {json.dumps(value, default=str)}")
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        # A failed blocking check fails its step too; it is reported above with its values.
+        if error is not None and error.cls_name != "DagsterAssetCheckFailedError":
+            print(f"FAILED step {event.step_key}: {error.message.strip()[:2000]}", file=sys.stderr)
+    from definitions import build_definitions
+
+    # The run targets its asset selection, or (none given) every asset of the dedup job.
+    targeted = set(result.dagster_run.asset_selection or build_definitions(settings).resolve_all_asset_keys())
+    materialized = {event.asset_key for event in result.get_asset_materialization_events()}
+    held_back = sorted(key.to_user_string() for key in targeted - materialized)
+
     uniqueness_csv = out / "uniqueness.csv"
     if uniqueness_csv.exists():
         table = pd.read_csv(uniqueness_csv)
         counts = table["label"].value_counts().to_dict()
         removed = int(table["removed"].sum()) if "removed" in table else 0
         print(f"scored {len(table)} images: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("duplicate", "near_duplicate", "unique")) + f"; {removed} removed")
-    for name in ("uniqueness.csv", "duplicates.csv", "clean.csv", "rejected.csv"):
+    written_by = {"uniqueness.csv": "duplicate_groups", "duplicates.csv": "duplicates_collection", "clean.csv": "clean_dataset", "rejected.csv": "rejected_images", "training_manifest.csv": "training_manifest"}
+    for name, asset in written_by.items():
         if (out / name).exists():
-            print(f"  {name:16s} {out / name}")
+            # An asset held back in this run did not write its file: it is from an earlier run.
+            stale = "  (not written by this run: from an earlier run)" if asset in held_back else ""
+            print(f"  {name:21s} {out / name}{stale}")
+    print(f"checks: {len(evaluations) - len(failed_checks)} passed, {len(failed_checks)} failed")
     print(f"dagster run {result.run_id} (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
     if held_back:
         print("held back (not materialized): " + ", ".join(held_back))

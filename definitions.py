@@ -6,10 +6,13 @@ from pathlib import Path
 import dagster as dg
 
 from assets.clean_dataset import clean_dataset
+from automation.arrivals import build_arrival_automation
+from automation.maintenance import vector_table_maintenance, weekly_vector_table_maintenance
 from assets.duplicates_collection import collect_duplicates
 from assets.image_embeddings import image_embeddings
 from assets.image_vectors import image_vectors
 from assets.raw_images import discover_raw_images
+from assets.training_manifest import training_manifest
 from assets.uniqueness_scores import score_uniqueness
 from checks import all_checks
 from core.settings import Settings
@@ -20,7 +23,7 @@ from resources.output_store import OutputStoreResource
 from resources.policy import DedupPolicyResource
 
 DEDUP_JOB = "dedup_job"
-ALL_ASSETS = [discover_raw_images, image_embeddings, image_vectors, score_uniqueness, collect_duplicates, clean_dataset]
+ALL_ASSETS = [discover_raw_images, image_embeddings, image_vectors, score_uniqueness, collect_duplicates, clean_dataset, training_manifest]
 
 
 def resources_for(settings: Settings) -> dict:
@@ -38,6 +41,7 @@ def resources_for(settings: Settings) -> dict:
             keep_policy=settings.keep_policy,
             near_duplicate_action=settings.near_duplicate_action,
             max_duplicate_fraction=settings.max_duplicate_fraction,
+            hash_threshold_bits=settings.hash_threshold_bits,
         ),
         # Intermediate tables are pickled under the output folder's state, beside the vector table.
         "io_manager": dg.FilesystemIOManager(base_dir=str(Path(settings.out_dir) / "state" / "assets")),
@@ -46,7 +50,15 @@ def resources_for(settings: Settings) -> dict:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     dedup_job = dg.define_asset_job(DEDUP_JOB, selection=dg.AssetSelection.all(), description="Materialize the whole dedup graph and run its checks.")
-    return dg.Definitions(assets=ALL_ASSETS, asset_checks=all_checks(), jobs=[dedup_job], resources=resources_for(settings))
+    arrival_sensor, nightly_schedule = build_arrival_automation(DEDUP_JOB)
+    return dg.Definitions(
+        assets=ALL_ASSETS,
+        asset_checks=all_checks(),
+        jobs=[dedup_job, vector_table_maintenance],
+        sensors=[arrival_sensor],
+        schedules=[nightly_schedule, weekly_vector_table_maintenance],
+        resources=resources_for(settings),
+    )
 
 
 defs = build_definitions(Settings.from_env())

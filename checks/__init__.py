@@ -1,6 +1,11 @@
 """Asset checks (Great Expectations suites inside Dagster checks); one module per checked asset."""
 from __future__ import annotations
 
+from checks.clean_dataset import CLEAN_DATASET_CHECKS
+from checks.duplicate_groups import DUPLICATE_GROUPS_CHECKS
+from checks.uniqueness_scores import UNIQUENESS_SCORES_CHECKS
+
 
 def all_checks() -> list:
-    return []
+    """Every asset check of the dedup graph, all blocking: a failure holds back what is downstream."""
+    return [*UNIQUENESS_SCORES_CHECKS, *DUPLICATE_GROUPS_CHECKS, *CLEAN_DATASET_CHECKS]

@@ -1,0 +1,137 @@
+"""Tables the checks validate, derived from the asset tables with plain pandas / numpy.
+
+No Dagster, LanceDB or Great Expectations here: each function takes DataFrames (and vectors) and
+returns a new DataFrame in which every row must satisfy one simple expectation.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from core.neighbors import l2_normalize, merge_searches, scaled, search_hash_neighbors, search_neighbors
+from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, HashSignal
+
+DUPLICATE_LABELS = (LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE)
+
+
+def identical_group_zero_counts(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per identical group, how many images score exactly 0 against the N-1 that SPEC.md requires.
+
+    Args:
+        scores: the `uniqueness_scores` table (columns identical_group, identical_group_size,
+            uniqueness).
+
+    Returns:
+        A new DataFrame, one row per identical group (singletons included, as groups of 1) sorted
+        by group: identical_group, rows (images counted in the table = N), identical_group_size
+        (the size the table states, its largest value within the group), zeros,
+        zeros_minus_expected (`zeros - (N - 1)`, 0 when the rule holds).
+    """
+    grouped = scores.assign(_zero=scores["uniqueness"].eq(0.0)).groupby("identical_group", dropna=False, sort=True)
+    table = grouped.agg(rows=("_zero", "size"), identical_group_size=("identical_group_size", "max"), zeros=("_zero", "sum")).reset_index()
+    table["rows"] = table["rows"].astype("int64")
+    table["zeros"] = table["zeros"].astype("int64")
+    table["zeros_minus_expected"] = table["zeros"] - (table["rows"] - 1)
+    return table
+
+
+def duplicate_label_flags(table: pd.DataFrame) -> pd.DataFrame:
+    """Flag each image labelled duplicate or near-duplicate; the flags' mean is the fraction.
+
+    Args:
+        table: a table with columns path and label (e.g. `duplicate_groups`).
+
+    Returns:
+        A new DataFrame with columns path, label, labelled_duplicate (int64 0/1).
+    """
+    flags = table[["path", "label"]].copy()
+    flags["labelled_duplicate"] = flags["label"].isin(DUPLICATE_LABELS).astype("int64")
+    return flags.reset_index(drop=True)
+
+
+def nearest_kept_contents(
+    clean: pd.DataFrame, vectors_by_hash: dict[str, np.ndarray], hash_signal: HashSignal | None = None, near_duplicate_cosine_distance: float = 0.1
+) -> pd.DataFrame:
+    """For each distinct content in the clean set, its nearest other kept content (exact search).
+
+    With a hash signal the distance is the pipeline's fused one (min of cosine and the mapped
+    pHash distance), so a pair that is a duplicate by either signal is found.
+
+    Identical copies share one vector (one per pixel hash), so this looks at pairs of *different*
+    contents; copies with equal pixel hashes are a separate property.
+
+    Args:
+        clean: the `clean_dataset` table (columns path, pixel_hash).
+        vectors_by_hash: pixel hash -> embedding, e.g. read back from the vector table.
+        hash_signal: the pHash signal fused into the distance, or None for embeddings only.
+        near_duplicate_cosine_distance: where `hash_signal.threshold_bits` maps to.
+
+    Returns:
+        A new DataFrame, one row per distinct pixel hash sorted by path: pixel_hash, path (first
+        path with that content), nearest_path, nearest_cosine_distance (float64 in [0, 2]) and
+        nearest_uniqueness_distance (half of it, the uniqueness scale); the nearest columns are
+        None / NaN when the clean set holds only one content.
+
+    Raises:
+        ValueError: a kept content has no vector, so the property cannot be verified.
+    """
+    contents = clean.sort_values("path").drop_duplicates("pixel_hash")[["pixel_hash", "path"]].reset_index(drop=True)
+    missing = sorted(set(contents["pixel_hash"]) - set(vectors_by_hash))
+    if missing:
+        raise ValueError(
+            f"{len(missing)} kept contents have no vector in the vector table (e.g. {missing[:3]}); "
+            "rematerialize image_embeddings and image_vectors before checking the clean dataset"
+        )
+    if contents.empty:
+        return contents.assign(nearest_path=pd.Series(dtype=object), nearest_cosine_distance=pd.Series(dtype="float64"), nearest_uniqueness_distance=pd.Series(dtype="float64"))
+    vectors = l2_normalize(np.stack([np.asarray(vectors_by_hash[h], np.float32) for h in contents["pixel_hash"]]))
+    search = search_neighbors(vectors, k=1, radius=0.0)
+    if hash_signal is not None and hash_signal.threshold_bits > 0:
+        phashes = np.stack([np.asarray(hash_signal.hashes_by_content[h]).astype(np.int64).view(np.uint64) for h in contents["pixel_hash"]])
+        hash_search = search_hash_neighbors(phashes, k=1, radius_bits=0.0)
+        search = merge_searches([search, scaled(hash_search, near_duplicate_cosine_distance / hash_signal.threshold_bits)], k=1)
+    has_other = search.topk_index.shape[1] == 1
+    nearest = search.topk_index[:, 0] if has_other else np.full(len(contents), -1)
+    distance = search.topk_distance[:, 0].astype(np.float64) if has_other else np.full(len(contents), np.nan)
+    paths = contents["path"].to_numpy(dtype=object)
+    return contents.assign(
+        nearest_path=[paths[i] if i >= 0 else None for i in nearest],
+        nearest_cosine_distance=distance,
+        nearest_uniqueness_distance=distance / 2.0,
+    )
+
+
+def collection_placements(raw_images: pd.DataFrame, rejected_images: pd.DataFrame, duplicates: pd.DataFrame, clean: pd.DataFrame) -> pd.DataFrame:
+    """How many collections each image landed in, against whether it was discovered.
+
+    SPEC.md: `clean + duplicates + rejected == discovered`, every file in exactly one. Discovered
+    files are the decodable `raw_images` plus the `rejected_images`.
+
+    Args:
+        raw_images, rejected_images, duplicates, clean: tables with columns image_id and path.
+
+    Returns:
+        A new DataFrame, one row per image id seen in any table, sorted by path: image_id, path,
+        discovered (0/1), in_clean, in_duplicates, in_rejected (row counts) and times_placed (their
+        sum). The invariant holds when `times_placed == discovered` on every row.
+    """
+    discovered = pd.concat([raw_images[["image_id", "path"]], rejected_images[["image_id", "path"]]])
+    collections = {"in_clean": clean, "in_duplicates": duplicates, "in_rejected": rejected_images}
+    everything = pd.concat([discovered, *(t[["image_id", "path"]] for t in collections.values())]).drop_duplicates("image_id")
+    table = everything.set_index("image_id")
+    table["discovered"] = table.index.isin(discovered["image_id"]).astype("int64")
+    for column, collection in collections.items():
+        table[column] = collection["image_id"].value_counts().reindex(table.index, fill_value=0).astype("int64")
+    table["times_placed"] = table[list(collections)].sum(axis=1).astype("int64")
+    return table.reset_index().sort_values(["path", "image_id"], ignore_index=True)
+
+
+def accounting_counts(raw_images: pd.DataFrame, rejected_images: pd.DataFrame, duplicates: pd.DataFrame, clean: pd.DataFrame) -> dict:
+    """The row counts in SPEC.md's invariant: {discovered, clean, duplicates, rejected, placed}."""
+    return {
+        "discovered": len(raw_images) + len(rejected_images),
+        "clean": len(clean),
+        "duplicates": len(duplicates),
+        "rejected": len(rejected_images),
+        "placed": len(clean) + len(duplicates) + len(rejected_images),
+    }
