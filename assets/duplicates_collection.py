@@ -1,14 +1,42 @@
 """Stage 5: duplicate / near-duplicate groups by leader assignment, and the Duplicates collection."""
 
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import table_metadata
+from assets.metadata import table_metadata, write_export_file
 from core.collections import duplicates_table, interchange_table
 from core.grouping import assign_groups, keep_policy_order
+from core.report import THUMBNAIL_SIZE, DuplicatesReport, render_duplicates_report, report_groups, thumbnail_jpeg
 from resources.image_store import ImageStoreResource
 from resources.output_store import OutputStoreResource
 from resources.policy import DedupPolicyResource
+
+REPORT_FILE = "report.html"
+# Thumbnails are inlined, about 5 KB each: beyond this many groups the page would get unwieldy.
+REPORT_MAX_GROUPS = 500
+
+
+def write_duplicates_report(
+    interchange: pd.DataFrame,
+    raw_images: pd.DataFrame,
+    image_store: ImageStoreResource,
+    output_store: OutputStoreResource,
+    policy: DedupPolicyResource,
+) -> tuple[DuplicatesReport, Path]:
+    """Render the groups of `interchange` as `OUT/report.html`, thumbnails decoded through the
+    image store; returns the report and the file written."""
+    report = render_duplicates_report(
+        report_groups(interchange, raw_images),
+        # JPEGs are decoded at a reduced scale (draft), then shrunk to the thumbnail size.
+        lambda path: thumbnail_jpeg(image_store.load_rgb(path, (2 * THUMBNAIL_SIZE, 2 * THUMBNAIL_SIZE))),
+        policy.thresholds,
+        settings={"keep policy": policy.keep_policy, "near-duplicate action": policy.near_duplicate_action},
+        max_groups=REPORT_MAX_GROUPS,
+    )
+    # Paths that are not valid UTF-8 (surrogate escapes) are written as visible \udcxx escapes.
+    return report, write_export_file(output_store, REPORT_FILE, report.html.encode("utf-8", "backslashreplace"))
 
 
 @dg.multi_asset(
@@ -37,6 +65,11 @@ def collect_duplicates(
     duplicates_csv = output_store.write_table("duplicates.csv", duplicates)
 
     group_count = int(interchange["group_id"].dropna().nunique())
+    report, report_html = write_duplicates_report(interchange, raw_images, image_store, output_store, policy)
+    context.log.info(f"duplicates report: {report.groups_shown} of {report.groups_total} groups, {report_html}")
+    if report.thumbnail_errors:
+        sample = dict(list(report.thumbnail_errors.items())[:10])
+        context.log.warning(f"{len(report.thumbnail_errors)} thumbnails could not be made (the report shows why), e.g. {sample}")
     yield dg.Output(
         interchange,
         output_name="duplicate_groups",
@@ -51,5 +84,10 @@ def collect_duplicates(
             near_duplicate_action=policy.near_duplicate_action,
             keep_policy=policy.keep_policy,
             export=dg.MetadataValue.path(str(duplicates_csv)),
+            report=dg.MetadataValue.path(str(report_html)),
+            report_url=dg.MetadataValue.url(report_html.as_uri()),
+            report_groups=dg.MetadataValue.int(report.groups_shown),
+            report_groups_left_out=dg.MetadataValue.int(report.groups_total - report.groups_shown),
+            thumbnail_errors=dg.MetadataValue.json(report.thumbnail_errors),
         ),
     )

@@ -9,6 +9,7 @@ import pandas as pd
 from assets.metadata import table_metadata
 from core.checkpoints import EmbeddingCheckpoint
 from core.embedders import embed_in_batches
+from core.progress import progress_message, should_report
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
@@ -41,13 +42,16 @@ def image_embeddings(
         f"vector table, {len(resumed)} resumed from checkpoints, {len(todo)} to embed"
     )
 
-    started, done = time.monotonic(), 0
+    started, done, last_reported = time.monotonic(), 0, None
     for hashes, vectors in embed_in_batches(todo, embedder, lambda path, draft: image_store.load_rgb(path, draft), embedding_model.batch_size):
         checkpoint.write(hashes, vectors)
         resumed.update(zip(hashes, vectors))
         done += len(hashes)
-        rate = done / max(time.monotonic() - started, 1e-9)
-        context.log.info(f"embedded {done}/{len(todo)} images, {rate:.1f} images/s, ETA {(len(todo) - done) / rate:.0f} s")
+        # First batch, last batch, and at most one line every PROGRESS_INTERVAL_S in between.
+        now = time.monotonic()
+        if should_report(now, last_reported, done, len(todo)):
+            context.log.info(progress_message(done, len(todo), now - started))
+            last_reported = now
 
     hashes = sorted(resumed)
     embeddings = pd.DataFrame({"pixel_hash": hashes, "model_id": model_id, "vector": [np.asarray(resumed[h], np.float32) for h in hashes]})

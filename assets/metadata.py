@@ -1,11 +1,29 @@
-"""Metadata every asset attaches: row count, column schema and a short preview."""
+"""Metadata every asset attaches (row count, column schema, a short preview) and the files the
+UI links to (figures, the HTML report) written into the output folder."""
+
+import base64
+import os
+import tempfile
+from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
+
+from resources.output_store import OutputStoreResource
+
+
+def _column_type(column: pd.Series) -> str:
+    """The dtype's name; for object columns holding arrays (embeddings), `array<dtype>[dim]`."""
+    if column.dtype == object and len(column):
+        first = column.dropna().iloc[0] if column.notna().any() else None
+        if isinstance(first, np.ndarray):
+            return f"array<{first.dtype}>[{first.shape[0] if first.ndim == 1 else 'x'.join(map(str, first.shape))}]"
+    return str(column.dtype)
 
 
 def column_schema(table: pd.DataFrame) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in table.dtypes.items()])
+    return dg.TableSchema(columns=[dg.TableColumn(name=str(c), type=_column_type(table[c])) for c in table.columns])
 
 
 def table_metadata(table: pd.DataFrame, preview_rows: int = 10, **extra) -> dict:
@@ -19,3 +37,25 @@ def table_metadata(table: pd.DataFrame, preview_rows: int = 10, **extra) -> dict
         metadata["preview"] = dg.MetadataValue.md(shown.to_markdown(index=False))  # tabulate ships with dagster
     metadata.update(extra)
     return metadata
+
+
+def write_export_file(output_store: OutputStoreResource, file_name: str, data: bytes) -> Path:
+    """Write `data` to `out_dir/file_name` atomically (a browser never sees half a file)."""
+    target = output_store.path_for(file_name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, target)
+    finally:
+        if os.path.exists(temp_name):
+            os.remove(temp_name)
+    return target
+
+
+def png_markdown(png: bytes, alt: str, caption: str = "") -> dg.MetadataValue:
+    """A PNG inlined as a base64 data URI in markdown; the Dagster UI renders `data:` images."""
+    image = f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+    return dg.MetadataValue.md(f"{image}\n\n{caption}" if caption else image)

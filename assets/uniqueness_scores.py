@@ -3,12 +3,17 @@
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import table_metadata
+from assets.metadata import png_markdown, table_metadata, write_export_file
 from core.grouping import keep_policy_order
+from core.plots import uniqueness_histogram_png
 from core.scoring import LABELS, compute_uniqueness_scores, find_content_neighbors
 from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
+from resources.output_store import OutputStoreResource
 from resources.policy import DedupPolicyResource
+
+HISTOGRAM_FILE = "uniqueness_histogram.png"
+LOWEST_ROWS = 20
 
 
 @dg.multi_asset(
@@ -24,6 +29,7 @@ def score_uniqueness(
     image_vectors: dict,
     lancedb: LanceDBResource,
     image_store: ImageStoreResource,
+    output_store: OutputStoreResource,
     policy: DedupPolicyResource,
 ):
     thresholds = policy.thresholds
@@ -34,7 +40,13 @@ def score_uniqueness(
     pairs = neighbors.pairs_by_hash()
 
     counts = scores["label"].value_counts().reindex(LABELS, fill_value=0).to_dict()
-    lowest = scores.sort_values(["uniqueness", "path"]).head(20)[["path", "uniqueness", "label", "nearest_path"]]
+    in_force = (
+        f"Thresholds in force ({image_vectors['model_id']}): `duplicate` uniqueness ≤ {thresholds.duplicate:g} < "
+        f"`near_duplicate` ≤ {thresholds.near_duplicate:g} < `unique`."
+    )
+    lowest = scores.sort_values(["uniqueness", "path"]).head(LOWEST_ROWS)[["path", "uniqueness", "label", "nearest_path"]]
+    histogram = uniqueness_histogram_png(scores["uniqueness"], thresholds)
+    histogram_png = write_export_file(output_store, HISTOGRAM_FILE, histogram)
     yield dg.Output(
         scores,
         output_name="uniqueness_scores",
@@ -42,9 +54,12 @@ def score_uniqueness(
             scores,
             preview_rows=0,
             label_counts=dg.MetadataValue.json(counts),
+            **{f"{label}_count": dg.MetadataValue.int(int(counts[label])) for label in LABELS},
             thresholds=dg.MetadataValue.json({"duplicate": thresholds.duplicate, "near_duplicate": thresholds.near_duplicate}),
             model_id=image_vectors["model_id"],
-            lowest_scores=dg.MetadataValue.md(lowest.to_markdown(index=False)),
+            uniqueness_histogram=png_markdown(histogram, "uniqueness histogram", in_force),
+            uniqueness_histogram_png=dg.MetadataValue.path(str(histogram_png)),
+            lowest_scores=dg.MetadataValue.md(f"{in_force}\n\n{lowest.to_markdown(index=False)}"),
         ),
     )
     yield dg.Output(pairs, output_name="near_duplicate_pairs", metadata=table_metadata(pairs))

@@ -1,0 +1,43 @@
+"""Progress messages for long loops (embedding): done / total, throughput and ETA."""
+from __future__ import annotations
+
+PROGRESS_INTERVAL_S = 10.0
+
+
+def format_duration(seconds: float) -> str:
+    """`42 s`, `3 min 05 s`, `2 h 07 min`: short and readable in a log line."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def progress_message(done: int, total: int, elapsed_s: float, unit: str = "images") -> str:
+    """One progress line, e.g. `embedded 64/1000 images (6%), 12.5 images/s, ETA 1 min 15 s`.
+
+    Args:
+        done: items finished, 0 <= done <= total.
+        total: items in the whole loop.
+        elapsed_s: seconds since the loop started.
+        unit: what the items are called.
+    """
+    percent = f" ({100 * done / total:.0f}%)" if total else ""
+    if done <= 0 or elapsed_s <= 0:
+        return f"embedded {done}/{total} {unit}{percent}, rate not known yet"
+    rate = done / elapsed_s
+    remaining = "done" if done >= total else f"ETA {format_duration((total - done) / rate)}"
+    return f"embedded {done}/{total} {unit}{percent}, {rate:.1f} {unit}/s, {remaining}"
+
+
+def should_report(now_s: float, last_reported_s: float | None, done: int, total: int, interval_s: float = PROGRESS_INTERVAL_S) -> bool:
+    """Report the first step, the last one, and otherwise at most once every `interval_s` seconds.
+
+    Args:
+        now_s: the current monotonic time.
+        last_reported_s: monotonic time of the last report, None before the first.
+        done, total: progress so far.
+        interval_s: minimum seconds between two reports in the middle of the loop.
+    """
+    return last_reported_s is None or done >= total or now_s - last_reported_s >= interval_s
