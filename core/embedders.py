@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
@@ -251,23 +252,41 @@ def build_embedder(backend: str, model: str | None = None, device: str = "cpu", 
     raise ValueError(f"unknown embedder {backend!r}; expected one of {', '.join(EMBEDDER_BACKENDS)}")
 
 
-def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_image, batch_size: int = 32):
+def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_image, batch_size: int = 32, decode_workers: int = 2):
     """Embed one file per distinct pixel hash, yielding results batch by batch.
+
+    Decoding batch n+1 (in `decode_workers` threads; Pillow releases the GIL while it decodes)
+    overlaps the forward pass of batch n, so decode is off the critical path whenever it is faster
+    than the model. The results are the same as decoding serially.
 
     Args:
         paths_by_hash: pixel hash -> absolute path of one file with that content.
         embedder: the model.
-        load_image: callable(path, draft_size) -> RGB Pillow image.
+        load_image: callable(path, draft_size) -> RGB Pillow image; called from worker threads.
         batch_size: images per forward pass.
+        decode_workers: threads decoding ahead of the model; 0 decodes serially in this thread.
 
     Yields:
         (hashes, vectors): list[str] and (len(hashes), D) float32 unit rows, in sorted-hash order.
+        A file that fails to decode raises when its batch is reached, as with serial decoding.
     """
     hashes = sorted(paths_by_hash)
     draft = (embedder.input_size, embedder.input_size)
-    for start in range(0, len(hashes), batch_size):
-        batch = hashes[start : start + batch_size]
+    batches = [hashes[start : start + batch_size] for start in range(0, len(hashes), batch_size)]
+
+    def decode(pixel_hash: str) -> Image.Image:
         # Letterbox borders carry no content; trimming them makes a letterboxed copy embed close
         # to its original. The model then pads the content to its square input.
-        images = [trim_uniform_borders(load_image(paths_by_hash[h], draft)) for h in batch]
-        yield batch, embedder.embed(images)
+        return trim_uniform_borders(load_image(paths_by_hash[pixel_hash], draft))
+
+    if decode_workers <= 0:
+        for batch in batches:
+            yield batch, embedder.embed([decode(h) for h in batch])
+        return
+    with ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode") as pool:
+        pending = [pool.submit(decode, h) for h in batches[0]] if batches else []
+        for position, batch in enumerate(batches):
+            images = [future.result() for future in pending]
+            following = batches[position + 1] if position + 1 < len(batches) else []
+            pending = [pool.submit(decode, h) for h in following]
+            yield batch, embedder.embed(images)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_CHUNK_ROWS = 2048
+MAX_BLOCK_CELLS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -46,18 +47,63 @@ def search_neighbors(vectors: np.ndarray, k: int, radius: float, chunk_rows: int
         vectors: (M, D) L2-normalised float32 rows.
         k: neighbours kept per row (clipped to M - 1).
         radius: pairs with `1 - cos <= radius` are returned (cosine distance, in [0, 2]).
-        chunk_rows: rows multiplied at once; memory is O(chunk_rows * M).
+        chunk_rows: rows multiplied at once; memory is O(min(chunk_rows, MAX_BLOCK_CELLS / M) * M).
 
     Returns:
-        NeighborSearch with distances clipped to [0, 2].
+        NeighborSearch with distances clipped to [0, 2]; pairs sorted by (left, right).
     """
+    import torch
+
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-
-    def cosine_block(start: int, stop: int) -> np.ndarray:
-        distance = 1.0 - vectors[start:stop] @ vectors.T
-        return np.clip(distance, 0.0, 2.0, out=distance)
-
-    return _search(vectors.shape[0], k, radius, chunk_rows, cosine_block)
+    rows = vectors.shape[0]
+    k = max(0, min(k, rows - 1))
+    # Bound the similarity block (~256 MiB of float32) so that memory stays flat as M grows.
+    chunk_rows = max(1, min(chunk_rows, MAX_BLOCK_CELLS // max(1, rows)))
+    every = torch.from_numpy(vectors)
+    # Pairs are looked for among similarities above this floor, then re-checked exactly as
+    # `1 - s <= radius` in float32, so rounding of the threshold itself cannot drop a pair.
+    min_similarity = 1.0 - radius - 1e-5
+    topk_index = np.full((rows, k), -1, dtype=np.int64)
+    topk_distance = np.full((rows, k), np.inf, dtype=np.float32)
+    lefts, rights = [], []
+    with torch.inference_mode():
+        for start in range(0, rows, chunk_rows):
+            stop = min(start + chunk_rows, rows)
+            local = torch.arange(stop - start)
+            similarity = every[start:stop] @ every.T
+            similarity[local, local + start] = -torch.inf  # a row is not its own neighbour
+            if k:
+                values, index = torch.topk(similarity, k, dim=1, largest=True, sorted=True)
+                distance = np.clip(1.0 - values.numpy(), 0.0, 2.0)
+                index = index.numpy()
+                order = np.lexsort((index, distance), axis=1)  # ascending distance, ties by index
+                topk_index[start:stop] = np.take_along_axis(index, order, axis=1)
+                topk_distance[start:stop] = np.take_along_axis(distance, order, axis=1)
+                # A row whose k-th neighbour is already outside the radius has all its close pairs
+                # in its top-k; only rows in dense clusters need a scan of the whole block row.
+                in_topk = values[:, -1] < min_similarity
+            else:
+                in_topk = torch.zeros(stop - start, dtype=torch.bool)
+            if k:
+                close = values >= min_similarity
+                close[~in_topk] = False
+                row, position = torch.nonzero(close, as_tuple=True)
+                lefts.append(row.numpy() + start)
+                rights.append(index[row.numpy(), position.numpy()] if len(row) else np.empty(0, np.int64))
+            dense = torch.nonzero(~in_topk).ravel()
+            if len(dense):
+                row, column = torch.nonzero(similarity[dense] >= min_similarity, as_tuple=True)
+                lefts.append(dense[row].numpy() + start)
+                rights.append(column.numpy())
+    left = np.concatenate(lefts).astype(np.int64) if lefts else np.empty(0, np.int64)
+    right = np.concatenate(rights).astype(np.int64) if rights else np.empty(0, np.int64)
+    keep = left < right
+    left, right = left[keep], right[keep]
+    distance = np.clip(1.0 - np.einsum("ij,ij->i", vectors[left], vectors[right]), 0.0, 2.0).astype(np.float32)
+    within = distance <= radius
+    left, right, distance = left[within], right[within], distance[within]
+    order = np.lexsort((right, left))
+    return NeighborSearch(topk_index, topk_distance, left[order], right[order], distance[order])
 
 
 def _search(rows: int, k: int, radius: float, chunk_rows: int, distance_block) -> NeighborSearch:
