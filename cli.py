@@ -15,6 +15,9 @@ from core.settings import PROJECT_ROOT, Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 RUN_SOURCE_TAG = "imgdedup/launched_from"
+# host:pid:start-time of the process executing a CLI run, so that a later CLI start can tell that
+# the run's process is gone (SIGKILL, OOM, power loss) and release what the run still holds.
+RUN_PROCESS_TAG = "imgdedup/process"
 
 
 def ensure_dagster_home() -> Path:
@@ -24,9 +27,31 @@ def ensure_dagster_home() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists() and (PROJECT_ROOT / "dagster.yaml").exists():
-        config.symlink_to(PROJECT_ROOT / "dagster.yaml")
+        try:
+            config.symlink_to(PROJECT_ROOT / "dagster.yaml")
+        except FileExistsError:  # another imgdedup process started at the same moment linked it
+            pass
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def open_instance():
+    """The Dagster instance under $DAGSTER_HOME (see `ensure_dagster_home`), its storage created
+    under a file lock: two processes creating a fresh SQLite instance at the same moment crash, or
+    leave it with two schema heads that no later run can open."""
+    import fcntl
+
+    import dagster as dg
+
+    home = ensure_dagster_home()
+    with open(home / ".imgdedup-instance.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        instance = dg.DagsterInstance.get()
+        # Each storage creates (and stamps) its schema when first used: do all of it under the lock.
+        instance.get_runs(limit=1)
+        instance.event_log_storage.get_pool_limits()
+        instance.schedule_storage.all_instigator_state()
+    return instance
 
 
 def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,22 +86,106 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+def process_token(pid: int | None = None) -> str:
+    """`host:pid:start` for a process (this one by default); `start` is its start time in clock
+    ticks since boot (Linux /proc), empty where /proc does not exist or the process is gone."""
+    import socket
+
+    pid = os.getpid() if pid is None else pid
+    try:
+        # Field 22 of /proc/PID/stat; the command name (field 2) may contain spaces, so split after it.
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = ""
+    return f"{socket.gethostname()}:{pid}:{start}"
+
+
+def process_is_gone(token: str) -> bool:
+    """True when the process named by a `process_token` has certainly ended: same host, and the pid
+    no longer exists or now belongs to a process started at another time (pid reuse)."""
+    import socket
+
+    host, pid_text, start = (token.rsplit(":", 2) + ["", ""])[:3]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine's run: nothing here can tell
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # exists, owned by someone else
+    return bool(start) and process_token(pid).rsplit(":", 1)[1] != start
+
+
+def release_abandoned_runs(instance) -> list[str]:
+    """Mark this instance's CLI runs whose process died as failed, and free the concurrency-pool
+    slots held by runs that are no longer running, so that a killed run cannot block the next
+    writer of the vector table forever (a slot is only released by the run that claimed it).
+
+    Returns:
+        The ids of the runs whose slots were released.
+    """
+    import dagster as dg
+
+    released = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])):
+        token = run.tags.get(RUN_PROCESS_TAG)
+        if token and process_is_gone(token):
+            instance.report_run_failed(run, message=f"the process that executed this run ({token}) ended without finishing it (killed?)")
+    storage = instance.event_log_storage
+    if storage.supports_global_concurrency_limits:
+        for run_id in storage.get_concurrency_run_ids():
+            run = instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                storage.free_concurrency_slots_for_run(run_id)
+                released.append(run_id)
+    for run_id in released:
+        print(f"released the concurrency slots of run {run_id}, which is no longer running", file=sys.stderr)
+    return released
+
+
+def warn_if_writes_are_not_serialized(instance) -> bool:
+    """Print a warning when the instance gives the vector-table writers' pool no limit (a
+    DAGSTER_HOME with its own dagster.yaml): concurrent runs could then duplicate rows.
+
+    Returns:
+        True when a warning was printed.
+    """
+    from resources.lancedb import WRITER_POOL
+
+    storage = instance.event_log_storage
+    config = instance.get_concurrency_config().pool_config
+    limited = storage.supports_global_concurrency_limits and (
+        config.default_pool_limit is not None or any(pool.name == WRITER_POOL for pool in storage.get_pool_limits())
+    )
+    if limited and (config.pool_granularity is None or config.pool_granularity.value == "op"):
+        return False
+    print(
+        f"warning: the Dagster instance in {os.environ.get('DAGSTER_HOME')} sets no op-level limit for the pool "
+        f"{WRITER_POOL!r}, so concurrent runs on one vector table are not serialized and could duplicate rows; "
+        f"add `concurrency: pools: default_limit: 1` to its dagster.yaml (see the repo's) or run "
+        f"`dagster instance concurrency set {WRITER_POOL} 1`",
+        file=sys.stderr,
+    )
+    return True
+
+
 def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO"):
     """Materialize the whole graph for `settings` in the persistent Dagster instance.
 
     Returns:
         The `ExecuteInProcessResult`.
     """
-    import dagster as dg
-
     from definitions import DEDUP_JOB, build_definitions
 
-    ensure_dagster_home()
     job = build_definitions(settings).resolve_job_def(DEDUP_JOB)
-    with dg.DagsterInstance.get() as instance:
+    with open_instance() as instance:
+        warn_if_writes_are_not_serialized(instance)
+        release_abandoned_runs(instance)
         return job.execute_in_process(
             instance=instance,
-            tags={RUN_SOURCE_TAG: source},
+            tags={RUN_SOURCE_TAG: source, RUN_PROCESS_TAG: process_token()},
             raise_on_error=False,
             # Progress and warnings on the terminal; the full debug log stays in the UI.
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
@@ -108,10 +217,11 @@ def summarize(result, settings: Settings) -> int:
         # A failed blocking check fails its step too; it is reported above with its values.
         if error is not None and error.cls_name != "DagsterAssetCheckFailedError":
             print(f"FAILED step {event.step_key}: {error.message.strip()[:2000]}", file=sys.stderr)
-    from definitions import build_definitions
+    from definitions import ALL_ASSETS
 
-    # The run targets its asset selection, or (none given) every asset of the dedup job.
-    targeted = set(result.dagster_run.asset_selection or build_definitions(settings).resolve_all_asset_keys())
+    # The run targets its asset selection, or (none given) every asset of the dedup job (the
+    # calibration asset is not one: it runs on demand).
+    targeted = set(result.dagster_run.asset_selection or {key for assets in ALL_ASSETS for key in assets.keys})
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}
     held_back = sorted(key.to_user_string() for key in targeted - materialized)
 
@@ -151,8 +261,61 @@ def command_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     sample = build_sample_set(out / "sample-images")
     print(f"sample set: {len(sample['files'])} files in {sample['root']}")
-    settings = Settings.from_env().with_overrides(image_root=sample["root"], out_dir=str(out / "results"), embedder=args.embedder)
+    # The sample is mostly planted copies, so the raw-data gate (default 0.5) would rightly block
+    # it; the demo raises it to show the whole graph. Pass a lower value to see the gate fire.
+    settings = Settings.from_env().with_overrides(
+        image_root=sample["root"], out_dir=str(out / "results"), embedder=args.embedder, max_duplicate_fraction=args.max_duplicate_fraction
+    )
+    print(f"max_duplicate_fraction for the demo: {settings.max_duplicate_fraction}")
     return summarize(run_pipeline(settings, source="cli-demo"), settings)
+
+
+def command_calibrate(args: argparse.Namespace) -> int:
+    """Discover the images, calibrate the near-duplicate threshold for the model and store it."""
+    from core.calibration import read_calibrations
+    from definitions import CALIBRATION_JOB, build_definitions, model_id_for
+
+    settings = Settings.from_env().with_overrides(
+        image_root=str(Path(args.images).resolve()),
+        out_dir=str(Path(args.out).resolve()),
+        embedder=args.embedder,
+        model=args.model,
+        hash_threshold_bits=args.hash_threshold_bits,
+        calibration_sample_size=args.sample,
+        calibration_seed=args.seed,
+        target_precision=args.target_precision,
+        batch_size=args.batch_size,
+    )
+    problems = settings.problems()
+    if problems:
+        for problem in problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    job = build_definitions(settings).resolve_job_def(CALIBRATION_JOB)
+    with open_instance() as instance:
+        release_abandoned_runs(instance)
+        result = job.execute_in_process(
+            instance=instance,
+            tags={RUN_SOURCE_TAG: "cli-calibrate", RUN_PROCESS_TAG: process_token()},
+            raise_on_error=False,
+            run_config={"ops": {"embedding_thresholds": {"config": {"force": args.force}}}, "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        if error is not None:
+            print(f"FAILED step {event.step_key}: {error.message.strip()[:2000]}", file=sys.stderr)
+    if not result.success:
+        return EXIT_FAILED
+    model_id = model_id_for(settings)
+    record = read_calibrations(settings.thresholds_file)[model_id]
+    print(f"near-duplicate threshold for {model_id}: {record['near_duplicate_threshold']:g}")
+    print(
+        f"  estimated precision {record['precision']:.3f} (target {record['target_precision']}), recall {record['recall']:.3f} "
+        f"of edited copies; {record['sample_size']} images sampled (seed {record['seed']}), hash_threshold_bits {record['hash_threshold_bits']}"
+    )
+    print(f"  stored in {settings.thresholds_file}; `imgdedup run --out {settings.out_dir}` uses it unless --near-duplicate-threshold is given")
+    print(f"dagster run {result.run_id} (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
+    return EXIT_OK
 
 
 def similar_images(out_dir: Path, relative_path: str, k: int) -> list[dict]:
@@ -200,7 +363,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="build the bundled sample set and run the pipeline on it")
     demo.add_argument("--out", default=str(PROJECT_ROOT / "demo-output"))
     demo.add_argument("--embedder", choices=["hf", "offline"], default="offline")
+    demo.add_argument("--max-duplicate-fraction", type=float, default=0.95, help="raw-data gate for the demo (the sample is mostly copies)")
     demo.set_defaults(handler=command_demo)
+    calibrate = commands.add_parser("calibrate", help="choose the near-duplicate threshold for the model from edited copies of a sample (no labels) and store it")
+    calibrate.add_argument("--images", required=True, help="folder of images (walked recursively)")
+    calibrate.add_argument("--out", required=True, help="the output folder of `run` (the threshold is stored in OUT/state/thresholds.json)")
+    calibrate.add_argument("--embedder", choices=["hf", "offline"], default=None, help="hf (default) or offline")
+    calibrate.add_argument("--model", default=None, help="hub id or local model directory for --embedder hf")
+    calibrate.add_argument("--sample", type=int, default=None, help="distinct images sampled (default 100)")
+    calibrate.add_argument("--seed", type=int, default=None, help="seed of the sample and of the edits (default 0)")
+    calibrate.add_argument("--target-precision", type=float, default=None, help="estimated pair precision to reach (default 0.99)")
+    calibrate.add_argument("--hash-threshold-bits", type=int, default=None, help="the pHash setting the runs use (default 10)")
+    calibrate.add_argument("--batch-size", type=int, default=None)
+    calibrate.add_argument("--force", action="store_true", help="recalibrate even if this sample was calibrated with these settings")
+    calibrate.set_defaults(handler=command_calibrate)
     similar = commands.add_parser("similar", help="print the K images most similar to PATH, from the vector table")
     similar.add_argument("path", help="image path relative to the image root of the run in --out")
     similar.add_argument("--k", type=int, default=5)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.calibration import embedding_thresholds
 from assets.clean_dataset import clean_dataset
 from automation.arrivals import build_arrival_automation
 from automation.maintenance import vector_table_maintenance, weekly_vector_table_maintenance
@@ -15,6 +16,7 @@ from assets.raw_images import discover_raw_images
 from assets.training_manifest import training_manifest
 from assets.uniqueness_scores import score_uniqueness
 from checks import all_checks
+from core.embedders import build_embedder
 from core.settings import Settings
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
@@ -23,7 +25,18 @@ from resources.output_store import OutputStoreResource
 from resources.policy import DedupPolicyResource
 
 DEDUP_JOB = "dedup_job"
+CALIBRATION_JOB = "calibration_job"
 ALL_ASSETS = [discover_raw_images, image_embeddings, image_vectors, score_uniqueness, collect_duplicates, clean_dataset, training_manifest]
+# Run on demand, not by dedup_job: scoring reads the stored value, so calibrating never slows a run.
+CALIBRATION_ASSETS = [embedding_thresholds]
+
+
+def model_id_for(settings: Settings) -> str | None:
+    """The configured model's id (no weights are loaded), or None for an invalid embedder setting."""
+    try:
+        return build_embedder(settings.embedder, settings.model, device=settings.device).model_id
+    except ValueError:
+        return None
 
 
 def resources_for(settings: Settings) -> dict:
@@ -42,6 +55,11 @@ def resources_for(settings: Settings) -> dict:
             near_duplicate_action=settings.near_duplicate_action,
             max_duplicate_fraction=settings.max_duplicate_fraction,
             hash_threshold_bits=settings.hash_threshold_bits,
+            thresholds_file=settings.thresholds_file,
+            model_id=model_id_for(settings),
+            calibration_sample_size=settings.calibration_sample_size,
+            calibration_seed=settings.calibration_seed,
+            target_precision=settings.target_precision,
         ),
         # Intermediate tables are pickled under the output folder's state, beside the vector table.
         "io_manager": dg.FilesystemIOManager(base_dir=str(Path(settings.out_dir) / "state" / "assets")),
@@ -49,12 +67,17 @@ def resources_for(settings: Settings) -> dict:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    dedup_job = dg.define_asset_job(DEDUP_JOB, selection=dg.AssetSelection.all(), description="Materialize the whole dedup graph and run its checks.")
+    dedup_job = dg.define_asset_job(DEDUP_JOB, selection=dg.AssetSelection.assets(*ALL_ASSETS), description="Materialize the whole dedup graph and run its checks.")
+    calibration_job = dg.define_asset_job(
+        CALIBRATION_JOB,
+        selection=dg.AssetSelection.assets(discover_raw_images, image_embeddings, image_vectors, *CALIBRATION_ASSETS),
+        description="Discover and embed the images (a later run reuses the vectors), then calibrate the near-duplicate threshold for the model.",
+    )
     arrival_sensor, nightly_schedule = build_arrival_automation(DEDUP_JOB)
     return dg.Definitions(
-        assets=ALL_ASSETS,
+        assets=[*ALL_ASSETS, *CALIBRATION_ASSETS],
         asset_checks=all_checks(),
-        jobs=[dedup_job, vector_table_maintenance],
+        jobs=[dedup_job, calibration_job, vector_table_maintenance],
         sensors=[arrival_sensor],
         schedules=[nightly_schedule, weekly_vector_table_maintenance],
         resources=resources_for(settings),

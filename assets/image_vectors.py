@@ -7,11 +7,11 @@ import pandas as pd
 from assets.image_embeddings import embedding_checkpoint
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
-from resources.lancedb import LanceDBResource
+from resources.lancedb import WRITER_POOL, LanceDBResource
 from resources.output_store import OutputStoreResource
 
 
-@dg.asset(group_name="dedup")
+@dg.asset(group_name="dedup", pool=WRITER_POOL)
 def image_vectors(
     context: dg.AssetExecutionContext,
     image_embeddings: pd.DataFrame,

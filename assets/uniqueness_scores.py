@@ -22,6 +22,9 @@ LOWEST_ROWS = 20
         "near_duplicate_pairs": dg.AssetOut(description="Pairs of distinct contents within the near-duplicate threshold (cosine distance)."),
     },
     group_name="dedup",
+    # Lineage only: the calibrated threshold is read from its stored file, never loaded as an input,
+    # so dedup_job does not recalibrate (see assets/calibration.py).
+    deps=["embedding_thresholds"],
 )
 def score_uniqueness(
     context: dg.AssetExecutionContext,
@@ -32,7 +35,12 @@ def score_uniqueness(
     output_store: OutputStoreResource,
     policy: DedupPolicyResource,
 ):
-    thresholds = policy.thresholds
+    # Pinned by the user, else calibrated for this model (embedding_thresholds), else the default.
+    in_force = policy.thresholds_in_force(image_vectors["model_id"])
+    if policy.model_id is not None and policy.model_id != image_vectors["model_id"]:
+        raise ValueError(f"the policy is configured for model {policy.model_id}, but the vectors are from {image_vectors['model_id']}; build resources with resources_for(settings)")
+    thresholds = in_force.thresholds
+    context.log.info(f"near-duplicate threshold {in_force.describe()}")
     vectors = lancedb.read_vectors(image_vectors["model_id"], set(raw_images["pixel_hash"]))
     neighbors = find_content_neighbors(vectors, radius=thresholds.near_duplicate_cosine_distance, hash_signal=policy.hash_signal(raw_images))
     keep_rank = keep_policy_order(raw_images, policy.keep_policy, image_store.review_pins())
@@ -40,9 +48,9 @@ def score_uniqueness(
     pairs = neighbors.pairs_by_hash()
 
     counts = scores["label"].value_counts().reindex(LABELS, fill_value=0).to_dict()
-    in_force = (
+    in_force_text = (
         f"Thresholds in force ({image_vectors['model_id']}): `duplicate` uniqueness ≤ {thresholds.duplicate:g} < "
-        f"`near_duplicate` ≤ {thresholds.near_duplicate:g} < `unique`."
+        f"`near_duplicate` ≤ {thresholds.near_duplicate:g} < `unique`; near-duplicate threshold {in_force.describe()}."
     )
     lowest = scores.sort_values(["uniqueness", "path"]).head(LOWEST_ROWS)[["path", "uniqueness", "label", "nearest_path"]]
     histogram = uniqueness_histogram_png(scores["uniqueness"], thresholds)
@@ -55,11 +63,13 @@ def score_uniqueness(
             preview_rows=0,
             label_counts=dg.MetadataValue.json(counts),
             **{f"{label}_count": dg.MetadataValue.int(int(counts[label])) for label in LABELS},
-            thresholds=dg.MetadataValue.json({"duplicate": thresholds.duplicate, "near_duplicate": thresholds.near_duplicate}),
+            thresholds=dg.MetadataValue.json({"duplicate": thresholds.duplicate, "near_duplicate": thresholds.near_duplicate, "near_duplicate_source": in_force.source}),
+            near_duplicate_threshold=dg.MetadataValue.float(float(thresholds.near_duplicate)),
+            near_duplicate_threshold_source=dg.MetadataValue.text(in_force.describe()),
             model_id=image_vectors["model_id"],
-            uniqueness_histogram=png_markdown(histogram, "uniqueness histogram", in_force),
+            uniqueness_histogram=png_markdown(histogram, "uniqueness histogram", in_force_text),
             uniqueness_histogram_png=dg.MetadataValue.path(str(histogram_png)),
-            lowest_scores=dg.MetadataValue.md(f"{in_force}\n\n{lowest.to_markdown(index=False)}"),
+            lowest_scores=dg.MetadataValue.md(f"{in_force_text}\n\n{lowest.to_markdown(index=False)}"),
         ),
     )
     yield dg.Output(pairs, output_name="near_duplicate_pairs", metadata=table_metadata(pairs))

@@ -1,10 +1,10 @@
 """Vector-table maintenance: compaction and cleanup as their own scheduled job."""
 import dagster as dg
 
-from resources.lancedb import LanceDBResource
+from resources.lancedb import WRITER_POOL, LanceDBResource
 
 
-@dg.op
+@dg.op(pool=WRITER_POOL)
 def optimize_vector_tables(context: dg.OpExecutionContext, lancedb: LanceDBResource) -> None:
     """Compact small fragments left by incremental inserts and prune old table versions."""
     db = lancedb.connect()

@@ -1,45 +1,167 @@
-"""Dedup quality on the shared benchmark sets: run `imgdedup run` on each, score with evaluate.py.
+"""Dedup quality on the shared benchmark sets: run `imgdedup run` on each, score with evaluate.py,
+break recall down by relation, and measure the cost per 100 images.
 
 Usage:
     .venv/bin/python bench/quality.py [--embedder offline] [--out /tmp/imgdedup-bench]
+                                      [--calibrate | --near-duplicate-threshold T] [--no-cost]
 
-Prints one line per set and ends with one line of JSON holding every figure.
+`--calibrate` runs `imgdedup calibrate` on each set first (the user's flow: the run then uses the
+threshold calibrated on that set's own images); `--near-duplicate-threshold` pins one value for all
+sets. Default: the settings' defaults.
+
+Per-relation recall: a true pair (two images of one ground-truth group) counts for the relation of
+its non-original member (`relation` column of the set's manifest.csv, reduced to a category); a pair
+of two edited copies counts for both relations, a pair of two originals as "original / identical".
+
+Cost per 100 images: decoding + the 8 dihedral pHashes (as the catalog computes them), and one
+embedding forward pass per image (the pipeline's loader, border trimming and batches), timed in this
+process after the model has loaded, over every decodable file of the set.
+
+Prints one line per set, the per-relation table, and ends with one line of JSON holding every figure.
 """
 import argparse
+import csv
+import itertools
 import json
+import re
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
 BENCH = PROJECT_ROOT.parent / "shared" / "bench"
 SETS = ("idealo-imagededup", "jenssegers-imagehash", "threatexchange-pdq")
+ORIGINAL = "original / identical copy"
+
+# First match wins, on the lower-cased relation text of manifest.csv.
+RELATION_CATEGORIES = (
+    (r"same scene, separate shots", "same scene, separate shot"),
+    (r"exif orientation=", "EXIF orientation tag only"),
+    (r"byte-identical", ORIGINAL),
+    (r"^original|aaa-orig|bridge-1-original|mode original|variant: sample-b$", ORIGINAL),
+    (r"rotated 0 deg, flip none", "re-encode"),
+    (r"rotated (90|270) deg|rotate-(90|270)|flip-(plus|minus)-1", "rotation 90/270 (± flip)"),
+    (r"rotated (0|180) deg|rotate-180|flipx|flipy|hflip", "rotation 180 / flip"),
+    (r"transformed copy: rotation", "arbitrary-angle rotation"),
+    (r"rgba png copy|convert to mode|gray", "mode conversion / grayscale"),
+    (r"letterbox", "letterbox"),
+    (r"crop", "crop"),
+    (r"copyright", "watermark"),
+    (r"resize|shrink|square-|thumb", "resize / thumbnail"),
+    (r"blur|sharpen", "blur / sharpen"),
+    (r"contrast|saturation", "contrast / saturation"),
+    (r"variant: (high|low)$", "JPEG quality"),
+)
+
+
+def relation_category(relation: str) -> str:
+    text = relation.lower().strip()
+    for pattern, category in RELATION_CATEGORIES:
+        if re.search(pattern, text):
+            return category
+    return "other: " + text[:40]
+
+
+def relation_recall(dataset: Path, uniqueness_csv: Path) -> dict[str, dict]:
+    """category -> {true_pairs, found, recall} for one set (see the module docstring)."""
+    groups = json.loads((dataset / "groups.json").read_text())
+    with open(dataset / "manifest.csv", newline="") as handle:
+        category = {row["path"]: relation_category(row["relation"]) for row in csv.DictReader(handle)}
+    with open(uniqueness_csv, newline="") as handle:
+        predicted = {row["path"]: row["group_id"] for row in csv.DictReader(handle) if row.get("group_id")}
+    table = defaultdict(lambda: {"true_pairs": 0, "found": 0})
+    for members in groups.values():
+        for a, b in itertools.combinations(sorted(members), 2):
+            found = a in predicted and predicted.get(a) == predicted.get(b)
+            relations = {category[p] for p in (a, b) if category[p] != ORIGINAL} or {ORIGINAL}
+            for relation in relations:
+                table[relation]["true_pairs"] += 1
+                table[relation]["found"] += int(found)
+    return {k: {**v, "recall": round(v["found"] / v["true_pairs"], 3)} for k, v in sorted(table.items())}
+
+
+def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32) -> dict:
+    """Seconds per 100 decodable images: decode + dihedral pHashes, and embedding (after warm-up)."""
+    from core.embedders import build_embedder, embed_in_batches
+    from core.images import ImageRejected, describe_image, discover_image_files, load_rgb
+
+    paths, started = [], time.perf_counter()
+    for found in discover_image_files(dataset):
+        try:
+            content = describe_image(dataset / found.path)
+        except ImageRejected:
+            continue
+        paths.append((content.pixel_hash, str(dataset / found.path)))
+    hash_seconds = time.perf_counter() - started
+    by_hash = dict(paths)
+    embedder = build_embedder(embedder_name)
+    embedder.embed([load_rgb(next(iter(by_hash.values())))])  # load the weights outside the timing
+    started = time.perf_counter()
+    for _ in embed_in_batches(by_hash, embedder, lambda path, draft: load_rgb(path, draft_size=draft), batch_size):
+        pass
+    embed_seconds = time.perf_counter() - started
+    # Identical contents are embedded once; the cost is per image of the set, as a user pays it.
+    per_100 = 100.0 / len(paths)
+    return {
+        "images": len(paths),
+        "distinct_contents": len(by_hash),
+        "decode_and_hash_s_per_100": round(hash_seconds * per_100, 2),
+        "embedding_s_per_100": round(embed_seconds * per_100, 2),
+        "total_s_per_100": round((hash_seconds + embed_seconds) * per_100, 2),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedder", default="offline")
     parser.add_argument("--out", default="/tmp/imgdedup-bench")
+    threshold = parser.add_mutually_exclusive_group()
+    threshold.add_argument("--calibrate", action="store_true", help="calibrate the threshold on each set before its run")
+    threshold.add_argument("--near-duplicate-threshold", type=float, default=None, help="pin one threshold for every set")
+    parser.add_argument("--no-cost", action="store_true", help="skip the cost measurement")
     args = parser.parse_args()
     figures = {}
+    relations = {}
     for name in SETS:
-        out = Path(args.out) / name
+        out, data = Path(args.out) / name, BENCH / "data" / name
         started = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "cli", "run", "--images", str(BENCH / "data" / name), "--out", str(out), "--embedder", args.embedder, "--max-duplicate-fraction", "1.0"],
+        calibrated = None
+        if args.calibrate:
+            calibration = subprocess.run([sys.executable, "-m", "cli", "calibrate", "--images", str(data), "--out", str(out), "--embedder", args.embedder, "--force"],
+                                         cwd=PROJECT_ROOT, capture_output=True, text=True)
+            if calibration.returncode != 0:
+                print(calibration.stdout[-2000:], calibration.stderr[-2000:], file=sys.stderr)
+                return calibration.returncode
+            calibrated = json.loads((out / "state" / "thresholds.json").read_text())["models"]
+        pinned = ["--near-duplicate-threshold", str(args.near_duplicate_threshold)] if args.near_duplicate_threshold is not None else []
+        run = subprocess.run([sys.executable, "-m", "cli", "run", "--images", str(data), "--out", str(out), "--embedder", args.embedder, "--max-duplicate-fraction", "1.0", *pinned],
                              cwd=PROJECT_ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - started
         if run.returncode not in (0, 1):
             print(run.stderr[-2000:], file=sys.stderr)
             return run.returncode
-        scored = subprocess.run([sys.executable, str(BENCH / "evaluate.py"), str(out / "uniqueness.csv"), str(BENCH / "data" / name), "--json"],
+        scored = subprocess.run([sys.executable, str(BENCH / "evaluate.py"), str(out / "uniqueness.csv"), str(data), "--json"],
                                 capture_output=True, text=True, check=True)
         result = json.loads(scored.stdout)
         figures[name] = {k: result[k] for k in ("images_scored", "images_missing", "pair_precision", "pair_recall", "pair_f1", "groups_left_with_exactly_one", "groups_with_copies", "singletons_removed")}
         figures[name]["seconds"] = round(seconds, 1)
+        if calibrated:
+            figures[name]["calibrated_threshold"] = next(iter(calibrated.values()))["near_duplicate_threshold"]
+        relations[name] = relation_recall(data, out / "uniqueness.csv")
+        if not args.no_cost:
+            figures[name]["cost"] = cost_per_100_images(data, args.embedder)
+        cost = f"; {figures[name]['cost']['total_s_per_100']:.1f} s / 100 images" if "cost" in figures[name] else ""
+        threshold_note = f"  T {figures[name]['calibrated_threshold']:.4f}" if calibrated else ""
         print(f"{name:22s} P {result['pair_precision']:.3f}  R {result['pair_recall']:.3f}  F1 {result['pair_f1']:.3f}  "
-              f"missing {result['images_missing']}  ({seconds:.1f} s, incl. model load)")
-    print(json.dumps({"embedder": args.embedder, "sets": figures}))
+              f"missing {result['images_missing']}{threshold_note}  ({seconds:.1f} s, incl. model load{cost})")
+    print("\nrecall by relation (true pairs found / true pairs):")
+    for name, table in relations.items():
+        for relation, row in table.items():
+            print(f"  {name:22s} {relation:32s} {row['found']:4d} / {row['true_pairs']:<4d} {row['recall']:.3f}")
+    print(json.dumps({"embedder": args.embedder, "calibrate": args.calibrate, "near_duplicate_threshold": args.near_duplicate_threshold, "sets": figures, "relations": relations}))
     return 0
 
 

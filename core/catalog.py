@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.images import DiscoveredFile, ImageRejected, describe_image, file_sha256, image_id_for
+from core.images import DiscoveredFile, ImageRejected, describe_image, file_sha256, image_id_for, printable_path
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,17 @@ def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int) -> di
     """One catalog row: either an image row or a rejection row (key `reason`)."""
     base = {"image_id": image_id_for(discovered.path), "path": discovered.path}
     if discovered.rejection:
-        return {**base, "bytes": None, "reason": discovered.rejection, "detail": ""}
+        return {**base, "bytes": None, "reason": discovered.rejection, "detail": discovered.detail[:500]}
     full = root / discovered.path
+    try:
+        # Discovery checked symlinks; a file swapped for one since then must not be read either.
+        target = full.resolve()
+        if not target.is_relative_to(root.resolve()):
+            return {**base, "bytes": None, "reason": "symlink_outside_root", "detail": f"became a link to {target} after the folder was listed"[:500]}
+    except RuntimeError as exc:  # a symlink loop (resolve raises it)
+        return {**base, "bytes": None, "reason": "symlink_loop", "detail": str(exc)[:500]}
+    except OSError:
+        pass  # reported by the reads below
     try:
         stat = full.stat()
         facts = describe_image(full, max_pixels)
@@ -113,6 +122,8 @@ def build_catalog(
     logger.info("decoded %d files in %.1f s", len(to_describe), time.monotonic() - started)
     images = pd.DataFrame([r for r in rows if "reason" not in r], columns=IMAGE_COLUMNS)
     rejected = pd.DataFrame([r for r in rows if "reason" in r], columns=REJECTED_COLUMNS)
+    # Details quote OS messages with absolute paths, which may hold undecodable (non-UTF-8) bytes.
+    rejected["detail"] = rejected["detail"].map(printable_path)
     for column in ("bytes", "mtime_ns", "width", "height", "content_pixels", "frames"):
         images[column] = images[column].astype("int64")
     images["first_seen"] = pd.to_datetime(images["first_seen"], utc=True)

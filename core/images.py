@@ -4,6 +4,7 @@ Everything here works on plain paths and returns plain values; nothing imports D
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -34,12 +35,15 @@ class DiscoveredFile:
     """A file under the image root that has an image extension.
 
     Attributes:
-        path: path relative to the image root, '/'-separated.
+        path: path relative to the image root, '/'-separated. A name that is not valid UTF-8 is
+            shown with its undecodable bytes as `\\xNN` escapes (and rejected as `non_utf8_name`).
         rejection: why the file cannot be read at all (symlink escaping the root, ...), else None.
+        detail: what was found, for the person fixing it (empty when there is no rejection).
     """
 
     path: str
     rejection: str | None = None
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ def discover_image_files(image_root: str | os.PathLike) -> list[DiscoveredFile]:
 
     Directories are walked without following symlinks (no loops, no escapes). A symlinked file is
     kept only when its target resolves inside the root; otherwise it is returned with a rejection.
+    A file whose path is not valid UTF-8 is returned with the rejection `non_utf8_name` (its path
+    could not be written to the CSV / Parquet exports), and a folder that cannot be listed is
+    returned as one entry (its path with a trailing `/`) with the rejection `unreadable_folder`,
+    so that nothing under the root is skipped silently.
 
     Raises:
         ValueError: when `image_root` is not an existing directory.
@@ -83,35 +91,73 @@ def discover_image_files(image_root: str | os.PathLike) -> list[DiscoveredFile]:
         raise ValueError(f"image root {str(root)!r} is not an existing directory; pass the folder that holds the images")
     resolved_root = root.resolve()
     found: list[DiscoveredFile] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+
+    def unlistable(error: OSError) -> None:
+        folder = Path(error.filename) if error.filename else root
+        relative = printable_path(folder.relative_to(root).as_posix()) + "/"
+        logger.warning("cannot list %s: %s; the folder is reported as rejected", folder, error)
+        found.append(DiscoveredFile(relative, "unreadable_folder", f"{type(error).__name__}: {error.strerror or error}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames):
             if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
             full = Path(dirpath) / name
             relative = PurePosixPath(full.relative_to(root).as_posix()).as_posix()
-            found.append(DiscoveredFile(relative, _rejection_for_entry(full, resolved_root)))
+            shown = printable_path(relative)
+            if shown != relative:
+                found.append(DiscoveredFile(shown, "non_utf8_name", "the file name is not valid UTF-8; rename it (e.g. `convmv -f latin1 -t utf8`)"))
+                continue
+            rejection, detail = _rejection_for_entry(full, resolved_root)
+            found.append(DiscoveredFile(relative, rejection, detail))
     return sorted(found, key=lambda f: f.path)
 
 
-def _rejection_for_entry(full: Path, resolved_root: Path) -> str | None:
+def printable_path(text: str) -> str:
+    """`text` itself when it is valid UTF-8; else with its undecodable bytes as `\\xNN` escapes.
+
+    `os.walk` and OS error messages carry the bytes of non-UTF-8 names as lone surrogates, which no
+    UTF-8 writer (CSV, Parquet, LanceDB) accepts.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _rejection_for_entry(full: Path, resolved_root: Path) -> tuple[str | None, str]:
+    """(rejection, detail) for one directory entry; (None, "") for a regular file inside the root."""
     try:
         if full.is_symlink():
             target = full.resolve(strict=False)
             if not target.is_relative_to(resolved_root):
-                return "symlink_outside_root"
+                return "symlink_outside_root", f"points to {printable_path(str(target))}, outside the image root; copy the file in instead"
             if not target.exists():
-                return "broken_symlink"
+                return "broken_symlink", f"points to {printable_path(str(target))}, which does not exist"
         mode = full.stat().st_mode
     except RuntimeError:  # symlink loop (raised by resolve)
-        return "symlink_loop"
+        return "symlink_loop", "the symlink chain loops back on itself"
     except FileNotFoundError:
-        return "disappeared"
+        return "disappeared", "removed while the folder was being listed"
     except OSError as exc:
-        return "symlink_loop" if exc.errno == 40 else "unreadable"
+        if exc.errno == errno.ELOOP:
+            return "symlink_loop", "the symlink chain loops back on itself"
+        return "unreadable", f"{type(exc).__name__}: {exc.strerror or exc}"
     if not stat.S_ISREG(mode):
-        return "not_a_regular_file"
-    return None
+        return "not_a_regular_file", f"a {_file_kind(mode)}, not a file"
+    return None, ""
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return kind
+    return "special file"
 
 
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -210,11 +256,19 @@ def dihedral_phashes(rgb: Image.Image) -> np.ndarray:
     return np.packbits(np.array(bits, dtype=np.uint8), axis=1).view(">u8").astype(np.uint64).ravel()
 
 
+def _reraise_io_error(exc: BaseException) -> None:
+    """Re-raise operating-system errors (file gone, permission denied, I/O error: they carry an
+    errno) so that callers can tell them from malformed data (Pillow's own OSErrors carry none)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        raise exc
+
+
 def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open an image lazily, refusing decompression bombs before any pixel is decoded.
 
     Raises:
         ImageRejected: for empty, unidentifiable or oversized files.
+        OSError: the file cannot be read (FileNotFoundError, PermissionError, ...).
     """
     if os.path.getsize(path) == 0:
         raise ImageRejected("empty_file")
@@ -225,6 +279,7 @@ def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         except UnidentifiedImageError as exc:
             raise ImageRejected("not_an_image", str(exc)) from exc
         except DECODE_ERRORS as exc:  # e.g. a JPEG cut inside its header
+            _reraise_io_error(exc)
             reason = "truncated" if "truncated" in str(exc).lower() else "decode_error"
             raise ImageRejected(reason, f"{type(exc).__name__}: {exc}") from exc
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -246,6 +301,7 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, draf
 
     Raises:
         ImageRejected: the file cannot be decoded; `reason` says why.
+        OSError: the file cannot be read (FileNotFoundError, PermissionError, ...).
     """
     image = open_image(path, max_pixels)
     try:
@@ -261,6 +317,7 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, draf
     except (Image.DecompressionBombError,) as exc:
         raise ImageRejected("too_many_pixels", str(exc)) from exc
     except DECODE_ERRORS as exc:
+        _reraise_io_error(exc)
         message = str(exc)
         reason = "truncated" if "truncated" in message or isinstance(exc, EOFError) else "decode_error"
         raise ImageRejected(reason, f"{type(exc).__name__}: {message}") from exc
@@ -271,12 +328,14 @@ def describe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
 
     Raises:
         ImageRejected: the file cannot be decoded.
+        OSError: the file cannot be read (FileNotFoundError, PermissionError, ...).
     """
     with open_image(path, max_pixels) as probe:
         source_mode = probe.mode
         try:
             frames = getattr(probe, "n_frames", 1)  # walks the file: a truncated animation fails here
         except DECODE_ERRORS as exc:
+            _reraise_io_error(exc)
             raise ImageRejected("truncated" if "truncated" in str(exc) else "decode_error", f"{type(exc).__name__}: {exc}") from exc
     rgb = load_rgb(path, max_pixels)
     return DecodedImage(

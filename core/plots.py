@@ -108,3 +108,63 @@ def uniqueness_histogram_png(uniqueness: Sequence[float], thresholds: Thresholds
     # No Software / date chunks, so the same scores always give the same bytes.
     figure.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
+
+
+CALIBRATION_LOG_FLOOR = 1e-4
+CALIBRATION_COLORS = {"copy": "#2ca02c", "copy_hash": "#98df8a", "other": "#d62728"}
+
+
+def calibration_histogram_png(
+    copy_distance: Sequence[float],
+    copy_hash_matched: Sequence[bool],
+    other_distance: Sequence[float],
+    threshold: float,
+    title: str | None = None,
+) -> bytes:
+    """Both distributions a calibration compares, with the chosen threshold marked.
+
+    Green: edited copy vs its source (light green: the pHash alone already matches them, so the
+    threshold does not matter for them); red: image vs the nearest different original. The x axis
+    is the embedding distance on the uniqueness scale (half the cosine distance), log-scaled over
+    [1e-4, 1]; smaller values are counted in the first bin.
+
+    Args:
+        copy_distance: (P,) positive pairs' embedding distances.
+        copy_hash_matched: (P,) whether the pHash matches each positive pair.
+        other_distance: (N,) negative pairs' embedding distances (+inf values are dropped).
+        threshold: the chosen near-duplicate threshold (uniqueness scale).
+        title: figure title.
+
+    Returns:
+        PNG file bytes (about 750 x 330 px).
+    """
+    from matplotlib.figure import Figure
+
+    copies = np.clip(np.asarray(copy_distance, dtype=np.float64), CALIBRATION_LOG_FLOOR, 1.0)
+    hashed = np.asarray(copy_hash_matched, dtype=bool)
+    others = np.asarray(other_distance, dtype=np.float64)
+    others = np.clip(others[np.isfinite(others)], CALIBRATION_LOG_FLOOR, 1.0)
+    edges = np.geomspace(CALIBRATION_LOG_FLOOR, 1.0, 4 * HISTOGRAM_BINS_PER_DECADE + 1)
+
+    figure = Figure(figsize=(7.5, 3.3), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    copy_counts = [np.histogram(copies[~hashed], edges)[0], np.histogram(copies[hashed], edges)[0]]
+    axes.bar(edges[:-1], copy_counts[0], width=np.diff(edges), align="edge", color=CALIBRATION_COLORS["copy"], alpha=0.8,
+             label=f"edited copy vs its source ({int(np.count_nonzero(~hashed))})")
+    axes.bar(edges[:-1], copy_counts[1], width=np.diff(edges), bottom=copy_counts[0], align="edge", color=CALIBRATION_COLORS["copy_hash"], alpha=0.8,
+             label=f"… already matched by pHash ({int(np.count_nonzero(hashed))})")
+    axes.step(edges, np.append(np.histogram(others, edges)[0], 0), where="post", color=CALIBRATION_COLORS["other"], linewidth=1.6,
+              label=f"nearest different original ({len(others)})")
+    axes.axvline(threshold, color="black", linestyle="--", linewidth=1.0)
+    axes.annotate(f"near-duplicate ≤ {threshold:.4g}", xy=(threshold, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -3),
+                  textcoords="offset points", ha="right", va="top", rotation=90, fontsize=8)
+    axes.set_xscale("log")
+    axes.set_xlim(CALIBRATION_LOG_FLOOR, 1.0)
+    axes.set_xlabel("embedding distance (uniqueness scale: half the cosine distance; log)")
+    axes.set_ylabel("pairs")
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.legend(loc="upper left", fontsize=8, frameon=False)
+    figure.suptitle(title or "Calibration: edited copies vs different images", fontsize=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()

@@ -5,12 +5,22 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from core.calibration import (
+    DEFAULT_NEAR_DUPLICATE_THRESHOLD,
+    DEFAULT_SAMPLE_SIZE,
+    DEFAULT_SEED,
+    DEFAULT_TARGET_PRECISION,
+    MIN_ORIGINALS,
+    THRESHOLDS_FILE,
+)
 from core.embedders import EMBEDDER_BACKENDS
 from core.grouping import KEEP_POLICIES, NEAR_DUPLICATE_ACTIONS
 from core.scoring import Thresholds
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "IMGDEDUP_"
+# Fields whose default is None: the type an environment value is parsed as.
+_OPTIONAL_FIELD_TYPES = {"model": str, "lancedb_uri": str, "near_duplicate_threshold": float}
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,8 @@ class Settings:
         model: hub id / local directory for `hf`.
         lancedb_uri: vector store location; default `<out_dir>/state/lancedb`.
         duplicate_threshold, near_duplicate_threshold: label thresholds (uniqueness scale).
+            near_duplicate_threshold None (default) = not pinned: the value calibrated for the
+            model (stored in `<out_dir>/state/thresholds.json`), else 0.05. Setting it pins it.
         keep_policy: resolution / first_seen / path.
         near_duplicate_action: remove / review.
         max_duplicate_fraction: raw-data gate.
@@ -31,6 +43,8 @@ class Settings:
         max_pixels: decompression-bomb limit.
         batch_size: images per forward pass.
         device: torch device.
+        calibration_sample_size, calibration_seed, target_precision: how `embedding_thresholds`
+            / `imgdedup calibrate` calibrate the near-duplicate threshold for the model.
     """
 
     image_root: str = str(PROJECT_ROOT / "demo-output" / "sample-images")
@@ -39,7 +53,7 @@ class Settings:
     model: str | None = None
     lancedb_uri: str | None = None
     duplicate_threshold: float = 1e-4
-    near_duplicate_threshold: float = 0.05
+    near_duplicate_threshold: float | None = None
     keep_policy: str = "resolution"
     near_duplicate_action: str = "remove"
     max_duplicate_fraction: float = 0.5
@@ -47,6 +61,9 @@ class Settings:
     max_pixels: int = 100_000_000
     batch_size: int = 32
     device: str = "cpu"
+    calibration_sample_size: int = DEFAULT_SAMPLE_SIZE
+    calibration_seed: int = DEFAULT_SEED
+    target_precision: float = DEFAULT_TARGET_PRECISION
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -56,7 +73,7 @@ class Settings:
             raw = environ.get(ENV_PREFIX + field.name.upper())
             if raw is None or raw == "":
                 continue
-            kind = type(field.default) if field.default is not None else str
+            kind = type(field.default) if field.default is not None else _OPTIONAL_FIELD_TYPES.get(field.name, str)
             try:
                 values[field.name] = kind(raw)
             except ValueError as exc:
@@ -72,8 +89,16 @@ class Settings:
         return self.lancedb_uri or str(Path(self.out_dir) / "state" / "lancedb")
 
     @property
+    def thresholds_file(self) -> str:
+        """Where calibrated thresholds are stored, per model id."""
+        return str(Path(self.out_dir) / "state" / THRESHOLDS_FILE)
+
+    @property
     def thresholds(self) -> Thresholds:
-        return Thresholds(self.duplicate_threshold, self.near_duplicate_threshold)
+        """The thresholds as configured (an unpinned near-duplicate threshold shows as the default;
+        the value in force may be a calibrated one, see `DedupPolicyResource.thresholds_in_force`)."""
+        near = DEFAULT_NEAR_DUPLICATE_THRESHOLD if self.near_duplicate_threshold is None else self.near_duplicate_threshold
+        return Thresholds(self.duplicate_threshold, near)
 
     def problems(self, check_paths: bool = True) -> list[str]:
         """What is wrong with these settings, each as a sentence saying what to fix (empty = fine)."""
@@ -96,6 +121,10 @@ class Settings:
             problems.append(f"max_duplicate_fraction must be within [0, 1], got {self.max_duplicate_fraction}")
         if not 0 <= self.hash_threshold_bits <= 32:
             problems.append(f"hash_threshold_bits must be within [0, 32] (0 turns the hash signal off), got {self.hash_threshold_bits}")
+        if not 0.0 < self.target_precision <= 1.0:
+            problems.append(f"target_precision must be within (0, 1], got {self.target_precision}")
+        if self.calibration_sample_size < MIN_ORIGINALS:
+            problems.append(f"calibration_sample_size must be at least {MIN_ORIGINALS}, got {self.calibration_sample_size}")
         if self.max_pixels <= 0 or self.batch_size <= 0:
             problems.append("max_pixels and batch_size must be positive")
         if check_paths:
@@ -104,8 +133,19 @@ class Settings:
 
 
 def _unwritable(folder: str) -> list[str]:
+    """A problem when `folder` cannot be created or written. The nearest existing folder is probed
+    by creating (and removing) a file in it: permission bits say nothing for root, a read-only
+    mount or a pseudo file system such as /proc."""
+    import tempfile
+
     path = Path(folder)
     existing = next((p for p in [path, *path.parents] if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
-        return [f"output folder {folder!r} cannot be created or written: choose a writable --out"]
+    problem = [f"output folder {folder!r} cannot be created or written: choose a writable --out"]
+    if existing is None or not existing.is_dir():
+        return [f"{problem[0]} ({existing} is not a folder)"] if existing is not None else problem
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".imgdedup-write-probe-"):
+            pass
+    except OSError as exc:
+        return [f"{problem[0]} ({type(exc).__name__}: {exc.strerror or exc} in {existing})"]
     return []

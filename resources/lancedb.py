@@ -8,6 +8,12 @@ import numpy as np
 import pyarrow as pa
 
 
+# The Dagster concurrency pool of every step that writes a vector table (limit 1 in dagster.yaml):
+# LanceDB does not detect two concurrent merge_inserts of the same new key, so unserialised writers
+# would both insert it and duplicate the row.
+WRITER_POOL = "lancedb_writer"
+
+
 def table_name_for(model_id: str, prefix: str = "vectors") -> str:
     """A table per model id, so two models' vectors never share a table."""
     slug = re.sub(r"[^a-zA-Z0-9]+", "_", model_id.split("/")[-1]).strip("_")[:40]
@@ -20,15 +26,20 @@ class LanceDBResource(dg.ConfigurableResource):
     Attributes:
         uri: database location.
         table_prefix: prefix of the per-model vector tables.
+        storage_options: object-store options passed to LanceDB for `s3://` (and `gs://`, `az://`)
+            URIs, e.g. `{"endpoint": "http://minio:9000", "allow_http": "true"}`. Unset, LanceDB
+            reads the standard `AWS_*` environment variables (AWS_ACCESS_KEY_ID,
+            AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP).
     """
 
     uri: str
     table_prefix: str = "vectors"
+    storage_options: dict[str, str] | None = None
 
     def connect(self):
         import lancedb
 
-        return lancedb.connect(self.uri)
+        return lancedb.connect(self.uri, storage_options=self.storage_options or None)
 
     def table_name(self, model_id: str) -> str:
         return table_name_for(model_id, self.table_prefix)

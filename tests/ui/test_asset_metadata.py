@@ -55,7 +55,7 @@ def test_uniqueness_scores_show_histogram_counts_and_thresholds(ui_run):
     with Image.open(written) as image:
         assert image.format == "PNG" and image.width >= 600
 
-    in_force = f"`duplicate` uniqueness ≤ {settings.duplicate_threshold:g} < `near_duplicate` ≤ {settings.near_duplicate_threshold:g}"
+    in_force = f"`duplicate` uniqueness ≤ {settings.duplicate_threshold:g} < `near_duplicate` ≤ {settings.thresholds.near_duplicate:g}"
     assert in_force in markdown
     assert in_force in scores["lowest_scores"].value
     assert "| path" in scores["lowest_scores"].value
