@@ -244,12 +244,17 @@ def summarize(result, settings: Settings) -> int:
     return EXIT_OK if result.success and not failed_checks else EXIT_FAILED
 
 
+def settings_are_valid(settings: Settings) -> bool:
+    """Print every configuration problem (what to fix) before any work starts; True when none."""
+    problems = settings.problems()
+    for problem in problems:
+        print(f"config error: {problem}", file=sys.stderr)
+    return not problems
+
+
 def command_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    problems = settings.problems()
-    if problems:
-        for problem in problems:
-            print(f"config error: {problem}", file=sys.stderr)
+    if not settings_are_valid(settings):
         return EXIT_CONFIG
     result = run_pipeline(settings)
     return summarize(result, settings)
@@ -286,10 +291,7 @@ def command_calibrate(args: argparse.Namespace) -> int:
         target_precision=args.target_precision,
         batch_size=args.batch_size,
     )
-    problems = settings.problems()
-    if problems:
-        for problem in problems:
-            print(f"config error: {problem}", file=sys.stderr)
+    if not settings_are_valid(settings):
         return EXIT_CONFIG
     job = build_definitions(settings).resolve_job_def(CALIBRATION_JOB)
     with open_instance() as instance:
