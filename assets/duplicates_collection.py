@@ -27,10 +27,25 @@ def write_duplicates_report(
 ) -> tuple[DuplicatesReport, Path]:
     """Render the groups of `interchange` as `OUT/report.html`, thumbnails decoded through the
     image store; returns the report and the file written."""
+    pixel_hash_of = dict(zip(raw_images["path"], raw_images["pixel_hash"]))
+    cache = output_store.state_dir / "thumbnails"
+
+    def thumbnail(path: str) -> bytes:
+        # Cached by content, so a rerun only decodes images it has not shown before; JPEGs are
+        # decoded at a reduced scale (draft), then shrunk to the thumbnail size.
+        cached = cache / f"{pixel_hash_of[path]}-{THUMBNAIL_SIZE}.jpg"
+        if cached.is_file():
+            return cached.read_bytes()
+        data = thumbnail_jpeg(image_store.load_rgb(path, (2 * THUMBNAIL_SIZE, 2 * THUMBNAIL_SIZE)))
+        cache.mkdir(parents=True, exist_ok=True)
+        temporary = cached.with_name(f".{cached.name}.tmp")
+        temporary.write_bytes(data)
+        temporary.replace(cached)
+        return data
+
     report = render_duplicates_report(
         report_groups(interchange, raw_images),
-        # JPEGs are decoded at a reduced scale (draft), then shrunk to the thumbnail size.
-        lambda path: thumbnail_jpeg(image_store.load_rgb(path, (2 * THUMBNAIL_SIZE, 2 * THUMBNAIL_SIZE))),
+        thumbnail,
         policy.thresholds,
         settings={"keep policy": policy.keep_policy, "near-duplicate action": policy.near_duplicate_action},
         max_groups=REPORT_MAX_GROUPS,

@@ -34,6 +34,13 @@ def image_embeddings(
     model_id = embedder.model_id
     path_by_hash = raw_images.sort_values("path").drop_duplicates("pixel_hash").set_index("pixel_hash")["path"].to_dict()
     stored = lancedb.stored_hashes(model_id)
+    other_tables = sorted(set(lancedb.connect().table_names()) - {lancedb.table_name(model_id)})
+    if not stored and other_tables:
+        # A new model id never reuses another model's vectors: everything is embedded again.
+        context.log.warning(
+            f"model changed to {model_id}: no vectors for it yet, so every image is embedded into its own table "
+            f"{lancedb.table_name(model_id)}; the other models' tables ({', '.join(other_tables)}) are kept and not mixed in"
+        )
     checkpoint = embedding_checkpoint(output_store, lancedb, model_id)
     resumed = {h: v for h, v in checkpoint.load().items() if h in path_by_hash and h not in stored}
     todo = {h: p for h, p in path_by_hash.items() if h not in stored and h not in resumed}

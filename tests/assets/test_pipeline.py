@@ -131,8 +131,13 @@ def test_hf_backend_runs_the_whole_graph_and_models_never_share_a_table(tmp_path
     # A random tiny ViT finds everything similar: the duplicate-fraction gate is not under test here.
     hf = Settings(image_root=str(images), out_dir=str(tmp_path / "out"), embedder="hf", model=str(tiny_vit_dir), max_duplicate_fraction=1.0)
     with dg.instance_for_test() as instance:
-        assert run_job(hf, instance).success
-        assert run_job(dataclasses.replace(hf, embedder="offline", model=None), instance).success
+        first = run_job(hf, instance)
+        second = run_job(dataclasses.replace(hf, embedder="offline", model=None), instance)
+        assert first.success and second.success
+        messages = [record.user_message for record in instance.all_logs(second.run_id)]
+        first_messages = [record.user_message for record in instance.all_logs(first.run_id)]
+    assert any(m.startswith("model changed to ") for m in messages)  # the switch is said in the logs
+    assert not any(m.startswith("model changed to ") for m in first_messages)
     lancedb = LanceDBResource(uri=hf.vector_store_uri)
     names = lancedb.connect().table_names()
     assert len(names) == 2
