@@ -87,9 +87,9 @@ def nearest_kept_contents(
     vectors = l2_normalize(np.stack([np.asarray(vectors_by_hash[h], np.float32) for h in contents["pixel_hash"]]))
     search = search_neighbors(vectors, k=1, radius=0.0)
     if hash_signal is not None and hash_signal.threshold_bits > 0:
-        phashes = np.stack([np.asarray(hash_signal.hashes_by_content[h]).astype(np.int64).view(np.uint64) for h in contents["pixel_hash"]])
+        phashes = hash_signal.matrix(contents["pixel_hash"])
         hash_search = search_hash_neighbors(phashes, k=1, radius_bits=0.0)
-        search = merge_searches([search, scaled(hash_search, near_duplicate_cosine_distance / hash_signal.threshold_bits)], k=1)
+        search = merge_searches([search, scaled(hash_search, hash_signal.bits_to_cosine(near_duplicate_cosine_distance))], k=1)
     has_other = search.topk_index.shape[1] == 1
     nearest = search.topk_index[:, 0] if has_other else np.full(len(contents), -1)
     distance = search.topk_distance[:, 0].astype(np.float64) if has_other else np.full(len(contents), np.nan)

@@ -123,6 +123,14 @@ class HashSignal:
     hashes_by_content: dict
     threshold_bits: int = 10
 
+    def matrix(self, pixel_hashes) -> np.ndarray:
+        """(M, V) uint64 hashes of the given contents, in that order (stored as signed int64)."""
+        return np.stack([np.asarray(self.hashes_by_content[h]).astype(np.int64).view(np.uint64) for h in pixel_hashes])
+
+    def bits_to_cosine(self, near_duplicate_cosine_distance: float) -> float:
+        """Linear map of bits onto the cosine scale: `threshold_bits` lands on the threshold."""
+        return near_duplicate_cosine_distance / self.threshold_bits
+
 
 def find_content_neighbors(
     vectors_by_hash: dict[str, np.ndarray] | pd.Series,
@@ -151,8 +159,8 @@ def find_content_neighbors(
 
     search, row_distances = embedding_search, lambda row: cosine_distances_from(vectors, row)
     if hash_signal is not None and hash_signal.threshold_bits > 0:
-        phashes = np.stack([np.asarray(hash_signal.hashes_by_content[h]).astype(np.int64).view(np.uint64) for h in hashes])
-        bits_to_cosine = radius / hash_signal.threshold_bits
+        phashes = hash_signal.matrix(hashes)
+        bits_to_cosine = hash_signal.bits_to_cosine(radius)
         hash_search = scaled(search_hash_neighbors(phashes, k=NEIGHBORS_PER_ROW, radius_bits=hash_signal.threshold_bits), bits_to_cosine)
         search = merge_searches([embedding_search, hash_search], k=NEIGHBORS_PER_ROW)
 

@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import PrivateAttr
 
-from core.embedders import DEFAULT_HF_MODEL, Embedder, build_embedder
+from core.embedders import Embedder, build_embedder
 
 
 class EmbeddingModelResource(dg.ConfigurableResource):
@@ -27,13 +27,12 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     _embedder: Embedder | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._embedder = build_embedder(self.backend, self.model, device=self.device, pooling=self.pooling)
+        self._embedder = self._build()
 
     def get_embedder(self) -> Embedder:
         if self._embedder is None:  # used outside a run (tests, CLI helpers)
-            self._embedder = build_embedder(self.backend, self.model, device=self.device, pooling=self.pooling)
+            self._embedder = self._build()
         return self._embedder
 
-    @property
-    def describe(self) -> str:
-        return f"{self.backend}:{self.model or (DEFAULT_HF_MODEL if self.backend == 'hf' else 'efficientnet-lite0')}"
+    def _build(self) -> Embedder:
+        return build_embedder(self.backend, self.model, device=self.device, pooling=self.pooling)
