@@ -45,12 +45,19 @@ def synthetic_photos(count: int, seed: int) -> list[Image.Image]:
     return photos
 
 
-def run(settings: Settings, instance) -> tuple[float, int]:
+STEP_TIMES: dict[str, dict[str, float]] = {}
+
+
+def run(settings: Settings, instance, name: str) -> tuple[float, int]:
     started = time.perf_counter()
     result = build_definitions(settings).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
     seconds = time.perf_counter() - started
     if not result.success:
         raise SystemExit(f"run failed: {[e.message for e in result.all_events if e.is_failure]}")
+    # Where the time goes, per step (asset or check), in seconds.
+    STEP_TIMES[name] = {
+        e.step_key: round(e.event_specific_data.duration_ms / 1000, 2) for e in result.all_events if e.event_type_value == "STEP_SUCCESS"
+    }
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "image_embeddings"]
     return seconds, int(event.materialization.metadata["embedded_this_run"].value)
 
@@ -79,16 +86,16 @@ def main() -> int:
         return Settings(image_root=str(images), out_dir=str(work / out), embedder="offline", max_duplicate_fraction=1.0)
 
     with dg.instance_for_test() as instance:
-        full_seconds, full_embedded = run(settings("incremental"), instance)
+        full_seconds, full_embedded = run(settings("incremental"), instance, "first_full")
         new_count = max(1, round(args.images * args.new_fraction))
         (images / "batch-1").mkdir()
         for index, photo in enumerate(synthetic_photos(new_count - new_count // 4, seed=1)):
             photo.save(images / "batch-1" / f"{index:05d}.jpg", quality=90)
         for index in range(new_count // 4):  # some arrivals are copies of images already there
             shutil.copy(images / "batch-0" / f"{index:05d}.jpg", images / "batch-1" / f"copy-{index:05d}.jpg")
-        incremental_seconds, incremental_embedded = run(settings("incremental"), instance)
-        noop_seconds, noop_embedded = run(settings("incremental"), instance)
-        rerun_seconds, rerun_embedded = run(settings("full-rerun"), instance)
+        incremental_seconds, incremental_embedded = run(settings("incremental"), instance, "incremental")
+        noop_seconds, noop_embedded = run(settings("incremental"), instance, "no_change")
+        rerun_seconds, rerun_embedded = run(settings("full-rerun"), instance, "full_rerun")
     equal = comparable(work / "incremental").equals(comparable(work / "full-rerun")) or bool(
         np.allclose(comparable(work / "incremental")["uniqueness"], comparable(work / "full-rerun")["uniqueness"], atol=1e-6)
     )
@@ -102,11 +109,15 @@ def main() -> int:
         "incremental_vs_full_rerun": round(incremental_seconds / rerun_seconds, 4),
         "embedded": {"first_full": full_embedded, "incremental": incremental_embedded, "no_change": noop_embedded, "full_rerun": rerun_embedded},
         "incremental_equals_full_rerun": bool(equal),
+        "step_seconds": STEP_TIMES,
     }
     print(f"full run on {args.images} images: {full_seconds:.1f} s, {full_embedded} embedded")
     print(f"+{new_count} images, incremental: {incremental_seconds:.1f} s, {incremental_embedded} embedded")
     print(f"no change: {noop_seconds:.1f} s, {noop_embedded} embedded")
     print(f"full rerun of the final folder: {rerun_seconds:.1f} s, {rerun_embedded} embedded")
+    for name in ("incremental", "no_change"):
+        slowest = sorted(STEP_TIMES[name].items(), key=lambda item: -item[1])[:8]
+        print(f"{name} steps: " + ", ".join(f"{step} {seconds:.2f} s" for step, seconds in slowest))
     print(f"incremental / full rerun = {incremental_seconds / rerun_seconds:.3f}; results equal: {equal}")
     print(json.dumps(figures))
     return 0
