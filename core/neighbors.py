@@ -191,19 +191,31 @@ def search_hash_neighbors(hashes: np.ndarray, k: int, radius_bits: float, max_ce
         hashes: (M, V) uint64, identity variant first.
         k: neighbours kept per row.
         radius_bits: pairs within this many bits are returned.
-        max_cells: bound on the (rows x M x V) block held at once.
+        max_cells: bound on the (rows x M) block held at once (~14 bytes a cell).
     """
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
-    rows, variants = hashes.shape
-    chunk_rows = max(1, max_cells // max(1, rows * variants))
-    return _search(rows, k, radius_bits, chunk_rows, lambda start, stop: _hamming_block(hashes, start, stop))
+    rows = hashes.shape[0]
+    chunk_rows = max(1, max_cells // max(1, rows))
+    by_variant = np.ascontiguousarray(hashes.T)
+    return _search(rows, k, radius_bits, chunk_rows, lambda start, stop: _hamming_block(hashes, start, stop, by_variant))
 
 
-def _hamming_block(hashes: np.ndarray, start: int, stop: int) -> np.ndarray:
-    block = hashes[start:stop]
-    forward = np.bitwise_count(block[:, None, :1] ^ hashes[None, :, :]).min(axis=2)
-    backward = np.bitwise_count(block[:, None, :] ^ hashes[None, :, :1]).min(axis=2)
-    return np.minimum(forward, backward).astype(np.float32)
+def _hamming_block(hashes: np.ndarray, start: int, stop: int, by_variant: np.ndarray | None = None) -> np.ndarray:
+    """(stop - start, M) float32 bits: min over variants, both ways, of the Hamming distance.
+
+    One 2-D pass per variant into preallocated buffers: ~10x faster than reducing a
+    (rows, M, V) array over its short last axis.
+    """
+    by_variant = np.ascontiguousarray(hashes.T) if by_variant is None else by_variant
+    block, identity = hashes[start:stop], by_variant[0]
+    bits = np.bitwise_count(block[:, :1] ^ identity)
+    xor = np.empty(bits.shape, np.uint64)
+    count = np.empty(bits.shape, np.uint8)
+    for variant in range(1, hashes.shape[1]):
+        for mine, theirs in ((block[:, :1], by_variant[variant]), (block[:, variant : variant + 1], identity)):
+            np.bitwise_xor(mine, theirs, out=xor)
+            np.minimum(bits, np.bitwise_count(xor, out=count), out=bits)
+    return bits.astype(np.float32)
 
 
 def nearest_outside_group(row_distances, group_of_row: np.ndarray, search: NeighborSearch) -> tuple[np.ndarray, np.ndarray]:
