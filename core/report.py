@@ -107,25 +107,32 @@ def report_groups(interchange: pd.DataFrame, images: pd.DataFrame) -> list[Repor
     grouped = interchange[interchange["group_id"].notna()].merge(
         images[["image_id", "width", "height", "bytes"]], on="image_id", how="left", validate="one_to_one"
     )
-    groups = []
-    for group_id, rows in grouped.groupby("group_id", sort=False):
-        members = [
+    # One pass over plain columns: a pandas groupby + itertuples per group cost ~3 ms a group.
+    members_by_group: dict[str, list[ReportImage]] = {}
+    relations_by_group: dict[str, set[str]] = {}
+    columns = ("group_id", "path", "width", "height", "bytes", "uniqueness", "label", "group_keeper", "removed", "reason", "relation")
+    for group_id, path, width, height, size, uniqueness, label, keeper, removed, reason, relation in zip(*(grouped[c].tolist() for c in columns)):
+        is_keeper = path == keeper
+        members_by_group.setdefault(group_id, []).append(
             ReportImage(
-                path=str(row.path),
-                width=int(row.width),
-                height=int(row.height),
-                file_bytes=int(row.bytes),
-                uniqueness=float(row.uniqueness),
-                label=str(row.label),
-                is_keeper=row.path == row.group_keeper,
-                decision=_decision(bool(row.removed), row.path == row.group_keeper, str(row.reason)),
-                reason=str(row.reason),
+                path=str(path),
+                width=int(width),
+                height=int(height),
+                file_bytes=int(size),
+                uniqueness=float(uniqueness),
+                label=str(label),
+                is_keeper=is_keeper,
+                decision=_decision(bool(removed), is_keeper, str(reason)),
+                reason=str(reason),
             )
-            for row in rows.itertuples(index=False)
-        ]
+        )
+        relations = relations_by_group.setdefault(group_id, set())
+        if not pd.isna(relation):
+            relations.add(relation)
+    groups = []
+    for group_id, members in members_by_group.items():
         members.sort(key=lambda m: (not m.is_keeper, m.uniqueness, m.path))
-        relations = set(rows["relation"].dropna())
-        label = LABEL_DUPLICATE if relations <= {LABEL_DUPLICATE} else LABEL_NEAR_DUPLICATE
+        label = LABEL_DUPLICATE if relations_by_group[group_id] <= {LABEL_DUPLICATE} else LABEL_NEAR_DUPLICATE
         groups.append(ReportGroup(group_id=str(group_id), label=label, members=tuple(members)))
     return sorted(groups, key=lambda g: (g.min_uniqueness, g.keeper.path))
 
