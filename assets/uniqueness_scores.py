@@ -5,6 +5,7 @@ import pandas as pd
 
 from assets.metadata import png_markdown, table_metadata, write_export_file
 from core.grouping import keep_policy_order
+from core.neighbor_cache import KeyedSearch
 from core.plots import uniqueness_histogram_png
 from core.scoring import LABELS, compute_uniqueness_scores, find_content_neighbors
 from resources.image_store import ImageStoreResource
@@ -42,7 +43,21 @@ def score_uniqueness(
     thresholds = in_force.thresholds
     context.log.info(f"near-duplicate threshold {in_force.describe()}")
     vectors = lancedb.read_vectors(image_vectors["model_id"], set(raw_images["pixel_hash"]))
-    neighbors = find_content_neighbors(vectors, radius=thresholds.near_duplicate_cosine_distance, hash_signal=policy.hash_signal(raw_images))
+    # The last run's searches, per signal, for this model's table: only new contents (and those
+    # that lost a neighbour) are searched again. A cache that does not fit is ignored.
+    cache_dir = output_store.state_dir / "neighbor-searches"
+    cache_file = {signal: cache_dir / f"{lancedb.table_name(image_vectors['model_id'])}-{signal}.npz" for signal in ("embedding", "hash")}
+    previous = {signal: search for signal, path in cache_file.items() if (search := KeyedSearch.load(path)) is not None}
+    neighbors = find_content_neighbors(
+        vectors, radius=thresholds.near_duplicate_cosine_distance, hash_signal=policy.hash_signal(raw_images), previous=previous
+    )
+    for signal, search in neighbors.searches.items():
+        search.save(cache_file[signal])
+    search_modes = {
+        signal: f"{u.mode}, {u.searched_rows} of {len(neighbors.pixel_hashes)} contents searched" + (f" ({u.reason})" if u.reason else "")
+        for signal, u in neighbors.updates.items()
+    }
+    context.log.info("neighbour search: " + "; ".join(f"{signal} {mode}" for signal, mode in search_modes.items()))
     keep_rank = keep_policy_order(raw_images, policy.keep_policy, image_store.review_pins())
     scores = compute_uniqueness_scores(raw_images, neighbors, keep_rank, thresholds)
     pairs = neighbors.pairs_by_hash()
@@ -67,6 +82,7 @@ def score_uniqueness(
             near_duplicate_threshold=dg.MetadataValue.float(float(thresholds.near_duplicate)),
             near_duplicate_threshold_source=dg.MetadataValue.text(in_force.describe()),
             model_id=image_vectors["model_id"],
+            neighbor_search=dg.MetadataValue.json(search_modes),
             uniqueness_histogram=png_markdown(histogram, "uniqueness histogram", in_force_text),
             uniqueness_histogram_png=dg.MetadataValue.path(str(histogram_png)),
             lowest_scores=dg.MetadataValue.md(f"{in_force_text}\n\n{lowest.to_markdown(index=False)}"),

@@ -13,6 +13,14 @@ import pandas as pd
 
 DEFAULT_CHUNK_ROWS = 2048
 MAX_BLOCK_CELLS = 1 << 26
+# bf16 candidate search (see `_search_neighbors_bf16`): extra candidates kept per row beyond k,
+# columns per group of the group-max prefilter, and the size below which fp32 is used anyway.
+BF16_MARGIN = 16
+BF16_GROUP = 16
+BF16_MIN_ROWS = 8192
+BF16_UNIT_ROUNDOFF = 2.0**-8  # bf16 keeps 8 significant bits: round-to-nearest is within 2^-8
+FP32_UNIT_ROUNDOFF = 2.0**-24
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)

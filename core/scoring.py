@@ -6,14 +6,16 @@ its identical group, floored at 1e-9.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from core.neighbor_cache import KeyedSearch, SearchUpdate, update_search
 from core.neighbors import (
     cosine_distances_from,
     hamming_distances_from,
+    hamming_distances_of_rows,
     l2_normalize,
     merge_searches,
     nearest_outside_group,
@@ -91,6 +93,9 @@ class ContentNeighbors:
         identical_group: (M,) int64, the smallest row index of the row's identical group.
         nearest_row / nearest_distance: nearest row outside the identical group (-1 / inf if none).
         pairs: DataFrame [left, right, distance] of rows within the near-duplicate radius.
+        searches: the per-signal searches by content hash (`embedding`, `hash`), to be passed as
+            `previous` to the next run's `find_content_neighbors`.
+        updates: per signal, whether its search ran in full or incrementally, and why.
     """
 
     pixel_hashes: np.ndarray
@@ -98,6 +103,8 @@ class ContentNeighbors:
     nearest_row: np.ndarray
     nearest_distance: np.ndarray
     pairs: pd.DataFrame
+    searches: dict[str, KeyedSearch] = field(default_factory=dict)
+    updates: dict[str, SearchUpdate] = field(default_factory=dict)
 
     def pairs_by_hash(self) -> pd.DataFrame:
         """Close pairs as a new DataFrame [left_hash, right_hash, distance] (cosine distance)."""
@@ -136,6 +143,7 @@ def find_content_neighbors(
     vectors_by_hash: dict[str, np.ndarray] | pd.Series,
     radius: float,
     hash_signal: HashSignal | None = None,
+    previous: dict[str, KeyedSearch] | None = None,
 ) -> ContentNeighbors:
     """Search neighbours among distinct contents, independent of discovery order.
 
@@ -146,14 +154,30 @@ def find_content_neighbors(
         vectors_by_hash: pixel hash -> embedding (any float dtype; normalised here).
         radius: cosine distance within which pairs are kept (2 x the near-duplicate threshold).
         hash_signal: optional perceptual hashes per pixel hash.
+        previous: `ContentNeighbors.searches` of an earlier call on the same model's vectors; the
+            searches are then brought up to date by searching only new contents and contents that
+            lost a neighbour (same result as a full search, see `core.neighbor_cache`).
     """
     hashes = np.array(sorted(vectors_by_hash.keys()), dtype=object)
     if len(hashes) == 0:
         empty = np.empty(0, np.int64)
         return ContentNeighbors(hashes, empty, empty, np.empty(0, np.float32), pd.DataFrame({"left": empty, "right": empty, "distance": np.empty(0, np.float32)}))
+    previous = previous or {}
     vectors = l2_normalize(np.stack([np.asarray(vectors_by_hash[h], dtype=np.float32) for h in hashes]))
     radius = max(radius, IDENTICAL_COSINE_DISTANCE)
-    embedding_search = search_neighbors(vectors, k=NEIGHBORS_PER_ROW, radius=radius)
+    searches, updates = {}, {}
+    searches["embedding"], updates["embedding"] = update_search(
+        previous.get("embedding"),
+        hashes,
+        f"cosine k={NEIGHBORS_PER_ROW} radius={radius!r}",
+        NEIGHBORS_PER_ROW,
+        radius,
+        full_search=lambda: search_neighbors(vectors, k=NEIGHBORS_PER_ROW, radius=radius),
+        row_distances=lambda rows: np.clip(1.0 - vectors[rows] @ vectors.T, 0.0, 2.0),
+        # As search_neighbors reports pairs: each pair's own dot product.
+        pair_distances=lambda left, right: np.clip(1.0 - np.einsum("ij,ij->i", vectors[left], vectors[right]), 0.0, 2.0),
+    )
+    embedding_search = searches["embedding"].search
     identical = embedding_search.pair_distance < IDENTICAL_COSINE_DISTANCE
     group = _union_find_labels(len(hashes), embedding_search.pair_left[identical], embedding_search.pair_right[identical])
 
@@ -161,15 +185,23 @@ def find_content_neighbors(
     if hash_signal is not None and hash_signal.threshold_bits > 0:
         phashes = hash_signal.matrix(hashes)
         bits_to_cosine = hash_signal.bits_to_cosine(radius)
-        hash_search = scaled(search_hash_neighbors(phashes, k=NEIGHBORS_PER_ROW, radius_bits=hash_signal.threshold_bits), bits_to_cosine)
-        search = merge_searches([embedding_search, hash_search], k=NEIGHBORS_PER_ROW)
+        searches["hash"], updates["hash"] = update_search(
+            previous.get("hash"),
+            hashes,
+            f"hamming variants={phashes.shape[1]} k={NEIGHBORS_PER_ROW} radius_bits={hash_signal.threshold_bits}",
+            NEIGHBORS_PER_ROW,
+            hash_signal.threshold_bits,
+            full_search=lambda: search_hash_neighbors(phashes, k=NEIGHBORS_PER_ROW, radius_bits=hash_signal.threshold_bits),
+            row_distances=lambda rows: hamming_distances_of_rows(phashes, rows),
+        )
+        search = merge_searches([embedding_search, scaled(searches["hash"].search, bits_to_cosine)], k=NEIGHBORS_PER_ROW)
 
         def row_distances(row):
             return np.minimum(cosine_distances_from(vectors, row), hamming_distances_from(phashes, row) * bits_to_cosine)
 
     nearest_row, nearest_distance = nearest_outside_group(row_distances, group, search)
     pairs = pd.DataFrame({"left": search.pair_left, "right": search.pair_right, "distance": search.pair_distance})
-    return ContentNeighbors(hashes, group, nearest_row, nearest_distance, pairs)
+    return ContentNeighbors(hashes, group, nearest_row, nearest_distance, pairs, searches, updates)
 
 
 def compute_uniqueness_scores(

@@ -46,11 +46,15 @@ def test_sensor_requests_one_run_for_new_files_and_none_when_nothing_changed(tmp
         assert isinstance(evaluate(sensor, instance, images, cursor)[0], dg.RunRequest)
 
 
+SEARCH_MODES: list[dict] = []
+
+
 def _run(settings, instance):
     result = build_definitions(settings).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
     assert result.success
-    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "image_embeddings"]
-    return event.materialization.metadata["embedded_this_run"].value
+    metadata = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    SEARCH_MODES.append(metadata["uniqueness_scores"]["neighbor_search"].value)
+    return metadata["image_embeddings"]["embedded_this_run"].value
 
 
 def _comparable(out_dir):
@@ -59,7 +63,11 @@ def _comparable(out_dir):
 
 
 @pytest.mark.parametrize("seed", [1, 2], ids=["split-seed-1", "split-seed-2"])
-def test_incremental_runs_equal_a_full_run(tmp_path, seed):
+def test_incremental_runs_equal_a_full_run(tmp_path, seed, monkeypatch):
+    # Batches here are a third of a small set: let the neighbour search update incrementally
+    # however many rows changed, so that path is the one compared with the full run.
+    monkeypatch.setattr("core.neighbor_cache.MAX_CHANGED_FRACTION", 1.0)
+    SEARCH_MODES.clear()
     pool = build_sample_set(tmp_path / "pool")
     files = sorted(p for p in pool["files"] if p not in pool["corrupt"])
     rng = random.Random(seed)
@@ -88,6 +96,7 @@ def test_incremental_runs_equal_a_full_run(tmp_path, seed):
             assert current  # the clean set is never empty here
 
         assert _run(incremental, instance) == 0  # nothing new: nothing embedded
+        assert all(mode.startswith("incremental") for modes in SEARCH_MODES[1:] for mode in modes.values()), SEARCH_MODES
         full = Settings(image_root=str(images), out_dir=str(tmp_path / "full"), embedder="offline", max_duplicate_fraction=1.0)
         _run(full, instance)
 

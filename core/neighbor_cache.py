@@ -1,0 +1,205 @@
+"""Incremental neighbour search: keep a search's results by content hash between runs, and on the
+next run search only the rows that changed, with the same result as a full search.
+
+A row's top-k among the contents still present is known without searching it again unless one of
+its k neighbours was removed. So only *new* rows and rows that lost a neighbour ("dirty") are
+searched against all rows; every other row merges its old top-k with its distances to the new rows
+(a column of the new rows' block). Close pairs are the old pairs between contents still present,
+plus the new rows' pairs. Cost per run: O(changed x N) instead of O(N x N).
+
+A cached search is only reused when its fingerprint (what the distances depend on) matches, and a
+sample of reused rows is searched again and compared, so a stale cache falls back to a full search
+instead of giving wrong answers.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.neighbors import NeighborSearch
+
+# Above this fraction of changed rows a full search is about as fast, and simpler.
+MAX_CHANGED_FRACTION = 0.25
+VERIFIED_ROWS = 8
+VERIFY_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class KeyedSearch:
+    """A `NeighborSearch` whose row indices refer to `hashes`, stored with its fingerprint.
+
+    Attributes:
+        hashes: (M,) sorted content hashes; row i of `search` is hashes[i].
+        search: the search over those rows.
+        fingerprint: what the distances depend on (signal, k, radius), e.g. `cosine k=16 r=0.1`.
+    """
+
+    hashes: np.ndarray
+    search: NeighborSearch
+    fingerprint: str
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (temporary file, then rename): a kill never leaves a partial cache."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        with open(temporary, "wb") as handle:
+            np.savez(
+                handle,
+                hashes=self.hashes.astype(str),
+                fingerprint=np.array(self.fingerprint),
+                topk_index=self.search.topk_index,
+                topk_distance=self.search.topk_distance,
+                pair_left=self.search.pair_left,
+                pair_right=self.search.pair_right,
+                pair_distance=self.search.pair_distance,
+            )
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> KeyedSearch | None:
+        """The saved search, or None when there is none or it cannot be read (then search fully)."""
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                search = NeighborSearch(
+                    saved["topk_index"], saved["topk_distance"], saved["pair_left"], saved["pair_right"], saved["pair_distance"]
+                )
+                return cls(saved["hashes"].astype(object), search, str(saved["fingerprint"]))
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+@dataclass(frozen=True)
+class SearchUpdate:
+    """How a search was brought up to date: `mode` is `full` or `incremental`, `reason` says why
+    a full search ran; `searched_rows` rows were searched against all rows."""
+
+    mode: str
+    searched_rows: int
+    reason: str = ""
+
+
+def update_search(
+    previous: KeyedSearch | None,
+    hashes: np.ndarray,
+    fingerprint: str,
+    k: int,
+    radius: float,
+    full_search: Callable[[], NeighborSearch],
+    row_distances: Callable[[np.ndarray], np.ndarray],
+    pair_distances: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    verify_seed: int = 0,
+) -> tuple[KeyedSearch, SearchUpdate]:
+    """The search over `hashes`, reusing `previous` where it still holds.
+
+    Args:
+        previous: the last run's search, or None.
+        hashes: (M,) sorted content hashes of this run.
+        fingerprint: must equal `previous.fingerprint` for it to be reused.
+        k, radius: as in `core.neighbors.search_neighbors` (k is clipped to M - 1).
+        full_search: runs the full search over `hashes` (the reference result).
+        row_distances: rows -> (len(rows), M) float32 distances from those rows to every row.
+        pair_distances: (left, right) -> exact distances, as the full search reports pairs; None
+            takes them from `row_distances`.
+        verify_seed: picks the reused rows that are searched again as a check.
+
+    Returns:
+        (KeyedSearch over `hashes`, SearchUpdate).
+    """
+    rows = len(hashes)
+    k = max(0, min(k, rows - 1))
+    if previous is None:
+        return KeyedSearch(hashes, full_search(), fingerprint), SearchUpdate("full", rows, "no previous search")
+    if previous.fingerprint != fingerprint:
+        return KeyedSearch(hashes, full_search(), fingerprint), SearchUpdate("full", rows, "search settings changed")
+
+    old_row_of = {h: i for i, h in enumerate(previous.hashes.tolist())}
+    old_rows = np.array([old_row_of.get(h, -1) for h in hashes.tolist()], dtype=np.int64)  # -1: new
+    new_of_old = np.full(len(previous.hashes), -1, dtype=np.int64)
+    new_of_old[old_rows[old_rows >= 0]] = np.nonzero(old_rows >= 0)[0]
+    removed = new_of_old < 0
+
+    old_topk = previous.search.topk_index
+    kept = np.nonzero(old_rows >= 0)[0]
+    lost_neighbor = (old_topk[old_rows[kept]] >= 0) & removed[np.maximum(old_topk[old_rows[kept]], 0)]
+    dirty = kept[lost_neighbor.any(axis=1)]
+    added = np.nonzero(old_rows < 0)[0]
+    searched = np.union1d(added, dirty)
+    if len(searched) > MAX_CHANGED_FRACTION * rows:
+        return KeyedSearch(hashes, full_search(), fingerprint), SearchUpdate("full", rows, f"{len(searched)} of {rows} rows changed")
+
+    distances = np.array(row_distances(searched), dtype=np.float32) if len(searched) else np.empty((0, rows), np.float32)
+    distances[np.arange(len(searched)), searched] = np.inf  # a row is not its own neighbour
+
+    topk_index = np.full((rows, k), -1, dtype=np.int64)
+    topk_distance = np.full((rows, k), np.inf, dtype=np.float32)
+    if k:
+        # Searched rows: their k nearest from the block.
+        part = np.argpartition(distances, k - 1, axis=1)[:, :k] if len(searched) else np.empty((0, k), np.int64)
+        _put_sorted(topk_index, topk_distance, searched, part, np.take_along_axis(distances, part, axis=1))
+        # Reused rows: old top-k (re-indexed; -1 and +inf pad) merged with the distances to new rows.
+        clean = np.setdiff1d(kept, dirty)
+        reused = old_topk[old_rows[clean]]
+        reused_index = np.where(reused >= 0, new_of_old[np.maximum(reused, 0)], -1)
+        reused_distance = np.where(reused >= 0, previous.search.topk_distance[old_rows[clean]], np.inf).astype(np.float32)
+        added_position = np.searchsorted(searched, added)
+        candidates = np.concatenate([reused_index, np.broadcast_to(added, (len(clean), len(added)))], axis=1)
+        candidate_distance = np.concatenate([reused_distance, distances[added_position][:, clean].T], axis=1)
+        order = np.lexsort((np.where(candidates >= 0, candidates, rows), candidate_distance), axis=1)[:, :k]
+        merged_distance = np.take_along_axis(candidate_distance, order, axis=1)
+        merged_index = np.where(np.isfinite(merged_distance), np.take_along_axis(candidates, order, axis=1), -1)
+        topk_index[clean, : order.shape[1]] = merged_index
+        topk_distance[clean, : order.shape[1]] = merged_distance
+
+    # Pairs: old pairs between contents still present, plus every pair of a searched row.
+    old_pairs = previous.search
+    keep_pair = ~removed[old_pairs.pair_left] & ~removed[old_pairs.pair_right]
+    left = [new_of_old[old_pairs.pair_left[keep_pair]]]
+    right = [new_of_old[old_pairs.pair_right[keep_pair]]]
+    distance = [old_pairs.pair_distance[keep_pair]]
+    block_row, block_column = np.nonzero(distances <= radius + (1e-5 if pair_distances is not None else 0.0))
+    row = searched[block_row]
+    new_left, new_right = np.minimum(row, block_column), np.maximum(row, block_column)
+    if pair_distances is not None:
+        new_distance = np.asarray(pair_distances(new_left, new_right), dtype=np.float32)
+    else:
+        new_distance = distances[block_row, block_column]
+    within = new_distance <= radius
+    left.append(new_left[within])
+    right.append(new_right[within])
+    distance.append(new_distance[within])
+    left, right, distance = np.concatenate(left), np.concatenate(right), np.concatenate(distance)
+    # A pair between two searched rows appears twice; a pair of a dirty row may also be an old one.
+    order = np.lexsort((right, left))
+    left, right, distance = left[order], right[order], distance[order]
+    first = np.ones(len(left), dtype=bool)
+    first[1:] = (left[1:] != left[:-1]) | (right[1:] != right[:-1])
+    search = NeighborSearch(topk_index, topk_distance, left[first], right[first], distance[first])
+
+    if not _verified(search, row_distances, np.setdiff1d(kept, dirty), verify_seed):
+        return KeyedSearch(hashes, full_search(), fingerprint), SearchUpdate("full", rows, "the previous search no longer matches the vectors")
+    return KeyedSearch(hashes, search, fingerprint), SearchUpdate("incremental", len(searched))
+
+
+def _put_sorted(topk_index, topk_distance, rows, index, distance):
+    """Write each row's candidates ascending by distance, ties by index (as the full search does)."""
+    order = np.lexsort((index, distance), axis=1)
+    topk_index[rows] = np.take_along_axis(index, order, axis=1)
+    topk_distance[rows] = np.take_along_axis(distance, order, axis=1)
+    topk_index[rows] = np.where(np.isfinite(topk_distance[rows]), topk_index[rows], -1)
+
+
+def _verified(search: NeighborSearch, row_distances, reused: np.ndarray, seed: int) -> bool:
+    """Search a few reused rows again: their nearest distances must match what was reused."""
+    k = search.topk_index.shape[1]
+    if k == 0 or len(reused) == 0:
+        return True
+    sample = np.sort(np.random.default_rng(seed).choice(reused, size=min(VERIFIED_ROWS, len(reused)), replace=False))
+    distances = np.array(row_distances(sample), dtype=np.float32)
+    distances[np.arange(len(sample)), sample] = np.inf
+    expected = np.sort(distances, axis=1)[:, :k]
+    return bool(np.allclose(search.topk_distance[sample], expected, atol=VERIFY_TOLERANCE, rtol=0.0))
