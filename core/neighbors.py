@@ -192,6 +192,12 @@ def hamming_distances_from(hashes: np.ndarray, row: int) -> np.ndarray:
     return _hamming_block(np.ascontiguousarray(hashes, dtype=np.uint64), row, row + 1)[0]
 
 
+def hamming_distances_of_rows(hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), M) float32 bits from the given rows to every row (as `hamming_distances_from`)."""
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+    return _hamming_block(hashes[np.asarray(rows, dtype=np.int64)], 0, len(rows), np.ascontiguousarray(hashes.T))
+
+
 def search_hash_neighbors(hashes: np.ndarray, k: int, radius_bits: float, max_cells: int = 1 << 24) -> NeighborSearch:
     """Like `search_neighbors`, with `hamming_distances_from`'s distance in bits.
 
