@@ -4,7 +4,7 @@ the vector table, not the upstream labels) and `clean + duplicates + rejected ==
 import dagster as dg
 import pandas as pd
 
-from checks.gx import gx_expectations, run_expectations
+from checks.gx import gx_expectations, named_result, run_expectations
 from checks.invariants import accounting_counts, collection_placements, nearest_kept_contents
 from resources.lancedb import LanceDBResource
 from resources.policy import DedupPolicyResource
@@ -41,17 +41,10 @@ def accounting_suite(discovered: int) -> list:
     ]
 
 
-@dg.asset_check(asset="clean_dataset", blocking=True, description="No two kept images have the same pixel hash.")
 def clean_dataset_unique_pixel_hash(clean_dataset: pd.DataFrame) -> dg.AssetCheckResult:
     return run_expectations(clean_dataset, unique_pixel_hash_suite(), suite_name="clean_dataset_unique_pixel_hash", id_columns=("path",))
 
 
-@dg.asset_check(
-    asset="clean_dataset",
-    blocking=True,
-    additional_ins={"image_vectors": dg.AssetIn("image_vectors")},
-    description="No two kept contents lie within the duplicate threshold, by exact search over their vectors in LanceDB (fused with the pHash signal).",
-)
 def clean_dataset_no_duplicate_pairs(
     clean_dataset: pd.DataFrame, image_vectors: dict, lancedb: LanceDBResource, policy: DedupPolicyResource
 ) -> dg.AssetCheckResult:
@@ -70,16 +63,6 @@ def clean_dataset_no_duplicate_pairs(
     )
 
 
-@dg.asset_check(
-    asset="clean_dataset",
-    blocking=True,
-    additional_ins={
-        "raw_images": dg.AssetIn("raw_images"),
-        "rejected_images": dg.AssetIn("rejected_images"),
-        "duplicates_collection": dg.AssetIn("duplicates_collection"),
-    },
-    description="clean + duplicates + rejected == discovered, every discovered file in exactly one collection.",
-)
 def clean_dataset_accounting(
     clean_dataset: pd.DataFrame, raw_images: pd.DataFrame, rejected_images: pd.DataFrame, duplicates_collection: pd.DataFrame
 ) -> dg.AssetCheckResult:
@@ -94,4 +77,51 @@ def clean_dataset_accounting(
     )
 
 
-CLEAN_DATASET_CHECKS = [clean_dataset_unique_pixel_hash, clean_dataset_no_duplicate_pairs, clean_dataset_accounting]
+# Check name -> what it verifies, and the assets it reads besides clean_dataset.
+DESCRIPTIONS = {
+    "clean_dataset_unique_pixel_hash": "No two kept images have the same pixel hash.",
+    "clean_dataset_no_duplicate_pairs": "No two kept contents lie within the duplicate threshold, by exact search over their vectors in LanceDB (fused with the pHash signal).",
+    "clean_dataset_accounting": "clean + duplicates + rejected == discovered, every discovered file in exactly one collection.",
+}
+
+READS = {
+    "clean_dataset_unique_pixel_hash": [],
+    "clean_dataset_no_duplicate_pairs": ["image_vectors"],
+    "clean_dataset_accounting": ["raw_images", "rejected_images", "duplicates_collection"],
+}
+
+
+@dg.multi_asset_check(
+    # Each rule is its own blocking check in the UI; one step runs them, as a step costs more
+    # than the rules themselves.
+    specs=[
+        dg.AssetCheckSpec(name, asset="clean_dataset", blocking=True, description=DESCRIPTIONS[name], additional_deps=READS[name])
+        for name in DESCRIPTIONS
+    ],
+    ins={
+        "clean_dataset": dg.AssetIn("clean_dataset"),
+        "image_vectors": dg.AssetIn("image_vectors"),
+        "raw_images": dg.AssetIn("raw_images"),
+        "rejected_images": dg.AssetIn("rejected_images"),
+        "duplicates_collection": dg.AssetIn("duplicates_collection"),
+    },
+)
+def clean_dataset_checks(
+    clean_dataset: pd.DataFrame,
+    image_vectors: dict,
+    raw_images: pd.DataFrame,
+    rejected_images: pd.DataFrame,
+    duplicates_collection: pd.DataFrame,
+    lancedb: LanceDBResource,
+    policy: DedupPolicyResource,
+):
+    results = {
+        "clean_dataset_unique_pixel_hash": clean_dataset_unique_pixel_hash(clean_dataset),
+        "clean_dataset_no_duplicate_pairs": clean_dataset_no_duplicate_pairs(clean_dataset, image_vectors, lancedb, policy),
+        "clean_dataset_accounting": clean_dataset_accounting(clean_dataset, raw_images, rejected_images, duplicates_collection),
+    }
+    for name, result in results.items():
+        yield named_result(result, name, "clean_dataset")
+
+
+CLEAN_DATASET_CHECKS = [clean_dataset_checks]

@@ -4,7 +4,7 @@ identical group (SPEC.md "Checks that gate training")."""
 import dagster as dg
 import pandas as pd
 
-from checks.gx import gx_expectations, run_expectations
+from checks.gx import gx_expectations, named_result, run_expectations
 from checks.invariants import identical_group_zero_counts
 
 REQUIRED_COLUMNS = ("image_id", "path", "identical_group", "uniqueness", "label")
@@ -36,22 +36,18 @@ def identical_group_zeros_suite() -> list:
     ]
 
 
-@dg.asset_check(asset="uniqueness_scores", blocking=True, description="Exactly one row per image id.")
 def uniqueness_scores_one_row_per_image(uniqueness_scores: pd.DataFrame) -> dg.AssetCheckResult:
     return run_expectations(uniqueness_scores, one_row_per_image_suite(), suite_name="uniqueness_scores_one_row_per_image", id_columns=ID_COLUMNS)
 
 
-@dg.asset_check(asset="uniqueness_scores", blocking=True, description="No nulls in image_id, path, identical_group, uniqueness or label.")
 def uniqueness_scores_no_nulls(uniqueness_scores: pd.DataFrame) -> dg.AssetCheckResult:
     return run_expectations(uniqueness_scores, no_nulls_suite(), suite_name="uniqueness_scores_no_nulls", id_columns=ID_COLUMNS)
 
 
-@dg.asset_check(asset="uniqueness_scores", blocking=True, description="Every uniqueness score lies in [0, 1].")
 def uniqueness_scores_in_range(uniqueness_scores: pd.DataFrame) -> dg.AssetCheckResult:
     return run_expectations(uniqueness_scores, score_range_suite(), suite_name="uniqueness_scores_in_range", id_columns=ID_COLUMNS)
 
 
-@dg.asset_check(asset="uniqueness_scores", blocking=True, description="Each identical group of N images has exactly N-1 scores of exactly 0.")
 def uniqueness_scores_identical_group_zeros(uniqueness_scores: pd.DataFrame) -> dg.AssetCheckResult:
     groups = identical_group_zero_counts(uniqueness_scores)
     return run_expectations(
@@ -63,9 +59,22 @@ def uniqueness_scores_identical_group_zeros(uniqueness_scores: pd.DataFrame) -> 
     )
 
 
-UNIQUENESS_SCORES_CHECKS = [
-    uniqueness_scores_one_row_per_image,
-    uniqueness_scores_no_nulls,
-    uniqueness_scores_in_range,
-    uniqueness_scores_identical_group_zeros,
-]
+# Check name -> (rule, description). Each is its own blocking check in the UI; they run in one
+# step because they read the same table, and a step costs more than these expectations do.
+RULES = {
+    "uniqueness_scores_one_row_per_image": (uniqueness_scores_one_row_per_image, "Exactly one row per image id."),
+    "uniqueness_scores_no_nulls": (uniqueness_scores_no_nulls, "No nulls in image_id, path, identical_group, uniqueness or label."),
+    "uniqueness_scores_in_range": (uniqueness_scores_in_range, "Every uniqueness score lies in [0, 1]."),
+    "uniqueness_scores_identical_group_zeros": (uniqueness_scores_identical_group_zeros, "Each identical group of N images has exactly N-1 scores of exactly 0."),
+}
+
+
+@dg.multi_asset_check(
+    specs=[dg.AssetCheckSpec(name, asset="uniqueness_scores", blocking=True, description=description) for name, (_, description) in RULES.items()],
+)
+def uniqueness_scores_checks(uniqueness_scores: pd.DataFrame):
+    for name, (rule, _) in RULES.items():
+        yield named_result(rule(uniqueness_scores), name, "uniqueness_scores")
+
+
+UNIQUENESS_SCORES_CHECKS = [uniqueness_scores_checks]
