@@ -10,6 +10,7 @@ from assets.clean_dataset import clean_dataset
 from automation.arrivals import build_arrival_automation
 from automation.maintenance import vector_table_maintenance, weekly_vector_table_maintenance
 from assets.duplicates_collection import collect_duplicates
+from assets.embedding_shards import image_embedding_shards
 from assets.image_embeddings import image_embeddings
 from assets.image_vectors import image_vectors
 from assets.raw_images import discover_raw_images
@@ -26,9 +27,13 @@ from resources.policy import DedupPolicyResource
 
 DEDUP_JOB = "dedup_job"
 CALIBRATION_JOB = "calibration_job"
+SHARDED_EMBEDDING_JOB = "sharded_embedding_job"
 ALL_ASSETS = [discover_raw_images, image_embeddings, image_vectors, score_uniqueness, collect_duplicates, clean_dataset, training_manifest]
 # Run on demand, not by dedup_job: scoring reads the stored value, so calibrating never slows a run.
 CALIBRATION_ASSETS = [embedding_thresholds]
+# Run on demand before dedup_job when one machine embeds too slowly: one partition per hash shard,
+# run in parallel, each writing embedding checkpoints that dedup_job then inserts.
+SHARDED_ASSETS = [image_embedding_shards]
 
 
 def model_id_for(settings: Settings) -> str | None:
@@ -73,11 +78,16 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.assets(discover_raw_images, image_embeddings, image_vectors, *CALIBRATION_ASSETS),
         description="Discover and embed the images (a later run reuses the vectors), then calibrate the near-duplicate threshold for the model.",
     )
+    sharded_embedding_job = dg.define_asset_job(
+        SHARDED_EMBEDDING_JOB,
+        selection=dg.AssetSelection.assets(*SHARDED_ASSETS),
+        description="Embed one shard of the new contents (partition = first hex digit of the pixel hash) into the embedding checkpoints; run the partitions in parallel, then dedup_job.",
+    )
     arrival_sensor, nightly_schedule = build_arrival_automation(DEDUP_JOB)
     return dg.Definitions(
-        assets=[*ALL_ASSETS, *CALIBRATION_ASSETS],
+        assets=[*ALL_ASSETS, *CALIBRATION_ASSETS, *SHARDED_ASSETS],
         asset_checks=all_checks(),
-        jobs=[dedup_job, calibration_job, vector_table_maintenance],
+        jobs=[dedup_job, calibration_job, sharded_embedding_job, vector_table_maintenance],
         sensors=[arrival_sensor],
         schedules=[nightly_schedule, weekly_vector_table_maintenance],
         resources=resources_for(settings),

@@ -20,6 +20,32 @@ def embedding_checkpoint(output_store: OutputStoreResource, lancedb: LanceDBReso
     return EmbeddingCheckpoint(output_store.state_dir / "embedding-checkpoints" / lancedb.table_name(model_id))
 
 
+def path_per_content(raw_images: pd.DataFrame) -> dict[str, str]:
+    """pixel hash -> the file embedded for it (the first path), so every stage embeds the same pixels."""
+    return raw_images.sort_values("path").drop_duplicates("pixel_hash").set_index("pixel_hash")["path"].to_dict()
+
+
+def embed_to_checkpoint(
+    context, todo: dict[str, str], embedding_model: EmbeddingModelResource, image_store: ImageStoreResource, checkpoint: EmbeddingCheckpoint, on_batch=None
+) -> tuple[int, float]:
+    """Embed `todo` (pixel hash -> path) in batches, writing each batch to `checkpoint` before the
+    next starts and logging progress; `on_batch(hashes, vectors)` sees each batch. Returns
+    (contents embedded, seconds)."""
+    embedder = embedding_model.get_embedder()
+    started, done, last_reported = time.monotonic(), 0, None
+    for hashes, vectors in embed_in_batches(todo, embedder, lambda path, draft: image_store.load_rgb(path, draft), embedding_model.batch_size):
+        checkpoint.write(hashes, vectors)
+        if on_batch is not None:
+            on_batch(hashes, vectors)
+        done += len(hashes)
+        # First batch, last batch, and at most one line every PROGRESS_INTERVAL_S in between.
+        now = time.monotonic()
+        if should_report(now, last_reported, done, len(todo)):
+            context.log.info(progress_message(done, len(todo), now - started))
+            last_reported = now
+    return done, time.monotonic() - started
+
+
 @dg.asset(group_name="dedup")
 def image_embeddings(
     context: dg.AssetExecutionContext,
@@ -32,7 +58,7 @@ def image_embeddings(
     """Embeddings (L2-normalised) computed in this run, one per new pixel hash, with the model id."""
     embedder = embedding_model.get_embedder()
     model_id = embedder.model_id
-    path_by_hash = raw_images.sort_values("path").drop_duplicates("pixel_hash").set_index("pixel_hash")["path"].to_dict()
+    path_by_hash = path_per_content(raw_images)
     stored = lancedb.stored_hashes(model_id)
     other_tables = sorted(set(lancedb.connect().table_names()) - {lancedb.table_name(model_id)})
     if not stored and other_tables:
@@ -49,20 +75,10 @@ def image_embeddings(
         f"vector table, {len(resumed)} resumed from checkpoints, {len(todo)} to embed"
     )
 
-    started, done, last_reported = time.monotonic(), 0, None
-    for hashes, vectors in embed_in_batches(todo, embedder, lambda path, draft: image_store.load_rgb(path, draft), embedding_model.batch_size):
-        checkpoint.write(hashes, vectors)
-        resumed.update(zip(hashes, vectors))
-        done += len(hashes)
-        # First batch, last batch, and at most one line every PROGRESS_INTERVAL_S in between.
-        now = time.monotonic()
-        if should_report(now, last_reported, done, len(todo)):
-            context.log.info(progress_message(done, len(todo), now - started))
-            last_reported = now
+    done, elapsed = embed_to_checkpoint(context, todo, embedding_model, image_store, checkpoint, on_batch=lambda hashes, vectors: resumed.update(zip(hashes, vectors)))
 
     hashes = sorted(resumed)
     embeddings = pd.DataFrame({"pixel_hash": hashes, "model_id": model_id, "vector": [np.asarray(resumed[h], np.float32) for h in hashes]})
-    elapsed = time.monotonic() - started
     return dg.Output(
         embeddings,
         metadata=table_metadata(

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from checks import all_checks
-from definitions import ALL_ASSETS, CALIBRATION_ASSETS, DEDUP_JOB
+from definitions import ALL_ASSETS, CALIBRATION_ASSETS, DEDUP_JOB, SHARDED_ASSETS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 120
@@ -157,7 +157,7 @@ def test_graphql_lists_every_asset_and_check(dagster_dev):
     listed_checks = {
         ("/".join(n["assetKey"]["path"]), check["name"]) for n in nodes for check in n["assetChecksOrError"].get("checks", [])
     }
-    assert listed_assets == {key.to_user_string() for assets in [*ALL_ASSETS, *CALIBRATION_ASSETS] for key in assets.keys}
+    assert listed_assets == {key.to_user_string() for assets in [*ALL_ASSETS, *CALIBRATION_ASSETS, *SHARDED_ASSETS] for key in assets.keys}
     expected_checks = {(key.asset_key.to_user_string(), key.name) for checks in all_checks() for key in checks.check_keys}
     assert expected_checks and listed_checks == expected_checks
 

@@ -1,0 +1,83 @@
+"""Stage 2 split over machines: the embeddings of one shard of the contents, as checkpoints.
+
+`image_embedding_shards` has one partition per first hex digit of the pixel hash. Each partition
+embeds its shard's new contents with the same model and batching as `image_embeddings` and writes
+them to the per-model embedding checkpoints; the next `dedup_job` run finds them there, embeds
+nothing, and `image_vectors` (the one LanceDB writer) inserts them.
+"""
+
+import dagster as dg
+import pandas as pd
+import pyarrow.parquet as pq
+
+from assets.image_embeddings import embed_to_checkpoint, embedding_checkpoint, path_per_content
+from core.checkpoints import EmbeddingCheckpoint
+from core.sharding import SHARD_KEYS, in_shard
+from resources.embedding_model import EmbeddingModelResource
+from resources.image_store import ImageStoreResource
+from resources.lancedb import LanceDBResource
+from resources.output_store import OutputStoreResource
+
+EMBEDDING_SHARDS = dg.StaticPartitionsDefinition(list(SHARD_KEYS))
+
+
+def checkpointed_hashes(checkpoint: EmbeddingCheckpoint) -> set[str]:
+    """Pixel hashes of every complete checkpoint file, without reading their vectors."""
+    hashes: set[str] = set()
+    for batch_file in checkpoint.shards():
+        try:
+            hashes.update(pq.read_table(batch_file, columns=["pixel_hash"]).column("pixel_hash").to_pylist())
+        except FileNotFoundError:
+            # Cleared by `image_vectors` after listing, so its vectors are in the vector table now.
+            continue
+    return hashes
+
+
+@dg.asset(
+    # A group of its own: "Materialize all" on the dedup group stays one unpartitioned run.
+    group_name="sharded_embedding",
+    # No backfill policy on purpose: a backfill then launches one run per shard (the shard is read
+    # from the partition key), and separate runs are what the run launcher spreads over machines.
+    partitions_def=EMBEDDING_SHARDS,
+)
+def image_embedding_shards(
+    context: dg.AssetExecutionContext,
+    raw_images: pd.DataFrame,
+    image_store: ImageStoreResource,
+    embedding_model: EmbeddingModelResource,
+    lancedb: LanceDBResource,
+    output_store: OutputStoreResource,
+) -> dg.MaterializeResult:
+    """Embeddings of the new contents whose pixel hash starts with the partition key, written to
+    the model's embedding checkpoints for `image_embeddings` (never to the vector table)."""
+    shard = context.partition_key
+    model_id = embedding_model.get_embedder().model_id
+    path_by_hash = in_shard(path_per_content(raw_images), shard)
+    checkpoint = embedding_checkpoint(output_store, lancedb, model_id)
+    # A shard run that was killed (or ran before) resumes: finished batches are not embedded again.
+    # Checkpoints are listed before the table is read: a batch `image_vectors` inserts and clears
+    # in between is then in the table, not lost between the two.
+    checkpointed = checkpointed_hashes(checkpoint) & path_by_hash.keys()
+    stored = lancedb.stored_hashes(model_id) & path_by_hash.keys()
+    checkpointed -= stored
+    todo = {h: p for h, p in path_by_hash.items() if h not in stored and h not in checkpointed}
+    context.log.info(
+        f"shard {shard}, model {model_id}: {len(path_by_hash)} distinct contents in the shard, {len(stored)} already in "
+        f"the vector table, {len(checkpointed)} already checkpointed, {len(todo)} to embed"
+    )
+
+    # Each batch is its own uniquely named file, renamed into place: shards running at the same
+    # time never write the same file, and a killed shard leaves only complete batches.
+    done, elapsed = embed_to_checkpoint(context, todo, embedding_model, image_store, checkpoint)
+    return dg.MaterializeResult(
+        metadata={
+            "shard": shard,
+            "model_id": model_id,
+            "contents_in_shard": len(path_by_hash),
+            "embedded_this_run": done,
+            "skipped_in_vector_table": len(stored),
+            "skipped_already_checkpointed": len(checkpointed),
+            "checkpoint_dir": dg.MetadataValue.path(str(checkpoint.directory)),
+            "images_per_second": round(done / elapsed, 2) if done and elapsed > 0 else 0.0,
+        }
+    )
