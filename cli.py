@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from core.embedders import PRECISIONS
 from core.settings import PROJECT_ROOT, Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -67,6 +68,7 @@ def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-duplicate-fraction", type=float, default=None)
     parser.add_argument("--hash-threshold-bits", type=int, default=None, help="pHash bits at the near-duplicate threshold (default 10; 0 = embedding only)")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=None, help="forward-pass precision: fp32 (default) or bf16 (faster on CPUs with AMX; its own model id and vector table)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -83,6 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_duplicate_fraction=args.max_duplicate_fraction,
         hash_threshold_bits=args.hash_threshold_bits,
         batch_size=args.batch_size,
+        precision=args.precision,
     )
 
 
@@ -290,6 +293,7 @@ def command_calibrate(args: argparse.Namespace) -> int:
         calibration_seed=args.seed,
         target_precision=args.target_precision,
         batch_size=args.batch_size,
+        precision=args.precision,
     )
     if not settings_are_valid(settings):
         return EXIT_CONFIG
@@ -377,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--target-precision", type=float, default=None, help="estimated pair precision to reach (default 0.99)")
     calibrate.add_argument("--hash-threshold-bits", type=int, default=None, help="the pHash setting the runs use (default 10)")
     calibrate.add_argument("--batch-size", type=int, default=None)
+    calibrate.add_argument("--precision", choices=list(PRECISIONS), default=None, help="fp32 (default) or bf16: calibrate the model id that `run --precision` uses")
     calibrate.add_argument("--force", action="store_true", help="recalibrate even if this sample was calibrated with these settings")
     calibrate.set_defaults(handler=command_calibrate)
     similar = commands.add_parser("similar", help="print the K images most similar to PATH, from the vector table")

@@ -39,7 +39,7 @@ SHARDED_ASSETS = [image_embedding_shards]
 def model_id_for(settings: Settings) -> str | None:
     """The configured model's id (no weights are loaded), or None for an invalid embedder setting."""
     try:
-        return build_embedder(settings.embedder, settings.model, device=settings.device).model_id
+        return build_embedder(settings.embedder, settings.model, device=settings.device, precision=settings.precision).model_id
     except ValueError:
         return None
 
@@ -49,7 +49,7 @@ def resources_for(settings: Settings) -> dict:
     return {
         "image_store": ImageStoreResource(image_root=settings.image_root, max_pixels=settings.max_pixels),
         "embedding_model": EmbeddingModelResource(
-            backend=settings.embedder, model=settings.model, device=settings.device, batch_size=settings.batch_size
+            backend=settings.embedder, model=settings.model, device=settings.device, batch_size=settings.batch_size, precision=settings.precision
         ),
         "lancedb": LanceDBResource(uri=settings.vector_store_uri),
         "output_store": OutputStoreResource(out_dir=settings.out_dir),

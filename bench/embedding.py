@@ -2,6 +2,8 @@
 
 Usage:
     .venv/bin/python bench/embedding.py [--repeats 3] [--images 24] [--out /tmp/imgdedup-bench-embedding]
+                                        [--precision-vit-batch 8] [--precision-cnn-batch 32]
+                                        [--skip vit cnn decode stage precision bf16]
 
 Measures, in one process (ratios are what to compare; the machine is shared and noisy):
   * fp32 (and bf16) matmul GFLOP/s: best of several GEMMs, square and ViT-shaped, taken before and
@@ -15,9 +17,16 @@ Measures, in one process (ratios are what to compare; the machine is shared and 
   * decode-only images/s on ~12 MP JPEGs (made from scikit-image photos, upscaled) with and without
     Pillow draft mode, serially and in 2 worker threads / processes;
   * the real embedding stage (`core.embedders.embed_in_batches` over those JPEGs through
-    `core.images.load_rgb`) with decode serial vs. overlapped with the forward pass;
-  * bf16 vs fp32 agreement of the offline backbone on every image of ../shared/bench/data
-    (cosine between the two embeddings of an image, and near-duplicate pair decisions that flip).
+    `core.images.load_rgb`) with decode serial vs. overlapped with the forward pass, at fp32 and bf16;
+  * `precision`: fp32 vs bf16 (the embedders' `precision` option) through the real code path
+    (`embed_in_batches` -> border trim -> the embedder's preprocessing -> forward -> normalisation),
+    over in-memory photos so that decoding is not what is timed: ViT-B/16 at batch 8 and the
+    offline backbone at batch 32. Each timed pass is paired with an fp32 matmul measurement taken
+    right before it; images/s, fraction of the fp32 roofline and the bf16/fp32 speed-up are medians
+    over `--repeats` pairs; plus the min cosine between the two precisions' vectors;
+  * bf16 vs fp32 agreement of the offline backbone (the embedders, `precision="bf16"`) on every
+    image of ../shared/bench/data (cosine between the two embeddings of an image, and
+    near-duplicate pair decisions that flip).
 
 Prints one line per figure and ends with one line of JSON holding every figure.
 """
@@ -244,7 +253,13 @@ def bench_decode(paths: list[Path], repeats: int) -> None:
 def bench_stage(paths: list[Path], repeats: int, vit_dir: Path) -> None:
     """The real stage: decode (draft) + trim + preprocess + forward, serial vs. overlapped."""
     by_hash = {f"{i:04d}": str(p) for i, p in enumerate(paths)}
-    for name, embedder, batch_size in (("cnn", EfficientNetLite0Embedder(), 32), ("vit", HuggingFaceEmbedder(str(vit_dir)), 8)):
+    stages = (
+        ("cnn", EfficientNetLite0Embedder(), 32),
+        ("vit", HuggingFaceEmbedder(str(vit_dir)), 8),
+        ("cnn_bf16", EfficientNetLite0Embedder(precision="bf16"), 32),
+        ("vit_bf16", HuggingFaceEmbedder(str(vit_dir), precision="bf16"), 8),
+    )
+    for name, embedder, batch_size in stages:
         loader = lambda path, draft: load_rgb(path, draft_size=draft)  # noqa: E731
         results = {}
         for mode, workers in (("serial", 0), ("overlapped", 2)):
@@ -261,8 +276,71 @@ def bench_stage(paths: list[Path], repeats: int, vit_dir: Path) -> None:
         report(f"stage_{name}_overlap_max_abs_difference", same, f"{same:g} (overlapped vs serial embeddings)")
 
 
+def _photos(count: int) -> list[Image.Image]:
+    """`count` distinct in-memory RGB photos (scikit-image's, 300-640 px, rotated per index)."""
+    from skimage import data
+
+    base = [Image.fromarray(a).convert("RGB") for a in (data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.camera())]
+    return [base[i % len(base)].rotate(i * 3, resample=Image.Resampling.BILINEAR) for i in range(count)]
+
+
+def bench_precision(args, vit_dir: Path) -> None:
+    """fp32 vs bf16 through the real embedder code, paired with fp32 matmul measurements."""
+    configs = (
+        ("vit", lambda precision: HuggingFaceEmbedder(str(vit_dir), precision=precision), args.precision_vit_batch, 3),
+        ("cnn", lambda precision: EfficientNetLite0Embedder(precision=precision), args.precision_cnn_batch, 2),
+    )
+    for name, build, batch_size, batches in configs:
+        photos = _photos(batch_size * batches)
+        by_key = {f"{i:04d}": f"photo-{i:04d}" for i in range(len(photos))}
+        by_path = {f"photo-{i:04d}": photo for i, photo in enumerate(photos)}
+        embedders = {precision: build(precision) for precision in ("fp32", "bf16")}
+
+        def run(embedder):
+            return np.concatenate([v for _, v in embed_in_batches(by_key, embedder, lambda path, draft: by_path[path], batch_size)])
+
+        vectors = {precision: run(embedder) for precision, embedder in embedders.items()}  # warm-up: loads the weights
+        if name == "vit":
+            model = embedders["fp32"]._loaded[1]
+            flops = count_flops(lambda x: model(pixel_values=x), torch.randn(1, 3, 224, 224))
+        else:
+            model = embedders["fp32"]._model
+            flops = count_flops(lambda x: model.forward_head(model.forward_features(x), pre_logits=True), torch.randn(1, 3, 224, 224))
+        rates, fractions, speedups = {"fp32": [], "bf16": []}, {"fp32": [], "bf16": []}, []
+        for _ in range(args.repeats):
+            for precision, embedder in embedders.items():
+                gflops = matmul_gflops(repeats=1)
+                started = time.perf_counter()
+                run(embedder)
+                rate = len(photos) / (time.perf_counter() - started)
+                rates[precision].append(rate)
+                fractions[precision].append(rate * flops / 1e9 / gflops)
+            speedups.append(rates["bf16"][-1] / rates["fp32"][-1])
+        for precision in ("fp32", "bf16"):
+            key = f"precision_{name}_{precision}_bs{batch_size}"
+            rate, fraction = statistics.median(rates[precision]), statistics.median(fractions[precision])
+            report(f"{key}_images_per_s", round(rate, 3), f"{rate:.3f} images/s = {fraction:.0%} of the fp32 roofline "
+                   f"(embed_in_batches, paired, median of {args.repeats}; {flops / 1e9:.3f} GFLOP/image)")
+            FIGURES[f"{key}_roofline_fraction"] = round(fraction, 3)
+            FIGURES[f"{key}_roofline_fractions_all"] = [round(f, 3) for f in fractions[precision]]
+        speedup = statistics.median(speedups)
+        report(f"precision_{name}_bf16_speedup", round(speedup, 2), f"{speedup:.2f}x bf16 over fp32 (median of per-repeat ratios {[round(x, 2) for x in speedups]})")
+        cosine = float(np.sum(vectors["fp32"] * vectors["bf16"], axis=1).min())
+        report(f"precision_{name}_bf16_min_cosine_vs_fp32", round(cosine, 5), f"{cosine:.5f} over {len(photos)} photos ({embedders['bf16'].model_id})")
+        if name == "vit":
+            # The HF preprocessing inside `embed` is on the measured path: its share, and that of
+            # transformers' PIL backend (not used by the embedder; outputs differ by <= 1 grey level).
+            from transformers import AutoImageProcessor
+
+            processors = (("default", embedders["fp32"]._loaded[0]), ("pil_backend", AutoImageProcessor.from_pretrained(str(vit_dir), backend="pil")))
+            for label, processor in processors:
+                batch = photos[:batch_size]
+                ms = 1000 / median_rate(lambda: processor(images=batch, return_tensors="pt"), len(batch), args.repeats)
+                report(f"precision_vit_processor_{label}_ms_per_image", round(ms, 1), f"{ms:.1f} ms/image ({type(processor).__name__}, batch {batch_size})")
+
+
 def bench_bf16_agreement() -> None:
-    """Offline backbone in bf16 vs fp32 on every image of the shared benchmark sets."""
+    """Offline backbone in bf16 vs fp32 (the embedders) on every image of the shared benchmark sets."""
     from core.images import ImageRejected
 
     paths = sorted(p for p in BENCH_DATA.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -272,14 +350,9 @@ def bench_bf16_agreement() -> None:
             images.append(load_rgb(path, draft_size=(224, 224)))
         except ImageRejected:
             continue
-    embedder = EfficientNetLite0Embedder()
-    pixels = embedder.preprocess(images)
-    with torch.inference_mode():
-        model = embedder._model
-        fp32 = torch.nn.functional.normalize(model.forward_head(model.forward_features(pixels), pre_logits=True), dim=1)
-        model.to(torch.bfloat16)
-        bf16 = torch.nn.functional.normalize(model.forward_head(model.forward_features(pixels.to(torch.bfloat16)), pre_logits=True).float(), dim=1)
-        model.float()
+    embed32, embed16 = EfficientNetLite0Embedder(), EfficientNetLite0Embedder(precision="bf16")
+    fp32 = torch.from_numpy(np.concatenate([embed32.embed(images[i : i + 32]) for i in range(0, len(images), 32)]))
+    bf16 = torch.from_numpy(np.concatenate([embed16.embed(images[i : i + 32]) for i in range(0, len(images), 32)]))
     cosine = (fp32 * bf16).sum(1)
     near = 0.1  # cosine distance of the default near-duplicate threshold (uniqueness 0.05)
     d32, d16 = 1 - fp32 @ fp32.T, 1 - bf16 @ bf16.T
@@ -296,9 +369,12 @@ def main() -> int:
     parser.add_argument("--vit-batch-sizes", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--cnn-batch-sizes", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "imgdedup-bench-embedding"))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["vit", "cnn", "decode", "stage", "bf16"])
+    parser.add_argument("--precision-vit-batch", type=int, default=8, help="ViT-B/16 batch of the fp32-vs-bf16 figures")
+    parser.add_argument("--precision-cnn-batch", type=int, default=32, help="offline backbone batch of the fp32-vs-bf16 figures")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["vit", "cnn", "decode", "stage", "precision", "bf16"])
     args = parser.parse_args()
     report("torch_threads", torch.get_num_threads(), f"{torch.get_num_threads()} (os.cpu_count() = {os.cpu_count()})")
+    report("load_average_start", [round(x, 2) for x in os.getloadavg()], f"{os.getloadavg()} (1, 5, 15 min)")
     gflops_before = matmul_gflops()
     bf16_gflops = matmul_gflops(torch.bfloat16)
     report("matmul_bf16_gflops", round(bf16_gflops, 1), f"{bf16_gflops:.1f} GFLOP/s (bf16, AMX where the CPU has it)")
@@ -310,20 +386,23 @@ def main() -> int:
     report("matmul_fp32_gflops_before", round(gflops_before, 1), f"{gflops_before:.1f} GFLOP/s (fp32, measured first; roofline used above)")
     report("matmul_fp32_gflops_after", round(gflops_after, 1), f"{gflops_after:.1f} GFLOP/s (fp32, measured after the models: noise check)")
     out = Path(args.out)
-    paths = make_large_jpegs(out / "large-jpegs", args.images)
+    vit_dir = out / "vit-b16-random"
+    if not (vit_dir / "config.json").exists():
+        from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+        torch.manual_seed(0)
+        ViTModel(ViTConfig(), add_pooling_layer=False).save_pretrained(vit_dir)
+        ViTImageProcessor().save_pretrained(vit_dir)
+    if "precision" not in args.skip:
+        bench_precision(args, vit_dir)
+    paths = make_large_jpegs(out / "large-jpegs", args.images) if {"decode", "stage"} - set(args.skip) else []
     if "decode" not in args.skip:
         bench_decode(paths, args.repeats)
     if "stage" not in args.skip:
-        from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-        vit_dir = out / "vit-b16-random"
-        if not (vit_dir / "config.json").exists():
-            torch.manual_seed(0)
-            ViTModel(ViTConfig(), add_pooling_layer=False).save_pretrained(vit_dir)
-            ViTImageProcessor().save_pretrained(vit_dir)
         bench_stage(paths, args.repeats, vit_dir)
     if "bf16" not in args.skip:
         bench_bf16_agreement()
+    report("load_average_end", [round(x, 2) for x in os.getloadavg()], f"{os.getloadavg()} (1, 5, 15 min)")
     print(json.dumps(FIGURES))
     return 0
 

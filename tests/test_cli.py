@@ -85,3 +85,33 @@ def test_bad_config_fails_fast_with_exit_2(cli_run, tmp_path, extra, message):
 def test_missing_image_root_fails_fast(tmp_path):
     completed = imgdedup("run", "--images", tmp_path / "nope", "--out", tmp_path / "out", "--embedder", "offline", dagster_home=tmp_path)
     assert completed.returncode == 2 and "does not exist" in completed.stderr
+
+
+def test_precision_flag_is_parsed_into_the_settings(tmp_path):
+    from cli import build_parser, settings_from_args
+
+    parser = build_parser()
+    run = parser.parse_args(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--precision", "bf16"])
+    assert settings_from_args(run).precision == "bf16"
+    default = parser.parse_args(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert settings_from_args(default).precision == "fp32"
+    assert parser.parse_args(["calibrate", "--images", str(tmp_path), "--out", str(tmp_path), "--precision", "bf16"]).precision == "bf16"
+
+
+def test_unknown_precision_fails_fast_with_exit_2(cli_run, tmp_path):
+    _, images, _, home = cli_run
+    completed = imgdedup("run", "--images", images, "--out", tmp_path / "out", "--embedder", "offline", "--precision", "fp16", dagster_home=home)
+    assert completed.returncode == 2 and "invalid choice: 'fp16'" in completed.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_with_bf16_precision_uses_its_own_model_id(cli_run, tmp_path):
+    import json
+
+    _, images, _, home = cli_run
+    out = tmp_path / "out"
+    completed = imgdedup("run", "--images", images, "--out", out, "--embedder", "offline", "--precision", "bf16", dagster_home=home)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    manifest = json.loads((out / "state" / "vectors.json").read_text())
+    assert manifest["model_id"].endswith("@bf16")
+    assert len(pd.read_csv(out / "clean.csv")) == 4 and len(pd.read_csv(out / "duplicates.csv")) == 1
