@@ -10,13 +10,17 @@ exact copies (2 %, equal vectors under another pixel hash) and near duplicates (
 Figures (each size runs in its own subprocess, so peak RSS is that size's own):
   * `core.scoring.find_content_neighbors` + `compute_uniqueness_scores`: seconds and peak RSS
     (resource.getrusage), and how time grows with N;
-  * up to `--reference-max` rows, the previous numpy search (argpartition + nonzero over every
-    distance block) timed in the same process, and the new search checked exactly against it;
-  * 1M needs an index: IVF-flat in faiss-cpu and IVF-PQ / HNSW-style search in LanceDB, built on
-    `--index-rows` rows, batched search for `--index-queries` sampled queries, recall@1 against
-    exact search, build and query seconds, and a linear extrapolation of both to 1M rows.
+  * the search `find_content_neighbors` runs (`search_neighbors`, precision "auto": the bf16
+    candidate path on CPUs with bf16 matrix units) against the float32 path, in the same process:
+    seconds, and equality of top-k sets (ties at the k-th distance aside), distances and pairs.
+    Up to `--reference-max` rows the float32 path runs on all rows; above, on 3 samples of
+    chunks (~4 % of the rows), its time scaled to all rows and equality checked on those rows;
+  * 1M needs an index: `bench/scoring_index.py` at each of `--index-rows` (e.g. 10000 100000
+    1000000; 0 skips it): the vectors in a LanceDB table, `core.ann.search_neighbors_ivf` (faiss
+    IVF-PQ + exact re-rank) streaming them, recall against exact search on `--index-queries`
+    sampled rows, peak RSS, and LanceDB's own indexes with batched search up to 100k rows.
 
-faiss-cpu is a benchmark extra (`pip install faiss-cpu`), never a runtime dependency.
+faiss-cpu is the `scale` extra (`pip install 'imgdedup[scale]'`; also in `dev`).
 Prints one line per figure and ends with one line of JSON holding every figure.
 """
 from __future__ import annotations
@@ -26,7 +30,6 @@ import json
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,33 +59,64 @@ def synthetic_vectors(rows: int, seed: int = 0) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def previous_search(vectors: np.ndarray, k: int, radius: float, chunk_rows: int = 2048):
-    """The search as it was before this benchmark (numpy distance blocks, argpartition, nonzero)."""
+def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max: int) -> dict:
+    """Time `search_neighbors` (auto) and the float32 path in this process; check they agree.
+
+    Above `reference_max` rows the float32 path runs on three samples of chunks only (start,
+    middle, end; `_search_neighbors_fp32(only=...)`, its own per-chunk code) and its time is scaled
+    by rows / sampled rows; top-k and pairs (by left row) are compared on the sampled rows.
+    """
+    from core.neighbors import BF16_MIN_ROWS, DEFAULT_CHUNK_ROWS, MAX_BLOCK_CELLS, _search_neighbors_fp32, bf16_matmul_is_fast, search_neighbors
+
     rows = len(vectors)
-    k = max(0, min(k, rows - 1))
-    topk_index = np.full((rows, k), -1, dtype=np.int64)
-    pairs = []
-    for start in range(0, rows, chunk_rows):
-        stop = min(start + chunk_rows, rows)
-        distance = 1.0 - vectors[start:stop] @ vectors.T
-        np.clip(distance, 0.0, 2.0, out=distance)
-        local = np.arange(stop - start)
-        distance[local, local + start] = np.inf
-        part = np.argpartition(distance, k - 1, axis=1)[:, :k]
-        part_distance = np.take_along_axis(distance, part, axis=1)
-        order = np.lexsort((part, part_distance), axis=1)
-        topk_index[start:stop] = np.take_along_axis(part, order, axis=1)
-        close_row, close_col = np.nonzero(distance <= radius)
-        close_row += start
-        keep = close_row < close_col
-        pairs.append(np.stack([close_row[keep], close_col[keep]], axis=1))
-    return topk_index, np.concatenate(pairs)
+    started = time.perf_counter()
+    new = search_neighbors(vectors, k=k, radius=radius)
+    new_seconds = time.perf_counter() - started
+    chunk = max(1, min(DEFAULT_CHUNK_ROWS, MAX_BLOCK_CELLS // rows))
+    if rows <= reference_max or rows <= 6 * chunk:
+        spans = [(0, rows)]
+    else:
+        spans = [(start, min(start + 2 * chunk, rows)) for start in (0, rows // 2 // chunk * chunk, (rows - 2 * chunk) // chunk * chunk)]
+    fp32_seconds, sampled, topk_ties, topk_equal, pairs_equal, distance_diff = 0.0, 0, 0, True, True, 0.0
+    for first, last in spans:
+        started = time.perf_counter()
+        old = _search_neighbors_fp32(vectors, k, radius, DEFAULT_CHUNK_ROWS, MAX_BLOCK_CELLS, only=(first, last))
+        fp32_seconds += time.perf_counter() - started
+        sampled += last - first
+        a, b = new.topk_index[first:last], old.topk_index[first:last]
+        distance_diff = max(distance_diff, float(np.abs(new.topk_distance[first:last] - old.topk_distance[first:last]).max(initial=0.0)))
+        for row in np.nonzero((np.sort(a, axis=1) != np.sort(b, axis=1)).any(axis=1))[0]:
+            # Sets may differ only by rows tied at the k-th distance.
+            differing = sorted(set(a[row].tolist()) ^ set(b[row].tolist()))
+            distance = np.clip(1.0 - vectors[differing] @ vectors[first + row], 0.0, 2.0)
+            tied = bool(np.all(np.abs(distance - old.topk_distance[first + row, -1]) <= 1e-6))
+            topk_ties += tied
+            topk_equal &= tied
+        mine = (new.pair_left >= first) & (new.pair_left < last)
+        theirs = (old.pair_left >= first) & (old.pair_left < last)
+        pairs_equal &= bool(
+            np.array_equal(new.pair_left[mine], old.pair_left[theirs])
+            and np.array_equal(new.pair_right[mine], old.pair_right[theirs])
+            and np.array_equal(new.pair_distance[mine], old.pair_distance[theirs])
+        )
+    fp32_seconds *= rows / sampled
+    return {
+        "search_path": "bf16" if rows >= BF16_MIN_ROWS and bf16_matmul_is_fast() else "fp32",
+        "search_new_seconds": round(new_seconds, 2),
+        "search_fp32_seconds": round(fp32_seconds, 2),
+        "search_fp32_timed_rows": sampled,
+        "search_speedup": round(fp32_seconds / new_seconds, 2),
+        "exact_topk_equal": topk_equal,
+        "topk_rows_differing_by_ties": topk_ties,
+        "topk_max_distance_difference": distance_diff,
+        "exact_pairs_equal": pairs_equal,
+        "checked_rows": sampled,
+    }
 
 
 def run_one(rows: int, reference_max: int) -> dict:
     import torch  # noqa: F401  (imported before the clock starts, as in a pipeline process)
 
-    from core.neighbors import search_neighbors
     from core.scoring import NEIGHBORS_PER_ROW, Thresholds, compute_uniqueness_scores, find_content_neighbors
 
     vectors = synthetic_vectors(rows)
@@ -106,118 +140,33 @@ def run_one(rows: int, reference_max: int) -> dict:
         "input_rss_mib": round(baseline_rss, 0),
         "labels": scores["label"].value_counts().to_dict(),
     }
-    if rows <= reference_max:
-        radius = thresholds.near_duplicate_cosine_distance
-        started = time.perf_counter()
-        new = search_neighbors(vectors, k=NEIGHBORS_PER_ROW, radius=radius)
-        new_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        old_index, old_pairs = previous_search(vectors, NEIGHBORS_PER_ROW, radius)
-        old_seconds = time.perf_counter() - started
-        result["search_new_seconds"] = round(new_seconds, 2)
-        result["search_previous_seconds"] = round(old_seconds, 2)
-        result["search_speedup"] = round(old_seconds / new_seconds, 2)
-        result["top1_equal_fraction"] = float((new.topk_index[:, 0] == old_index[:, 0]).mean())
-        result["pairs_equal"] = bool(set(map(tuple, old_pairs.tolist())) == set(zip(new.pair_left.tolist(), new.pair_right.tolist())))
-    return result
-
-
-def exact_top1(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    similarity = vectors[queries] @ vectors.T
-    similarity[np.arange(len(queries)), queries] = -np.inf
-    return similarity.argmax(axis=1)
-
-
-def run_index(rows: int, queries: int, workdir: Path) -> dict:
-    """Approximate top-1 (excluding self) for sampled queries: faiss IVF-flat vs LanceDB indexes."""
-    vectors = synthetic_vectors(rows, seed=1)
-    rng = np.random.default_rng(7)
-    sample = rng.choice(rows, size=queries, replace=False)
-    truth = exact_top1(vectors, sample)
-    result = {"rows": rows, "queries": queries}
-
-    import faiss
-
-    lists = int(4 * np.sqrt(rows))
-    started = time.perf_counter()
-    quantizer = faiss.IndexFlatIP(DIMENSIONS)
-    index = faiss.IndexIVFFlat(quantizer, DIMENSIONS, lists, faiss.METRIC_INNER_PRODUCT)
-    index.train(vectors[rng.choice(rows, size=min(rows, 40 * lists), replace=False)])
-    index.add(vectors)
-    built = time.perf_counter()
-    for probes in (8, 32):
-        index.nprobe = probes
-        started_q = time.perf_counter()
-        _, found = index.search(vectors[sample], 2)
-        seconds = time.perf_counter() - started_q
-        top1 = np.where(found[:, 0] == sample, found[:, 1], found[:, 0])
-        result[f"faiss_ivfflat_nprobe{probes}"] = {
-            "build_seconds": round(built - started, 1),
-            "query_seconds": round(seconds, 2),
-            "recall_at_1": float((top1 == truth).mean()),
-            "extrapolated_1m_all_queries_seconds": round((built - started) * 1e6 / rows + seconds / queries * 1e6 * (1e6 / rows), 0),
-        }
-    result["faiss_peak_rss_mib"] = round(peak_rss_mib(), 0)
-
-    import lancedb
-    import pyarrow as pa
-
-    db = lancedb.connect(str(workdir / "lancedb"))
-    table = db.create_table(
-        "vectors",
-        pa.table({"row": pa.array(np.arange(rows)), "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIMENSIONS)}),
-        mode="overwrite",
-    )
-    for index_type, options in (("IVF_PQ", {"num_partitions": lists, "num_sub_vectors": 96}), ("IVF_HNSW_SQ", {"num_partitions": max(1, lists // 8)})):
-        started = time.perf_counter()
-        try:
-            table.create_index(metric="cosine", vector_column_name="vector", index_type=index_type, replace=True, **options)
-        except Exception as exc:  # a LanceDB version without this index type: report, go on
-            result[f"lancedb_{index_type}"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-            continue
-        built = time.perf_counter()
-        found = []
-        started_q = time.perf_counter()
-        for q in sample:
-            query = table.search(vectors[q]).metric("cosine").limit(2).nprobes(32)
-            if index_type == "IVF_PQ":
-                query = query.refine_factor(10)
-            hits = query.select(["row"]).to_list()
-            rows_found = [h["row"] for h in hits if h["row"] != q]
-            found.append(rows_found[0] if rows_found else -1)
-        seconds = time.perf_counter() - started_q
-        result[f"lancedb_{index_type}"] = {
-            "build_seconds": round(built - started, 1),
-            "query_seconds": round(seconds, 2),
-            "recall_at_1": float((np.array(found) == truth).mean()),
-            "extrapolated_1m_all_queries_seconds": round((built - started) * 1e6 / rows + seconds / queries * 1e6 * (1e6 / rows), 0),
-        }
-    result["peak_rss_mib"] = round(peak_rss_mib(), 0)
+    # find_content_neighbors normalises again; the vectors are unit rows already.
+    result.update(compare_with_fp32(vectors, NEIGHBORS_PER_ROW, thresholds.near_duplicate_cosine_distance, reference_max))
     return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--reference-max", type=int, default=20_000, help="largest size also timed with the previous search")
-    parser.add_argument("--index-rows", type=int, default=100_000)
+    parser.add_argument("--reference-max", type=int, default=20_000, help="largest size at which the float32 path runs on all rows (above: on a sample)")
+    parser.add_argument("--index-rows", type=int, nargs="+", default=[100_000], help="sizes run through the index (bench/scoring_index.py); 0 skips")
     parser.add_argument("--index-queries", type=int, default=1000)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--index-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.reference_max)))
-        return 0
-    if args.index_only:
-        with tempfile.TemporaryDirectory() as workdir:
-            print(json.dumps(run_index(args.index_rows, args.index_queries, Path(workdir))))
         return 0
     figures = {"exact": {}}
     for rows in args.sizes:
         child = subprocess.run([sys.executable, __file__, "--one", str(rows), "--reference-max", str(args.reference_max)], capture_output=True, text=True, check=True)
         result = json.loads(child.stdout.strip().splitlines()[-1])
         figures["exact"][str(rows)] = result
-        extra = f", previous search {result['search_previous_seconds']} s vs {result['search_new_seconds']} s ({result['search_speedup']}x), same pairs {result['pairs_equal']}, top-1 agreement {result['top1_equal_fraction']:.4f}" if "search_speedup" in result else ""
+        scaled = "" if result["search_fp32_timed_rows"] == rows else f", scaled from {result['search_fp32_timed_rows']:,d} rows"
+        extra = (
+            f"; search {result['search_path']} {result['search_new_seconds']} s vs float32 {result['search_fp32_seconds']} s{scaled} "
+            f"({result['search_speedup']}x), same top-k {result['exact_topk_equal']} ({result['topk_rows_differing_by_ties']} rows differ by ties), "
+            f"same pairs {result['exact_pairs_equal']}"
+        )
         print(f"exact {rows:>8,d} rows: {result['seconds']:7.2f} s (search {result['search_seconds']} s), peak RSS {result['peak_rss_mib']:.0f} MiB{extra}", flush=True)
     if len(args.sizes) >= 2:
         small, large = args.sizes[0], args.sizes[-1]
@@ -226,14 +175,15 @@ def main() -> int:
         extrapolated = figures["exact"][str(large)]["seconds"] * (1e6 / large) ** 2
         figures["exact_1m_extrapolated_seconds"] = round(float(extrapolated), 0)
         print(f"time grows as N^{exponent:.2f}; exact at 1M would take ~{extrapolated:,.0f} s (N^2 from {large:,d})")
-    if args.index_rows:
-        child = subprocess.run([sys.executable, __file__, "--index-only", "--index-rows", str(args.index_rows), "--index-queries", str(args.index_queries)], capture_output=True, text=True)
-        if child.returncode:
-            print(child.stderr[-2000:], file=sys.stderr)
-            return child.returncode
-        figures["index"] = json.loads(child.stdout.strip().splitlines()[-1])
-        for name, value in figures["index"].items():
-            print(f"index {name}: {value}")
+    index_rows = [rows for rows in args.index_rows if rows > 0]
+    if index_rows:
+        from bench.scoring_index import run_index_sizes  # each size and step in its own subprocess
+
+        try:
+            figures["index"] = run_index_sizes(index_rows, args.index_queries)
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 1
     print(json.dumps(figures))
     return 0
 

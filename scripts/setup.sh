@@ -11,7 +11,7 @@ fi
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
 # Quiet pip, but keep its errors; the editable install makes `imgdedup` and the modules importable.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import dagster, lancedb, great_expectations, torch, timm, transformers" \
+.venv/bin/python -c "import dagster, lancedb, great_expectations, torch, timm, transformers, faiss" \
     || { echo "setup: the virtual environment is incomplete (see pip output above)" >&2; exit 1; }
 
 # Dagster reads dagster.yaml from $DAGSTER_HOME; keep instance storage project-local and git-ignored.
