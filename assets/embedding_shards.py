@@ -8,10 +8,8 @@ nothing, and `image_vectors` (the one LanceDB writer) inserts them.
 
 import dagster as dg
 import pandas as pd
-import pyarrow.parquet as pq
 
 from assets.image_embeddings import embed_to_checkpoint, embedding_checkpoint, path_per_content
-from core.checkpoints import EmbeddingCheckpoint
 from core.sharding import SHARD_KEYS, in_shard
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
@@ -19,18 +17,6 @@ from resources.lancedb import LanceDBResource
 from resources.output_store import OutputStoreResource
 
 EMBEDDING_SHARDS = dg.StaticPartitionsDefinition(list(SHARD_KEYS))
-
-
-def checkpointed_hashes(checkpoint: EmbeddingCheckpoint) -> set[str]:
-    """Pixel hashes of every complete checkpoint file, without reading their vectors."""
-    hashes: set[str] = set()
-    for batch_file in checkpoint.shards():
-        try:
-            hashes.update(pq.read_table(batch_file, columns=["pixel_hash"]).column("pixel_hash").to_pylist())
-        except FileNotFoundError:
-            # Cleared by `image_vectors` after listing, so its vectors are in the vector table now.
-            continue
-    return hashes
 
 
 @dg.asset(
@@ -57,7 +43,7 @@ def image_embedding_shards(
     # A shard run that was killed (or ran before) resumes: finished batches are not embedded again.
     # Checkpoints are listed before the table is read: a batch `image_vectors` inserts and clears
     # in between is then in the table, not lost between the two.
-    checkpointed = checkpointed_hashes(checkpoint) & path_by_hash.keys()
+    checkpointed = checkpoint.hashes() & path_by_hash.keys()
     stored = lancedb.stored_hashes(model_id) & path_by_hash.keys()
     checkpointed -= stored
     todo = {h: p for h, p in path_by_hash.items() if h not in stored and h not in checkpointed}

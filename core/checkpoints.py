@@ -35,6 +35,17 @@ class EmbeddingCheckpoint:
     def shards(self) -> list[Path]:
         return sorted(self.directory.glob("batch-*.parquet")) if self.directory.is_dir() else []
 
+    def hashes(self) -> set[str]:
+        """Pixel hashes of every complete shard, without reading their vectors; a shard removed
+        after listing (cleared once its vectors are in the vector table) is skipped."""
+        hashes: set[str] = set()
+        for shard in self.shards():
+            try:
+                hashes.update(pq.read_table(shard, columns=["pixel_hash"]).column("pixel_hash").to_pylist())
+            except FileNotFoundError:
+                continue
+        return hashes
+
     def load(self) -> dict[str, np.ndarray]:
         """pixel hash -> vector from every complete shard."""
         vectors: dict[str, np.ndarray] = {}

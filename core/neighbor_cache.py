@@ -127,6 +127,7 @@ def update_search(
     kept = np.nonzero(old_rows >= 0)[0]
     lost_neighbor = (old_topk[old_rows[kept]] >= 0) & removed[np.maximum(old_topk[old_rows[kept]], 0)]
     dirty = kept[lost_neighbor.any(axis=1)]
+    clean = np.setdiff1d(kept, dirty)  # rows whose old top-k still holds
     added = np.nonzero(old_rows < 0)[0]
     searched = np.union1d(added, dirty)
     if len(searched) > MAX_CHANGED_FRACTION * rows:
@@ -142,7 +143,6 @@ def update_search(
         part = np.argpartition(distances, k - 1, axis=1)[:, :k] if len(searched) else np.empty((0, k), np.int64)
         _put_sorted(topk_index, topk_distance, searched, part, np.take_along_axis(distances, part, axis=1))
         # Reused rows: old top-k (re-indexed; -1 and +inf pad) merged with the distances to new rows.
-        clean = np.setdiff1d(kept, dirty)
         reused = old_topk[old_rows[clean]]
         reused_index = np.where(reused >= 0, new_of_old[np.maximum(reused, 0)], -1)
         reused_distance = np.where(reused >= 0, previous.search.topk_distance[old_rows[clean]], np.inf).astype(np.float32)
@@ -180,7 +180,7 @@ def update_search(
     first[1:] = (left[1:] != left[:-1]) | (right[1:] != right[:-1])
     search = NeighborSearch(topk_index, topk_distance, left[first], right[first], distance[first])
 
-    if not _verified(search, row_distances, np.setdiff1d(kept, dirty), verify_seed):
+    if not _verified(search, row_distances, clean, verify_seed):
         return KeyedSearch(hashes, full_search(), fingerprint), SearchUpdate("full", rows, "the previous search no longer matches the vectors")
     return KeyedSearch(hashes, search, fingerprint), SearchUpdate("incremental", len(searched))
 

@@ -15,7 +15,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from assets.embedding_shards import checkpointed_hashes
 from assets.raw_images import discover_raw_images
 from core.checkpoints import EmbeddingCheckpoint
 from core.sample import build_sample_set
@@ -156,11 +155,11 @@ def test_checkpointed_hashes_reads_every_batch_and_skips_one_removed_meanwhile(t
     checkpoint.write(["a1", "b2"], np.eye(2, 4, dtype=np.float32))
     checkpoint.write(["c3"], np.ones((1, 4), np.float32))
     (checkpoint.directory / ".batch-killed.parquet.tmp").write_bytes(b"PAR1 half a parquet file")
-    assert checkpointed_hashes(checkpoint) == {"a1", "b2", "c3"}
+    assert checkpoint.hashes() == {"a1", "b2", "c3"}
     # `image_vectors` clears the checkpoints while a shard lists them: the removed file is skipped.
     listed = checkpoint.shards() + [checkpoint.directory / "batch-removed.parquet"]
     monkeypatch.setattr(checkpoint, "shards", lambda: listed)
-    assert checkpointed_hashes(checkpoint) == {"a1", "b2", "c3"}
+    assert checkpoint.hashes() == {"a1", "b2", "c3"}
 
 
 def test_the_sample_spreads_over_many_shards(runs):
