@@ -8,6 +8,7 @@ the float32 search; see `_search_neighbors_bf16`).
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,10 +25,12 @@ BF16_MIN_ROWS = 4096  # from 5k rows up the bf16 path was faster (1.2x at 5k, 1.
 BF16_UNIT_ROUNDOFF = 2.0**-8  # bf16 keeps 8 significant bits: round-to-nearest is within 2^-8
 FP32_UNIT_ROUNDOFF = 2.0**-24
 PRECISIONS = ("auto", "bf16", "fp32")
-# Threads for the bf16 path's reductions (memory-bound, many small ops); None: half of torch's.
-# On 2 shared, busy cores the search ran 1.7x faster with one thread there than with two (no
-# waiting at OpenMP barriers for a descheduled thread).
+# Threads for the bf16 path's reductions (memory-bound, many small ops); None: chosen by timing
+# (`ReductionThreads`). At 100k rows on 2 cores, two threads ran them 1.3x faster than one on an
+# idle machine, and one thread 1.2-1.7x faster than two on a busy one (no waiting at OpenMP
+# barriers for a descheduled thread).
 REDUCTION_THREADS: int | None = None
+REDUCTION_PROBE_EVERY = 16  # chunks between two timings of each thread count
 
 
 @dataclass(frozen=True)
@@ -294,13 +297,14 @@ def _search_neighbors_bf16(vectors: np.ndarray, k: int, radius: float, chunk_row
         # bf16) rounds nothing.
         pair_floor = _bf16_at_most(float(_below_bf16(1.0 - radius, bound)))
         buffer = torch.empty(chunk * width, dtype=torch.bfloat16)
+        threads = ReductionThreads(REDUCTION_THREADS)
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
             # (W, n): all rows times the chunk's. oneDNN reformats the second operand for its bf16
             # tiles on every call, so the small one goes there (~1.3-1.7x faster than chunk x all).
             block = buffer[: width * (stop - start)].view(width, stop - start)
             torch.mm(low, low[start:stop].T, out=block)
-            with _threads(_reduction_threads()):
+            with threads.timed(stop - start):
                 local = torch.arange(stop - start)
                 block[local + start, local] = -torch.inf  # a row is not its own neighbour
                 block[rows:] = -torch.inf  # padding
@@ -331,10 +335,40 @@ def _search_neighbors_bf16(vectors: np.ndarray, k: int, radius: float, chunk_row
     return _finish_pairs(vectors, topk_index, topk_distance, lefts, rights, radius)
 
 
-def _reduction_threads() -> int:
-    import torch
+class ReductionThreads:
+    """Thread count for the bf16 path's per-chunk reductions, chosen by timing them.
 
-    return REDUCTION_THREADS if REDUCTION_THREADS is not None else max(1, torch.get_num_threads() // 2)
+    Whether one thread or all of torch's is faster depends on the machine's load, which changes
+    during a long search: every `probe_every` chunks each count runs one chunk, timed per column,
+    and the faster count runs the chunks in between. The answer does not depend on the count.
+    """
+
+    def __init__(self, fixed: int | None = None, probe_every: int = REDUCTION_PROBE_EVERY):
+        import torch
+
+        most = torch.get_num_threads()
+        self.counts = [fixed] if fixed is not None else sorted({1, most})
+        self.probe_every = max(len(self.counts) + 1, probe_every)
+        self.seconds_per_column = dict.fromkeys(self.counts, 0.0)
+        self.chunks = 0
+
+    def current(self) -> int:
+        position = self.chunks % self.probe_every
+        if position < len(self.counts):
+            return self.counts[position]
+        return min(self.counts, key=self.seconds_per_column.__getitem__)
+
+    @contextmanager
+    def timed(self, columns: int):
+        """Run the block's reductions with the chosen count; time them if this chunk is a probe."""
+        count = self.current()
+        probing = self.chunks % self.probe_every < len(self.counts)
+        started = time.perf_counter()
+        with _threads(count):
+            yield
+        if probing:
+            self.seconds_per_column[count] = (time.perf_counter() - started) / max(1, columns)
+        self.chunks += 1
 
 
 @contextmanager

@@ -7,6 +7,8 @@ cannot tell apart.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +163,31 @@ def test_bf16_at_most_is_a_bf16_number_not_above_the_value():
         assert at_most <= value
         assert torch.tensor(at_most).to(torch.bfloat16).float().item() == at_most
         assert torch.tensor(at_most).to(torch.bfloat16).float().item() > value - abs(value) * 2.0**-7 - 1e-30
+
+
+@pytest.mark.parametrize("slow_count", [1, 2])
+def test_reduction_threads_run_the_chunks_between_probes_with_the_faster_count(slow_count):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        chooser = neighbors.ReductionThreads(probe_every=4)
+        used = []
+        for _ in range(12):
+            with chooser.timed(columns=10):
+                used.append(torch.get_num_threads())
+                time.sleep(0.02 if torch.get_num_threads() == slow_count else 0.001)
+        assert torch.get_num_threads() == 2  # restored after each chunk
+    finally:
+        torch.set_num_threads(before)
+    fast_count = 3 - slow_count
+    probes = [1, 2]  # each count is timed on one chunk every 4
+    assert used == (probes + [fast_count, fast_count]) * 3
+
+
+def test_reduction_threads_fixed_count_is_always_used():
+    chooser = neighbors.ReductionThreads(fixed=1, probe_every=4)
+    used = []
+    for _ in range(6):
+        with chooser.timed(columns=1):
+            used.append(torch.get_num_threads())
+    assert used == [1] * 6
