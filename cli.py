@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from core.embedders import PRECISIONS
+from core.scoring import HASH_INDEX_MIN_CONTENTS, INDEX_MIN_CONTENTS, SEARCH_ENGINES
 from core.settings import PROJECT_ROOT, Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -69,6 +70,14 @@ def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hash-threshold-bits", type=int, default=None, help="pHash bits at the near-duplicate threshold (default 10; 0 = embedding only)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--precision", choices=list(PRECISIONS), default=None, help="forward-pass precision: fp32 (default) or bf16 (faster on CPUs with AMX; its own model id and vector table)")
+    parser.add_argument(
+        "--neighbor-search", choices=list(SEARCH_ENGINES), default=None,
+        help=(
+            "exact, index (embeddings: IVF index, needs faiss-cpu: pip install 'imgdedup[scale]'; pHashes: multi-index search within the "
+            f"hash threshold) or auto (default: per signal, the index from {HASH_INDEX_MIN_CONTENTS:,} contents for pHashes and "
+            f"{INDEX_MIN_CONTENTS:,} for embeddings)"
+        ),
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -86,6 +95,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         hash_threshold_bits=args.hash_threshold_bits,
         batch_size=args.batch_size,
         precision=args.precision,
+        neighbor_search=args.neighbor_search,
     )
 
 

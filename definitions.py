@@ -65,6 +65,7 @@ def resources_for(settings: Settings) -> dict:
             calibration_sample_size=settings.calibration_sample_size,
             calibration_seed=settings.calibration_seed,
             target_precision=settings.target_precision,
+            neighbor_search=settings.neighbor_search,
         ),
         # Intermediate tables are pickled under the output folder's state, beside the vector table.
         "io_manager": dg.FilesystemIOManager(base_dir=str(Path(settings.out_dir) / "state" / "assets")),

@@ -1,4 +1,5 @@
-"""Stage 4: SPEC.md's uniqueness score per image, from exact nearest-neighbour search."""
+"""Stage 4: SPEC.md's uniqueness score per image, from nearest-neighbour search (exact, or an index
+for very large collections: `DedupPolicyResource.neighbor_search`)."""
 
 import dagster as dg
 import pandas as pd
@@ -42,14 +43,18 @@ def score_uniqueness(
         raise ValueError(f"the policy is configured for model {policy.model_id}, but the vectors are from {image_vectors['model_id']}; build resources with resources_for(settings)")
     thresholds = in_force.thresholds
     context.log.info(f"near-duplicate threshold {in_force.describe()}")
-    vectors = lancedb.read_vectors(image_vectors["model_id"], set(raw_images["pixel_hash"]))
+    vectors = lancedb.read_content_vectors(image_vectors["model_id"], set(raw_images["pixel_hash"]))
     # The last run's searches, per signal, for this model's table: only new contents (and those
     # that lost a neighbour) are searched again. A cache that does not fit is ignored.
     cache_dir = output_store.state_dir / "neighbor-searches"
     cache_file = {signal: cache_dir / f"{lancedb.table_name(image_vectors['model_id'])}-{signal}.npz" for signal in ("embedding", "hash")}
     previous = {signal: search for signal, path in cache_file.items() if (search := KeyedSearch.load(path)) is not None}
     neighbors = find_content_neighbors(
-        vectors, radius=thresholds.near_duplicate_cosine_distance, hash_signal=policy.hash_signal(raw_images), previous=previous
+        vectors,
+        radius=thresholds.near_duplicate_cosine_distance,
+        hash_signal=policy.hash_signal(raw_images),
+        previous=previous,
+        engine=policy.neighbor_search,
     )
     for signal, search in neighbors.searches.items():
         search.save(cache_file[signal])

@@ -17,6 +17,12 @@ For each N, each step in its own subprocess (so that its peak RSS, resource.getr
     after the search (never an N x N matrix, never a second in-memory copy);
   * exact (N <= --exact-max-rows): `core.neighbors.search_neighbors` on the same table (the
     search the pipeline runs today), for the crossover;
+  * stage: the pipeline's scoring stage as `score_uniqueness` runs it, at `--neighbor-search`
+    (default auto: the index from 250k contents): `LanceDBResource.read_content_vectors` (the
+    vectors streamed from the table into one matrix in hash order), synthetic pHashes with planted
+    near and rotated copies (`synthetic_phashes`), `core.scoring.find_content_neighbors` (embedding
+    + pHash signals) and `compute_uniqueness_scores`; seconds per part, peak RSS, and on the
+    sampled rows the nearest distance against an exact fused scan (cosine and pHash bits);
   * lancedb (N <= --lancedb-max-rows): LanceDB's own IVF_PQ (and IVF_HNSW_SQ) index on the same
     table, queried with its batched multi-vector search for `--lancedb-queries` sampled rows,
     recall on the same sample, and the all-rows time extrapolated from the per-query time.
@@ -43,11 +49,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.scoring import DIMENSIONS, synthetic_vectors  # noqa: E402
+from resources.lancedb import table_name_for  # noqa: E402
+
+MODEL = "bench/synthetic-768"
+TABLE = table_name_for(MODEL)  # the table the pipeline's LanceDBResource opens for MODEL
 
 GENERATE_ROWS = 100_000  # rows generated (and written) at a time
 NEIGHBORS = 16  # core.scoring.NEIGHBORS_PER_ROW
 RADIUS = 0.1  # the default near-duplicate radius (cosine distance, 2 x 0.05)
-TABLE = "vectors"
+HASH_BITS = 10  # the pipeline's default hash threshold
 
 
 def peak_rss_mib() -> float:
@@ -77,6 +87,7 @@ def write_table(uri: str, rows: int) -> dict:
         data = pa.table(
             {
                 "pixel_hash": pa.array([key_for(i) for i in range(start, start + len(vectors))], pa.string()),
+                "model_id": pa.array([MODEL] * len(vectors), pa.string()),
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIMENSIONS),
             }
         )
@@ -232,6 +243,84 @@ def run_exact(uri: str, rows: int, queries: int) -> dict:
             "total_seconds": round(finished - started, 1), "peak_rss_mib": round(peak_rss_mib())}
 
 
+def synthetic_phashes(rows: int, seed: int = 3) -> np.ndarray:
+    """(rows, 8) uint64 pHashes, identity first: random, with 3 % near copies (0-12 bits flipped
+    from another row's identity hash) of which half are rotated (the copy's variant 3 holds it)."""
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(0, np.iinfo(np.int64).max, size=(rows, 8), dtype=np.int64).view(np.uint64)
+    planted = rng.choice(rows, size=(int(rows * 0.03), 2), replace=False)
+    flips = np.zeros(len(planted), np.uint64)
+    for bit_count in range(1, 13):
+        chosen = rng.integers(0, 13, len(planted)) == bit_count
+        for _ in range(bit_count):
+            flips[chosen] ^= np.left_shift(np.uint64(1), rng.integers(0, 64, int(chosen.sum())).astype(np.uint64))
+    rotated = rng.random(len(planted)) < 0.5
+    hashes[planted[~rotated, 1], 0] = hashes[planted[~rotated, 0], 0] ^ flips[~rotated]
+    hashes[planted[rotated, 1], 3] = hashes[planted[rotated, 0], 0] ^ flips[rotated]
+    return hashes
+
+
+def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
+    """The scoring stage as `score_uniqueness` runs it, on the table written by `write_table`."""
+    import pandas as pd
+
+    from core.neighbors import hamming_distances_of_rows
+    from core.scoring import HashSignal, Thresholds, compute_uniqueness_scores, find_content_neighbors
+    from resources.lancedb import LanceDBResource
+
+    baseline = peak_rss_mib()
+    keys = [key_for(i) for i in range(rows)]
+    started = time.perf_counter()
+    vectors = LanceDBResource(uri=uri).read_content_vectors(MODEL, set(keys))
+    read = time.perf_counter()
+    phashes = synthetic_phashes(rows)
+    # The pipeline's HashSignal is a dict per content (built from raw_images' phashes column).
+    signal = HashSignal({key: phashes[i].view(np.int64) for i, key in enumerate(keys)}, HASH_BITS)
+    prepared = time.perf_counter()
+    neighbors = find_content_neighbors(vectors, radius=RADIUS, hash_signal=signal, engine=engine)
+    searched = time.perf_counter()
+    images = pd.DataFrame({"image_id": keys, "path": [f"{key}.jpg" for key in keys], "pixel_hash": keys})
+    scores = compute_uniqueness_scores(images, neighbors, pd.Series(np.arange(rows), index=keys), Thresholds())
+    scored = time.perf_counter()
+    figures = {
+        "engine": {signal_name: f"{u.mode} ({u.reason})" for signal_name, u in neighbors.updates.items()},
+        "rows": rows,
+        "read_seconds": round(read - started, 1),
+        "hash_signal_seconds": round(prepared - read, 1),
+        "search_seconds": round(searched - prepared, 1),
+        "score_seconds": round(scored - searched, 1),
+        "total_seconds": round(scored - started, 1),
+        "labels": scores["label"].value_counts().to_dict(),
+        "pairs": int(len(neighbors.pairs)),
+        "peak_rss_mib": round(peak_rss_mib()),
+        "import_rss_mib": round(baseline),
+    }
+    # Exact fused nearest distance of the sampled contents that have no identical copy (their
+    # nearest is then simply the nearest other content): cosine over all rows, pHash bits mapped.
+    sample = sample_rows(rows, queries)
+    singleton = np.bincount(neighbors.identical_group, minlength=rows)[neighbors.identical_group[sample]] == 1
+    sample = sample[singleton]
+    matrix = vectors.matrix
+    exact = np.empty(len(sample))
+    for start in range(0, len(sample), 64):
+        rows_here = sample[start : start + 64]
+        cosine = np.clip(1.0 - matrix[rows_here] @ matrix.T, 0.0, 2.0)
+        fused = np.minimum(cosine, hamming_distances_of_rows(phashes, rows_here) * signal.bits_to_cosine(RADIUS))
+        fused[np.arange(len(rows_here)), rows_here] = np.inf
+        exact[start : start + 64] = fused.min(axis=1)
+    found = neighbors.nearest_distance[sample].astype(np.float64)
+    close = exact <= RADIUS
+    figures.update(
+        sampled_contents=int(len(sample)),
+        nearest_equal_fraction=round(float(np.mean(np.abs(found - exact) <= 1e-6)), 4),
+        nearest_equal_fraction_within_radius=round(float(np.mean(np.abs(found[close] - exact[close]) <= 1e-6)), 4) if close.any() else None,
+        sampled_within_radius=int(close.sum()),
+        nearest_never_below_exact=bool((found >= exact - 1e-6).all()),
+        labels_equal_fraction=round(float(np.mean((found <= RADIUS) == close)), 4),
+    )
+    return figures
+
+
 def run_lancedb(uri: str, rows: int, queries: int) -> dict:
     """LanceDB's own indexes with its batched (multi-vector) search, on a sample of rows."""
     import lancedb
@@ -293,9 +382,9 @@ def run_lancedb(uri: str, rows: int, queries: int) -> dict:
     return figures
 
 
-def child(step: str, uri: str, rows: int, queries: int) -> dict:
+def child(step: str, uri: str, rows: int, queries: int, stage_engine: str = "auto") -> dict:
     process = subprocess.run(
-        [sys.executable, __file__, "--step", step, "--uri", uri, "--rows", str(rows), "--queries", str(queries)],
+        [sys.executable, __file__, "--step", step, "--uri", uri, "--rows", str(rows), "--queries", str(queries), "--stage-engine", stage_engine],
         capture_output=True, text=True,
     )
     if process.returncode:
@@ -304,7 +393,8 @@ def child(step: str, uri: str, rows: int, queries: int) -> dict:
 
 
 def run_index_sizes(
-    sizes: list[int], queries: int = 1000, lancedb_max_rows: int = 100_000, lancedb_queries: int = 1000, workdir: Path | None = None, exact_max_rows: int = 100_000
+    sizes: list[int], queries: int = 1000, lancedb_max_rows: int = 100_000, lancedb_queries: int = 1000, workdir: Path | None = None, exact_max_rows: int = 100_000,
+    skip: list[str] = (), stage_engine: str = "auto",
 ) -> dict:
     """Every figure for every size (each step in its own subprocess), and the growth exponents."""
     figures: dict = {"sizes": {}}
@@ -313,6 +403,20 @@ def run_index_sizes(
             uri = str(Path(directory) / f"db_{rows}")
             entry = {"write": child("write", uri, rows, queries)}
             print(f"index {rows:>9,d} rows: wrote the LanceDB table in {entry['write']['seconds']} s (peak RSS {entry['write']['peak_rss_mib']} MiB)", flush=True)
+            if "stage" not in skip:
+                entry["stage"] = child("stage", uri, rows, queries, stage_engine)
+                g = entry["stage"]
+                print(
+                    f"stage {rows:>9,d} rows: scoring stage ({g['engine']}) total {g['total_seconds']} s (read {g['read_seconds']}, "
+                    f"hash signal {g['hash_signal_seconds']}, search {g['search_seconds']}, score {g['score_seconds']}), peak RSS {g['peak_rss_mib']} MiB; "
+                    f"sampled nearest distance equal to exact: {g['nearest_equal_fraction']} ({g['nearest_equal_fraction_within_radius']} of "
+                    f"{g['sampled_within_radius']} within the radius), never below exact: {g['nearest_never_below_exact']}, labels equal {g['labels_equal_fraction']}",
+                    flush=True,
+                )
+            if "faiss" in skip:
+                figures["sizes"][str(rows)] = entry
+                shutil_rmtree(uri)
+                continue
             entry["faiss"] = child("faiss", uri, rows, queries)
             f = entry["faiss"]
             print(
@@ -321,11 +425,11 @@ def run_index_sizes(
                 f"recall@{NEIGHBORS} {f[f'recall_at_{NEIGHBORS}']}, close-pair recall {f.get('close_pair_recall')}, peak RSS {f['peak_rss_mib']} MiB",
                 flush=True,
             )
-            if rows <= exact_max_rows:
+            if rows <= exact_max_rows and "exact" not in skip:
                 entry["exact"] = child("exact", uri, rows, queries)
                 e = entry["exact"]
                 print(f"index {rows:>9,d} rows: exact search_neighbors {e['total_seconds']} s (read {e['read_seconds']}), peak RSS {e['peak_rss_mib']} MiB", flush=True)
-            if rows <= lancedb_max_rows:
+            if rows <= lancedb_max_rows and "lancedb" not in skip:
                 entry["lancedb"] = child("lancedb", uri, rows, lancedb_queries)
                 for name in ("IVF_PQ", "IVF_HNSW_SQ"):
                     e = entry["lancedb"][name]
@@ -337,7 +441,7 @@ def run_index_sizes(
                     )
             figures["sizes"][str(rows)] = entry
             shutil_rmtree(uri)
-    measured = sorted(int(r) for r in figures["sizes"])
+    measured = sorted(int(r) for r in figures["sizes"] if "faiss" in figures["sizes"][r])
     if len(measured) >= 2:
         growth = {}
         for small, large in zip(measured, measured[1:]):
@@ -362,14 +466,19 @@ def main() -> int:
     parser.add_argument("--lancedb-queries", type=int, default=1000)
     parser.add_argument("--exact-max-rows", type=int, default=100_000, help="largest N also run with the exact search (core.neighbors)")
     parser.add_argument("--workdir", type=Path, help="where the temporary LanceDB tables go (default: the system temp dir)")
-    parser.add_argument("--step", choices=["write", "faiss", "exact", "lancedb"], help=argparse.SUPPRESS)
+    parser.add_argument("--stage-engine", default="auto", choices=["auto", "exact", "index"], help="--neighbor-search of the stage step")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["faiss", "exact", "lancedb", "stage"], help="steps not to run")
+    parser.add_argument("--step", choices=["write", "faiss", "exact", "lancedb", "stage"], help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
+        if args.step == "stage":
+            print(json.dumps(run_stage(args.uri, args.rows[0], args.queries, args.stage_engine)))
+            return 0
         run = {"write": write_table, "faiss": run_faiss, "exact": run_exact, "lancedb": run_lancedb}[args.step]
         print(json.dumps(run(args.uri, args.rows[0]) if args.step == "write" else run(args.uri, args.rows[0], args.queries)))
         return 0
-    figures = run_index_sizes(args.rows, args.queries, args.lancedb_max_rows, args.lancedb_queries, args.workdir, args.exact_max_rows)
+    figures = run_index_sizes(args.rows, args.queries, args.lancedb_max_rows, args.lancedb_queries, args.workdir, args.exact_max_rows, args.skip, args.stage_engine)
     print(json.dumps(figures))
     return 0
 

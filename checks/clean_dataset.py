@@ -48,8 +48,10 @@ def clean_dataset_unique_pixel_hash(clean_dataset: pd.DataFrame) -> dg.AssetChec
 def clean_dataset_no_duplicate_pairs(
     clean_dataset: pd.DataFrame, image_vectors: dict, lancedb: LanceDBResource, policy: DedupPolicyResource
 ) -> dg.AssetCheckResult:
-    vectors = lancedb.read_vectors(image_vectors["model_id"], set(clean_dataset["pixel_hash"]))
-    nearest = nearest_kept_contents(clean_dataset, vectors, policy.hash_signal(clean_dataset), policy.thresholds.near_duplicate_cosine_distance)
+    vectors = lancedb.read_content_vectors(image_vectors["model_id"], set(clean_dataset["pixel_hash"]))
+    nearest = nearest_kept_contents(
+        clean_dataset, vectors, policy.hash_signal(clean_dataset), policy.thresholds.near_duplicate_cosine_distance, engine=policy.neighbor_search
+    )
     return run_expectations(
         nearest,
         no_duplicate_pairs_suite(policy.duplicate_threshold, with_closest_pair=bool(nearest["nearest_uniqueness_distance"].notna().any())),
@@ -80,7 +82,7 @@ def clean_dataset_accounting(
 # Check name -> what it verifies, and the assets it reads besides clean_dataset.
 DESCRIPTIONS = {
     "clean_dataset_unique_pixel_hash": "No two kept images have the same pixel hash.",
-    "clean_dataset_no_duplicate_pairs": "No two kept contents lie within the duplicate threshold, by exact search over their vectors in LanceDB (fused with the pHash signal).",
+    "clean_dataset_no_duplicate_pairs": "No two kept contents lie within the duplicate threshold, by a search over their vectors in LanceDB (fused with the pHash signal; exact, or the index where the policy's neighbor_search chooses it).",
     "clean_dataset_accounting": "clean + duplicates + rejected == discovered, every discovered file in exactly one collection.",
 }
 

@@ -8,8 +8,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.neighbors import l2_normalize, merge_searches, scaled, search_hash_neighbors, search_neighbors
-from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, HashSignal
+from core.neighbors import merge_searches, scaled, search_hash_neighbors, search_neighbors
+from core.scoring import (
+    LABEL_DUPLICATE,
+    LABEL_NEAR_DUPLICATE,
+    HASH_INDEX_MIN_CONTENTS,
+    NEIGHBORS_PER_ROW,
+    ContentVectors,
+    HashSignal,
+    choose_search_engine,
+    index_available,
+)
 
 DUPLICATE_LABELS = (LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE)
 
@@ -50,9 +59,13 @@ def duplicate_label_flags(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def nearest_kept_contents(
-    clean: pd.DataFrame, vectors_by_hash: dict[str, np.ndarray], hash_signal: HashSignal | None = None, near_duplicate_cosine_distance: float = 0.1
+    clean: pd.DataFrame,
+    vectors: ContentVectors | dict[str, np.ndarray],
+    hash_signal: HashSignal | None = None,
+    near_duplicate_cosine_distance: float = 0.1,
+    engine: str = "exact",
 ) -> pd.DataFrame:
-    """For each distinct content in the clean set, its nearest other kept content (exact search).
+    """For each distinct content in the clean set, its nearest other kept content.
 
     With a hash signal the distance is the pipeline's fused one (min of cosine and the mapped
     pHash distance), so a pair that is a duplicate by either signal is found.
@@ -62,9 +75,13 @@ def nearest_kept_contents(
 
     Args:
         clean: the `clean_dataset` table (columns path, pixel_hash).
-        vectors_by_hash: pixel hash -> embedding, e.g. read back from the vector table.
+        vectors: the kept contents' embeddings read back from the vector table (`ContentVectors`,
+            used in place, or a mapping pixel hash -> embedding).
         hash_signal: the pHash signal fused into the distance, or None for embeddings only.
         near_duplicate_cosine_distance: where `hash_signal.threshold_bits` maps to.
+        engine: `exact` (default), `index` or `auto`, as `core.scoring.find_content_neighbors`:
+            the index finds every pair within the near-duplicate threshold (so every duplicate);
+            a nearest distance beyond it may be overstated.
 
     Returns:
         A new DataFrame, one row per distinct pixel hash sorted by path: pixel_hash, path (first
@@ -75,30 +92,51 @@ def nearest_kept_contents(
     Raises:
         ValueError: a kept content has no vector, so the property cannot be verified.
     """
-    contents = clean.sort_values("path").drop_duplicates("pixel_hash")[["pixel_hash", "path"]].reset_index(drop=True)
-    missing = sorted(set(contents["pixel_hash"]) - set(vectors_by_hash))
+    contents = clean.sort_values("path").drop_duplicates("pixel_hash")[["pixel_hash", "path"]]
+    if not isinstance(vectors, ContentVectors):
+        vectors = ContentVectors.from_mapping({h: vectors[h] for h in contents["pixel_hash"] if h in vectors})
+    # Rows in the vectors' (hash) order, so that their matrix is searched in place.
+    contents = contents.set_index("pixel_hash").reindex(pd.Index(vectors.hashes, name="pixel_hash")).reset_index()
+    missing = sorted(set(clean["pixel_hash"]) - set(contents["pixel_hash"]))
     if missing:
         raise ValueError(
             f"{len(missing)} kept contents have no vector in the vector table (e.g. {missing[:3]}); "
             "rematerialize image_embeddings and image_vectors before checking the clean dataset"
         )
+    contents = contents[contents["path"].notna()]  # vectors of contents not in the clean set
+    if len(contents) != len(vectors.hashes):
+        keep = np.isin(vectors.hashes, contents["pixel_hash"].to_numpy())
+        vectors = ContentVectors(vectors.hashes[keep], vectors.matrix[keep])
+        contents = contents.reset_index(drop=True)
     if contents.empty:
         return contents.assign(nearest_path=pd.Series(dtype=object), nearest_cosine_distance=pd.Series(dtype="float64"), nearest_uniqueness_distance=pd.Series(dtype="float64"))
-    vectors = l2_normalize(np.stack([np.asarray(vectors_by_hash[h], np.float32) for h in contents["pixel_hash"]]))
-    search = search_neighbors(vectors, k=1, radius=0.0)
+    requested = engine
+    engine, _ = choose_search_engine(requested, len(contents), index_available() if requested != "exact" else False)
+    if engine == "index":
+        from core.ann import search_neighbors_ivf
+
+        # k = 1 would starve the index's neighbour-graph refinement; the nearest is the first of 16.
+        search = search_neighbors_ivf(vectors.matrix, k=NEIGHBORS_PER_ROW, radius=0.0)
+    else:
+        search = search_neighbors(vectors.matrix, k=1, radius=0.0)
     if hash_signal is not None and hash_signal.threshold_bits > 0:
         phashes = hash_signal.matrix(contents["pixel_hash"])
-        hash_search = search_hash_neighbors(phashes, k=1, radius_bits=0.0)
+        if choose_search_engine(requested, len(contents), True, HASH_INDEX_MIN_CONTENTS)[0] == "index":
+            from core.hash_index import search_hash_neighbors_within
+
+            hash_search = search_hash_neighbors_within(phashes, k=1, radius_bits=hash_signal.threshold_bits)
+        else:
+            hash_search = search_hash_neighbors(phashes, k=1, radius_bits=0.0)
         search = merge_searches([search, scaled(hash_search, hash_signal.bits_to_cosine(near_duplicate_cosine_distance))], k=1)
-    has_other = search.topk_index.shape[1] == 1
+    has_other = search.topk_index.shape[1] >= 1
     nearest = search.topk_index[:, 0] if has_other else np.full(len(contents), -1)
     distance = search.topk_distance[:, 0].astype(np.float64) if has_other else np.full(len(contents), np.nan)
     paths = contents["path"].to_numpy(dtype=object)
     return contents.assign(
         nearest_path=[paths[i] if i >= 0 else None for i in nearest],
-        nearest_cosine_distance=distance,
-        nearest_uniqueness_distance=distance / 2.0,
-    )
+        nearest_cosine_distance=np.where(np.isinf(distance), np.nan, distance),
+        nearest_uniqueness_distance=np.where(np.isinf(distance), np.nan, distance / 2.0),
+    ).sort_values("path", ignore_index=True)
 
 
 def collection_placements(raw_images: pd.DataFrame, rejected_images: pd.DataFrame, duplicates: pd.DataFrame, clean: pd.DataFrame) -> pd.DataFrame:

@@ -75,8 +75,9 @@ class KeyedSearch:
 
 @dataclass(frozen=True)
 class SearchUpdate:
-    """How a search was brought up to date: `mode` is `full` or `incremental`, `reason` says why
-    a full search ran; `searched_rows` rows were searched against all rows."""
+    """How a search was brought up to date: `mode` is `full`, `incremental` or `index` (the
+    indexed search, `core.scoring.find_content_neighbors`), `reason` says why a full or indexed
+    search ran; `searched_rows` rows were searched against all rows."""
 
     mode: str
     searched_rows: int

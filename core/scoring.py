@@ -6,6 +6,7 @@ its identical group, floored at 1e-9.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,18 @@ from core.neighbors import (
     search_neighbors,
 )
 
+# How neighbours are searched: `exact` (chunked exact search, incremental between runs), `index`
+# (an IVF index for the embeddings, `core.ann`, and a multi-index search within the hash threshold
+# for the pHashes, `core.hash_index`: sub-quadratic) or `auto`: per signal, the index from its
+# threshold up.
+SEARCH_ENGINES = ("auto", "exact", "index")
+# Embeddings: exact search at 100k contents takes 12-17 s on this 2-core machine, growing as N^2
+# (~1.5 min at 250k); the index 14 s at 100k, 117 s at 1M (BENCHMARKS.md), with recall < 1.
+INDEX_MIN_CONTENTS = 250_000
+# pHashes: the exact search (every hash distance, for top-k) costs ~40 ns per pair of contents
+# (~100 s at 50k, ~6 min at 100k); the index finds every pair within the threshold exactly (1.2 s
+# at 100k, 34 s at 1M) but no distances beyond it.
+HASH_INDEX_MIN_CONTENTS = 50_000
 IDENTICAL_COSINE_DISTANCE = 1e-5  # below this, two vectors are float noise of the same content
 MIN_NONZERO_UNIQUENESS = 1e-9
 NEIGHBORS_PER_ROW = 16
@@ -85,6 +98,61 @@ def _union_find_labels(size: int, left: np.ndarray, right: np.ndarray) -> np.nda
 
 
 @dataclass(frozen=True)
+class ContentVectors:
+    """Embeddings of distinct contents, one row per pixel hash.
+
+    Attributes:
+        hashes: (M,) pixel hashes, sorted ascending, unique.
+        matrix: (M, D) float32 L2-normalised rows; row i is hashes[i]'s vector.
+    """
+
+    hashes: np.ndarray
+    matrix: np.ndarray
+
+    def __post_init__(self):
+        if len(self.hashes) != len(self.matrix):
+            raise ValueError(f"{len(self.hashes)} hashes for {len(self.matrix)} vectors")
+
+    @classmethod
+    def from_mapping(cls, vectors_by_hash: Mapping[str, np.ndarray] | pd.Series) -> "ContentVectors":
+        """Sort by hash, stack and L2-normalise (any float dtype)."""
+        hashes = np.array(sorted(vectors_by_hash.keys()), dtype=object)
+        if len(hashes) == 0:
+            return cls(hashes, np.empty((0, 0), np.float32))
+        return cls(hashes, l2_normalize(np.stack([np.asarray(vectors_by_hash[h], dtype=np.float32) for h in hashes])))
+
+
+def choose_search_engine(engine: str, contents: int, index_available: bool, min_contents: int | None = None) -> tuple[str, str]:
+    """(`exact` or `index`, why) for a search over `contents` rows.
+
+    `auto` takes the index from `min_contents` (default INDEX_MIN_CONTENTS) contents up when it is
+    available (the embedding index needs faiss-cpu; else the exact search, with the reason saying
+    how to get the index); `index` when it is not available is an error that names the fix.
+    """
+    min_contents = INDEX_MIN_CONTENTS if min_contents is None else min_contents
+    if engine not in SEARCH_ENGINES:
+        raise ValueError(f"unknown neighbour search {engine!r}: use one of {', '.join(SEARCH_ENGINES)}")
+    if engine == "exact":
+        return "exact", "configured"
+    if engine == "index":
+        if not index_available:
+            raise ImportError("neighbor_search=index needs faiss-cpu: pip install 'imgdedup[scale]' (or choose neighbor_search=exact)")
+        return "index", "configured"
+    if contents < min_contents:
+        return "exact", f"auto: {contents} contents < {min_contents}"
+    if not index_available:
+        return "exact", f"auto: {contents} contents, but faiss-cpu is not installed (pip install 'imgdedup[scale]' for the index)"
+    return "index", f"auto: {contents} contents >= {min_contents}"
+
+
+def index_available() -> bool:
+    """Whether the indexed search can run here (faiss-cpu importable)."""
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None
+
+
+@dataclass(frozen=True)
 class ContentNeighbors:
     """Neighbour structure over distinct contents (one row per pixel hash, sorted by hash).
 
@@ -140,10 +208,11 @@ class HashSignal:
 
 
 def find_content_neighbors(
-    vectors_by_hash: dict[str, np.ndarray] | pd.Series,
+    vectors: ContentVectors | Mapping[str, np.ndarray] | pd.Series,
     radius: float,
     hash_signal: HashSignal | None = None,
     previous: dict[str, KeyedSearch] | None = None,
+    engine: str = "exact",
 ) -> ContentNeighbors:
     """Search neighbours among distinct contents, independent of discovery order.
 
@@ -151,53 +220,78 @@ def find_content_neighbors(
     distance mapped so that `threshold_bits` equals `radius`), as SPEC.md asks.
 
     Args:
-        vectors_by_hash: pixel hash -> embedding (any float dtype; normalised here).
+        vectors: the contents' embeddings, as `ContentVectors` (used in place) or a mapping pixel
+            hash -> embedding (any float dtype; sorted and normalised here).
         radius: cosine distance within which pairs are kept (2 x the near-duplicate threshold).
         hash_signal: optional perceptual hashes per pixel hash.
         previous: `ContentNeighbors.searches` of an earlier call on the same model's vectors; the
-            searches are then brought up to date by searching only new contents and contents that
-            lost a neighbour (same result as a full search, see `core.neighbor_cache`).
+            exact searches are then brought up to date by searching only new contents and contents
+            that lost a neighbour (same result as a full search, see `core.neighbor_cache`).
+        engine: `exact`, `index` or `auto` (see SEARCH_ENGINES; `auto` decides per signal, from
+            INDEX_MIN_CONTENTS for the embeddings and HASH_INDEX_MIN_CONTENTS for the pHashes).
+            The embedding index finds nearly every neighbour (recall@1 0.996 at 1M in
+            BENCHMARKS.md); the hash index finds every pair within the hash threshold but no hash
+            distance beyond it, so a unique image's score then ignores those (labels and groups do
+            not depend on them). An indexed signal keeps no cache between runs: it searches in full.
     """
-    hashes = np.array(sorted(vectors_by_hash.keys()), dtype=object)
+    if not isinstance(vectors, ContentVectors):
+        vectors = ContentVectors.from_mapping(vectors)
+    hashes, matrix = vectors.hashes, vectors.matrix
     if len(hashes) == 0:
         empty = np.empty(0, np.int64)
         return ContentNeighbors(hashes, empty, empty, np.empty(0, np.float32), pd.DataFrame({"left": empty, "right": empty, "distance": np.empty(0, np.float32)}))
+    requested = engine
+    engine, why = choose_search_engine(requested, len(hashes), index_available() if requested != "exact" else False)
     previous = previous or {}
-    vectors = l2_normalize(np.stack([np.asarray(vectors_by_hash[h], dtype=np.float32) for h in hashes]))
     radius = max(radius, IDENTICAL_COSINE_DISTANCE)
     searches, updates = {}, {}
-    searches["embedding"], updates["embedding"] = update_search(
-        previous.get("embedding"),
-        hashes,
-        f"cosine k={NEIGHBORS_PER_ROW} radius={radius!r}",
-        NEIGHBORS_PER_ROW,
-        radius,
-        full_search=lambda: search_neighbors(vectors, k=NEIGHBORS_PER_ROW, radius=radius),
-        row_distances=lambda rows: np.clip(1.0 - vectors[rows] @ vectors.T, 0.0, 2.0),
-        # As search_neighbors reports pairs: each pair's own dot product.
-        pair_distances=lambda left, right: np.clip(1.0 - np.einsum("ij,ij->i", vectors[left], vectors[right]), 0.0, 2.0),
-    )
-    embedding_search = searches["embedding"].search
+    if engine == "index":
+        from core.ann import search_neighbors_ivf
+
+        embedding_search = search_neighbors_ivf(matrix, k=NEIGHBORS_PER_ROW, radius=radius)
+        updates["embedding"] = SearchUpdate("index", len(hashes), why)
+    else:
+        searches["embedding"], updates["embedding"] = update_search(
+            previous.get("embedding"),
+            hashes,
+            f"cosine k={NEIGHBORS_PER_ROW} radius={radius!r}",
+            NEIGHBORS_PER_ROW,
+            radius,
+            full_search=lambda: search_neighbors(matrix, k=NEIGHBORS_PER_ROW, radius=radius),
+            row_distances=lambda rows: np.clip(1.0 - matrix[rows] @ matrix.T, 0.0, 2.0),
+            # As search_neighbors reports pairs: each pair's own dot product.
+            pair_distances=lambda left, right: np.clip(1.0 - np.einsum("ij,ij->i", matrix[left], matrix[right]), 0.0, 2.0),
+        )
+        embedding_search = searches["embedding"].search
     identical = embedding_search.pair_distance < IDENTICAL_COSINE_DISTANCE
     group = _union_find_labels(len(hashes), embedding_search.pair_left[identical], embedding_search.pair_right[identical])
 
-    search, row_distances = embedding_search, lambda row: cosine_distances_from(vectors, row)
+    search, row_distances = embedding_search, lambda row: cosine_distances_from(matrix, row)
     if hash_signal is not None and hash_signal.threshold_bits > 0:
         phashes = hash_signal.matrix(hashes)
         bits_to_cosine = hash_signal.bits_to_cosine(radius)
-        searches["hash"], updates["hash"] = update_search(
-            previous.get("hash"),
-            hashes,
-            f"hamming variants={phashes.shape[1]} k={NEIGHBORS_PER_ROW} radius_bits={hash_signal.threshold_bits}",
-            NEIGHBORS_PER_ROW,
-            hash_signal.threshold_bits,
-            full_search=lambda: search_hash_neighbors(phashes, k=NEIGHBORS_PER_ROW, radius_bits=hash_signal.threshold_bits),
-            row_distances=lambda rows: hamming_distances_of_rows(phashes, rows),
-        )
-        search = merge_searches([embedding_search, scaled(searches["hash"].search, bits_to_cosine)], k=NEIGHBORS_PER_ROW)
+        # The hash index is pure numpy: always available.
+        hash_engine, hash_why = choose_search_engine(requested, len(hashes), True, HASH_INDEX_MIN_CONTENTS)
+        if hash_engine == "index":
+            from core.hash_index import search_hash_neighbors_within
+
+            hash_search = search_hash_neighbors_within(phashes, k=NEIGHBORS_PER_ROW, radius_bits=hash_signal.threshold_bits)
+            updates["hash"] = SearchUpdate("index", len(hashes), hash_why)
+        else:
+            searches["hash"], updates["hash"] = update_search(
+                previous.get("hash"),
+                hashes,
+                f"hamming variants={phashes.shape[1]} k={NEIGHBORS_PER_ROW} radius_bits={hash_signal.threshold_bits}",
+                NEIGHBORS_PER_ROW,
+                hash_signal.threshold_bits,
+                full_search=lambda: search_hash_neighbors(phashes, k=NEIGHBORS_PER_ROW, radius_bits=hash_signal.threshold_bits),
+                row_distances=lambda rows: hamming_distances_of_rows(phashes, rows),
+            )
+            hash_search = searches["hash"].search
+        search = merge_searches([embedding_search, scaled(hash_search, bits_to_cosine)], k=NEIGHBORS_PER_ROW)
 
         def row_distances(row):
-            return np.minimum(cosine_distances_from(vectors, row), hamming_distances_from(phashes, row) * bits_to_cosine)
+            return np.minimum(cosine_distances_from(matrix, row), hamming_distances_from(phashes, row) * bits_to_cosine)
 
     nearest_row, nearest_distance = nearest_outside_group(row_distances, group, search)
     pairs = pd.DataFrame({"left": search.pair_left, "right": search.pair_right, "distance": search.pair_distance})

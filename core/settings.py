@@ -15,7 +15,7 @@ from core.calibration import (
 )
 from core.embedders import DEFAULT_PRECISION, EMBEDDER_BACKENDS, PRECISIONS
 from core.grouping import KEEP_POLICIES, NEAR_DUPLICATE_ACTIONS
-from core.scoring import Thresholds
+from core.scoring import SEARCH_ENGINES, Thresholds
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "IMGDEDUP_"
@@ -47,6 +47,8 @@ class Settings:
             (`...@bf16`) and so its own vector table and calibrated threshold.
         calibration_sample_size, calibration_seed, target_precision: how `embedding_thresholds`
             / `imgdedup calibrate` calibrate the near-duplicate threshold for the model.
+        neighbor_search: `auto` (per signal, an index from 50k contents for pHashes and 250k for
+            embeddings when faiss-cpu is installed), `exact` or `index`.
     """
 
     image_root: str = str(PROJECT_ROOT / "demo-output" / "sample-images")
@@ -67,6 +69,7 @@ class Settings:
     calibration_sample_size: int = DEFAULT_SAMPLE_SIZE
     calibration_seed: int = DEFAULT_SEED
     target_precision: float = DEFAULT_TARGET_PRECISION
+    neighbor_search: str = "auto"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -118,6 +121,8 @@ class Settings:
             self.thresholds
         except ValueError as exc:
             problems.append(str(exc))
+        if self.neighbor_search not in SEARCH_ENGINES:
+            problems.append(f"unknown neighbor_search {self.neighbor_search!r}: use one of {', '.join(SEARCH_ENGINES)} (--neighbor-search / IMGDEDUP_NEIGHBOR_SEARCH)")
         if self.keep_policy not in KEEP_POLICIES:
             problems.append(f"unknown keep policy {self.keep_policy!r}: use one of {', '.join(KEEP_POLICIES)}")
         if self.near_duplicate_action not in NEAR_DUPLICATE_ACTIONS:

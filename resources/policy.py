@@ -72,6 +72,9 @@ class DedupPolicyResource(dg.ConfigurableResource):
         calibration_sample_size, calibration_seed, target_precision: how `embedding_thresholds`
             calibrates (distinct images sampled, seed of the sample and the edits, estimated pair
             precision to reach).
+        neighbor_search: `auto` (default: per signal, an index from 50k contents for pHashes and
+            250k for embeddings when faiss-cpu is installed), `exact` or `index`
+            (`core.scoring.find_content_neighbors`).
     """
 
     duplicate_threshold: float = 1e-4
@@ -85,6 +88,7 @@ class DedupPolicyResource(dg.ConfigurableResource):
     calibration_sample_size: int = DEFAULT_SAMPLE_SIZE
     calibration_seed: int = DEFAULT_SEED
     target_precision: float = DEFAULT_TARGET_PRECISION
+    neighbor_search: str = "auto"
 
     def hash_signal(self, raw_images: pd.DataFrame) -> HashSignal | None:
         """The pHash signal over the images' contents, or None when it is switched off."""

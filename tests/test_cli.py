@@ -98,6 +98,20 @@ def test_precision_flag_is_parsed_into_the_settings(tmp_path):
     assert parser.parse_args(["calibrate", "--images", str(tmp_path), "--out", str(tmp_path), "--precision", "bf16"]).precision == "bf16"
 
 
+def test_neighbor_search_flag_and_environment_reach_the_policy(tmp_path, monkeypatch):
+    from cli import build_parser, settings_from_args
+    from core.settings import Settings
+    from definitions import resources_for
+
+    parser = build_parser()
+    run = parser.parse_args(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--neighbor-search", "index"])
+    assert resources_for(settings_from_args(run))["policy"].neighbor_search == "index"
+    assert settings_from_args(parser.parse_args(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out")])).neighbor_search == "auto"
+    assert Settings.from_env({"IMGDEDUP_NEIGHBOR_SEARCH": "exact"}).neighbor_search == "exact"
+    problems = Settings(image_root=str(tmp_path), neighbor_search="nearest").problems(check_paths=False)
+    assert any("IMGDEDUP_NEIGHBOR_SEARCH" in problem for problem in problems)
+
+
 def test_unknown_precision_fails_fast_with_exit_2(cli_run, tmp_path):
     _, images, _, home = cli_run
     completed = imgdedup("run", "--images", images, "--out", tmp_path / "out", "--embedder", "offline", "--precision", "fp16", dagster_home=home)

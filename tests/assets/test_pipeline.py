@@ -146,3 +146,26 @@ def test_hf_backend_runs_the_whole_graph_and_models_never_share_a_table(tmp_path
         assert len(models) == 1
     scores = pd.read_csv(tmp_path / "out" / "uniqueness.csv").set_index("path")
     assert sorted(scores.loc[["img0.png", "img0_copy.png"], "uniqueness"] == 0.0) == [False, True]
+
+
+def test_index_search_gives_the_exact_labels_and_groups(idealo_run, tmp_path):
+    """neighbor_search=index through the whole graph (the index path of the scoring stage and of
+    the clean-set check), reusing the exact run's vector table: same labels, groups and keepers."""
+    settings, first, _ = idealo_run
+    indexed = dataclasses.replace(settings, out_dir=str(tmp_path / "out"), lancedb_uri=settings.vector_store_uri, neighbor_search="index")
+    with dg.instance_for_test() as instance:
+        result = run_job(indexed, instance)
+    assert result.success
+    metadata = materialization_metadata(result, "uniqueness_scores")
+    assert set(metadata["neighbor_search"]) == {"embedding", "hash"}
+    assert all(mode.startswith("index") for mode in metadata["neighbor_search"].values())
+    assert materialization_metadata(result, "image_embeddings")["embedded_this_run"] == 0
+    exact = pd.read_csv(Path(settings.out_dir) / "uniqueness.csv").set_index("path").sort_index()
+    index = pd.read_csv(Path(indexed.out_dir) / "uniqueness.csv").set_index("path").sort_index()
+    pd.testing.assert_series_equal(index["label"], exact["label"])
+    pd.testing.assert_series_equal(index["group_id"], exact["group_id"])
+    pd.testing.assert_series_equal(index["duplicate_of"], exact["duplicate_of"])
+    # Scores can only be overstated (a missed neighbour, a hash distance beyond the threshold).
+    assert (index["uniqueness"] >= exact["uniqueness"] - 1e-6).all()
+    duplicates = exact["label"] != "unique"
+    np.testing.assert_allclose(index.loc[duplicates, "uniqueness"], exact.loc[duplicates, "uniqueness"], atol=1e-6)

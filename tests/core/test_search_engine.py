@@ -1,0 +1,129 @@
+"""Tests for the choice between the exact and the indexed neighbour search (core.scoring), and the
+indexed path of `find_content_neighbors` against the exact one on clustered data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import core.scoring as scoring
+from core.ann import faiss_module
+from core.scoring import INDEX_MIN_CONTENTS, ContentVectors, HashSignal, choose_search_engine, find_content_neighbors
+
+CONTENTS = 4_000  # above core.ann.MIN_INDEX_ROWS, so the index itself runs
+DIM = 64
+RADIUS = 0.1
+FLOAT32_TOLERANCE = 1e-6
+
+
+def test_auto_is_exact_below_the_threshold_and_the_index_above():
+    assert choose_search_engine("auto", INDEX_MIN_CONTENTS - 1, index_available=True)[0] == "exact"
+    engine, why = choose_search_engine("auto", INDEX_MIN_CONTENTS, index_available=True)
+    assert engine == "index" and "auto" in why
+
+
+def test_auto_without_faiss_stays_exact_and_says_how_to_get_the_index():
+    engine, why = choose_search_engine("auto", 10 * INDEX_MIN_CONTENTS, index_available=False)
+    assert engine == "exact" and "imgdedup[scale]" in why
+
+
+def test_configured_engines_are_used_at_any_size():
+    assert choose_search_engine("exact", 10 * INDEX_MIN_CONTENTS, index_available=True)[0] == "exact"
+    assert choose_search_engine("index", 10, index_available=True)[0] == "index"
+
+
+def test_index_without_faiss_is_an_error_naming_the_fix():
+    with pytest.raises(ImportError, match=r"imgdedup\[scale\]"):
+        choose_search_engine("index", 10, index_available=False)
+
+
+def test_unknown_engine_is_an_error():
+    with pytest.raises(ValueError, match="exact, index"):
+        choose_search_engine("fastest", 10, index_available=True)
+
+
+def test_content_vectors_from_a_mapping_are_sorted_and_normalised():
+    vectors = ContentVectors.from_mapping({"b": np.array([3.0, 4.0]), "a": np.array([0.0, 2.0])})
+    assert vectors.hashes.tolist() == ["a", "b"]
+    np.testing.assert_allclose(vectors.matrix, [[0.0, 1.0], [0.6, 0.8]], atol=1e-7)
+    assert vectors.matrix.dtype == np.float32
+    with pytest.raises(ValueError, match="2 hashes for 1 vectors"):
+        ContentVectors(np.array(["a", "b"], dtype=object), np.zeros((1, 2), np.float32))
+
+
+def clustered_contents(seed: int = 0):
+    """Clusters of ~20 contents, 2 % exact and 3 % near copies, and pHashes with planted near and
+    rotated copies (the variant of a copy equals the original's identity hash)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((CONTENTS // 20, DIM)).astype(np.float32)
+    matrix = centres[rng.integers(0, len(centres), CONTENTS)] + 0.6 * rng.standard_normal((CONTENTS, DIM)).astype(np.float32)
+    planted = rng.choice(CONTENTS, size=(int(CONTENTS * 0.05), 2), replace=False)
+    matrix[planted[:80, 1]] = matrix[planted[:80, 0]]
+    matrix[planted[80:, 1]] = matrix[planted[80:, 0]] + 0.01 * rng.standard_normal((len(planted) - 80, DIM)).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    hashes = np.array([f"{i:08x}" for i in range(CONTENTS)], dtype=object)  # already sorted
+    phashes = rng.integers(0, 2**63, size=(CONTENTS, 8), dtype=np.int64).view(np.uint64)
+    flips = rng.choice(CONTENTS, size=(200, 2), replace=False)
+    for (source, copy), bits in zip(flips, rng.integers(0, 14, len(flips))):
+        flipped = np.uint64(sum(1 << int(b) for b in rng.choice(64, bits, replace=False)))
+        if bits % 2:  # a rotated copy: one of its variants is the original's identity hash
+            phashes[copy, 3] = phashes[source, 0] ^ flipped
+        else:
+            phashes[copy, 0] = phashes[source, 0] ^ flipped
+    signal = HashSignal({h: phashes[i].view(np.int64) for i, h in enumerate(hashes)}, threshold_bits=10)
+    return ContentVectors(hashes, matrix), signal
+
+
+@pytest.fixture(scope="module")
+def both_searches():
+    faiss_module()
+    vectors, signal = clustered_contents()
+    exact = find_content_neighbors(vectors, RADIUS, hash_signal=signal, engine="exact")
+    indexed = find_content_neighbors(vectors, RADIUS, hash_signal=signal, engine="index")
+    return exact, indexed
+
+
+def test_index_engine_is_reported_and_keeps_no_cache(both_searches):
+    exact, indexed = both_searches
+    assert {signal: update.mode for signal, update in indexed.updates.items()} == {"embedding": "index", "hash": "index"}
+    assert indexed.searches == {}  # nothing to reuse incrementally
+    assert set(exact.searches) == {"embedding", "hash"}
+
+
+def test_index_finds_every_close_pair_with_its_exact_distance(both_searches):
+    exact, indexed = both_searches
+    assert len(exact.pairs) > 150  # planted embedding and hash pairs
+    merged = exact.pairs.merge(indexed.pairs, on=["left", "right"], how="outer", suffixes=("_exact", "_index"), indicator=True)
+    assert (merged["_merge"] == "both").all()
+    np.testing.assert_allclose(merged["distance_index"], merged["distance_exact"], atol=FLOAT32_TOLERANCE)
+    np.testing.assert_array_equal(indexed.identical_group, exact.identical_group)
+
+
+def test_index_scores_equal_exact_within_the_radius_and_never_come_closer(both_searches):
+    exact, indexed = both_searches
+    close = exact.nearest_distance <= RADIUS
+    assert close.sum() > 150
+    np.testing.assert_allclose(indexed.nearest_distance[close], exact.nearest_distance[close], atol=FLOAT32_TOLERANCE)
+    # Every distance the index reports is exact; it can only miss neighbours (and it ignores hash
+    # distances beyond the hash threshold), so a nearest distance is never smaller.
+    assert (indexed.nearest_distance >= exact.nearest_distance - FLOAT32_TOLERANCE).all()
+    far = ~close
+    assert (indexed.nearest_distance[far] > RADIUS).all()  # labels cannot differ
+
+
+def test_exact_is_the_default_of_the_function(monkeypatch):
+    vectors, _ = clustered_contents()
+    monkeypatch.setattr(scoring, "INDEX_MIN_CONTENTS", 10)  # auto would take the index here
+    assert find_content_neighbors(vectors, RADIUS).updates["embedding"].mode == "full"
+    assert find_content_neighbors(vectors, RADIUS, engine="auto").updates["embedding"].mode == "index"
+
+
+def test_auto_decides_per_signal(monkeypatch):
+    vectors, signal = clustered_contents()
+    monkeypatch.setattr(scoring, "HASH_INDEX_MIN_CONTENTS", CONTENTS)
+    monkeypatch.setattr(scoring, "INDEX_MIN_CONTENTS", CONTENTS + 1)
+    found = find_content_neighbors(vectors, RADIUS, hash_signal=signal, engine="auto")
+    assert found.updates["embedding"].mode == "full" and found.updates["hash"].mode == "index"
+    assert set(found.searches) == {"embedding"}  # only the exact search is kept for the next run
+    monkeypatch.setattr(scoring, "HASH_INDEX_MIN_CONTENTS", CONTENTS + 1)
+    found = find_content_neighbors(vectors, RADIUS, hash_signal=signal, engine="auto")
+    assert found.updates["hash"].mode == "full"

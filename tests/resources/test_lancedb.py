@@ -1,0 +1,58 @@
+"""Tests for LanceDBResource.read_content_vectors against a real embedded LanceDB in tmp."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from resources.lancedb import LanceDBResource
+
+MODEL = "test/model"
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LanceDBResource(uri=str(tmp_path / "lancedb"))
+
+
+def stored_vectors(store, rows: int = 50, dims: int = 6, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    hashes = [f"{rng.integers(0, 2**40):016x}" for _ in range(rows)]  # inserted in no particular order
+    vectors = rng.standard_normal((rows, dims)).astype(np.float32) * 3
+    store.insert_missing(MODEL, hashes, vectors)
+    return hashes, vectors
+
+
+def test_reads_the_wanted_stored_vectors_sorted_by_hash_and_normalised(store):
+    hashes, vectors = stored_vectors(store)
+    wanted = set(hashes[5:35]) | {"not-stored-1", "not-stored-2"}
+    read = store.read_content_vectors(MODEL, wanted, batch_rows=7)  # several batches
+    assert read.hashes.tolist() == sorted(hashes[5:35])
+    by_hash = dict(zip(hashes, vectors))
+    expected = np.stack([by_hash[h] / np.linalg.norm(by_hash[h]) for h in read.hashes])
+    np.testing.assert_allclose(read.matrix, expected, atol=1e-6)
+    assert read.matrix.dtype == np.float32
+
+
+def test_agrees_with_read_vectors(store):
+    hashes, _ = stored_vectors(store, rows=30)
+    read = store.read_content_vectors(MODEL, set(hashes))
+    as_dict = store.read_vectors(MODEL, set(hashes))
+    for row, pixel_hash in enumerate(read.hashes):
+        vector = as_dict[pixel_hash]
+        np.testing.assert_allclose(read.matrix[row], vector / np.linalg.norm(vector), atol=1e-6)
+
+
+def test_no_table_or_nothing_wanted_gives_no_rows(store):
+    assert len(store.read_content_vectors(MODEL, {"a"}).hashes) == 0
+    hashes, _ = stored_vectors(store)
+    assert len(store.read_content_vectors(MODEL, set()).hashes) == 0
+    assert len(store.read_content_vectors("other/model", set(hashes)).hashes) == 0
+
+
+def test_a_table_mixing_models_is_refused(store):
+    hashes, vectors = stored_vectors(store, rows=5)
+    table = store.open_vectors(MODEL)
+    table.add(pa.table({"pixel_hash": ["intruder"], "model_id": ["another/model"], "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[0]), vectors.shape[1])}, schema=table.schema))
+    with pytest.raises(ValueError, match="mixes models"):
+        store.read_content_vectors(MODEL, set(hashes))
