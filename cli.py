@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from core.embedders import PRECISIONS
-from core.scoring import HASH_INDEX_MIN_CONTENTS, INDEX_MIN_CONTENTS, SEARCH_ENGINES
+from core.scoring import INDEX_MIN_CONTENTS, SEARCH_ENGINES
 from core.settings import PROJECT_ROOT, Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -74,8 +74,7 @@ def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         "--neighbor-search", choices=list(SEARCH_ENGINES), default=None,
         help=(
             "exact, index (embeddings: IVF index, needs faiss-cpu: pip install 'imgdedup[scale]'; pHashes: multi-index search within the "
-            f"hash threshold) or auto (default: per signal, the index from {HASH_INDEX_MIN_CONTENTS:,} contents for pHashes and "
-            f"{INDEX_MIN_CONTENTS:,} for embeddings)"
+            f"hash threshold) or auto (default: the index from {INDEX_MIN_CONTENTS:,} contents)"
         ),
     )
 

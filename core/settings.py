@@ -47,8 +47,8 @@ class Settings:
             (`...@bf16`) and so its own vector table and calibrated threshold.
         calibration_sample_size, calibration_seed, target_precision: how `embedding_thresholds`
             / `imgdedup calibrate` calibrate the near-duplicate threshold for the model.
-        neighbor_search: `auto` (per signal, an index from 50k contents for pHashes and 250k for
-            embeddings when faiss-cpu is installed), `exact` or `index`.
+        neighbor_search: `auto` (an index from 250k contents; for embeddings only when faiss-cpu
+            is installed), `exact` or `index`.
     """
 
     image_root: str = str(PROJECT_ROOT / "demo-output" / "sample-images")

@@ -72,9 +72,8 @@ class DedupPolicyResource(dg.ConfigurableResource):
         calibration_sample_size, calibration_seed, target_precision: how `embedding_thresholds`
             calibrates (distinct images sampled, seed of the sample and the edits, estimated pair
             precision to reach).
-        neighbor_search: `auto` (default: per signal, an index from 50k contents for pHashes and
-            250k for embeddings when faiss-cpu is installed), `exact` or `index`
-            (`core.scoring.find_content_neighbors`).
+        neighbor_search: `auto` (default: an index from 250k contents; for embeddings only when
+            faiss-cpu is installed), `exact` or `index` (`core.scoring.find_content_neighbors`).
     """
 
     duplicate_threshold: float = 1e-4
