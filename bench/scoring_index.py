@@ -273,12 +273,15 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
     started = time.perf_counter()
     vectors = LanceDBResource(uri=uri).read_content_vectors(MODEL, set(keys))
     read = time.perf_counter()
+    peaks = {"read": round(peak_rss_mib())}
     phashes = synthetic_phashes(rows)
     # The pipeline's HashSignal is a dict per content (built from raw_images' phashes column).
     signal = HashSignal({key: phashes[i].view(np.int64) for i, key in enumerate(keys)}, HASH_BITS)
     prepared = time.perf_counter()
+    peaks["hash_signal"] = round(peak_rss_mib())
     neighbors = find_content_neighbors(vectors, radius=RADIUS, hash_signal=signal, engine=engine)
     searched = time.perf_counter()
+    peaks["search"] = round(peak_rss_mib())
     images = pd.DataFrame({"image_id": keys, "path": [f"{key}.jpg" for key in keys], "pixel_hash": keys})
     scores = compute_uniqueness_scores(images, neighbors, pd.Series(np.arange(rows), index=keys), Thresholds())
     scored = time.perf_counter()
@@ -293,6 +296,7 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
         "labels": scores["label"].value_counts().to_dict(),
         "pairs": int(len(neighbors.pairs)),
         "peak_rss_mib": round(peak_rss_mib()),
+        "peak_rss_mib_after": peaks,
         "import_rss_mib": round(baseline),
     }
     # Exact fused nearest distance of the sampled contents that have no identical copy (their

@@ -221,9 +221,9 @@ def read_batches(batches: Iterable[tuple[object, np.ndarray]], rows: int | None 
         if unreleased >= 64 << 20:
             # The reader's freed batch buffers stay in the C heap's per-thread arenas (LanceDB's
             # Rust threads); hand them back so that they do not add to the array's footprint.
-            _release_free_heap()
+            release_free_heap()
             unreleased = 0
-    _release_free_heap()
+    release_free_heap()
     all_keys = np.concatenate(keys) if keys else np.empty(0, dtype=object)
     if rows is None:
         vectors = np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
@@ -256,7 +256,7 @@ def lancedb_batches(table, key_column: str = "pixel_hash", vector_column: str = 
         yield keys, values
 
 
-def _release_free_heap() -> None:
+def release_free_heap() -> None:
     """Return freed C-heap memory to the OS (glibc `malloc_trim`; a no-op elsewhere)."""
     global _MALLOC_TRIM
     if _MALLOC_TRIM is None:
@@ -311,7 +311,7 @@ class _Search:
     def _timed(self, name: str, step) -> None:
         started = time.perf_counter()
         step()
-        _release_free_heap()
+        release_free_heap()
         self.stats[f"{name}_seconds"] = round(time.perf_counter() - started, 2)
         self.stats.setdefault("peak_rss_mib_after", {})[name] = _peak_rss_mib()
 

