@@ -14,6 +14,7 @@ import pandas as pd
 
 from core.neighbor_cache import KeyedSearch, SearchUpdate, update_search
 from core.neighbors import (
+    NeighborSearch,
     cosine_distances_from,
     hamming_distances_from,
     hamming_distances_of_rows,
@@ -243,29 +244,10 @@ def find_content_neighbors(
     if len(hashes) == 0:
         empty = np.empty(0, np.int64)
         return ContentNeighbors(hashes, empty, empty, np.empty(0, np.float32), pd.DataFrame({"left": empty, "right": empty, "distance": np.empty(0, np.float32)}))
-    requested = engine
-    engine, why = choose_search_engine(requested, len(hashes), index_available() if requested != "exact" else False)
     previous = previous or {}
     radius = max(radius, IDENTICAL_COSINE_DISTANCE)
     searches, updates = {}, {}
-    if engine == "index":
-        from core.ann import search_neighbors_ivf
-
-        embedding_search = search_neighbors_ivf(matrix, k=NEIGHBORS_PER_ROW, radius=radius)
-        updates["embedding"] = SearchUpdate("index", len(hashes), why)
-    else:
-        searches["embedding"], updates["embedding"] = update_search(
-            previous.get("embedding"),
-            hashes,
-            f"cosine k={NEIGHBORS_PER_ROW} radius={radius!r}",
-            NEIGHBORS_PER_ROW,
-            radius,
-            full_search=lambda: search_neighbors(matrix, k=NEIGHBORS_PER_ROW, radius=radius),
-            row_distances=lambda rows: np.clip(1.0 - matrix[rows] @ matrix.T, 0.0, 2.0),
-            # As search_neighbors reports pairs: each pair's own dot product.
-            pair_distances=lambda left, right: np.clip(1.0 - np.einsum("ij,ij->i", matrix[left], matrix[right]), 0.0, 2.0),
-        )
-        embedding_search = searches["embedding"].search
+    embedding_search = _embedding_search(matrix, hashes, radius, engine, previous.get("embedding"), searches, updates)
     identical = embedding_search.pair_distance < IDENTICAL_COSINE_DISTANCE
     group = _union_find_labels(len(hashes), embedding_search.pair_left[identical], embedding_search.pair_right[identical])
 
@@ -273,24 +255,7 @@ def find_content_neighbors(
     if hash_signal is not None and hash_signal.threshold_bits > 0:
         phashes = hash_signal.matrix(hashes)
         bits_to_cosine = hash_signal.bits_to_cosine(radius)
-        # The hash index is pure numpy: always available.
-        hash_engine, hash_why = choose_search_engine(requested, len(hashes), True, HASH_INDEX_MIN_CONTENTS)
-        if hash_engine == "index":
-            from core.hash_index import search_hash_neighbors_within
-
-            hash_search = search_hash_neighbors_within(phashes, k=NEIGHBORS_PER_ROW, radius_bits=hash_signal.threshold_bits)
-            updates["hash"] = SearchUpdate("index", len(hashes), hash_why)
-        else:
-            searches["hash"], updates["hash"] = update_search(
-                previous.get("hash"),
-                hashes,
-                f"hamming variants={phashes.shape[1]} k={NEIGHBORS_PER_ROW} radius_bits={hash_signal.threshold_bits}",
-                NEIGHBORS_PER_ROW,
-                hash_signal.threshold_bits,
-                full_search=lambda: search_hash_neighbors(phashes, k=NEIGHBORS_PER_ROW, radius_bits=hash_signal.threshold_bits),
-                row_distances=lambda rows: hamming_distances_of_rows(phashes, rows),
-            )
-            hash_search = searches["hash"].search
+        hash_search = _hash_search(phashes, hashes, hash_signal.threshold_bits, engine, previous.get("hash"), searches, updates)
         search = merge_searches([embedding_search, scaled(hash_search, bits_to_cosine)], k=NEIGHBORS_PER_ROW)
 
         def row_distances(row):
@@ -299,6 +264,50 @@ def find_content_neighbors(
     nearest_row, nearest_distance = nearest_outside_group(row_distances, group, search)
     pairs = pd.DataFrame({"left": search.pair_left, "right": search.pair_right, "distance": search.pair_distance})
     return ContentNeighbors(hashes, group, nearest_row, nearest_distance, pairs, searches, updates)
+
+
+def _embedding_search(matrix, hashes, radius, engine, previous, searches, updates) -> NeighborSearch:
+    """The cosine search, exact (incremental from `previous`) or through the index; records its
+    `KeyedSearch` (exact only) and `SearchUpdate` under "embedding"."""
+    engine, why = choose_search_engine(engine, len(hashes), index_available() if engine != "exact" else False)
+    if engine == "index":
+        from core.ann import search_neighbors_ivf
+
+        updates["embedding"] = SearchUpdate("index", len(hashes), why)
+        return search_neighbors_ivf(matrix, k=NEIGHBORS_PER_ROW, radius=radius)
+    searches["embedding"], updates["embedding"] = update_search(
+        previous,
+        hashes,
+        f"cosine k={NEIGHBORS_PER_ROW} radius={radius!r}",
+        NEIGHBORS_PER_ROW,
+        radius,
+        full_search=lambda: search_neighbors(matrix, k=NEIGHBORS_PER_ROW, radius=radius),
+        row_distances=lambda rows: np.clip(1.0 - matrix[rows] @ matrix.T, 0.0, 2.0),
+        # As search_neighbors reports pairs: each pair's own dot product.
+        pair_distances=lambda left, right: np.clip(1.0 - np.einsum("ij,ij->i", matrix[left], matrix[right]), 0.0, 2.0),
+    )
+    return searches["embedding"].search
+
+
+def _hash_search(phashes, hashes, threshold_bits, engine, previous, searches, updates) -> NeighborSearch:
+    """The pHash search in bits, exact (incremental from `previous`) or within the threshold through
+    the multi-index search (pure numpy: always available); records as `_embedding_search` under "hash"."""
+    engine, why = choose_search_engine(engine, len(hashes), True, HASH_INDEX_MIN_CONTENTS)
+    if engine == "index":
+        from core.hash_index import search_hash_neighbors_within
+
+        updates["hash"] = SearchUpdate("index", len(hashes), why)
+        return search_hash_neighbors_within(phashes, k=NEIGHBORS_PER_ROW, radius_bits=threshold_bits)
+    searches["hash"], updates["hash"] = update_search(
+        previous,
+        hashes,
+        f"hamming variants={phashes.shape[1]} k={NEIGHBORS_PER_ROW} radius_bits={threshold_bits}",
+        NEIGHBORS_PER_ROW,
+        threshold_bits,
+        full_search=lambda: search_hash_neighbors(phashes, k=NEIGHBORS_PER_ROW, radius_bits=threshold_bits),
+        row_distances=lambda rows: hamming_distances_of_rows(phashes, rows),
+    )
+    return searches["hash"].search
 
 
 def compute_uniqueness_scores(
