@@ -121,11 +121,15 @@ class LanceDBResource(dg.ConfigurableResource):
         # faster and ~0.5 GiB lighter than pandas' index lookups on its Arrow-backed strings.
         sorted_keys = np.array([h.encode() for h in wanted])
         matrix = np.zeros((len(wanted), dims), dtype=np.float32)
+        filled = np.zeros(len(wanted), dtype=bool)
         for batch_keys, batch_vectors in lancedb_batches(table, batch_rows=batch_rows):
             keys = np.array([h.encode() for h in batch_keys], dtype=bytes)  # never truncated: widths may differ
             positions = np.minimum(np.searchsorted(sorted_keys, keys), len(wanted) - 1)
             found = sorted_keys[positions] == keys
             matrix[positions[found]] = l2_normalize(batch_vectors[found])
+            filled[positions[found]] = True
+        if not filled.all():  # a zero row would pass for a vector at distance 1 from everything
+            raise ValueError(f"{int((~filled).sum())} vectors listed in {table.name} were not read back (e.g. {wanted[int(np.argmin(filled))][:12]}); rerun")
         # LanceDB's freed read buffers stay in the C heap's arenas unless handed back.
         release_free_heap()
         return ContentVectors(np.array(wanted, dtype=object), matrix)

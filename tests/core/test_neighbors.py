@@ -175,7 +175,7 @@ def test_reduction_threads_run_the_chunks_between_probes_with_the_faster_count(s
         for _ in range(12):
             with chooser.timed(columns=10):
                 used.append(torch.get_num_threads())
-                time.sleep(0.02 if torch.get_num_threads() == slow_count else 0.001)
+                time.sleep(0.05 if torch.get_num_threads() == slow_count else 0.0)
         assert torch.get_num_threads() == 2  # restored after each chunk
     finally:
         torch.set_num_threads(before)

@@ -65,3 +65,13 @@ def test_keys_of_other_lengths_are_not_confused(store):
     read = store.read_content_vectors(MODEL, {"abc", "zzz"}, batch_rows=1)
     assert read.hashes.tolist() == ["abc"]
     np.testing.assert_allclose(read.matrix, [[0.0, 1.0]])
+
+
+def test_a_row_not_read_back_is_an_error_not_a_zero_vector(store, monkeypatch):
+    import resources.lancedb as module
+
+    hashes, _ = stored_vectors(store, rows=20)
+    original = module.lancedb_batches  # a paging bug that skips the second batch
+    monkeypatch.setattr(module, "lancedb_batches", lambda table, batch_rows: (batch for number, batch in enumerate(original(table, batch_rows=batch_rows)) if number != 1))
+    with pytest.raises(ValueError, match="not read back"):
+        store.read_content_vectors(MODEL, set(hashes), batch_rows=5)
