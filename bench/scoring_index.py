@@ -103,18 +103,27 @@ def sample_rows(rows: int, queries: int) -> np.ndarray:
     return np.sort(np.random.default_rng(7).choice(rows, size=min(queries, rows), replace=False))
 
 
+def read_rows(table, rows: np.ndarray) -> np.ndarray:
+    """L2-normalised float32 vectors of the given sorted table rows, from one chunked scan."""
+    from core.ann import lancedb_batches
+    from core.neighbors import l2_normalize
+
+    vectors = np.empty((len(rows), DIMENSIONS), np.float32)
+    offset = 0
+    for _, batch in lancedb_batches(table, batch_rows=32_768):
+        inside = (rows >= offset) & (rows < offset + len(batch))
+        vectors[inside] = l2_normalize(batch[rows[inside] - offset])
+        offset += len(batch)
+    return vectors
+
+
 def exact_for_sample(table, sample: np.ndarray, k: int, radius: float) -> dict:
     """Exact top-k (ties by the lower row) and all rows within `radius` for the sampled rows, from
     two chunked scans of the table (numpy float32 GEMM): O(len(sample) x batch) memory."""
     from core.ann import lancedb_batches
     from core.neighbors import l2_normalize
 
-    queries = np.empty((len(sample), DIMENSIONS), np.float32)
-    offset = 0
-    for _, batch in lancedb_batches(table, batch_rows=32_768):
-        inside = (sample >= offset) & (sample < offset + len(batch))
-        queries[inside] = l2_normalize(batch[sample[inside] - offset])
-        offset += len(batch)
+    queries = read_rows(table, sample)
     best = np.full((len(sample), k), -np.inf, np.float32)
     best_index = np.full((len(sample), k), -1, np.int64)
     pairs: dict[int, set[int]] = {}
@@ -140,16 +149,8 @@ def exact_for_sample(table, sample: np.ndarray, k: int, radius: float) -> dict:
 
 def exact_distances(table, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
     """float32 cosine distances from each query to the rows it found (inf where -1), from one scan."""
-    from core.ann import lancedb_batches
-    from core.neighbors import l2_normalize
-
     wanted = np.unique(found[found >= 0])
-    vectors = np.empty((len(wanted), DIMENSIONS), np.float32)
-    offset = 0
-    for _, batch in lancedb_batches(table, batch_rows=32_768):
-        inside = (wanted >= offset) & (wanted < offset + len(batch))
-        vectors[inside] = l2_normalize(batch[wanted[inside] - offset])
-        offset += len(batch)
+    vectors = read_rows(table, wanted)
     position = np.searchsorted(wanted, np.maximum(found, 0))
     distance = np.clip(1.0 - np.einsum("qd,qkd->qk", queries, vectors[np.minimum(position, len(wanted) - 1)]), 0.0, 2.0).astype(np.float32)
     return np.where(found >= 0, distance, np.inf).astype(np.float32)

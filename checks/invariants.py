@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core import scoring
 from core.neighbors import merge_searches, scaled, search_hash_neighbors, search_neighbors
 from core.scoring import (
     LABEL_DUPLICATE,
@@ -16,8 +15,8 @@ from core.scoring import (
     NEIGHBORS_PER_ROW,
     ContentVectors,
     HashSignal,
+    choose_hash_search_engine,
     choose_search_engine,
-    index_available,
 )
 
 DUPLICATE_LABELS = (LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE)
@@ -112,9 +111,7 @@ def nearest_kept_contents(
         contents = contents.reset_index(drop=True)
     if contents.empty:
         return contents.assign(nearest_path=pd.Series(dtype=object), nearest_cosine_distance=pd.Series(dtype="float64"), nearest_uniqueness_distance=pd.Series(dtype="float64"))
-    requested = engine
-    engine, _ = choose_search_engine(requested, len(contents), index_available() if requested != "exact" else False)
-    if engine == "index":
+    if choose_search_engine(engine, len(contents))[0] == "index":
         from core.ann import search_neighbors_ivf
 
         # k = 1 would starve the index's neighbour-graph refinement; the nearest is the first of 16.
@@ -123,7 +120,7 @@ def nearest_kept_contents(
         search = search_neighbors(vectors.matrix, k=1, radius=0.0)
     if hash_signal is not None and hash_signal.threshold_bits > 0:
         phashes = hash_signal.matrix(contents["pixel_hash"])
-        if choose_search_engine(requested, len(contents), True, scoring.HASH_INDEX_MIN_CONTENTS)[0] == "index":
+        if choose_hash_search_engine(engine, len(contents))[0] == "index":
             from core.hash_index import search_hash_neighbors_within
 
             hash_search = search_hash_neighbors_within(phashes, k=1, radius_bits=hash_signal.threshold_bits)

@@ -126,31 +126,36 @@ class ContentVectors:
         return cls(hashes, l2_normalize(np.stack([np.asarray(vectors_by_hash[h], dtype=np.float32) for h in hashes])))
 
 
-def choose_search_engine(engine: str, contents: int, index_available: bool, min_contents: int | None = None) -> tuple[str, str]:
-    """(`exact` or `index`, why) for a search over `contents` rows.
+def choose_search_engine(engine: str, contents: int, index_available: bool | None = None, min_contents: int | None = None) -> tuple[str, str]:
+    """(`exact` or `index`, why) for the embedding search over `contents` rows.
 
     `auto` takes the index from `min_contents` (default INDEX_MIN_CONTENTS) contents up when it is
-    available (the embedding index needs faiss-cpu; else the exact search, with the reason saying
-    how to get the index); `index` when it is not available is an error that names the fix.
+    available (`index_available`; None: whether faiss-cpu is installed, looked up only when it
+    matters), else the exact search, with the reason saying how to get the index; `index` when it
+    is not available is an error that names the fix.
     """
     min_contents = INDEX_MIN_CONTENTS if min_contents is None else min_contents
     if engine not in SEARCH_ENGINES:
         raise ValueError(f"unknown neighbour search {engine!r}: use one of {', '.join(SEARCH_ENGINES)}")
     if engine == "exact":
         return "exact", "configured"
-    if engine == "index":
-        if not index_available:
-            raise ImportError("neighbor_search=index needs faiss-cpu: pip install 'imgdedup[scale]' (or choose neighbor_search=exact)")
-        return "index", "configured"
-    if contents < min_contents:
+    if engine == "auto" and contents < min_contents:
         return "exact", f"auto: {contents} contents < {min_contents}"
-    if not index_available:
+    if not (faiss_installed() if index_available is None else index_available):
+        if engine == "index":
+            raise ImportError("neighbor_search=index needs faiss-cpu: pip install 'imgdedup[scale]' (or choose neighbor_search=exact)")
         return "exact", f"auto: {contents} contents, but faiss-cpu is not installed (pip install 'imgdedup[scale]' for the index)"
-    return "index", f"auto: {contents} contents >= {min_contents}"
+    return "index", "configured" if engine == "index" else f"auto: {contents} contents >= {min_contents}"
 
 
-def index_available() -> bool:
-    """Whether the indexed search can run here (faiss-cpu importable)."""
+def choose_hash_search_engine(engine: str, contents: int) -> tuple[str, str]:
+    """As `choose_search_engine`, for the pHash search: its index is pure numpy (always
+    available), from HASH_INDEX_MIN_CONTENTS contents up."""
+    return choose_search_engine(engine, contents, index_available=True, min_contents=HASH_INDEX_MIN_CONTENTS)
+
+
+def faiss_installed() -> bool:
+    """Whether the embedding index can run here (faiss-cpu importable)."""
     import importlib.util
 
     return importlib.util.find_spec("faiss") is not None
@@ -269,7 +274,7 @@ def find_content_neighbors(
 def _embedding_search(matrix, hashes, radius, engine, previous, searches, updates) -> NeighborSearch:
     """The cosine search, exact (incremental from `previous`) or through the index; records its
     `KeyedSearch` (exact only) and `SearchUpdate` under "embedding"."""
-    engine, why = choose_search_engine(engine, len(hashes), index_available() if engine != "exact" else False)
+    engine, why = choose_search_engine(engine, len(hashes))
     if engine == "index":
         from core.ann import search_neighbors_ivf
 
@@ -292,7 +297,7 @@ def _embedding_search(matrix, hashes, radius, engine, previous, searches, update
 def _hash_search(phashes, hashes, threshold_bits, engine, previous, searches, updates) -> NeighborSearch:
     """The pHash search in bits, exact (incremental from `previous`) or within the threshold through
     the multi-index search (pure numpy: always available); records as `_embedding_search` under "hash"."""
-    engine, why = choose_search_engine(engine, len(hashes), True, HASH_INDEX_MIN_CONTENTS)
+    engine, why = choose_hash_search_engine(engine, len(hashes))
     if engine == "index":
         from core.hash_index import search_hash_neighbors_within
 
