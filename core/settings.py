@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from core.calibration import (
     MIN_ORIGINALS,
     THRESHOLDS_FILE,
 )
-from core.embedders import DEFAULT_PRECISION, EMBEDDER_BACKENDS, PRECISIONS
+from core.embedders import DEFAULT_PRECISION, EMBEDDER_BACKENDS, PRECISIONS, model_problem
 from core.grouping import KEEP_POLICIES, NEAR_DUPLICATE_ACTIONS
 from core.scoring import SEARCH_ENGINES, Thresholds
 
@@ -21,6 +22,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "IMGDEDUP_"
 # Fields whose default is None: the type an environment value is parsed as.
 _OPTIONAL_FIELD_TYPES = {"model": str, "lancedb_uri": str, "near_duplicate_threshold": float}
+
+
+class SettingsError(ValueError):
+    """A setting from the environment cannot be parsed; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,9 @@ class Settings:
                 continue
             kind = type(field.default) if field.default is not None else _OPTIONAL_FIELD_TYPES.get(field.name, str)
             try:
-                values[field.name] = kind(raw)
+                values[field.name] = _parse(kind, raw)
             except ValueError as exc:
-                raise ValueError(f"{ENV_PREFIX + field.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+                raise SettingsError(f"{ENV_PREFIX + field.name.upper()}={raw!r} is not {_KIND_NAMES.get(kind, kind.__name__)}") from exc
         return cls(**values)
 
     def with_overrides(self, **changes) -> "Settings":
@@ -137,9 +142,41 @@ class Settings:
             problems.append(f"calibration_sample_size must be at least {MIN_ORIGINALS}, got {self.calibration_sample_size}")
         if self.max_pixels <= 0 or self.batch_size <= 0:
             problems.append("max_pixels and batch_size must be positive")
+        if (device_problem := _device_problem(self.device)) is not None:
+            problems.append(device_problem)
         if check_paths:
             problems.extend(_unwritable(self.out_dir))
         return problems
+
+    def model_problem(self) -> str | None:
+        """Why the configured model cannot be loaded (None = fine); reads no weights."""
+        if self.embedder not in EMBEDDER_BACKENDS:
+            return None  # reported by `problems`
+        return model_problem(self.embedder, self.model)
+
+
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}
+_DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)")
+
+
+def _parse(kind: type, raw: str):
+    """`raw` as `kind`; an int must be written as a whole number (`1e9` and `1.5` are refused)."""
+    if kind is int and not re.fullmatch(r"[+-]?\d+", raw.strip().replace("_", "")):
+        raise ValueError(raw)
+    return kind(raw)
+
+
+def _device_problem(device: str) -> str | None:
+    """A problem when `device` is not a torch device name, or names an accelerator that is absent."""
+    if not _DEVICE_PATTERN.fullmatch(device):
+        return f"unknown device {device!r}: use cpu, cuda, cuda:N or mps (--device / IMGDEDUP_DEVICE)"
+    if device == "cpu":
+        return None
+    import torch
+
+    backend = device.split(":")[0]
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available, "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available()}[backend]()
+    return None if available else f"device {device!r} is not available on this machine: use cpu (IMGDEDUP_DEVICE)"
 
 
 def _unwritable(folder: str) -> list[str]:

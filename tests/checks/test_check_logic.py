@@ -6,9 +6,9 @@ import pytest
 
 from assets.training_manifest import SPLIT_TRAIN, SPLIT_VALIDATION, assign_splits
 from checks.clean_dataset import clean_dataset_no_duplicate_pairs
-from checks.duplicate_groups import duplicate_groups_duplicate_fraction
+from checks.clean_dataset import clean_dataset_duplicate_fraction
 from checks.gx import check_result_from_outcomes, gx_expectations, validate_table
-from checks.invariants import collection_placements, duplicate_label_flags, identical_group_zero_counts, nearest_kept_contents
+from checks.invariants import collection_placements, identical_group_zero_counts, nearest_kept_contents, removal_flags
 from checks.uniqueness_scores import uniqueness_scores_identical_group_zeros
 from resources.lancedb import LanceDBResource
 from resources.policy import DedupPolicyResource
@@ -51,22 +51,32 @@ def test_zeros_check_catches_a_stated_group_size_that_disagrees_with_the_rows():
     assert result.metadata["failed_expectations"].value == ["expect_column_pair_values_to_be_equal(identical_group_size, rows)"]
 
 
-def test_duplicate_label_flags_mean_is_the_fraction():
-    table = pd.DataFrame({"path": list("abcd"), "label": ["duplicate", "near_duplicate", "unique", None]})
-    assert duplicate_label_flags(table)["labelled_duplicate"].mean() == 0.5
+def test_removal_flags_count_removed_images_not_keepers():
+    raw = pd.DataFrame({"path": list("abcd")})
+    # a and b are near-duplicates (a kept, b removed); c and d are unique: 1 of 4 removed, not 2.
+    flags = removal_flags(raw, pd.DataFrame({"path": ["b"]}))
+    assert flags.set_index("path")["removed"].to_dict() == {"a": 0, "b": 1, "c": 0, "d": 0}
+    assert flags["removed"].mean() == 0.25
+
+
+def test_two_near_duplicates_give_a_fraction_of_one_half():
+    result = clean_dataset_duplicate_fraction(pd.DataFrame({"path": ["a", "b"]}), pd.DataFrame({"path": ["b"]}), DedupPolicyResource(max_duplicate_fraction=0.5))
+    assert result.passed and result.metadata["observed_value"].value == 0.5
 
 
 @pytest.mark.parametrize(("max_fraction", "passed"), [(0.5, True), (0.49, False)], ids=["at-threshold", "above-threshold"])
 def test_duplicate_fraction_check_compares_with_the_policy(max_fraction, passed):
-    table = pd.DataFrame({"path": list("abcd"), "label": ["duplicate", "near_duplicate", "unique", "unique"]})
-    result = duplicate_groups_duplicate_fraction(duplicate_groups=table, policy=DedupPolicyResource(max_duplicate_fraction=max_fraction))
+    raw = pd.DataFrame({"path": list("abcd")})
+    result = clean_dataset_duplicate_fraction(raw, pd.DataFrame({"path": ["a", "c"]}), DedupPolicyResource(max_duplicate_fraction=max_fraction))
     assert result.passed is passed
     assert result.metadata["observed_value"].value == 0.5
     assert result.metadata["threshold"].value == {"min_value": 0.0, "max_value": max_fraction}
+    assert result.metadata["removed_images"].value == 2 and result.metadata["decodable_images"].value == 4
+    assert ("above the limit" in result.description) is not passed
 
 
-def test_duplicate_fraction_check_passes_when_nothing_was_scored():
-    result = duplicate_groups_duplicate_fraction(duplicate_groups=pd.DataFrame({"path": [], "label": []}), policy=DedupPolicyResource())
+def test_duplicate_fraction_check_passes_when_nothing_was_decodable():
+    result = clean_dataset_duplicate_fraction(pd.DataFrame({"path": []}), pd.DataFrame({"path": []}), DedupPolicyResource())
     assert result.passed and result.metadata["observed_value"].value is None
 
 

@@ -31,7 +31,7 @@ ALL_CHECK_NAMES = {
     "uniqueness_scores_no_nulls",
     "uniqueness_scores_in_range",
     "uniqueness_scores_identical_group_zeros",
-    "duplicate_groups_duplicate_fraction",
+    "clean_dataset_duplicate_fraction",
     "clean_dataset_unique_pixel_hash",
     "clean_dataset_no_duplicate_pairs",
     "clean_dataset_accounting",
@@ -39,10 +39,11 @@ ALL_CHECK_NAMES = {
 # The planted folder: 6 photos, a byte copy of one (identical) and one with a single pixel
 # brightened (cosine distance ~4e-5: a `duplicate` by label, yet a different pixel hash), plus an
 # undecodable file. 3 of the 8 decodable images are labelled duplicate: the copy and both rocket
-# images (near-duplicates of each other both get the same small score).
+# images (near-duplicates of each other both get the same small score); 2 are removed (the keeper
+# of each group stays), so the raw-data gate observes 2/8.
 COPY, ORIGINAL = "copies/coffee_copy.png", "photos/coffee.png"
 EDITED, EDIT_SOURCE = "edits/rocket_one_pixel.png", "photos/rocket.png"
-DECODABLE, DISCOVERED, LABELLED_DUPLICATE = 8, 9, 3
+DECODABLE, DISCOVERED, REMOVED = 8, 9, 2
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_clean_data_passes_every_gate_and_writes_the_training_manifest(passing_r
     settings, result = passing_run
     assert result.success
     assert {name: e.passed for name, e in evaluations(result).items()} == dict.fromkeys(ALL_CHECK_NAMES, True)
-    assert values(evaluations(result)["duplicate_groups_duplicate_fraction"])["observed_value"] == LABELLED_DUPLICATE / DECODABLE
+    assert values(evaluations(result)["clean_dataset_duplicate_fraction"])["observed_value"] == REMOVED / DECODABLE
     assert "training_manifest" in materialized(result)
 
     manifest = pd.read_csv(Path(settings.out_dir) / "training_manifest.csv")
@@ -130,25 +131,47 @@ def test_clean_data_passes_every_gate_and_writes_the_training_manifest(passing_r
     assert "held back" not in printed and "FAILED" not in printed
 
 
-def test_cli_duplicate_fraction_gate_fails_with_exit_1_and_holds_back_training(planted_images, vector_store, tmp_path, monkeypatch, capsys):
+def test_cli_duplicate_fraction_gate_holds_back_training_only_and_says_how_to_change_it(planted_images, vector_store, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     images = image_root_with_pins(planted_images, tmp_path / "images")
     out = tmp_path / "out"
-    args = ["run", "--images", str(images), "--out", str(out), "--embedder", "offline", "--lancedb-uri", vector_store, "--max-duplicate-fraction", "0.25"]
+    args = ["run", "--images", str(images), "--out", str(out), "--embedder", "offline", "--lancedb-uri", vector_store, "--max-duplicate-fraction", "0.2"]
 
     assert cli.main(args) == cli.EXIT_FAILED
 
     printed = capsys.readouterr().out
-    assert "FAILED check duplicate_groups:duplicate_groups_duplicate_fraction (blocking)" in printed
-    assert f"observed_value: {LABELLED_DUPLICATE / DECODABLE}" in printed
-    assert '"max_value": 0.25' in printed
-    assert "held back (not materialized): clean_dataset, training_manifest" in printed
-    # What was computed before the gate is still exported; nothing after it is.
-    assert (out / "uniqueness.csv").is_file() and (out / "duplicates.csv").is_file()
-    assert not (out / "clean.csv").exists() and not (out / "training_manifest.csv").exists()
+    assert "FAILED check clean_dataset:clean_dataset_duplicate_fraction (blocking)" in printed
+    assert f"observed_value: {REMOVED / DECODABLE}" in printed
+    assert '"max_value": 0.2' in printed
+    assert "held back (not materialized): training_manifest" in printed
+    # The last lines say it in words: the gate, observed against limit, what was held back, the setting.
+    last_lines = "\n".join(printed.strip().splitlines()[-5:])
+    assert f"clean_dataset_duplicate_fraction: removed {REMOVED} of {DECODABLE} decodable images: fraction 0.250, above the limit 0.2" in last_lines
+    assert "held back: training_manifest" in last_lines
+    assert "--max-duplicate-fraction" in last_lines and "IMGDEDUP_MAX_DUPLICATE_FRACTION" in last_lines
+    assert "resources.policy.config.max_duplicate_fraction" in last_lines
+    # The dedup results are produced whatever the fraction; only training is held back.
+    for name in ("uniqueness.csv", "duplicates.csv", "clean.csv", "clean.parquet", "rejected.csv"):
+        assert (out / name).is_file(), name
+    assert not (out / "training_manifest.csv").exists()
+    assert len(pd.read_csv(out / "clean.csv")) == DECODABLE - REMOVED
     with dg.DagsterInstance.get() as instance:
         (record,) = instance.get_runs()
-    assert record.is_failure
+        assert record.is_failure
+        # The run's own failure (what the UI shows on the run page) explains the gate too.
+        failures = instance.get_records_for_run(record.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
+        messages = [r.event_log_entry.dagster_event.step_failure_data.error.message for r in failures]
+    assert any("clean_dataset_duplicate_fraction" in m and "--max-duplicate-fraction" in m and "training_manifest" in m for m in messages)
+
+
+def test_cli_duplicate_fraction_at_the_limit_passes(planted_images, vector_store, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    images = image_root_with_pins(planted_images, tmp_path / "images")
+    args = ["run", "--images", str(images), "--out", str(tmp_path / "out"), "--embedder", "offline", "--lancedb-uri", vector_store]
+
+    assert cli.main([*args, "--max-duplicate-fraction", str(REMOVED / DECODABLE)]) == cli.EXIT_OK
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("OK: every check passed")
+    assert (tmp_path / "out" / "training_manifest.csv").is_file()
 
 
 def test_pinned_identical_copies_fail_the_unique_pixel_hash_gate(planted_images, vector_store, tmp_path):
