@@ -129,3 +129,50 @@ def test_run_with_bf16_precision_uses_its_own_model_id(cli_run, tmp_path):
     manifest = json.loads((out / "state" / "vectors.json").read_text())
     assert manifest["model_id"].endswith("@bf16")
     assert len(pd.read_csv(out / "clean.csv")) == 4 and len(pd.read_csv(out / "duplicates.csv")) == 1
+
+
+@pytest.fixture()
+def garbage_model_dir(tmp_path) -> Path:
+    """A folder that looks like a model folder but holds garbage."""
+    folder = tmp_path / "garbage-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("this is not json")
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    return folder
+
+
+CONFIG_ERRORS = {
+    # The hub is unreachable here and the default ViT is not cached: a configuration error.
+    "default_model_offline": ([], {"HF_HUB_OFFLINE": "1"}, "Fix it with one of"),
+    "missing_model_folder": (["--model", "/nonexistent/saved-vit"], {}, "no such directory"),
+    "garbage_model_folder": (["--model", "GARBAGE"], {}, "is not a loadable model folder"),
+    "batch_size_not_a_number": (["--embedder", "offline"], {"IMGDEDUP_BATCH_SIZE": "abc"}, "IMGDEDUP_BATCH_SIZE='abc' is not a whole number"),
+    "max_pixels_in_float_notation": (["--embedder", "offline"], {"IMGDEDUP_MAX_PIXELS": "1e9"}, "IMGDEDUP_MAX_PIXELS='1e9' is not a whole number"),
+    "hash_bits_fractional": (["--embedder", "offline"], {"IMGDEDUP_HASH_THRESHOLD_BITS": "1.5"}, "IMGDEDUP_HASH_THRESHOLD_BITS='1.5' is not a whole number"),
+    "unknown_device": (["--embedder", "offline"], {"IMGDEDUP_DEVICE": "nonsense"}, "unknown device 'nonsense'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_ERRORS), ids=list(CONFIG_ERRORS))
+def test_configuration_errors_exit_2_in_one_line_before_any_work(case, garbage_model_dir, tmp_path):
+    extra, environment, message = CONFIG_ERRORS[case]
+    extra = [str(garbage_model_dir) if arg == "GARBAGE" else arg for arg in extra]
+    images, out, home = tmp_path / "images", tmp_path / "out", tmp_path / "home"
+    images.mkdir()
+    Image.new("RGB", (8, 8), "red").save(images / "a.png")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("IMGDEDUP_")}
+    env.update(environment, DAGSTER_HOME=str(home))
+    completed = subprocess.run(
+        [sys.executable, "-m", "cli", "run", "--images", str(images), "--out", str(out), *extra],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert message in completed.stderr
+    assert "Traceback" not in completed.stderr and completed.stderr.strip().count("\n") == 0, completed.stderr
+    assert not out.exists() and not home.exists()  # nothing ran, nothing written
+
+
+def test_similar_refuses_a_k_below_one(cli_run):
+    _, images, out, home = cli_run
+    completed = imgdedup("similar", "photo1.png", "--k", "-1", "--out", out, dagster_home=home)
+    assert completed.returncode == 2 and "--k must be at least 1" in completed.stderr
