@@ -363,6 +363,8 @@ def command_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     sample = build_sample_set(out / "sample-images")
     print(f"sample set: {len(sample['files'])} files in {sample['root']}")
+    if args.sample_only:
+        return EXIT_OK
     # The sample is mostly planted copies, so the raw-data gate (default 0.5) would rightly block
     # it; the demo raises it to show the whole graph. Pass a lower value to see the gate fire.
     settings = Settings.from_env().with_overrides(
@@ -467,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="build the bundled sample set and run the pipeline on it")
     demo.add_argument("--out", default=str(PROJECT_ROOT / "demo-output"))
     demo.add_argument("--embedder", choices=["hf", "offline"], default="offline")
-    demo.add_argument("--max-duplicate-fraction", type=float, default=0.95, help="raw-data gate for the demo (the sample is mostly copies)")
+    demo.add_argument("--max-duplicate-fraction", type=float, default=0.95, help="training gate for the demo (default 0.95: the sample is mostly planted copies)")
+    demo.add_argument("--sample-only", action="store_true", help="only build the sample folder (OUT/sample-images), as scripts/ui.sh does")
     demo.set_defaults(handler=command_demo)
     calibrate = commands.add_parser("calibrate", help="choose the near-duplicate threshold for the model from edited copies of a sample (no labels) and store it")
     calibrate.add_argument("--images", required=True, help="folder of images (walked recursively)")

@@ -92,6 +92,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[arrival_sensor],
         schedules=[nightly_schedule, weekly_vector_table_maintenance],
         resources=resources_for(settings),
+        # Steps run in the run's own process: a process per step would import torch, transformers
+        # and GX again for each of the graph's ~8 steps. Distributed runs set their executor in
+        # the run config (deploy/).
+        executor=dg.in_process_executor,
     )
 
 

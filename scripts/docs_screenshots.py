@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SCREENSHOTS = {"report.png": "report.png", "asset-graph.png": "asset-graph.png"}
+SCREENSHOTS = {"report.png": "report.png", "asset-graph.png": "asset-graph.png", "launchpad.png": "launchpad.png"}
 MAX_BYTES = 300_000
 
 
