@@ -459,6 +459,19 @@ def command_similar(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_serve_reports(args: argparse.Namespace) -> int:
+    from core.report_server import serve_reports
+
+    server = serve_reports(args.host, args.port)
+    print(f"serving the reports of imgdedup output folders on http://{args.host}:{args.port}/<absolute path of OUT>/report.html")
+    print(f"  (set IMGDEDUP_REPORT_BASE_URL=http://{args.host}:{args.port} for the Dagster UI's report links; scripts/ui.sh does)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgdedup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -490,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     similar.add_argument("--k", type=int, default=5)
     similar.add_argument("--out", default=".", help="the --out folder of an earlier run (default: current folder)")
     similar.set_defaults(handler=command_similar)
+    reports = commands.add_parser("serve-reports", help="serve the HTML reports on a loopback port, so the Dagster UI's report links open")
+    reports.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    reports.add_argument("--port", type=int, default=3001)
+    reports.set_defaults(handler=command_serve_reports)
     return parser
 
 

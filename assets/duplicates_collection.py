@@ -8,7 +8,14 @@ import pandas as pd
 from assets.metadata import table_metadata, write_export_file
 from core.collections import duplicates_table, interchange_table
 from core.grouping import assign_groups, keep_policy_order
-from core.report import THUMBNAIL_SIZE, DuplicatesReport, render_duplicates_report, report_groups, thumbnail_jpeg
+from core.report import (
+    THUMBNAIL_SIZE,
+    DuplicatesReport,
+    render_duplicates_report,
+    report_groups,
+    thumbnail_jpeg,
+)
+from core.ui_markdown import duplicate_groups_markdown
 from resources.image_store import ImageStoreResource
 from resources.output_store import OutputStoreResource
 from resources.policy import DedupPolicyResource
@@ -16,6 +23,9 @@ from resources.policy import DedupPolicyResource
 REPORT_FILE = "report.html"
 # Thumbnails are inlined, about 5 KB each: beyond this many groups the page would get unwieldy.
 REPORT_MAX_GROUPS = 500
+# Groups shown side by side in the UI's metadata (inline thumbnails); the rest are in report.html.
+UI_PREVIEW_GROUPS = 8
+UI_THUMBNAIL_SIZE = 96
 
 
 def write_duplicates_report(
@@ -99,8 +109,14 @@ def collect_duplicates(
             near_duplicate_action=policy.near_duplicate_action,
             keep_policy=policy.keep_policy,
             export=dg.MetadataValue.path(str(duplicates_csv)),
+            duplicate_groups_preview=dg.MetadataValue.md(
+                duplicate_groups_markdown(
+                    report_groups(interchange, raw_images)[:UI_PREVIEW_GROUPS],
+                    lambda path: thumbnail_jpeg(image_store.load_rgb(path, (2 * UI_THUMBNAIL_SIZE, 2 * UI_THUMBNAIL_SIZE)), UI_THUMBNAIL_SIZE, quality=70),
+                )
+            ),
             report=dg.MetadataValue.path(str(report_html)),
-            report_url=dg.MetadataValue.url(report_html.as_uri()),
+            **({"report_url": dg.MetadataValue.url(url)} if (url := output_store.report_url(report_html)) else {}),
             report_groups=dg.MetadataValue.int(report.groups_shown),
             report_groups_left_out=dg.MetadataValue.int(report.groups_total - report.groups_shown),
             thumbnail_errors=dg.MetadataValue.json(report.thumbnail_errors),

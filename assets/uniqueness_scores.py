@@ -9,6 +9,7 @@ from core.grouping import keep_policy_order
 from core.neighbor_cache import KeyedSearch
 from core.plots import uniqueness_histogram_png
 from core.scoring import LABELS, compute_uniqueness_scores, find_content_neighbors
+from core.ui_markdown import label_histogram_markdown
 from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
 from resources.output_store import OutputStoreResource
@@ -81,6 +82,8 @@ def score_uniqueness(
         metadata=table_metadata(
             scores,
             preview_rows=0,
+            # First, and short enough that the UI shows it in place (the PNG sits behind a click).
+            label_histogram=dg.MetadataValue.md(label_histogram_markdown(scores["uniqueness"], thresholds)),
             label_counts=dg.MetadataValue.json(counts),
             **{f"{label}_count": dg.MetadataValue.int(int(counts[label])) for label in LABELS},
             thresholds=dg.MetadataValue.json({"duplicate": thresholds.duplicate, "near_duplicate": thresholds.near_duplicate, "near_duplicate_source": in_force.source}),

@@ -21,7 +21,7 @@ from core.scoring import SEARCH_ENGINES, Thresholds
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "IMGDEDUP_"
 # Fields whose default is None: the type an environment value is parsed as.
-_OPTIONAL_FIELD_TYPES = {"model": str, "lancedb_uri": str, "near_duplicate_threshold": float}
+_OPTIONAL_FIELD_TYPES = {"model": str, "lancedb_uri": str, "near_duplicate_threshold": float, "report_base_url": str}
 
 
 class SettingsError(ValueError):
@@ -54,6 +54,8 @@ class Settings:
             / `imgdedup calibrate` calibrate the near-duplicate threshold for the model.
         neighbor_search: `auto` (an index from 250k contents; for embeddings only when faiss-cpu
             is installed), `exact` or `index`.
+        report_base_url: where `imgdedup serve-reports` listens (e.g. `http://127.0.0.1:3001`),
+            so that the UI's `report_url` opens the HTML report; None = no link, only the path.
     """
 
     image_root: str = str(PROJECT_ROOT / "demo-output" / "sample-images")
@@ -75,6 +77,7 @@ class Settings:
     calibration_seed: int = DEFAULT_SEED
     target_precision: float = DEFAULT_TARGET_PRECISION
     neighbor_search: str = "auto"
+    report_base_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":

@@ -15,9 +15,12 @@ class OutputStoreResource(dg.ConfigurableResource):
 
     Attributes:
         out_dir: folder for uniqueness.csv, duplicates.csv, clean.csv/.parquet, rejected.csv.
+        report_base_url: where `imgdedup serve-reports` listens (scripts/ui.sh starts it), so
+            that report links in the UI open; empty = no link (browsers refuse `file://` links).
     """
 
     out_dir: str
+    report_base_url: str = ""
 
     @property
     def root(self) -> Path:
@@ -26,6 +29,12 @@ class OutputStoreResource(dg.ConfigurableResource):
     @property
     def state_dir(self) -> Path:
         return self.root / "state"
+
+    def report_url(self, report: Path) -> str | None:
+        """The http link to an exported report, or None without a report server."""
+        from core.report_server import report_url
+
+        return report_url(self.report_base_url, report) if self.report_base_url else None
 
     def catalog_name(self, image_root: Path) -> str:
         """File name (in `state_dir`) of the image catalog for one image root."""

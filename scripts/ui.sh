@@ -19,4 +19,11 @@ if [ -z "${IMGDEDUP_IMAGE_ROOT:-}" ]; then
     export IMGDEDUP_IMAGE_ROOT="$demo/sample-images" IMGDEDUP_OUT_DIR="${IMGDEDUP_OUT_DIR:-$demo/results}"
     export IMGDEDUP_MAX_DUPLICATE_FRACTION="${IMGDEDUP_MAX_DUPLICATE_FRACTION:-0.95}"
 fi
-exec .venv/bin/dagster dev -w workspace.yaml -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}" "$@"
+# The HTML reports are served on loopback beside the UI, so its report links open (browsers refuse
+# file:// links from a web page).
+report_port="${IMGDEDUP_REPORT_PORT:-$(( ${DAGSTER_PORT:-3000} + 1 ))}"
+export IMGDEDUP_REPORT_BASE_URL="${IMGDEDUP_REPORT_BASE_URL:-http://127.0.0.1:$report_port}"
+.venv/bin/imgdedup serve-reports --port "$report_port" &
+reports_pid=$!
+trap 'kill "$reports_pid" 2>/dev/null' EXIT
+.venv/bin/dagster dev -w workspace.yaml -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}" "$@"

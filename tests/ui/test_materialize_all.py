@@ -100,3 +100,14 @@ def test_one_click_materializes_every_asset_and_passes_every_check(ui_sh, clicke
     expected_checks = {spec.name for check in all_checks() for spec in check.check_specs}
     assert outcomes == dict.fromkeys(expected_checks, True)
     assert (ui_sh.out_dir / "clean.csv").is_file() and (ui_sh.out_dir / "training_manifest.csv").is_file()
+
+
+def test_the_report_link_opens_in_the_browser(ui_sh, clicked_run, browser):
+    with dg.DagsterInstance.from_config(str(ui_sh.home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("duplicates_collection"))
+    url = event.asset_materialization.metadata["report_url"].value
+    assert url.startswith("http://127.0.0.1:")
+    page = browser.new_page()
+    response = page.goto(url)
+    assert response is not None and response.status == 200
+    assert page.locator("section.group").count() > 0
