@@ -44,6 +44,16 @@ def model_id_for(settings: Settings) -> str | None:
         return None
 
 
+# Dagster's default executor (`in_process` or `multiprocess` in the run config), defaulting to
+# in-process: a process per step would import torch, transformers and GX again for each of the
+# graph's ~8 steps. `multiprocess` stays one launchpad line away; deploy/ sets Celery.
+IN_PROCESS_BY_DEFAULT_EXECUTOR = dg.executor(
+    name="in_process_by_default",
+    config_schema=dg.Field(dg.multi_or_in_process_executor.config_schema.as_field().config_type, default_value={"in_process": {}}),
+    requirements=dg.multi_or_in_process_executor.get_requirements,
+)(dg.multi_or_in_process_executor.executor_creation_fn)
+
+
 def resources_for(settings: Settings) -> dict:
     """The resources of one deployment, all built from one `Settings`."""
     return {
@@ -52,7 +62,7 @@ def resources_for(settings: Settings) -> dict:
             backend=settings.embedder, model=settings.model, device=settings.device, batch_size=settings.batch_size, precision=settings.precision
         ),
         "lancedb": LanceDBResource(uri=settings.vector_store_uri),
-        "output_store": OutputStoreResource(out_dir=settings.out_dir),
+        "output_store": OutputStoreResource(out_dir=settings.out_dir, report_base_url=settings.report_base_url or ""),
         "policy": DedupPolicyResource(
             duplicate_threshold=settings.duplicate_threshold,
             near_duplicate_threshold=settings.near_duplicate_threshold,
@@ -92,10 +102,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[arrival_sensor],
         schedules=[nightly_schedule, weekly_vector_table_maintenance],
         resources=resources_for(settings),
-        # Steps run in the run's own process: a process per step would import torch, transformers
-        # and GX again for each of the graph's ~8 steps. Distributed runs set their executor in
-        # the run config (deploy/).
-        executor=dg.in_process_executor,
+        executor=IN_PROCESS_BY_DEFAULT_EXECUTOR,
     )
 
 

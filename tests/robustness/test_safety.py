@@ -143,14 +143,17 @@ def test_default_image_store_refuses_an_image_over_the_limit_from_its_header(tmp
 
 @pytest.fixture
 def ui_script_with_fake_dagster(tmp_path) -> Path:
-    """scripts/ui.sh copied beside a `.venv/bin/dagster` that prints its arguments."""
+    """scripts/ui.sh copied beside a `.venv/bin/dagster` that prints its arguments (and an
+    `imgdedup` that does nothing: the demo sample and the report server are not under test)."""
     (tmp_path / "scripts").mkdir()
     script = tmp_path / "scripts" / "ui.sh"
     script.write_text((PROJECT_ROOT / "scripts" / "ui.sh").read_text())
-    fake = tmp_path / ".venv" / "bin" / "dagster"
-    fake.parent.mkdir(parents=True)
-    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
-    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name, body in (("dagster", 'printf "%s\\n" "$@"'), ("imgdedup", "true")):
+        fake = bin_dir / name
+        fake.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     return script
 
 
