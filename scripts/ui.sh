@@ -25,5 +25,5 @@ report_port="${IMGDEDUP_REPORT_PORT:-$(( ${DAGSTER_PORT:-3000} + 1 ))}"
 export IMGDEDUP_REPORT_BASE_URL="${IMGDEDUP_REPORT_BASE_URL:-http://127.0.0.1:$report_port}"
 .venv/bin/imgdedup serve-reports --port "$report_port" &
 reports_pid=$!
-trap 'kill "$reports_pid" 2>/dev/null' EXIT
+trap 'kill "$reports_pid" 2>/dev/null || true' EXIT
 .venv/bin/dagster dev -w workspace.yaml -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}" "$@"
