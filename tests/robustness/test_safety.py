@@ -164,8 +164,8 @@ def test_ui_script_binds_to_loopback_unless_told_otherwise(ui_script_with_fake_d
         env["DAGSTER_HOST"] = host
     completed = subprocess.run(["bash", str(ui_script_with_fake_dagster)], env=env, capture_output=True, text=True, timeout=30)
     assert completed.returncode == 0, completed.stderr
-    args = completed.stdout.split("\n")
-    assert args[0] == "dev"
+    lines = completed.stdout.split("\n")
+    args = lines[lines.index("dev") :]
     assert args[args.index("-h") + 1] == expected
 
 
