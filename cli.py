@@ -420,8 +420,9 @@ def command_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def similar_images(out_dir: Path, relative_path: str, k: int) -> list[dict]:
-    """The k images nearest to `relative_path` in the vector table of the run in `out_dir`.
+def similar_images(out_dir: Path, path_given: str, k: int) -> list[dict]:
+    """The k images nearest to `path_given` (relative to the image root, or absolute) in the
+    vector table of the run in `out_dir`.
 
     Raises:
         ValueError: no earlier run in `out_dir`, or the path is not among its images.
@@ -438,11 +439,24 @@ def similar_images(out_dir: Path, relative_path: str, k: int) -> list[dict]:
     manifest = json.loads(manifest_path.read_text())
     images = pd.read_parquet(out_dir / "state" / manifest["catalog"])
     paths_by_hash = images.groupby("pixel_hash")["path"].apply(sorted).to_dict()
-    query = images.loc[images["path"] == relative_path.replace("\\", "/").removeprefix("./"), "pixel_hash"]
+    path = image_path_in_root(path_given, Path(manifest["image_root"]))
+    query = images.loc[images["path"] == path, "pixel_hash"]
     if query.empty:
-        raise ValueError(f"{relative_path!r} is not an image of the last run on {manifest['image_root']}")
+        raise ValueError(f"{path_given!r} is not an image of the last run on {manifest['image_root']}")
     lancedb = LanceDBResource(uri=manifest["uri"])
-    return lancedb.nearest_paths(manifest["model_id"], query.iloc[0], paths_by_hash, k, exclude_path=relative_path)
+    return lancedb.nearest_paths(manifest["model_id"], query.iloc[0], paths_by_hash, k, exclude_path=path)
+
+
+def image_path_in_root(path_given: str, image_root: Path) -> str:
+    """The catalog's form of an image path: relative to the image root, with `/`. An absolute path
+    (or one relative to the current folder that exists) inside the root is made relative to it."""
+    given = Path(path_given).expanduser()
+    if given.is_absolute() or given.exists():
+        try:
+            return given.resolve().relative_to(image_root.resolve()).as_posix()
+        except ValueError:
+            pass
+    return path_given.replace("\\", "/").removeprefix("./")
 
 
 def command_similar(args: argparse.Namespace) -> int:
@@ -454,6 +468,9 @@ def command_similar(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    # The distance is on the uniqueness scale (half the cosine distance), so it reads against the
+    # thresholds: at most --duplicate-threshold is a duplicate of the image asked about.
+    print("distance  path")
     for row in rows:
         print(f"{row['uniqueness_distance']:.6f}  {row['path']}")
     return EXIT_OK
@@ -498,9 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--precision", choices=list(PRECISIONS), default=None, help="fp32 (default) or bf16: calibrate the model id that `run --precision` uses")
     calibrate.add_argument("--force", action="store_true", help="recalibrate even if this sample was calibrated with these settings")
     calibrate.set_defaults(handler=command_calibrate)
-    similar = commands.add_parser("similar", help="print the K images most similar to PATH, from the vector table")
-    similar.add_argument("path", help="image path relative to the image root of the run in --out")
-    similar.add_argument("--k", type=int, default=5)
+    similar = commands.add_parser(
+        "similar",
+        help="print the K images most similar to PATH, from the vector table: a `distance  path` header, then one line per image, "
+        "nearest first; the distance is on the uniqueness scale (0 = same picture), so it compares with the thresholds",
+    )
+    similar.add_argument("path", help="an image of the run in --out: relative to its image root, or an absolute path inside it")
+    similar.add_argument("--k", type=int, default=5, help="how many images to print (default 5)")
     similar.add_argument("--out", default=".", help="the --out folder of an earlier run (default: current folder)")
     similar.set_defaults(handler=command_similar)
     reports = commands.add_parser("serve-reports", help="serve the HTML reports on a loopback port, so the Dagster UI's report links open")

@@ -157,7 +157,13 @@ def _remove_duplicates_among_reviewed(rows, identical_groups, close, duplicate_d
             kept_path_by_group.setdefault(own, rows[i]["path"])
             continue
         keeper = kept_path_by_group[clash]
-        rows[i].update(removed=True, relation=LABEL_DUPLICATE, duplicate_of=keeper, reason=f"duplicate of {keeper}, which is kept (uniqueness {close[own][clash] / 2.0:.2e})")
+        rows[i].update(removed=True, relation=LABEL_DUPLICATE, duplicate_of=keeper, reason=f"duplicate of {keeper}, which is kept ({pair_distance_text(close[own][clash] / 2.0)})")
+
+
+def pair_distance_text(pair_uniqueness: float) -> str:
+    """The distance between a row and its keeper, on the uniqueness scale. It is the pair's
+    distance, not the row's score (which is floored at 1e-9), so it is named apart from it."""
+    return f"distance to it {pair_uniqueness:.3g}"
 
 
 def _decide_removal(in_group, relation, pair_uniqueness, keeper_path, near_duplicate_action, override):
@@ -168,7 +174,7 @@ def _decide_removal(in_group, relation, pair_uniqueness, keeper_path, near_dupli
     if relation is None:
         return False, "kept: keeper of its group" if in_group else "kept: no duplicate"
     if relation == LABEL_DUPLICATE:
-        return True, f"duplicate of {keeper_path} (uniqueness {pair_uniqueness:.2e})"
+        return True, f"duplicate of {keeper_path} ({pair_distance_text(pair_uniqueness)})"
     if near_duplicate_action == "remove":
-        return True, f"near-duplicate of {keeper_path} (uniqueness {pair_uniqueness:.4f})"
-    return False, f"kept for review: near-duplicate of {keeper_path} (uniqueness {pair_uniqueness:.4f})"
+        return True, f"near-duplicate of {keeper_path} ({pair_distance_text(pair_uniqueness)})"
+    return False, f"kept for review: near-duplicate of {keeper_path} ({pair_distance_text(pair_uniqueness)})"

@@ -59,10 +59,19 @@ def test_similar_lists_the_nearest_images(cli_run):
     _, _, out, home = cli_run
     completed = imgdedup("similar", "photo1.png", "--k", "2", "--out", out, dagster_home=home)
     assert completed.returncode == 0, completed.stderr
-    lines = completed.stdout.strip().splitlines()
+    header, *lines = completed.stdout.strip().splitlines()
+    assert header.split() == ["distance", "path"]
     assert len(lines) == 2
     distance, path = lines[0].split()
     assert path == "nested/photo1_copy.png" and float(distance) == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 < float(lines[1].split()[0]) <= 1.0
+
+
+def test_similar_takes_an_absolute_path_inside_the_image_root(cli_run):
+    _, images, out, home = cli_run
+    completed = imgdedup("similar", images / "nested" / "photo1_copy.png", "--k", "1", "--out", out, dagster_home=home)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip().splitlines()[1].split()[1] == "photo1.png"
 
 
 @pytest.mark.parametrize(

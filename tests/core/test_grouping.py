@@ -237,6 +237,16 @@ def test_relation_duplicate_vs_near_duplicate():
     assert groups.loc["edge.png", "pair_uniqueness"] == pytest.approx(0.048, abs=1e-6)
 
 
+def test_reason_names_the_keeper_and_the_pair_distance_as_it_reads_in_the_scores():
+    rows, vectors = _relations_dataset()
+    _, _, groups = run_groups(rows, vectors)
+    reasons = by_path(groups)["reason"]
+    # An exact copy's distance to its keeper is 0, written as 0 (not 0.00e+00 beside a score of 1e-09).
+    assert reasons["copy.png"] == "duplicate of keeper.png (distance to it 0)"
+    assert reasons["recompressed.png"] == "duplicate of keeper.png (distance to it 8e-05)"
+    assert reasons["near.png"] == "near-duplicate of keeper.png (distance to it 0.02)"
+
+
 @pytest.mark.parametrize(
     "duplicate, near_duplicate, removed",
     [
