@@ -12,6 +12,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DATA = PROJECT_ROOT.parent / "shared" / "bench" / "data"
 
 
+# The development loop is `pytest -m "not slow"`: pure logic, each test well under a second or
+# two. Every test outside these files runs a pipeline, a server, a browser or another process,
+# and is marked `slow` here (CI runs everything), so a new test of that kind is slow by default;
+# a slow test among the fast files carries `@pytest.mark.slow` itself.
+FAST_TEST_PATHS = ("tests/core/", "tests/checks/test_check_logic.py", "tests/resources/test_lancedb.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(item.path).resolve().relative_to(PROJECT_ROOT).as_posix()
+        if not path.startswith(FAST_TEST_PATHS):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def bench_data() -> Path:
     if not BENCH_DATA.is_dir():

@@ -191,6 +191,7 @@ def test_a_broken_thresholds_file_is_reported(tmp_path):
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins", "clock", "brick", "grass", "gravel")
 
 
+@pytest.mark.slow
 def test_offline_model_calibrates_to_a_sane_threshold():
     from skimage import data
 
