@@ -26,4 +26,8 @@ export IMGDEDUP_REPORT_BASE_URL="${IMGDEDUP_REPORT_BASE_URL:-http://127.0.0.1:$r
 .venv/bin/imgdedup serve-reports --port "$report_port" &
 reports_pid=$!
 trap 'kill "$reports_pid" 2>/dev/null || true' EXIT
-.venv/bin/dagster dev -w workspace.yaml -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}" "$@"
+# Started from DAGSTER_HOME, where dagster.yaml is linked: from the project folder, Dagster would
+# warn that the dagster.yaml it sees there is not the instance's.
+project="$PWD"
+cd "$DAGSTER_HOME"
+"$project/.venv/bin/dagster" dev -w "$project/workspace.yaml" -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}" "$@"
