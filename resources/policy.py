@@ -34,9 +34,6 @@ class ThresholdsInForce:
     thresholds: Thresholds
     source: str
     model_id: str | None = None
-    calibration_sample_size: int = DEFAULT_SAMPLE_SIZE
-    calibration_seed: int = DEFAULT_SEED
-    target_precision: float = DEFAULT_TARGET_PRECISION
     calibration: dict | None = None
 
     def describe(self) -> str:
@@ -106,7 +103,7 @@ class DedupPolicyResource(dg.ConfigurableResource):
         """
         model_id = model_id or self.model_id
         if self.near_duplicate_threshold is not None:
-            return ThresholdsInForce(Thresholds(self.duplicate_threshold, self.near_duplicate_threshold), SOURCE_PINNED, model_id)
+            return ThresholdsInForce(Thresholds(self.duplicate_threshold, self.near_duplicate_threshold), SOURCE_PINNED, model_id=model_id)
         stored = calibrated_threshold(self.thresholds_file, model_id) if self.thresholds_file else None
         if stored is not None:
             value, record = stored
@@ -114,8 +111,8 @@ class DedupPolicyResource(dg.ConfigurableResource):
                 thresholds = Thresholds(self.duplicate_threshold, value)
             except ValueError as exc:
                 raise ValueError(f"the threshold calibrated for {model_id} in {self.thresholds_file} does not fit the duplicate threshold: {exc}") from exc
-            return ThresholdsInForce(thresholds, SOURCE_CALIBRATED, model_id, record)
-        return ThresholdsInForce(Thresholds(self.duplicate_threshold, DEFAULT_NEAR_DUPLICATE_THRESHOLD), SOURCE_DEFAULT, model_id)
+            return ThresholdsInForce(thresholds, SOURCE_CALIBRATED, model_id=model_id, calibration=record)
+        return ThresholdsInForce(Thresholds(self.duplicate_threshold, DEFAULT_NEAR_DUPLICATE_THRESHOLD), SOURCE_DEFAULT, model_id=model_id)
 
     @property
     def thresholds(self) -> Thresholds:

@@ -45,6 +45,13 @@ def test_threshold_in_force(tmp_path, pinned, stored, model, expected, source):
     assert f"{expected:g}" in in_force.describe()
 
 
+def test_a_calibrated_threshold_is_described_with_its_calibration(tmp_path):
+    record = {"near_duplicate_threshold": 0.0731, "sample_size": 50, "target_precision": 0.99, "calibrated_at": "2026-12-05T15:00:00Z"}
+    write_calibration(tmp_path / "t.json", "m", record)
+    described = DedupPolicyResource(thresholds_file=str(tmp_path / "t.json"), model_id="m").thresholds_in_force().describe()
+    assert described == "0.0731 (calibrated for m on 50 images at target precision 0.99, 2026-12-05T15:00:00Z)"
+
+
 def test_a_calibrated_value_below_the_duplicate_threshold_is_refused(tmp_path):
     write_calibration(tmp_path / "t.json", "m", {"near_duplicate_threshold": 1e-5})
     policy = DedupPolicyResource(thresholds_file=str(tmp_path / "t.json"), model_id="m")
