@@ -83,9 +83,15 @@ def validate_table(
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    # GX pins this module's logger to INFO at import, which logs a line per ephemeral context.
-    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
-    context = gx.get_context(mode="ephemeral")
+    # GX pins this module's logger to INFO at import, which logs a line per ephemeral context:
+    # quiet it while the context is made, and give GX its own setting back.
+    chatty = logging.getLogger("great_expectations.data_context.types.base")
+    level = chatty.level
+    chatty.setLevel(logging.WARNING)
+    try:
+        context = gx.get_context(mode="ephemeral")
+    finally:
+        chatty.setLevel(level)
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch_definition = (
         context.data_sources.add_pandas(f"{suite_name}_source")
