@@ -87,8 +87,8 @@ def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--neighbor-search", choices=list(SEARCH_ENGINES), default=None,
         help=(
-            "exact, index (embeddings: IVF index, needs faiss-cpu: pip install 'imgdedup[scale]'; pHashes: multi-index search within the "
-            f"hash threshold) or auto (default: the index from {INDEX_MIN_CONTENTS:,} contents)"
+            "exact, index (the embeddings' IVF index, needs faiss-cpu: pip install 'imgdedup[scale]') or auto (default: the index from "
+            f"{INDEX_MIN_CONTENTS:,} contents); pHash matches, within the hash threshold only, are always found exactly"
         ),
     )
 

@@ -45,10 +45,10 @@ def score_uniqueness(
     thresholds = in_force.thresholds
     context.log.info(f"near-duplicate threshold {in_force.describe()}")
     vectors = lancedb.read_content_vectors(image_vectors["model_id"], set(raw_images["pixel_hash"]))
-    # The last run's searches, per signal, for this model's table: only new contents (and those
-    # that lost a neighbour) are searched again. A cache that does not fit is ignored.
+    # The last run's embedding search for this model's table: only new contents (and those that
+    # lost a neighbour) are searched again. A cache that does not fit is ignored.
     cache_dir = output_store.state_dir / "neighbor-searches"
-    cache_file = {signal: cache_dir / f"{lancedb.table_name(image_vectors['model_id'])}-{signal}.npz" for signal in ("embedding", "hash")}
+    cache_file = {signal: cache_dir / f"{lancedb.table_name(image_vectors['model_id'])}-{signal}.npz" for signal in ("embedding",)}
     previous = {signal: search for signal, path in cache_file.items() if (search := KeyedSearch.load(path)) is not None}
     neighbors = find_content_neighbors(
         vectors,

@@ -1,9 +1,15 @@
-"""Dedup quality on the shared benchmark sets: run `imgdedup run` on each, score with evaluate.py,
-break recall down by relation, and measure the cost per 100 images.
+"""Dedup quality on the shared benchmark sets and on the generated hard-negative set: run
+`imgdedup run` on each, score with evaluate.py, break recall down by relation and false pairs down
+by hard-negative category, and measure the cost per 100 images.
 
 Usage:
     .venv/bin/python bench/quality.py [--embedder offline] [--precision fp32|bf16] [--out /tmp/imgdedup-bench]
                                       [--calibrate | --near-duplicate-threshold T] [--no-cost]
+                                      [--hard-negative-seed 0]
+
+The hard-negative set (`bench/hard_negatives.py`, written to OUT/hard-negatives-data with the seed)
+holds only different pictures: every predicted pair is false, so its P is 1.000 only when nothing
+is paired. Per category: P, false pairs, and images wrongly removed.
 
 `--precision` is passed to `imgdedup run` / `calibrate` and to the cost measurement (bf16 is its own
 model id, so its own vector table; use a separate `--out` to compare fresh runs).
@@ -68,6 +74,37 @@ def relation_category(relation: str) -> str:
     return "other: " + text[:40]
 
 
+def category_precision(dataset: Path, uniqueness_csv: Path) -> dict[str, dict]:
+    """category -> {predicted_pairs, false_pairs, precision, wrongly_removed} for a set whose
+    manifest.csv has a `category` column; a predicted pair across two categories counts under
+    "across categories"."""
+    groups = json.loads((dataset / "groups.json").read_text())
+    truth = {path: group for group, members in groups.items() for path in members}
+    with open(dataset / "manifest.csv", newline="") as handle:
+        category = {row["path"]: row["category"] for row in csv.DictReader(handle)}
+    with open(uniqueness_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    by_group = defaultdict(list)
+    for row in rows:
+        if row.get("group_id"):
+            by_group[row["group_id"]].append(row["path"])
+    table = {name: {"predicted_pairs": 0, "false_pairs": 0, "wrongly_removed": 0} for name in sorted(set(category.values()))}
+    for members in by_group.values():
+        for a, b in itertools.combinations(sorted(members), 2):
+            name = category[a] if category[a] == category[b] else "across categories"
+            entry = table.setdefault(name, {"predicted_pairs": 0, "false_pairs": 0, "wrongly_removed": 0})
+            entry["predicted_pairs"] += 1
+            entry["false_pairs"] += int(truth[a] != truth[b])
+    singletons = {members[0] for members in groups.values() if len(members) == 1}
+    for row in rows:
+        if row.get("duplicate_of") and row["path"] in singletons:
+            table[category[row["path"]]]["wrongly_removed"] += 1
+    for entry in table.values():
+        predicted = entry["predicted_pairs"]
+        entry["precision"] = round((predicted - entry["false_pairs"]) / predicted, 3) if predicted else 1.0
+    return table
+
+
 def relation_recall(dataset: Path, uniqueness_csv: Path) -> dict[str, dict]:
     """category -> {true_pairs, found, recall} for one set (see the module docstring)."""
     groups = json.loads((dataset / "groups.json").read_text())
@@ -126,11 +163,19 @@ def main() -> int:
     threshold.add_argument("--calibrate", action="store_true", help="calibrate the threshold on each set before its run")
     threshold.add_argument("--near-duplicate-threshold", type=float, default=None, help="pin one threshold for every set")
     parser.add_argument("--no-cost", action="store_true", help="skip the cost measurement")
+    parser.add_argument("--hard-negative-seed", type=int, default=0, help="seed of the generated hard-negative set (default 0)")
     args = parser.parse_args()
+    from bench.hard_negatives import write_hard_negatives
+
+    hard_negatives = f"hard-negatives-seed{args.hard_negative_seed}"
+    hard_negative_data = Path(args.out) / "hard-negatives-data" / hard_negatives
+    write_hard_negatives(hard_negative_data, args.hard_negative_seed)
+    datasets = {name: BENCH / "data" / name for name in SETS} | {hard_negatives: hard_negative_data}
     figures = {}
     relations = {}
-    for name in SETS:
-        out, data = Path(args.out) / name, BENCH / "data" / name
+    categories = {}
+    for name, data in datasets.items():
+        out = Path(args.out) / name
         started = time.perf_counter()
         calibrated = None
         if args.calibrate:
@@ -154,18 +199,26 @@ def main() -> int:
         figures[name]["seconds"] = round(seconds, 1)
         if calibrated:
             figures[name]["calibrated_threshold"] = next(iter(calibrated.values()))["near_duplicate_threshold"]
-        relations[name] = relation_recall(data, out / "uniqueness.csv")
+        if name == hard_negatives:
+            categories[name] = category_precision(data, out / "uniqueness.csv")
+        else:
+            relations[name] = relation_recall(data, out / "uniqueness.csv")
         if not args.no_cost:
             figures[name]["cost"] = cost_per_100_images(data, args.embedder, precision=args.precision)
         cost = f"; {figures[name]['cost']['total_s_per_100']:.1f} s / 100 images" if "cost" in figures[name] else ""
         threshold_note = f"  T {figures[name]['calibrated_threshold']:.4f}" if calibrated else ""
-        print(f"{name:22s} P {result['pair_precision']:.3f}  R {result['pair_recall']:.3f}  F1 {result['pair_f1']:.3f}  "
+        print(f"{name:24s} P {result['pair_precision']:.3f}  R {result['pair_recall']:.3f}  F1 {result['pair_f1']:.3f}  "
               f"missing {result['images_missing']}{threshold_note}  ({seconds:.1f} s, incl. model load{cost})")
     print("\nrecall by relation (true pairs found / true pairs):")
     for name, table in relations.items():
         for relation, row in table.items():
             print(f"  {name:22s} {relation:32s} {row['found']:4d} / {row['true_pairs']:<4d} {row['recall']:.3f}")
-    print(json.dumps({"embedder": args.embedder, "precision": args.precision, "calibrate": args.calibrate, "near_duplicate_threshold": args.near_duplicate_threshold, "sets": figures, "relations": relations}))
+    print("\nhard negatives by category (P; false pairs / predicted pairs; images wrongly removed):")
+    for name, table in categories.items():
+        for category, row in table.items():
+            print(f"  {name:24s} {category:28s} P {row['precision']:.3f}  {row['false_pairs']:3d} / {row['predicted_pairs']:<3d}  removed {row['wrongly_removed']}")
+    print(json.dumps({"embedder": args.embedder, "precision": args.precision, "calibrate": args.calibrate, "near_duplicate_threshold": args.near_duplicate_threshold,
+                      "hard_negative_seed": args.hard_negative_seed, "sets": figures, "relations": relations, "hard_negative_categories": categories}))
     return 0
 
 

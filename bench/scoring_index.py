@@ -265,6 +265,7 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
     """The scoring stage as `score_uniqueness` runs it, on the table written by `write_table`."""
     import pandas as pd
 
+    from core.images import informative_phashes
     from core.neighbors import hamming_distances_of_rows
     from core.scoring import HashSignal, Thresholds, compute_uniqueness_scores, find_content_neighbors
     from resources.lancedb import LanceDBResource
@@ -301,7 +302,9 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
         "import_rss_mib": round(baseline),
     }
     # Exact fused nearest distance of the sampled contents that have no identical copy (their
-    # nearest is then simply the nearest other content): cosine over all rows, pHash bits mapped.
+    # nearest is then simply the nearest other content): cosine over all rows, and pHash bits
+    # mapped where the hash vouches for the pair (SPEC.md: within its cutoff, both informative).
+    informative = informative_phashes(phashes)
     sample = sample_rows(rows, queries)
     singleton = np.bincount(neighbors.identical_group, minlength=rows)[neighbors.identical_group[sample]] == 1
     sample = sample[singleton]
@@ -310,7 +313,9 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
     for start in range(0, len(sample), 64):
         rows_here = sample[start : start + 64]
         cosine = np.clip(1.0 - matrix[rows_here] @ matrix.T, 0.0, 2.0)
-        fused = np.minimum(cosine, hamming_distances_of_rows(phashes, rows_here) * signal.bits_to_cosine(RADIUS))
+        bits = hamming_distances_of_rows(phashes, rows_here)
+        vouched = (bits <= HASH_BITS) & informative[None, :] & informative[rows_here, None]
+        fused = np.minimum(cosine, np.where(vouched, bits * signal.bits_to_cosine(RADIUS), np.inf))
         fused[np.arange(len(rows_here)), rows_here] = np.inf
         exact[start : start + 64] = fused.min(axis=1)
     found = neighbors.nearest_distance[sample].astype(np.float64)

@@ -8,14 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.neighbors import merge_searches, scaled, search_hash_neighbors, search_neighbors
-from core.scoring import (
-    NEIGHBORS_PER_ROW,
-    ContentVectors,
-    HashSignal,
-    choose_hash_search_engine,
-    choose_search_engine,
-)
+from core.neighbors import merge_searches, search_neighbors
+from core.scoring import NEIGHBORS_PER_ROW, ContentVectors, HashSignal, choose_search_engine
 
 
 def identical_group_zero_counts(scores: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +61,8 @@ def nearest_kept_contents(
     """For each distinct content in the clean set, its nearest other kept content.
 
     With a hash signal the distance is the pipeline's fused one (min of cosine and the mapped
-    pHash distance), so a pair that is a duplicate by either signal is found.
+    pHash distance where the hash vouches for the pair: within its cutoff, both hashes
+    informative), so a pair that is a duplicate by either signal is found.
 
     Identical copies share one vector (one per pixel hash), so this looks at pairs of *different*
     contents; copies with equal pixel hashes are a separate property.
@@ -79,10 +74,10 @@ def nearest_kept_contents(
         hash_signal: the pHash signal fused into the distance, or None for embeddings only.
         near_duplicate_cosine_distance: where `hash_signal.threshold_bits` maps to.
         engine: `exact` (default), `index` or `auto`, as `core.scoring.find_content_neighbors`.
-            With the index the check is no longer exhaustive for embeddings: the pHash index finds
-            every pair within the hash threshold, the embedding index nearly every pair (recall@1
-            0.996 at 1M; copies within the duplicate threshold share their list and codes), and a
-            nearest distance may be overstated.
+            With the index the check is no longer exhaustive for embeddings: the embedding index
+            finds nearly every pair (recall@1 0.996 at 1M; copies within the duplicate threshold
+            share their list and codes), and a nearest distance may be overstated. The hash
+            signal's matches are always found exactly.
 
     Returns:
         A new DataFrame, one row per distinct pixel hash sorted by path: pixel_hash, path (first
@@ -119,14 +114,8 @@ def nearest_kept_contents(
     else:
         search = search_neighbors(vectors.matrix, k=1, radius=0.0)
     if hash_signal is not None and hash_signal.threshold_bits > 0:
-        phashes = hash_signal.matrix(contents["pixel_hash"])
-        if choose_hash_search_engine(engine, len(contents))[0] == "index":
-            from core.hash_index import search_hash_neighbors_within
-
-            hash_search = search_hash_neighbors_within(phashes, k=1, radius_bits=hash_signal.threshold_bits)
-        else:
-            hash_search = search_hash_neighbors(phashes, k=1, radius_bits=0.0)
-        search = merge_searches([search, scaled(hash_search, hash_signal.bits_to_cosine(near_duplicate_cosine_distance))], k=1)
+        hash_matches, _ = hash_signal.vouched_matches(hash_signal.matrix(contents["pixel_hash"]), near_duplicate_cosine_distance, k=1)
+        search = merge_searches([search, hash_matches], k=1)
     has_other = search.topk_index.shape[1] >= 1
     nearest = search.topk_index[:, 0] if has_other else np.full(len(contents), -1)
     distance = search.topk_distance[:, 0].astype(np.float64) if has_other else np.full(len(contents), np.nan)

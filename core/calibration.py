@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from core.images import dihedral_phashes, pixel_hash, trim_uniform_borders
+from core.images import dihedral_phashes, informative_phashes, pixel_hash, trim_uniform_borders
 from core.neighbors import l2_normalize
 
 
@@ -150,7 +150,8 @@ class CalibrationPairs:
 
     Attributes:
         positives: one row per edited copy: source (index in the sample), edit, distance (embedding,
-            uniqueness scale), hash_bits (invariant pHash distance to the source).
+            uniqueness scale), hash_bits (invariant pHash distance to the source; -1 where either
+            hash carries no information, `core.images.informative_phashes`: flat images).
         negatives: one row per query (a sampled original, edit '', or a copy): source, edit,
             nearest (population row of the nearest eligible different content, -1 if none),
             distance, hash_bits; "nearest" follows the fused rule (a pHash match first, then the
@@ -187,6 +188,14 @@ def invariant_hamming(query: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     forward = np.bitwise_count(query[None, :1] ^ hashes).min(axis=1)
     backward = np.bitwise_count(query[None, :] ^ hashes[:, :1]).min(axis=1)
     return np.minimum(forward, backward).astype(np.int64)
+
+
+def vouching_hamming(query: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """`invariant_hamming`, with -1 where the query's or the other row's hash carries no
+    information (a flat image): such a pair gets no say from the hash, as in the pipeline."""
+    bits = invariant_hamming(query, hashes)
+    informative = informative_phashes(np.asarray(hashes, dtype=np.uint64)) & informative_phashes(np.asarray(query, dtype=np.uint64))
+    return np.where(informative, bits, -1)
 
 
 def measure_calibration_pairs(
@@ -264,7 +273,8 @@ def measure_calibration_pairs(
         same = pop_pixels == original_pixel_hashes[index]
         same |= (1.0 - pop_vectors @ vectors[row]) < 1e-5
         if hash_threshold_bits > 0:
-            same |= invariant_hamming(phashes[row], pop_hashes) <= hash_threshold_bits
+            bits = vouching_hamming(phashes[row], pop_hashes)
+            same |= (bits >= 0) & (bits <= hash_threshold_bits)
         same_content.append(same)
     excluded = [(i, int(j)) for i, same in enumerate(same_content) for j in np.nonzero(same)[0] if pop_pixels[j] != original_pixel_hashes[i]]
 
@@ -276,15 +286,15 @@ def measure_calibration_pairs(
             positive_rows.append({
                 "source": src, "edit": edit_name[row],
                 "distance": float(np.clip(1.0 - vectors[origin] @ vectors[row], 0.0, 2.0) / 2.0),
-                "hash_bits": int(invariant_hamming(phashes[row], phashes[origin : origin + 1])[0]),
+                "hash_bits": int(vouching_hamming(phashes[row], phashes[origin : origin + 1])[0]),
             })
         eligible = ~same_content[src]
         if not eligible.any():
             negative_rows.append({"source": src, "edit": edit_name[row], "nearest": -1, "distance": np.inf, "hash_bits": -1})
             continue
         distance = np.clip(1.0 - pop_vectors @ vectors[row], 0.0, 2.0) / 2.0
-        bits = invariant_hamming(phashes[row], pop_hashes)
-        matched = eligible & (bits <= hash_threshold_bits) if hash_threshold_bits > 0 else np.zeros(len(eligible), dtype=bool)
+        bits = vouching_hamming(phashes[row], pop_hashes)
+        matched = eligible & (bits >= 0) & (bits <= hash_threshold_bits) if hash_threshold_bits > 0 else np.zeros(len(eligible), dtype=bool)
         candidates = np.nonzero(matched if matched.any() else eligible)[0]
         nearest = int(candidates[np.argmin(distance[candidates])])
         negative_rows.append({"source": src, "edit": edit_name[row], "nearest": nearest, "distance": float(distance[nearest]), "hash_bits": int(bits[nearest])})

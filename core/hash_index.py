@@ -1,8 +1,9 @@
 """Sub-quadratic rotation/flip-invariant Hamming search over perceptual hashes: every pair within a
 radius, and each row's nearest rows among those pairs, by multi-index hashing.
 
-`core.neighbors.search_hash_neighbors` compares every row with every row (hours at 1M rows). The
-pipeline's "index" mode only needs what lies within the radius, and that is found exactly here.
+`core.neighbors.search_hash_neighbors` compares every row with every row (hours at 1M rows). A
+pHash only counts within its cutoff (SPEC.md, "several signals"), so the pipeline needs only the
+pairs within the radius, and those are found exactly here (`core.scoring.HashSignal`).
 
 Distance (as `core.neighbors._hamming_block`): rows i, j of an (M, V) uint64 array (identity
 variant in column 0) are d(i, j) = min over v of H(id_i, var_v j) and H(var_v i, id_j). So

@@ -240,6 +240,16 @@ DIHEDRAL_TRANSPOSES = (
     Image.Transpose.TRANSVERSE,
 )
 PHASH_INPUT_SIDE = 32  # imagehash.phash's DCT input for a 64-bit hash
+# Below this standard deviation (grey levels, 0-255) pHash's 32x32 grid is flat or nearly so (a
+# solid colour, a blank frame, a 1x1 pixel): its hash is DCT rounding noise or quantisation
+# ripple, not the picture (SPEC.md: a flat image's hash carries no information).
+FLAT_GRID_MAX_GREY_STD = 2.0
+# pHash sets a bit where a low-frequency DCT coefficient lies strictly above their median, so a
+# picture with distinct coefficients has exactly 32 bits set; fewer means coefficients tied at the
+# median (flat, 1-D ramps and bands: exact zeros). Two unrelated hashes with p set bits lie within
+# the default 10 bits with probability ~2e-6 at p = 24 (8 variants both ways; 4e-7 at p = 32) but
+# 1 % at p = 12 and 87 % at p = 8: below 24 a match says nothing about the picture.
+MIN_INFORMATIVE_PHASH_BITS = 24
 
 
 def dihedral_phashes(rgb: Image.Image) -> np.ndarray:
@@ -247,13 +257,37 @@ def dihedral_phashes(rgb: Image.Image) -> np.ndarray:
 
     The image is reduced once to pHash's 32x32 grey input and the variants are exact transposes of
     that grid, so the min Hamming distance between one image's identity hash and another's 8
-    variants is a rotation/flip-invariant distance. Returns (8,) uint64, identity first.
+    variants is a rotation/flip-invariant distance. A flat grid (grey standard deviation below
+    FLAT_GRID_MAX_GREY_STD) gets all-zero hashes, which `informative_phashes` rejects.
+    Returns (8,) uint64, identity first.
     """
     import imagehash
 
     grid = trim_uniform_borders(rgb).convert("L").resize((PHASH_INPUT_SIDE, PHASH_INPUT_SIDE), Image.Resampling.LANCZOS)
+    if float(np.asarray(grid, dtype=np.float64).std()) < FLAT_GRID_MAX_GREY_STD:
+        return np.zeros(len(DIHEDRAL_TRANSPOSES), dtype=np.uint64)
     bits = [imagehash.phash(grid if t is None else grid.transpose(t)).hash.flatten() for t in DIHEDRAL_TRANSPOSES]
     return np.packbits(np.array(bits, dtype=np.uint8), axis=1).view(">u8").astype(np.uint64).ravel()
+
+
+def informative_phashes(hashes: np.ndarray) -> np.ndarray:
+    """Which rows of dihedral pHashes carry information about the picture.
+
+    A row counts when its identity hash has at least MIN_INFORMATIVE_PHASH_BITS bits set and as
+    many clear: flat images (all-zero hashes from `dihedral_phashes`, or the near-constant hashes
+    of catalogs written before that rule) and 1-D ramps fail it; a photo's hash (32 bits set)
+    passes. The variants are transposes of the same grid: they share its tied coefficients.
+
+    Args:
+        hashes: (M, V) or (V,) uint64 (or int64 bit patterns).
+
+    Returns:
+        (M,) bool (a 0-d bool for one (V,) row).
+    """
+    hashes = np.asarray(hashes)
+    identity = (hashes.view(np.uint64) if hashes.dtype == np.int64 else hashes.astype(np.uint64))[..., 0]
+    set_bits = np.bitwise_count(identity).astype(np.int64)
+    return np.minimum(set_bits, 64 - set_bits) >= MIN_INFORMATIVE_PHASH_BITS
 
 
 def _reraise_io_error(exc: BaseException) -> None:

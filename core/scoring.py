@@ -12,35 +12,28 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.hash_index import plan_substrings, search_hash_neighbors_within
+from core.images import informative_phashes
 from core.neighbor_cache import KeyedSearch, SearchUpdate, update_search
 from core.neighbors import (
     NeighborSearch,
     cosine_distances_from,
     hamming_distances_from,
-    hamming_distances_of_rows,
     l2_normalize,
     merge_searches,
     nearest_outside_group,
     scaled,
-    search_hash_neighbors,
     search_neighbors,
 )
 
-# How neighbours are searched: `exact` (chunked exact search, incremental between runs), `index`
-# (an IVF index for the embeddings, `core.ann`, and a multi-index search within the hash threshold
-# for the pHashes, `core.hash_index`: sub-quadratic) or `auto`: per signal, the index from its
-# threshold up.
+# How the embeddings' neighbours are searched: `exact` (chunked exact search, incremental between
+# runs), `index` (an IVF index, `core.ann`) or `auto`: the index from INDEX_MIN_CONTENTS up.
+# The pHashes need only the pairs within their cutoff (SPEC.md), which both of their searches find
+# exactly; `core.hash_index` takes whichever it estimates cheaper, whatever the setting.
 SEARCH_ENGINES = ("auto", "exact", "index")
-# Embeddings: exact search at 100k contents takes 12-17 s on this 2-core machine, growing as N^2
-# (~1.5 min at 250k); the index 14 s at 100k, 117 s at 1M (BENCHMARKS.md), with recall < 1.
+# Exact search at 100k contents takes 12-17 s on this 2-core machine, growing as N^2 (~1.5 min at
+# 250k); the index 14 s at 100k, 117 s at 1M (BENCHMARKS.md), with recall < 1.
 INDEX_MIN_CONTENTS = 250_000
-# pHashes: the exact search (every hash distance, for top-k) costs ~40 ns per pair of contents
-# (~6 min at 100k, ~40 min at 250k); the index finds every pair within the threshold exactly
-# (1.2 s at 100k, 34 s at 1M) but no distance beyond it. SPEC.md fuses the signals at every
-# distance, and random pHash near-misses (~15 bits) are usually nearer than the embedding's
-# nearest: at 100k the index changed the nearest distance of 86 % of sampled unique contents
-# (labels unchanged). So the index waits for the same size as the embeddings' index.
-HASH_INDEX_MIN_CONTENTS = INDEX_MIN_CONTENTS
 IDENTICAL_COSINE_DISTANCE = 1e-5  # below this, two vectors are float noise of the same content
 MIN_NONZERO_UNIQUENESS = 1e-9
 NEIGHBORS_PER_ROW = 16
@@ -148,12 +141,6 @@ def choose_search_engine(engine: str, contents: int, index_available: bool | Non
     return "index", "configured" if engine == "index" else f"auto: {contents} contents >= {min_contents}"
 
 
-def choose_hash_search_engine(engine: str, contents: int) -> tuple[str, str]:
-    """As `choose_search_engine`, for the pHash search: its index is pure numpy (always
-    available), from HASH_INDEX_MIN_CONTENTS contents up."""
-    return choose_search_engine(engine, contents, index_available=True, min_contents=HASH_INDEX_MIN_CONTENTS)
-
-
 def faiss_installed() -> bool:
     """Whether the embedding index can run here (faiss-cpu importable)."""
     import importlib.util
@@ -170,8 +157,8 @@ class ContentNeighbors:
         identical_group: (M,) int64, the smallest row index of the row's identical group.
         nearest_row / nearest_distance: nearest row outside the identical group (-1 / inf if none).
         pairs: DataFrame [left, right, distance] of rows within the near-duplicate radius.
-        searches: the per-signal searches by content hash (`embedding`, `hash`), to be passed as
-            `previous` to the next run's `find_content_neighbors`.
+        searches: the exact embedding search by content hash (`embedding`), to be passed as
+            `previous` to the next run's `find_content_neighbors` (the hash signal keeps none).
         updates: per signal, whether its search ran in full or incrementally, and why.
     """
 
@@ -196,12 +183,18 @@ class ContentNeighbors:
 
 @dataclass(frozen=True)
 class HashSignal:
-    """A perceptual-hash signal fused with the embedding distance.
+    """A perceptual-hash signal that vouches for matches beside the embedding (SPEC.md, "several
+    signals").
+
+    It counts for a pair only where its distance is within `threshold_bits` and both hashes are
+    informative (`core.images.informative_phashes`: never on flat images); there the bits are
+    mapped linearly onto the cosine scale so that `threshold_bits` lands on the near-duplicate
+    radius. Beyond that it does not count at all, so a unique image's score is its embedding's.
 
     Attributes:
         hashes_by_content: pixel hash -> (V,) uint64 hashes, identity variant first.
-        threshold_bits: Hamming distance that counts as exactly at the near-duplicate threshold;
-            bits are mapped linearly onto the cosine scale so that this distance lands there.
+        threshold_bits: the signal's cutoff, the Hamming distance that counts as exactly at the
+            near-duplicate threshold.
     """
 
     hashes_by_content: dict
@@ -215,6 +208,41 @@ class HashSignal:
         """Linear map of bits onto the cosine scale: `threshold_bits` lands on the threshold."""
         return near_duplicate_cosine_distance / self.threshold_bits
 
+    def vouched_matches(self, phashes: np.ndarray, radius: float, k: int = NEIGHBORS_PER_ROW) -> tuple[NeighborSearch, SearchUpdate]:
+        """The pairs this signal vouches for, on the cosine scale, and how they were searched.
+
+        Args:
+            phashes: (M, V) uint64, `matrix` of the contents.
+            radius: cosine distance `threshold_bits` maps to (2 x the near-duplicate threshold).
+            k: matches kept per row.
+
+        Returns:
+            (search, update): the pairs of informative rows within `threshold_bits`, each row's up
+            to k nearest among them (-1 / inf pads; rows without information have none), all
+            distances mapped onto the cosine scale; update says whether the multi-index or the
+            exact Hamming search ran (`core.hash_index.search_hash_neighbors_within`: equal answers).
+        """
+        rows = np.flatnonzero(informative_phashes(phashes))
+        plan = plan_substrings(len(rows), phashes.shape[1], self.threshold_bits) if len(rows) > 1 else None
+        found = search_hash_neighbors_within(phashes[rows], k, self.threshold_bits, method="exact" if plan is None else "index", plan=plan)
+        reason = f"pairs within {self.threshold_bits} bits of {len(rows)} contents with an informative hash"
+        update = SearchUpdate("index" if plan is not None else "full", len(rows), reason)
+        total = len(phashes)
+        index = np.full((total, found.topk_index.shape[1]), -1, dtype=np.int64)
+        distance = np.full(index.shape, np.inf, dtype=np.float32)
+        index[rows] = np.where(found.topk_index >= 0, rows[np.maximum(found.topk_index, 0)], -1)
+        distance[rows] = found.topk_distance
+        # `rows` ascends, so mapped pairs keep left < right and their (left, right) order.
+        matches = NeighborSearch(index, distance, rows[found.pair_left], rows[found.pair_right], found.pair_distance)
+        return scaled(matches, self.bits_to_cosine(radius)), update
+
+    def vouched_distances_from(self, phashes: np.ndarray, informative: np.ndarray, row: int, radius: float) -> np.ndarray:
+        """(M,) float32 cosine-scale distances this signal gives from one row to every row: the
+        mapped bits where within `threshold_bits` and both rows are informative, else +inf."""
+        bits = hamming_distances_from(phashes, row)
+        vouched = (bits <= self.threshold_bits) & informative & informative[row]
+        return np.where(vouched, bits * np.float32(self.bits_to_cosine(radius)), np.float32(np.inf)).astype(np.float32)
+
 
 def find_content_neighbors(
     vectors: ContentVectors | Mapping[str, np.ndarray] | pd.Series,
@@ -225,8 +253,9 @@ def find_content_neighbors(
 ) -> ContentNeighbors:
     """Search neighbours among distinct contents, independent of discovery order.
 
-    A pair's distance is the smallest over the signals (embedding cosine distance, and the hash
-    distance mapped so that `threshold_bits` equals `radius`), as SPEC.md asks.
+    A pair's distance is the smallest over the signals, as SPEC.md asks: the embedding cosine
+    distance, and where the hash signal vouches for the pair (within its cutoff, both hashes
+    informative) the hash distance mapped so that `threshold_bits` equals `radius`.
 
     Args:
         vectors: the contents' embeddings, as `ContentVectors` (used in place) or a mapping pixel
@@ -236,12 +265,10 @@ def find_content_neighbors(
         previous: `ContentNeighbors.searches` of an earlier call on the same model's vectors; the
             exact searches are then brought up to date by searching only new contents and contents
             that lost a neighbour (same result as a full search, see `core.neighbor_cache`).
-        engine: `exact`, `index` or `auto` (see SEARCH_ENGINES; `auto` decides per signal, from
-            INDEX_MIN_CONTENTS for the embeddings and HASH_INDEX_MIN_CONTENTS for the pHashes).
-            The embedding index finds nearly every neighbour (recall@1 0.996 at 1M in
-            BENCHMARKS.md); the hash index finds every pair within the hash threshold but no hash
-            distance beyond it, so a unique image's score then ignores those (labels and groups do
-            not depend on them). An indexed signal keeps no cache between runs: it searches in full.
+        engine: the embedding search, `exact`, `index` or `auto` (see SEARCH_ENGINES). The
+            index finds nearly every neighbour (recall@1 0.996 at 1M in BENCHMARKS.md) and keeps
+            no cache between runs. The hash signal is searched in full on every run, only within
+            its cutoff (`HashSignal.vouched_matches`).
     """
     if not isinstance(vectors, ContentVectors):
         vectors = ContentVectors.from_mapping(vectors)
@@ -259,12 +286,12 @@ def find_content_neighbors(
     search, row_distances = embedding_search, lambda row: cosine_distances_from(matrix, row)
     if hash_signal is not None and hash_signal.threshold_bits > 0:
         phashes = hash_signal.matrix(hashes)
-        bits_to_cosine = hash_signal.bits_to_cosine(radius)
-        hash_search = _hash_search(phashes, hashes, hash_signal.threshold_bits, engine, previous.get("hash"), searches, updates)
-        search = merge_searches([embedding_search, scaled(hash_search, bits_to_cosine)], k=NEIGHBORS_PER_ROW)
+        informative = informative_phashes(phashes)
+        hash_matches, updates["hash"] = hash_signal.vouched_matches(phashes, radius)
+        search = merge_searches([embedding_search, hash_matches], k=NEIGHBORS_PER_ROW)
 
         def row_distances(row):
-            return np.minimum(cosine_distances_from(matrix, row), hamming_distances_from(phashes, row) * bits_to_cosine)
+            return np.minimum(cosine_distances_from(matrix, row), hash_signal.vouched_distances_from(phashes, informative, row, radius))
 
     nearest_row, nearest_distance = nearest_outside_group(row_distances, group, search)
     pairs = pd.DataFrame({"left": search.pair_left, "right": search.pair_right, "distance": search.pair_distance})
@@ -292,27 +319,6 @@ def _embedding_search(matrix, hashes, radius, engine, previous, searches, update
         pair_distances=lambda left, right: np.clip(1.0 - np.einsum("ij,ij->i", matrix[left], matrix[right]), 0.0, 2.0),
     )
     return searches["embedding"].search
-
-
-def _hash_search(phashes, hashes, threshold_bits, engine, previous, searches, updates) -> NeighborSearch:
-    """The pHash search in bits, exact (incremental from `previous`) or within the threshold through
-    the multi-index search (pure numpy: always available); records as `_embedding_search` under "hash"."""
-    engine, why = choose_hash_search_engine(engine, len(hashes))
-    if engine == "index":
-        from core.hash_index import search_hash_neighbors_within
-
-        updates["hash"] = SearchUpdate("index", len(hashes), why)
-        return search_hash_neighbors_within(phashes, k=NEIGHBORS_PER_ROW, radius_bits=threshold_bits)
-    searches["hash"], updates["hash"] = update_search(
-        previous,
-        hashes,
-        f"hamming variants={phashes.shape[1]} k={NEIGHBORS_PER_ROW} radius_bits={threshold_bits}",
-        NEIGHBORS_PER_ROW,
-        threshold_bits,
-        full_search=lambda: search_hash_neighbors(phashes, k=NEIGHBORS_PER_ROW, radius_bits=threshold_bits),
-        row_distances=lambda rows: hamming_distances_of_rows(phashes, rows),
-    )
-    return searches["hash"].search
 
 
 def compute_uniqueness_scores(

@@ -52,8 +52,8 @@ class Settings:
             (`...@bf16`) and so its own vector table and calibrated threshold.
         calibration_sample_size, calibration_seed, target_precision: how `embedding_thresholds`
             / `imgdedup calibrate` calibrate the near-duplicate threshold for the model.
-        neighbor_search: `auto` (an index from 250k contents; for embeddings only when faiss-cpu
-            is installed), `exact` or `index`.
+        neighbor_search: the embedding search: `auto` (an index from 250k contents when faiss-cpu
+            is installed), `exact` or `index`; pHash matches are always found exactly.
         report_base_url: where `imgdedup serve-reports` listens (e.g. `http://127.0.0.1:3001`),
             so that the UI's `report_url` opens the HTML report; None = no link, only the path.
     """

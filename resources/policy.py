@@ -69,8 +69,9 @@ class DedupPolicyResource(dg.ConfigurableResource):
         calibration_sample_size, calibration_seed, target_precision: how `embedding_thresholds`
             calibrates (distinct images sampled, seed of the sample and the edits, estimated pair
             precision to reach).
-        neighbor_search: `auto` (default: an index from 250k contents; for embeddings only when
-            faiss-cpu is installed), `exact` or `index` (`core.scoring.find_content_neighbors`).
+        neighbor_search: the embedding search: `auto` (default: an index from 250k contents when
+            faiss-cpu is installed), `exact` or `index` (`core.scoring.find_content_neighbors`);
+            pHash matches are always found exactly.
     """
 
     duplicate_threshold: float = 1e-4

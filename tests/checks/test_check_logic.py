@@ -130,6 +130,14 @@ def test_no_duplicate_pairs_check_uses_the_fused_phash_distance(vector_table):
     assert without_hash.passed is True
 
 
+def test_no_duplicate_pairs_check_ignores_the_phashes_of_flat_images(vector_table):
+    """Two flat images hash alike (all zeros) whatever their colour: the hash says nothing there."""
+    flat = [0] * 8
+    clean = pd.DataFrame({"path": ["h1.png", "h3.png"], "pixel_hash": ["h1", "h3"], "phashes": [flat, flat]})
+    result = clean_dataset_no_duplicate_pairs(clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource())
+    assert result.passed is True
+
+
 def test_collection_placements_find_images_placed_twice_never_or_from_nowhere():
     def table(*ids):
         return pd.DataFrame({"image_id": list(ids), "path": [f"{i}.png" for i in ids]})

@@ -27,6 +27,7 @@ from core.calibration import (
     precision_recall_at,
     read_calibrations,
     sample_rows,
+    vouching_hamming,
     write_calibration,
 )
 
@@ -150,6 +151,28 @@ def test_own_duplicates_do_not_wreck_precision(sample_with_own_duplicate):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     naive_nearest = (1.0 - vectors[-1] @ vectors[0]) / 2.0
     assert naive_nearest < pairs.negatives["distance"].min()
+
+
+def test_vouching_hamming_gives_no_bits_where_a_hash_carries_no_information():
+    picture = np.full(8, 0x5555_5555_5555_5555, np.uint64)  # 32 bits set, as a picture's pHash
+    flat = np.zeros(8, np.uint64)
+    population = np.stack([picture ^ np.uint64(0b111), flat, np.full(8, 1 << 63, np.uint64)])
+    assert vouching_hamming(picture, population).tolist() == [3, -1, -1]
+    assert vouching_hamming(flat, population).tolist() == [-1, -1, -1]
+
+
+def test_flat_images_are_never_matched_by_their_hash_in_calibration():
+    """Solid colours all hash alike: neither their copies (positives) nor their nearest other
+    original (negatives) may be decided by the hash."""
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+    sample = [smooth_pattern(seed) for seed in range(6)] + [Image.new("RGB", (96, 72), colour) for colour in colours]
+    pairs = measure_calibration_pairs(sample, fake_embed, H, seed=0)
+    flat = pairs.positives["source"] >= 6
+    still_flat = flat & pairs.positives["edit"].isin(["recompress", "downscale", "crop", "blur", "grayscale", "contrast", "rotate", "flip"])
+    assert still_flat.sum() == 4 * 8 and (pairs.positives.loc[still_flat, "hash_bits"] == -1).all()
+    assert (pairs.positives.loc[~flat, "hash_bits"].between(0, 64)).all()
+    flat_originals = pairs.negatives[(pairs.negatives["source"] >= 6) & (pairs.negatives["edit"] == "")]
+    assert len(flat_originals) == 4 and (flat_originals["hash_bits"] == -1).all()
 
 
 def test_too_few_images_is_an_error():

@@ -27,6 +27,7 @@ from core.images import (
     discover_image_files,
     file_sha256,
     image_id_for,
+    informative_phashes,
     load_rgb,
     open_image,
     pixel_hash,
@@ -446,6 +447,67 @@ def test_dihedral_phashes_separate_different_images_and_ignore_letterbox():
     canvas = np.zeros((64, 64, 3), np.uint8)
     canvas[8:56] = np.asarray(blocky_rgb(0))
     assert min_variant_bits(first, dihedral_phashes(Image.fromarray(canvas))) <= 2
+
+
+def grey_gradient(width: int, height: int) -> Image.Image:
+    """A grey ramp from black to white along the longer side."""
+    ramp = np.linspace(0, 255, max(width, height)).astype(np.uint8)
+    grid = np.tile(ramp[None, :], (height, 1)) if width >= height else np.tile(ramp[:, None], (1, width))
+    return Image.fromarray(grid).convert("RGB")
+
+
+def nearly_flat(seed: int, std: float) -> Image.Image:
+    noise = np.random.default_rng(seed).normal(128, std, (256, 256, 3))
+    return Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
+
+
+FLAT_OR_ONE_DIMENSIONAL = {
+    "solid_red": Image.new("RGB", (256, 256), (255, 0, 0)),
+    "solid_green": Image.new("RGB", (256, 256), (0, 255, 0)),
+    "solid_blue": Image.new("RGB", (256, 256), (0, 0, 255)),
+    "solid_white": Image.new("RGB", (256, 256), WHITE),
+    "solid_black": Image.new("RGB", (256, 256), (0, 0, 0)),
+    "red_dot_1x1": Image.new("RGB", (1, 1), (255, 0, 0)),
+    "grey_noise_std_1": nearly_flat(0, 1.0),
+    "grey_gradient_30000x30": grey_gradient(30000, 30),
+    "grey_gradient_30x30000": grey_gradient(30, 30000),
+}
+
+
+@pytest.mark.parametrize("name", FLAT_OR_ONE_DIMENSIONAL, ids=str)
+def test_flat_and_one_dimensional_images_have_no_informative_phash(name):
+    hashes = dihedral_phashes(FLAT_OR_ONE_DIMENSIONAL[name])
+    assert not informative_phashes(hashes)
+    assert not informative_phashes(hashes[None, :]).any()
+
+
+def test_flat_images_get_all_zero_phashes():
+    for name in ("solid_red", "solid_black", "red_dot_1x1", "grey_noise_std_1"):
+        assert dihedral_phashes(FLAT_OR_ONE_DIMENSIONAL[name]).tolist() == [0] * 8, name
+    # Pixel noise that pHash's 32x32 grid averages away is flat at the hash's scale too.
+    assert dihedral_phashes(nearly_flat(0, 8.0)).tolist() == [0] * 8
+
+
+@pytest.mark.parametrize("picture", ["blocks", "astronaut", "camera"], ids=str)
+def test_pictures_have_informative_phashes_with_half_their_bits_set(picture):
+    from skimage import data
+
+    rgb = {"blocks": blocky_rgb(0), "astronaut": Image.fromarray(data.astronaut()), "camera": Image.fromarray(data.camera()).convert("RGB")}[picture]
+    hashes = dihedral_phashes(rgb)
+    assert informative_phashes(hashes)
+    assert [int(np.bitwise_count(h)) for h in hashes] == [32] * 8  # pHash: coefficients above their median
+
+
+@pytest.mark.parametrize(
+    "set_bits, informative",
+    [(0, False), (1, False), (23, False), (24, True), (32, True), (40, True), (41, False), (64, False)],
+    ids=lambda value: str(value),
+)
+def test_informative_phashes_needs_24_bits_set_and_24_clear_in_the_identity_hash(set_bits, informative):
+    identity = np.uint64((1 << set_bits) - 1) if set_bits < 64 else np.uint64(2**64 - 1)
+    variants = np.array([identity, 0, 0, 0, 0, 0, 0, 0], dtype=np.uint64)  # variants share its ties
+    assert bool(informative_phashes(variants)) is informative
+    assert informative_phashes(np.stack([variants, variants]).view(np.int64)).tolist() == [informative] * 2
 
 
 def test_describe_image_reports_signed_phashes(tmp_path):

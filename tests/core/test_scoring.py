@@ -454,11 +454,19 @@ def test_nearest_outside_group_without_any_other_group():
 # --- Fused signals: a perceptual hash beside the embedding ---------------------------------------
 
 ORTHOGONAL = {"a": unit(0.0), "b": unit(math.pi / 2)}  # embedding distance 1.0: only the hash can be close
+# A pHash with 32 of 64 bits set, as a picture's is (`core.images.informative_phashes`); flipping
+# an even-length run of its low bits keeps 32 set.
+PICTURE_HASH = 0x5555_5555_5555_5555
 
 
 def hashes_bits_apart(bits: int) -> dict[str, np.ndarray]:
-    """One-variant 64-bit hashes for a and b that differ in exactly `bits` bits."""
-    return {"a": np.array([0], np.int64), "b": np.array([(1 << bits) - 1], np.int64)}
+    """One-variant 64-bit picture hashes for a and b that differ in exactly `bits` bits."""
+    return {"a": np.array([PICTURE_HASH], np.int64), "b": np.array([PICTURE_HASH ^ ((1 << bits) - 1)], np.int64)}
+
+
+def picture_hashes(rng: np.random.Generator, variants: int = 2) -> np.ndarray:
+    """(variants,) int64 random hashes with 32 bits set each, as pHashes of pictures have."""
+    return np.array([sum(1 << int(b) for b in rng.choice(64, 32, replace=False)) for _ in range(variants)], np.uint64).view(np.int64)
 
 
 def score_fused(vectors, hashes, threshold_bits=10, thresholds=Thresholds(), rows=None):
@@ -477,15 +485,17 @@ def score_fused(vectors, hashes, threshold_bits=10, thresholds=Thresholds(), row
         (0, MIN_NONZERO_UNIQUENESS, LABEL_DUPLICATE),
         (5, 0.025, LABEL_NEAR_DUPLICATE),
         (10, 0.05, LABEL_NEAR_DUPLICATE),
-        (11, 0.055, LABEL_UNIQUE),
-        (20, 0.1, LABEL_UNIQUE),
+        (11, 0.5, LABEL_UNIQUE),
+        (20, 0.5, LABEL_UNIQUE),
     ],
-    ids=["0_bits_floor_not_zero", "5_bits", "10_bits_exactly_at_threshold", "11_bits_just_past", "20_bits"],
+    ids=["0_bits_floor_not_zero", "5_bits", "10_bits_exactly_at_threshold", "11_bits_just_past_counts_for_nothing", "20_bits_counts_for_nothing"],
 )
-def test_hash_distance_maps_linearly_onto_the_uniqueness_scale(bits, expected_uniqueness, expected_label):
+def test_hash_distance_maps_linearly_within_its_cutoff_and_beyond_it_counts_for_nothing(bits, expected_uniqueness, expected_label):
+    """SPEC.md: within its cutoff the hash vouches for the match, mapped linearly; beyond it the
+    score is the embedding's (ORTHOGONAL: cosine distance 1.0, uniqueness 0.5)."""
     scores, groups = score_fused(ORTHOGONAL, hashes_bits_apart(bits))
     for path in ("a.png", "b.png"):
-        assert scores.loc[path, "uniqueness"] == pytest.approx(expected_uniqueness, abs=1e-7)
+        assert scores.loc[path, "uniqueness"] == pytest.approx(expected_uniqueness, abs=FLOAT32_TOLERANCE)
         assert scores.loc[path, "uniqueness"] > 0.0  # different contents are never exact copies
         assert scores.loc[path, "label"] == expected_label
     # Groups use the same fused distance as the labels.
@@ -520,14 +530,15 @@ HIGH_30 = ((1 << 30) - 1) << 30
     [
         ([0, MASK_F0], [MASK_F0, LOW_20], MIN_NONZERO_UNIQUENESS),
         ([MASK_F0, LOW_20], [0, MASK_F0], MIN_NONZERO_UNIQUENESS),
-        ([0, HIGH_30], [(1 << 12) - 1, HIGH_30], 0.06),
+        ([0, HIGH_30], [(1 << 8) - 1, HIGH_30], 0.04),
     ],
     ids=["b_identity_is_a_variant_of_a", "a_identity_is_a_variant_of_b", "variants_not_compared_with_each_other"],
 )
 def test_hash_distance_compares_identity_with_the_other_variants(hash_a, hash_b, expected_uniqueness):
-    hashes = {"a": np.array(hash_a, np.int64), "b": np.array(hash_b, np.int64)}
+    # Relative to a picture's hash (xor keeps every distance).
+    hashes = {"a": np.array(hash_a, np.int64) ^ PICTURE_HASH, "b": np.array(hash_b, np.int64) ^ PICTURE_HASH}
     scores, _ = score_fused(ORTHOGONAL, hashes)
-    assert scores.loc["a.png", "uniqueness"] == pytest.approx(expected_uniqueness, abs=1e-7)
+    assert scores.loc["a.png", "uniqueness"] == pytest.approx(expected_uniqueness, abs=FLOAT32_TOLERANCE)
     assert scores.loc["b.png", "uniqueness"] == scores.loc["a.png", "uniqueness"]  # symmetric
 
 
@@ -546,7 +557,7 @@ def test_fused_exact_fallback_for_a_group_larger_than_top_k():
     rows = [image(f"copy_{i:02d}.png", f"c{i:02d}", content_pixels=500 if i == 3 else 100) for i in range(copies)]
     rows.append(image("other.png", "other"))
     vectors = {f"c{i:02d}": unit(0.0) for i in range(copies)} | {"other": unit(math.pi / 2)}
-    hashes = {f"c{i:02d}": np.array([0], np.int64) for i in range(copies)} | {"other": np.array([0b1111], np.int64)}
+    hashes = {f"c{i:02d}": np.array([PICTURE_HASH], np.int64) for i in range(copies)} | {"other": np.array([PICTURE_HASH ^ 0b1111], np.int64)}
     scores, _ = score_fused(vectors, hashes, rows=rows)
     assert scores.loc["copy_03.png", "uniqueness"] == pytest.approx(0.02, abs=1e-7)  # 4 bits via the fallback
     assert (scores.drop(index=["copy_03.png", "other.png"])["uniqueness"] == 0.0).all()
@@ -556,10 +567,99 @@ def test_fused_exact_fallback_for_a_group_larger_than_top_k():
 def test_fused_scores_do_not_depend_on_order(seed):
     rows, vectors = _mixed_dataset()
     rng = np.random.default_rng(100)
-    hashes = {h: rng.integers(0, 1 << 62, size=2).astype(np.int64) for h in vectors}
+    hashes = {h: picture_hashes(rng) for h in vectors}
     hashes["Z"] = hashes["X"] ^ np.int64(0b111)  # Z is 3 bits from X by hash only
     expected, _ = score_fused(vectors, hashes, rows=rows)
     order = np.random.default_rng(seed).permutation(len(rows))
     shuffled, _ = score_fused({h: vectors[h] for h in reversed(list(vectors))}, {h: hashes[h] for h in reversed(list(hashes))}, rows=[rows[i] for i in order])
     pd.testing.assert_frame_equal(shuffled, expected)
     assert expected.loc["z/deep.png", "uniqueness"] == pytest.approx(0.015, abs=1e-7)
+
+
+# --- A secondary signal only vouches for a match (SPEC.md, "several signals") ---------------------
+
+
+def random_contents(count: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """`count` random 32-d embeddings: pairwise cosine distances around 1, all unique."""
+    rng = np.random.default_rng(seed)
+    return {f"h{i:03d}": rng.standard_normal(32) for i in range(count)}
+
+
+def scores_of(vectors: dict, hash_signal: HashSignal | None, thresholds: Thresholds = Thresholds()) -> pd.DataFrame:
+    images = pd.DataFrame([image(f"{h}.png", h) for h in vectors])
+    neighbors = find_content_neighbors(vectors, thresholds.near_duplicate_cosine_distance, hash_signal)
+    return compute_uniqueness_scores(images, neighbors, keep_policy_order(images), thresholds).set_index("path")
+
+
+def test_a_unique_images_score_is_its_embedding_distance():
+    """Hashes 12-30 bits apart (the Hamming noise of unrelated pictures is 20-40) used to lower
+    every unique score to bits x 0.005; now they change nothing, while a pair within the cutoff
+    still matches."""
+    vectors = random_contents(40)
+    rng = np.random.default_rng(1)
+    hashes = {h: picture_hashes(rng, 1) for h in vectors}
+    for before, after in zip(list(vectors), list(vectors)[1:]):  # each 12-30 bits from the one before
+        flipped = rng.choice(32, int(rng.integers(6, 16)), replace=False)  # pairs of bits
+        hashes[after] = hashes[before] ^ np.int64(sum(0b11 << (2 * int(b)) for b in flipped) - (1 << 64) * (31 in flipped))
+    hashes["h001"] = hashes["h000"] ^ np.int64(0b11_0000)  # 2 bits: vouched for
+    embedding_only = scores_of(vectors, None)
+    fused = scores_of(vectors, HashSignal(hashes, threshold_bits=10))
+    assert (embedding_only["label"] == LABEL_UNIQUE).all()
+    assert fused.loc["h000.png", "uniqueness"] == pytest.approx(0.01, abs=FLOAT32_TOLERANCE)  # 2 of 10 bits x 0.05
+    unique = fused.drop(index=["h000.png", "h001.png"])
+    assert (unique["label"] == LABEL_UNIQUE).all()
+    pd.testing.assert_series_equal(unique["uniqueness"], embedding_only.loc[unique.index, "uniqueness"])
+    assert unique["uniqueness"].max() > 0.32  # the old ceiling: 64 bits x 0.005
+
+
+@pytest.mark.parametrize("threshold_bits", [4, 10, 20], ids=lambda b: f"cutoff_{b}_bits")
+def test_a_hash_beyond_its_cutoff_changes_nothing(threshold_bits):
+    vectors = {"a": unit(0.0), "b": unit(angle_for_distance(0.3)), "c": unit(angle_for_distance(0.8))}
+    hashes = {h: np.array([PICTURE_HASH ^ mask], np.int64) for h, mask in (("a", 0), ("b", (1 << (threshold_bits + 2)) - 1), ("c", ((1 << 30) - 1) << 32))}  # disjoint runs: b-c = b + 30 bits
+    embedding_only = scores_of(vectors, None)
+    fused = scores_of(vectors, HashSignal(hashes, threshold_bits))
+    pd.testing.assert_frame_equal(fused, embedding_only)
+    assert (fused["label"] == LABEL_UNIQUE).all()
+    assert fused.loc["a.png", "uniqueness"] == pytest.approx(0.15, abs=FLOAT32_TOLERANCE)  # b's embedding distance
+
+
+FLAT = 0  # `core.images.dihedral_phashes` of a flat image
+OLD_FLAT = -(1 << 63)  # 0x8000000000000000: a solid colour's pHash in catalogs from before the rule
+RAMP = -(1 << 63) | (1 << 55)  # a grey ramp's pHash: 2 bits set
+
+
+@pytest.mark.parametrize(
+    "hash_a, hash_b",
+    [(FLAT, FLAT), (OLD_FLAT, OLD_FLAT), (FLAT, OLD_FLAT), (OLD_FLAT, RAMP), (FLAT, PICTURE_HASH ^ ((1 << 32) - 1) ^ ((1 << 48) - 1))],
+    ids=["two_flat_images", "two_flat_images_old_catalog", "black_and_a_colour", "a_dot_and_a_gradient", "flat_and_a_hash_with_16_bits_set"],
+)
+def test_hashes_without_information_never_count(hash_a, hash_b):
+    """Solid red, green, blue, white and black all hash alike (SPEC.md: for flat images only the
+    embedding and exact pixel identity decide)."""
+    hashes = {"a": np.array([hash_a] * 8, np.int64), "b": np.array([hash_b] * 8, np.int64)}
+    fused = scores_of(ORTHOGONAL, HashSignal(hashes, threshold_bits=10))
+    assert fused["uniqueness"].tolist() == pytest.approx([0.5, 0.5], abs=FLOAT32_TOLERANCE)
+    assert (fused["label"] == LABEL_UNIQUE).all()
+
+
+def test_flat_images_still_match_by_embedding_and_by_pixel_identity():
+    vectors = {"red": unit(0.0), "red_resized": unit(angle_for_distance(0.02)), "green": unit(math.pi / 2)}
+    rows = [image("red.png", "red"), image("red_copy.png", "red"), image("red_resized.png", "red_resized"), image("green.png", "green")]
+    images = pd.DataFrame(rows)
+    signal = HashSignal({h: np.zeros(8, np.int64) for h in vectors}, threshold_bits=10)
+    neighbors = find_content_neighbors(vectors, Thresholds().near_duplicate_cosine_distance, signal)
+    scores = compute_uniqueness_scores(images, neighbors, keep_policy_order(images), Thresholds()).set_index("path")
+    assert sorted(scores.loc[["red.png", "red_copy.png"], "uniqueness"]) == pytest.approx([0.0, 0.01], abs=FLOAT32_TOLERANCE)
+    assert scores.loc["red_resized.png", "uniqueness"] == pytest.approx(0.01, abs=FLOAT32_TOLERANCE)
+    assert scores.loc["green.png", "label"] == LABEL_UNIQUE
+
+
+def test_vouched_matches_keep_only_informative_pairs_within_the_cutoff():
+    flat, picture = np.zeros(8, np.uint64), np.full(8, PICTURE_HASH, np.uint64)
+    phashes = np.stack([flat, picture, flat, picture ^ np.uint64(0b111), picture ^ np.uint64(((1 << 12) - 1) << 20)])
+    matches, update = HashSignal({}, threshold_bits=10).vouched_matches(phashes, radius=0.1, k=4)
+    assert list(zip(matches.pair_left.tolist(), matches.pair_right.tolist())) == [(1, 3)]
+    assert matches.pair_distance.tolist() == pytest.approx([0.03])  # 3 bits of 10 -> 0.3 x 0.1
+    assert matches.topk_index[[0, 2, 4]].max() == -1 and np.isinf(matches.topk_distance[[0, 2, 4]]).all()
+    assert matches.topk_index[1, 0] == 3 and matches.topk_index[3, 0] == 1
+    assert update.searched_rows == 3 and update.mode == "full"

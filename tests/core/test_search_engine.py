@@ -3,6 +3,7 @@ indexed path of `find_content_neighbors` against the exact one on clustered data
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import core.scoring as scoring
@@ -86,7 +87,7 @@ def test_index_engine_is_reported_and_keeps_no_cache(both_searches):
     exact, indexed = both_searches
     assert {signal: update.mode for signal, update in indexed.updates.items()} == {"embedding": "index", "hash": "index"}
     assert indexed.searches == {}  # nothing to reuse incrementally
-    assert set(exact.searches) == {"embedding", "hash"}
+    assert set(exact.searches) == {"embedding"}  # the hash signal is searched in full every run
 
 
 def test_index_finds_every_close_pair_with_its_exact_distance(both_searches):
@@ -103,8 +104,8 @@ def test_index_scores_equal_exact_within_the_radius_and_never_come_closer(both_s
     close = exact.nearest_distance <= RADIUS
     assert close.sum() > 150
     np.testing.assert_allclose(indexed.nearest_distance[close], exact.nearest_distance[close], atol=FLOAT32_TOLERANCE)
-    # Every distance the index reports is exact; it can only miss neighbours (and it ignores hash
-    # distances beyond the hash threshold), so a nearest distance is never smaller.
+    # Every distance the index reports is exact; it can only miss neighbours, so a nearest
+    # distance is never smaller.
     assert (indexed.nearest_distance >= exact.nearest_distance - FLOAT32_TOLERANCE).all()
     far = ~close
     assert (indexed.nearest_distance[far] > RADIUS).all()  # labels cannot differ
@@ -117,13 +118,22 @@ def test_exact_is_the_default_of_the_function(monkeypatch):
     assert find_content_neighbors(vectors, RADIUS, engine="auto").updates["embedding"].mode == "index"
 
 
-def test_auto_decides_per_signal(monkeypatch):
+def test_the_hash_signal_takes_the_cheaper_of_its_two_exact_searches_whatever_the_engine(both_searches):
+    """Only pairs within the cutoff count (SPEC.md), which the multi-index search finds exactly:
+    `core.hash_index.plan_substrings` picks it where it is cheaper, at any engine setting."""
+    exact, indexed = both_searches
+    assert exact.updates["hash"].mode == indexed.updates["hash"].mode == "index"  # 4,000 contents
     vectors, signal = clustered_contents()
-    monkeypatch.setattr(scoring, "HASH_INDEX_MIN_CONTENTS", CONTENTS)
-    monkeypatch.setattr(scoring, "INDEX_MIN_CONTENTS", CONTENTS + 1)
-    found = find_content_neighbors(vectors, RADIUS, hash_signal=signal, engine="auto")
-    assert found.updates["embedding"].mode == "full" and found.updates["hash"].mode == "index"
-    assert set(found.searches) == {"embedding"}  # only the exact search is kept for the next run
-    monkeypatch.setattr(scoring, "HASH_INDEX_MIN_CONTENTS", CONTENTS + 1)
-    found = find_content_neighbors(vectors, RADIUS, hash_signal=signal, engine="auto")
-    assert found.updates["hash"].mode == "full"
+    few = ContentVectors(vectors.hashes[:60], vectors.matrix[:60])
+    for engine in ("exact", "auto"):
+        assert find_content_neighbors(few, RADIUS, hash_signal=signal, engine=engine).updates["hash"].mode == "full"
+
+
+def test_hash_matches_are_the_same_through_either_search(monkeypatch):
+    vectors, signal = clustered_contents()
+    indexed = find_content_neighbors(vectors, RADIUS, hash_signal=signal)
+    monkeypatch.setattr(scoring, "plan_substrings", lambda *args, **kwargs: None)  # the exact Hamming search
+    exact = find_content_neighbors(vectors, RADIUS, hash_signal=signal)
+    assert (indexed.updates["hash"].mode, exact.updates["hash"].mode) == ("index", "full")
+    pd.testing.assert_frame_equal(indexed.pairs, exact.pairs)
+    np.testing.assert_array_equal(indexed.nearest_distance, exact.nearest_distance)
