@@ -69,18 +69,25 @@ def is_alive(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's wait is missing
 
 
-def stop_pid(pid: int) -> None:
-    """SIGTERM `pid`, then SIGKILL if it outlives the grace period."""
+def stop_pids(pids: set[int]) -> None:
+    """SIGTERM every one of `pids` at once (a parent's shutdown may wait for its children), then
+    SIGKILL whatever outlives the grace period."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + STOP_GRACE_S
-        while is_alive(pid) and time.monotonic() < deadline:
+        while any(is_alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not is_alive(pid):
+        pids = {pid for pid in pids if is_alive(pid)}
+        if not pids:
             return
+
+
+def stop_pid(pid: int) -> None:
+    stop_pids({pid})
 
 
 def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -90,14 +97,10 @@ def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess
 
 
 def stop_process_tree(process: subprocess.Popen) -> set[int]:
-    """Stop `process` and every process below it, by PID (children first are left to their parent's
-    shutdown, then anything still there is stopped itself). Returns the PIDs that were running."""
+    """Stop `process` and every process below it, each by its PID. Returns the PIDs stopped."""
     tree = {process.pid} | descendants(process.pid)
-    stop_pid(process.pid)
+    stop_pids(tree)
     process.wait(timeout=STOP_GRACE_S)
-    for pid in tree - {process.pid}:
-        if is_alive(pid):
-            stop_pid(pid)
     return tree
 
 
