@@ -18,7 +18,7 @@ from assets.training_manifest import training_manifest
 from assets.uniqueness_scores import score_uniqueness
 from checks import all_checks
 from core.embedders import build_embedder
-from core.settings import Settings
+from core.settings import Settings, SettingsError
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
@@ -44,14 +44,38 @@ def model_id_for(settings: Settings) -> str | None:
         return None
 
 
-# Dagster's default executor (`in_process` or `multiprocess` in the run config), defaulting to
-# in-process: a process per step would import torch, transformers and GX again for each of the
-# graph's ~8 steps. `multiprocess` stays one launchpad line away; deploy/ sets Celery.
-IN_PROCESS_BY_DEFAULT_EXECUTOR = dg.executor(
-    name="in_process_by_default",
-    config_schema=dg.Field(dg.multi_or_in_process_executor.config_schema.as_field().config_type, default_value={"in_process": {}}),
-    requirements=dg.multi_or_in_process_executor.get_requirements,
-)(dg.multi_or_in_process_executor.executor_creation_fn)
+def multi_or_in_process_executor_defaulting_to(mode: str) -> dg.ExecutorDefinition:
+    """Dagster's default executor (`in_process` or `multiprocess` in the run config) with `mode`
+    when the run config names neither, so launchpad configs written for either keep working."""
+    return dg.executor(
+        name=f"{mode}_by_default",
+        config_schema=dg.Field(dg.multi_or_in_process_executor.config_schema.as_field().config_type, default_value={mode: {}}),
+        requirements=dg.multi_or_in_process_executor.get_requirements,
+    )(dg.multi_or_in_process_executor.executor_creation_fn)
+
+
+# In-process by default: a process per step would import torch, transformers and GX again for each
+# of the graph's ~8 steps.
+IN_PROCESS_BY_DEFAULT_EXECUTOR = multi_or_in_process_executor_defaulting_to("in_process")
+
+
+def executor_for(settings: Settings) -> dg.ExecutorDefinition:
+    """The executor of every job, chosen by `settings.executor` (IMGDEDUP_EXECUTOR) here only.
+
+    Raises:
+        SettingsError: the executor is unknown, or Celery lacks its package or its broker URL.
+    """
+    if problems := settings.executor_problems():
+        raise SettingsError(problems[0])
+    if settings.executor == "in_process":
+        return IN_PROCESS_BY_DEFAULT_EXECUTOR
+    if settings.executor == "multiprocess":
+        return multi_or_in_process_executor_defaulting_to("multiprocess")
+    from dagster_celery import celery_executor
+
+    # The workers read the same two URLs from deploy/celery.yaml.
+    urls = {"broker": settings.celery_broker_url, "backend": settings.celery_backend_url}
+    return celery_executor.configured({key: url for key, url in urls.items() if url}, name="celery")
 
 
 def resources_for(settings: Settings) -> dict:
@@ -102,7 +126,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[arrival_sensor],
         schedules=[nightly_schedule, weekly_vector_table_maintenance],
         resources=resources_for(settings),
-        executor=IN_PROCESS_BY_DEFAULT_EXECUTOR,
+        executor=executor_for(settings),
     )
 
 

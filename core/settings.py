@@ -21,7 +21,13 @@ from core.scoring import SEARCH_ENGINES, Thresholds
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "IMGDEDUP_"
 # Fields whose default is None: the type an environment value is parsed as.
-_OPTIONAL_FIELD_TYPES = {"model": str, "lancedb_uri": str, "near_duplicate_threshold": float, "report_base_url": str}
+_OPTIONAL_FIELD_TYPES = {
+    "model": str, "lancedb_uri": str, "near_duplicate_threshold": float, "report_base_url": str,
+    "celery_broker_url": str, "celery_backend_url": str,
+}
+# Where the steps of a run launched by Dagster (UI, daemon, `dagster job execute`) execute;
+# `imgdedup run` always runs its steps in its own process.
+EXECUTORS = ("in_process", "multiprocess", "celery")
 
 
 class SettingsError(ValueError):
@@ -56,6 +62,12 @@ class Settings:
             is installed), `exact` or `index`; pHash matches are always found exactly.
         report_base_url: where `imgdedup serve-reports` listens (e.g. `http://127.0.0.1:3001`),
             so that the UI's `report_url` opens the HTML report; None = no link, only the path.
+        executor: where a launched run's steps execute: `in_process` (default), `multiprocess`
+            (a process per step) or `celery` (on dagster-celery workers, deploy/README.md).
+        celery_broker_url, celery_backend_url: the Celery broker and result backend for
+            `executor=celery`, e.g. `sqla+postgresql+psycopg2://user:pw@host/db` and
+            `db+postgresql+psycopg2://user:pw@host/db` (the same URLs the workers read from
+            deploy/celery.yaml).
     """
 
     image_root: str = str(PROJECT_ROOT / "demo-output" / "sample-images")
@@ -78,6 +90,9 @@ class Settings:
     target_precision: float = DEFAULT_TARGET_PRECISION
     neighbor_search: str = "auto"
     report_base_url: str | None = None
+    executor: str = "in_process"
+    celery_broker_url: str | None = None
+    celery_backend_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -145,11 +160,26 @@ class Settings:
             problems.append(f"calibration_sample_size must be at least {MIN_ORIGINALS}, got {self.calibration_sample_size}")
         if self.max_pixels <= 0 or self.batch_size <= 0:
             problems.append("max_pixels and batch_size must be positive")
+        problems.extend(self.executor_problems())
         if (device_problem := _device_problem(self.device)) is not None:
             problems.append(device_problem)
         if check_paths:
             problems.extend(_unwritable(self.out_dir))
         return problems
+
+    def executor_problems(self) -> list[str]:
+        """What keeps the configured executor from being built (empty = fine); connects nowhere."""
+        if self.executor not in EXECUTORS:
+            return [f"unknown executor {self.executor!r}: use one of {', '.join(EXECUTORS)} (IMGDEDUP_EXECUTOR)"]
+        if self.executor != "celery":
+            return []
+        import importlib.util
+
+        if importlib.util.find_spec("dagster_celery") is None:
+            return ["executor celery needs dagster-celery: pip install 'imgdedup[distributed]'"]
+        if not self.celery_broker_url:
+            return ["executor celery needs a broker: set IMGDEDUP_CELERY_BROKER_URL (deploy/README.md)"]
+        return []
 
     def model_problem(self) -> str | None:
         """Why the configured model cannot be loaded (None = fine); reads no weights."""

@@ -159,6 +159,8 @@ CONFIG_ERRORS = {
     "max_pixels_in_float_notation": (["--embedder", "offline"], {"IMGDEDUP_MAX_PIXELS": "1e9"}, "IMGDEDUP_MAX_PIXELS='1e9' is not a whole number"),
     "hash_bits_fractional": (["--embedder", "offline"], {"IMGDEDUP_HASH_THRESHOLD_BITS": "1.5"}, "IMGDEDUP_HASH_THRESHOLD_BITS='1.5' is not a whole number"),
     "unknown_device": (["--embedder", "offline"], {"IMGDEDUP_DEVICE": "nonsense"}, "unknown device 'nonsense'"),
+    "unknown_executor": (["--embedder", "offline"], {"IMGDEDUP_EXECUTOR": "dask"}, "unknown executor 'dask'"),
+    "celery_without_broker": (["--embedder", "offline"], {"IMGDEDUP_EXECUTOR": "celery"}, "set IMGDEDUP_CELERY_BROKER_URL"),
 }
 
 
