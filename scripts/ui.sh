@@ -30,4 +30,4 @@ trap 'kill "$reports_pid" 2>/dev/null || true' EXIT
 # warn that the dagster.yaml it sees there is not the instance's.
 project="$PWD"
 cd "$DAGSTER_HOME"
-"$project/.venv/bin/dagster" dev -w "$project/workspace.yaml" -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}" "$@"
+"$project/.venv/bin/dg" dev -w "$project/workspace.yaml" --host "${DAGSTER_HOST:-127.0.0.1}" --port "${DAGSTER_PORT:-3000}" "$@"

@@ -143,14 +143,14 @@ def test_default_image_store_refuses_an_image_over_the_limit_from_its_header(tmp
 
 @pytest.fixture
 def ui_script_with_fake_dagster(tmp_path) -> Path:
-    """scripts/ui.sh copied beside a `.venv/bin/dagster` that prints its arguments (and an
-    `imgdedup` that does nothing: the demo sample and the report server are not under test)."""
+    """scripts/ui.sh copied beside a `.venv/bin/dg` that prints its arguments (and an `imgdedup`
+    that does nothing: the demo sample and the report server are not under test)."""
     (tmp_path / "scripts").mkdir()
     script = tmp_path / "scripts" / "ui.sh"
     script.write_text((PROJECT_ROOT / "scripts" / "ui.sh").read_text())
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    for name, body in (("dagster", 'printf "%s\\n" "$@"'), ("imgdedup", "true")):
+    for name, body in (("dg", 'printf "%s\\n" "$@"'), ("imgdedup", "true")):
         fake = bin_dir / name
         fake.write_text(f"#!/usr/bin/env bash\n{body}\n")
         fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
@@ -166,7 +166,7 @@ def test_ui_script_binds_to_loopback_unless_told_otherwise(ui_script_with_fake_d
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.split("\n")
     args = lines[lines.index("dev") :]
-    assert args[args.index("-h") + 1] == expected
+    assert args[args.index("--host") + 1] == expected
 
 
 # --- Bad configuration fails fast, before any work -----------------------------------------------

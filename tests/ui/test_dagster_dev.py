@@ -1,4 +1,4 @@
-"""`dagster dev` on this project: it starts, its GraphQL API lists every asset and check, and a run
+"""`dg dev` on this project: it starts, its GraphQL API lists every asset and check, and a run
 launched through that API materializes the whole graph."""
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def dagster_dev(ui_images, tmp_path_factory):
     log_path = home / "dagster-dev.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            [str(Path(sys.executable).parent / "dg"), "dev", "-w", "workspace.yaml", "--host", "127.0.0.1", "--port", str(port)],
             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     server = DagsterDev(process, port, log_path, out_dir)

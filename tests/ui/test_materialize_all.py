@@ -111,3 +111,12 @@ def test_the_report_link_opens_in_the_browser(ui_sh, clicked_run, browser):
     response = page.goto(url)
     assert response is not None and response.status == 200
     assert page.locator("section.group").count() > 0
+
+
+def test_the_ui_starts_without_warnings(ui_sh, clicked_run):
+    """`scripts/ui.sh` starts `dg dev` from DAGSTER_HOME: neither `dagster dev`'s supersession
+    warning nor the one about a dagster.yaml in the current folder that the instance ignores."""
+    log = ui_sh.log_path.read_text(errors="replace")
+    assert "Launching Dagster services" in log
+    assert "superseded" not in log
+    assert "will not be used" not in log
