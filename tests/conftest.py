@@ -16,7 +16,7 @@ BENCH_DATA = PROJECT_ROOT.parent / "shared" / "bench" / "data"
 # two. Every test outside these files runs a pipeline, a server, a browser or another process,
 # and is marked `slow` here (CI runs everything), so a new test of that kind is slow by default;
 # a slow test among the fast files carries `@pytest.mark.slow` itself.
-FAST_TEST_PATHS = ("tests/core/", "tests/checks/test_check_logic.py", "tests/resources/test_lancedb.py")
+FAST_TEST_PATHS = ("tests/core/", "tests/checks/test_check_logic.py", "tests/resources/test_lancedb.py", "tests/test_definitions.py")
 
 
 def pytest_collection_modifyitems(config, items):
