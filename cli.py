@@ -350,9 +350,12 @@ def settings_are_valid(settings: Settings) -> bool:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    from core.output_folder import claim_output_folder
+
     settings = settings_from_args(args)
     if not settings_are_valid(settings):
         return EXIT_CONFIG
+    claim_output_folder(settings.out_dir)
     result = run_pipeline(settings, verbose=args.verbose)
     return summarize(result, settings, verbose=args.verbose)
 

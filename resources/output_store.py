@@ -22,6 +22,16 @@ class OutputStoreResource(dg.ConfigurableResource):
     out_dir: str
     report_base_url: str = ""
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Before a run writes anything: the folder must be new, empty or imgdedup's own (marked),
+        with no symlink leading out of it (`core.output_folder`); it is then marked as ours."""
+        from core.output_folder import claim_output_folder
+
+        try:
+            claim_output_folder(self.out_dir)
+        except ValueError as exc:
+            raise dg.Failure(description=f"config error: {exc}") from None
+
     @property
     def root(self) -> Path:
         return Path(self.out_dir)
