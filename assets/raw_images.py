@@ -5,6 +5,7 @@ import pandas as pd
 
 from assets.metadata import table_metadata
 from core.catalog import build_catalog
+from core.disposable_cache import read_or_discard
 from resources.image_store import ImageStoreResource
 from resources.output_store import OutputStoreResource
 
@@ -19,7 +20,7 @@ from resources.output_store import OutputStoreResource
 def discover_raw_images(context: dg.AssetExecutionContext, image_store: ImageStoreResource, output_store: OutputStoreResource):
     # The previous catalog (per image root) lets a rerun skip decoding files that did not change.
     catalog_path = output_store.state_dir / output_store.catalog_name(image_store.root)
-    previous = pd.read_parquet(catalog_path) if catalog_path.exists() else None
+    previous = read_or_discard(catalog_path, pd.read_parquet, context.log.warning)
 
     discovered = image_store.discover()
     context.log.info(f"discovered {len(discovered)} files with image extensions under {image_store.root}")

@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.metadata import png_markdown, table_metadata, write_export_file
+from core.disposable_cache import read_or_discard
 from core.grouping import keep_policy_order
 from core.neighbor_cache import KeyedSearch
 from core.plots import uniqueness_histogram_png
@@ -49,7 +50,9 @@ def score_uniqueness(
     # that lost a neighbour) are searched again. A cache that does not fit is ignored.
     cache_dir = output_store.state_dir / "neighbor-searches"
     cache_file = {signal: cache_dir / f"{lancedb.table_name(image_vectors['model_id'])}-{signal}.npz" for signal in ("embedding", "hash")}
-    previous = {signal: search for signal, path in cache_file.items() if (search := KeyedSearch.load(path)) is not None}
+    previous = {
+        signal: search for signal, path in cache_file.items() if (search := read_or_discard(path, KeyedSearch.read, context.log.warning)) is not None
+    }
     neighbors = find_content_neighbors(
         vectors,
         radius=thresholds.near_duplicate_cosine_distance,
