@@ -33,7 +33,8 @@ def discover_raw_images(context: dg.AssetExecutionContext, image_store: ImageSto
         progress=lambda done, total: context.log.info(f"decoded {done}/{total} files"),
     )
     output_store.write_table(str(catalog_path.relative_to(output_store.root)), images)
-    rejected_csv = output_store.write_table("rejected.csv", rejected[["path", "reason", "detail"]])
+    output_store.write_table("rejected.csv", rejected[["path", "reason", "detail"]], run_id=context.run_id)
+    rejected_csv = output_store.root / "rejected.csv"  # published with the rest of the set
 
     yield dg.Output(
         images,

@@ -78,7 +78,8 @@ def score_uniqueness(
     )
     lowest = scores.sort_values(["uniqueness", "path"]).head(LOWEST_ROWS)[["path", "uniqueness", "label", "nearest_path"]]
     histogram = uniqueness_histogram_png(scores["uniqueness"], thresholds)
-    histogram_png = write_export_file(output_store, HISTOGRAM_FILE, histogram)
+    write_export_file(output_store, HISTOGRAM_FILE, histogram, run_id=context.run_id)
+    histogram_png = output_store.root / HISTOGRAM_FILE  # published with the rest of the set
     yield dg.Output(
         scores,
         output_name="uniqueness_scores",
