@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from core.export_set import write_atomically
+from core.ui_markdown import markdown_table
 from resources.output_store import OutputStoreResource
 
 
@@ -33,7 +34,8 @@ def table_metadata(table: pd.DataFrame, preview_rows: int = 10, **extra) -> dict
     }
     if len(table) and preview_rows:
         shown = table.head(preview_rows).drop(columns=[c for c in ("vector",) if c in table.columns])
-        metadata["preview"] = dg.MetadataValue.md(shown.to_markdown(index=False))  # tabulate ships with dagster
+        # Every cell escaped: a file name must not add an image, link, HTML or table cell in the UI.
+        metadata["preview"] = dg.MetadataValue.md(markdown_table(shown))
     metadata.update(extra)
     return metadata
 

@@ -10,7 +10,7 @@ from core.grouping import keep_policy_order
 from core.neighbor_cache import KeyedSearch
 from core.plots import uniqueness_histogram_png
 from core.scoring import LABELS, compute_uniqueness_scores, find_content_neighbors
-from core.ui_markdown import label_histogram_markdown
+from core.ui_markdown import label_histogram_markdown, markdown_table
 from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
 from resources.output_store import OutputStoreResource
@@ -97,7 +97,7 @@ def score_uniqueness(
             neighbor_search=dg.MetadataValue.json(search_modes),
             uniqueness_histogram=png_markdown(histogram, "uniqueness histogram", in_force_text),
             uniqueness_histogram_png=dg.MetadataValue.path(str(histogram_png)),
-            lowest_scores=dg.MetadataValue.md(f"{in_force_text}\n\n{lowest.to_markdown(index=False)}"),
+            lowest_scores=dg.MetadataValue.md(f"{in_force_text}\n\n{markdown_table(lowest)}"),
         ),
     )
     yield dg.Output(pairs, output_name="near_duplicate_pairs", metadata=table_metadata(pairs))

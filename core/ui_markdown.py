@@ -13,11 +13,14 @@ import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from core.report import ReportGroup
 from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, LABEL_UNIQUE, Thresholds
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+# Markdown's punctuation, plus `:` and `@` so that no text (https://..., www.x.y, a@b.c) is made a
+# link by GFM's autolinks.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>:@])")
 BAR_WIDTH = 24
 
 
@@ -25,6 +28,25 @@ def markdown_text(text: str) -> str:
     """`text` escaped for markdown (and its table cells): shown literally, on one line."""
     escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
     return escaped.replace("\r", "\\\\r").replace("\n", "\\\\n")
+
+
+def markdown_cell(value) -> str:
+    """One table cell: missing values empty, floats in 6 significant digits, all else as text,
+    escaped by `markdown_text`."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return markdown_text(f"{value:.6g}")
+    return markdown_text(str(value))
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """`table` (columns and every cell escaped) as a markdown table: a path such as
+    `![x](https://…).jpg` or `a|b.jpg` shows literally, in its own cell."""
+    header = "| " + " | ".join(markdown_text(str(column)) for column in table.columns) + " |"
+    separator = "|" + "---|" * len(table.columns)
+    rows = ["| " + " | ".join(markdown_cell(value) for value in row) + " |" for row in table.itertuples(index=False, name=None)]
+    return "\n".join([header, separator, *rows])
 
 
 def label_histogram_markdown(uniqueness: Sequence[float], thresholds: Thresholds) -> str:
