@@ -3,7 +3,7 @@ import pytest
 
 from core.report import ReportGroup, ReportImage
 from core.scoring import Thresholds
-from core.ui_markdown import duplicate_groups_markdown, label_histogram_markdown, markdown_text
+from core.ui_markdown import duplicate_groups_markdown, label_histogram_markdown, markdown_literal, markdown_text
 
 HOSTILE = {
     "image": "![x](https://example.invalid/track.png).jpg",
@@ -76,5 +76,11 @@ def test_markdown_table_escapes_every_cell_and_keeps_one_line_per_row():
     lines = markdown.split("\n")
     assert len(lines) == 2 + len(table)
     assert {unescaped_pipes(line) for line in lines} == {4}  # three cells per row, in every row
-    assert "<" not in markdown and "](" not in markdown.replace("\\](", "").replace("\\]\\(", "")
-    assert r"\!\[x\]\(https\://example\.invalid/track\.png\)\.jpg" in markdown
+    for path in HOSTILE.values():  # each one inline code: nothing inside is markup
+        assert markdown_literal(path) in markdown
+    assert markdown_literal("a|b|c.jpg") == r"`a\|b\|c.jpg`" and markdown_literal("two\nlines.jpg") == r"`two\nlines.jpg`"
+
+
+@pytest.mark.parametrize("text, shown", [("x`y``z", "```x`y``z```"), ("`start", "`` `start ``"), ("", "")])
+def test_markdown_literal_fences_backticks(text, shown):
+    assert markdown_literal(text) == shown
