@@ -37,24 +37,27 @@ def output_folder_problems(out_dir: str | os.PathLike) -> list[str]:
 
 
 def escaping_symlinks(out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """(link, resolved target) for every symlink under `out_dir` that leads outside it (or loops);
-    the walk does not follow links, so it sees each one once."""
-    out = Path(out_dir)
-    root = out.resolve()
+    """(link, resolved target) for every symlink under `out_dir` that leads outside it (or loops).
+    Links are not followed, so each is seen once; the walk's directory entries say which entries
+    are links without another system call per file (the thumbnail cache may hold many)."""
+    root = Path(out_dir).resolve()
     found = []
-    for folder, dirnames, filenames in os.walk(out, followlinks=False):
-        for name in [*dirnames, *filenames]:
-            path = Path(folder) / name
-            if not path.is_symlink():
-                continue
-            try:
-                target = path.resolve()
-            except (RuntimeError, OSError):  # a loop
-                found.append((path, Path(os.readlink(path))))
-                continue
-            if not target.is_relative_to(root):
-                found.append((path, target))
-    return found
+    folders = [Path(out_dir)]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    path = Path(entry.path)
+                    try:
+                        target = path.resolve(strict=False)
+                    except (RuntimeError, OSError):  # a loop
+                        found.append((path, Path(os.readlink(path))))
+                        continue
+                    if not target.is_relative_to(root):
+                        found.append((path, target))
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(Path(entry.path))
+    return sorted(found)
 
 
 def claim_output_folder(out_dir: str | os.PathLike) -> Path:

@@ -10,7 +10,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from core.output_folder import MARKER_NAME, claim_output_folder, output_folder_problems
+from core.output_folder import MARKER_NAME, claim_output_folder, escaping_symlinks, output_folder_problems
 from core.settings import Settings
 from definitions import DEDUP_JOB, build_definitions
 from robustness_support import RUN_FLAGS, run_cli, write_photo_tiles
@@ -89,6 +89,22 @@ def test_a_symlink_out_of_the_output_folder_is_refused_before_any_work(tmp_path,
     assert completed.returncode == 2, completed.stdout[-2000:] + completed.stderr[-2000:]
     assert str(link) in completed.stderr and "outside" in completed.stderr
     assert list(elsewhere.iterdir()) == []
+
+
+def test_only_links_that_leave_the_folder_are_refused(tmp_path):
+    out = tmp_path / "out"
+    claim_output_folder(out)
+    (out / "exports" / "run1").mkdir(parents=True)
+    (out / "exports" / "current").symlink_to("run1")  # inside: the published set's pointer
+    (out / "clean.csv").symlink_to("exports/current/clean.csv")  # inside, even while dangling
+    assert output_folder_problems(out) == []
+    deep = out / "state" / "lancedb" / "vectors.lance" / "data"
+    deep.mkdir(parents=True)
+    (deep / "fragment").symlink_to(tmp_path)
+    (out / "loop").symlink_to(out / "loop")
+    found = {link for link, _ in escaping_symlinks(out)}
+    assert found == {deep / "fragment", out / "loop"}
+    assert len(output_folder_problems(out)) == 1
 
 
 # --- Item 5: --out inside --images is not scanned ---------------------------------------------------
