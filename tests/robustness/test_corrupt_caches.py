@@ -66,3 +66,17 @@ def test_a_damaged_cache_is_named_discarded_and_recomputed(first_run, tmp_path, 
     if damage != "checkpoint":  # rewritten whole by the rerun
         for path in damaged:
             assert path.is_file()
+
+
+def test_a_damaged_vector_table_fails_naming_the_file_and_the_fix(first_run, tmp_path):
+    """The vector table is not a cache: it is never silently rebuilt, and the message says what to do."""
+    images, first_out, home = first_run
+    out = tmp_path / "out"
+    shutil.copytree(first_out, out, symlinks=True)
+    (table,) = (out / "state" / "lancedb").glob("*.lance")
+    for data_file in (table / "data").glob("*.lance"):
+        truncate(data_file)
+    completed = run_cli("run", "--images", images, "--out", out, *RUN_FLAGS, dagster_home=home)
+    assert completed.returncode == 1
+    assert f"the vector table {table} cannot be read" in completed.stdout + completed.stderr
+    assert f"move {table} aside" in completed.stdout + completed.stderr
