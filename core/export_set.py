@@ -7,7 +7,7 @@ atomic rename. The top-level names readers use (`OUT/clean.csv`, `OUT/duplicates
 relative symlinks through that pointer, so every top-level file changes in the same instant: a
 kill at any moment leaves the previous complete set or the new complete set, never a mix.
 `training_manifest.csv` joins the published set when (and only if) the training gate lets it be
-written; a set whose gate held it back has none, rather than an older run's.
+written; a set whose gate held it back has none (nor a top-level name), rather than an older run's.
 
 The previous set is kept beside the current one (a reader may still be reading it); older run
 folders, and those of runs killed before publishing, are removed at the next publish.
@@ -44,7 +44,11 @@ def run_folder(out_dir: str | os.PathLike, run_id: str) -> Path:
 def current_folder(out_dir: str | os.PathLike) -> Path | None:
     """The folder of the published set, or None before any set was published."""
     link = Path(out_dir) / EXPORTS_DIR / CURRENT_LINK
-    return link.parent / os.readlink(link) if link.is_symlink() else None
+    if link.is_symlink():
+        return link.parent / os.readlink(link)
+    # A copy of the output folder made by following links (cp -rL, shutil.copytree) holds the set
+    # itself here: it is still the published set.
+    return link if link.is_dir() else None
 
 
 def published_run_id(out_dir: str | os.PathLike) -> str | None:
@@ -92,9 +96,19 @@ def publish(out_dir: str | os.PathLike, run_id: str) -> Path:
     files = sorted(name for name in (*SET_FILES, *GATED_FILES) if (folder / name).is_file())
     manifest = {"run_id": run_id, "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files}
     write_atomically(folder / MANIFEST_FILE, lambda path: Path(path).write_text(json.dumps(manifest, indent=2)))
-    _point(out / EXPORTS_DIR / CURRENT_LINK, run_id)
+    current = out / EXPORTS_DIR / CURRENT_LINK
+    copied_set = None
+    if current.is_dir() and not current.is_symlink():  # see current_folder: replaced by the pointer
+        copied_set = current.with_name(f".replaced-{uuid.uuid4().hex[:12]}")
+        os.rename(current, copied_set)
+    _point(current, run_id)
+    if copied_set is not None:
+        shutil.rmtree(copied_set, ignore_errors=True)
     for name in (*SET_FILES, *GATED_FILES):
-        link_top_level(out, name)
+        if name in files:
+            link_top_level(out, name)
+        elif (out / name).is_symlink():  # not in this set (a held-back training manifest): no dangling link
+            (out / name).unlink()
     _remove_old_sets(out, keep={run_id, previous.name if previous is not None else ""})
     return folder
 
