@@ -361,7 +361,11 @@ def command_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings_are_valid(settings):
         return EXIT_CONFIG
-    claim_output_folder(settings.out_dir)
+    try:
+        claim_output_folder(settings.out_dir)
+    except ValueError as exc:  # changed since it was checked a moment ago
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     result = run_pipeline(settings, verbose=args.verbose)
     return summarize(result, settings, verbose=args.verbose)
 

@@ -22,7 +22,8 @@ def discover_raw_images(context: dg.AssetExecutionContext, image_store: ImageSto
     catalog_path = output_store.state_dir / output_store.catalog_name(image_store.root)
     previous = read_or_discard(catalog_path, pd.read_parquet, context.log.warning)
 
-    discovered = image_store.discover()
+    # The output folder may lie under the image root (its thumbnails and exports are no input).
+    discovered = image_store.discover(excluded_folders=[output_store.out_dir])
     context.log.info(f"discovered {len(discovered)} files with image extensions under {image_store.root}")
     images, rejected = build_catalog(
         image_store.root,

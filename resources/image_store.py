@@ -28,8 +28,10 @@ class ImageStoreResource(dg.ConfigurableResource):
     def root(self) -> Path:
         return Path(self.image_root)
 
-    def discover(self) -> list[DiscoveredFile]:
-        return discover_image_files(self.root, self.excluded_folders)
+    def discover(self, excluded_folders: list[str] | None = None) -> list[DiscoveredFile]:
+        """Every file with an image extension under the root, except under `excluded_folders`
+        (added to the configured ones)."""
+        return discover_image_files(self.root, [*self.excluded_folders, *(excluded_folders or [])])
 
     def resolve(self, relative_path: str) -> Path:
         """Absolute path of a file under the root; refuses any path that leaves the root.
