@@ -288,17 +288,23 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}
     held_back = sorted(key.to_user_string() for key in targeted - materialized)
 
+    from core.export_set import published_run_id
+
+    # The top-level exports are the published set (core/export_set.py): this run's only when it
+    # published one; its manifest says which run wrote them, so nothing is claimed by guesswork.
+    published = published_run_id(out)
     uniqueness_csv = out / "uniqueness.csv"
-    if uniqueness_csv.exists() and "duplicate_groups" not in held_back:
+    if published == result.run_id and uniqueness_csv.exists():
         table = pd.read_csv(uniqueness_csv)
         counts = table["label"].value_counts().to_dict()
         removed = int(table["removed"].sum()) if "removed" in table else 0
         print(f"scored {len(table)} images: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("duplicate", "near_duplicate", "unique")) + f"; {removed} removed")
-    written_by = {"uniqueness.csv": "duplicate_groups", "duplicates.csv": "duplicates_collection", "clean.csv": "clean_dataset", "rejected.csv": "rejected_images", "training_manifest.csv": "training_manifest", "report.html": "duplicates_collection"}
-    for name, asset in written_by.items():
-        if (out / name).exists():
-            # An asset held back in this run did not write its file: it is from an earlier run.
-            stale = "  (not written by this run: from an earlier run)" if asset in held_back else ""
+    export_names = ("uniqueness.csv", "duplicates.csv", "clean.csv", "rejected.csv", "training_manifest.csv", "report.html")
+    if published != result.run_id:
+        print("this run published no exports" + (f"; the files below are those of the earlier run {published}" if published else ""))
+    for name in export_names:
+        if published is not None and (out / name).is_file():
+            stale = "" if published == result.run_id else f"  (not written by this run: from the earlier run {published})"
             print(f"  {name:21s} {out / name}{stale}")
     print(f"checks: {len(evaluations) - len(failed_checks)} passed, {len(failed_checks)} failed")
     print(f"dagster run {result.run_id} (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
@@ -350,8 +356,15 @@ def settings_are_valid(settings: Settings) -> bool:
 
 
 def command_run(args: argparse.Namespace) -> int:
+    from core.output_folder import claim_output_folder
+
     settings = settings_from_args(args)
     if not settings_are_valid(settings):
+        return EXIT_CONFIG
+    try:
+        claim_output_folder(settings.out_dir)
+    except ValueError as exc:  # changed since it was checked a moment ago
+        print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     result = run_pipeline(settings, verbose=args.verbose)
     return summarize(result, settings, verbose=args.verbose)

@@ -81,7 +81,8 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
 def resources_for(settings: Settings) -> dict:
     """The resources of one deployment, all built from one `Settings`."""
     return {
-        "image_store": ImageStoreResource(image_root=settings.image_root, max_pixels=settings.max_pixels),
+        # --out (exports, state and the default vector store) may lie under --images: never read as input.
+        "image_store": ImageStoreResource(image_root=settings.image_root, max_pixels=settings.max_pixels, excluded_folders=[settings.out_dir]),
         "embedding_model": EmbeddingModelResource(
             backend=settings.embedder, model=settings.model, device=settings.device, batch_size=settings.batch_size, precision=settings.precision
         ),

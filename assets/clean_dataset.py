@@ -21,8 +21,11 @@ def clean_dataset(
     clean = clean_table(raw_images, duplicate_groups)
     books = accounting(len(raw_images) + len(rejected_images), len(clean), len(duplicates_collection), len(rejected_images))
     columns = ["path", "image_id", "pixel_hash", "file_sha256", "width", "height", "bytes"]
-    manifest_csv = output_store.write_table("clean.csv", clean[columns])
-    output_store.write_table("clean.parquet", clean[columns])
+    output_store.write_table("clean.csv", clean[columns], run_id=context.run_id)
+    output_store.write_table("clean.parquet", clean[columns], run_id=context.run_id)
+    # The last file of the set: every top-level export now switches to this run's, at once.
+    output_store.publish_exports(context.run_id)
+    manifest_csv = output_store.root / "clean.csv"
     return dg.Output(
         clean,
         metadata=table_metadata(clean[columns], accounting=dg.MetadataValue.json(books), export=dg.MetadataValue.path(str(manifest_csv))),

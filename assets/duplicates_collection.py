@@ -23,6 +23,8 @@ from resources.policy import DedupPolicyResource
 REPORT_FILE = "report.html"
 # Thumbnails are inlined, about 5 KB each: beyond this many groups the page would get unwieldy.
 REPORT_MAX_GROUPS = 500
+# Members shown per group (keeper first); the group says how many more it has.
+REPORT_MAX_MEMBERS = 50
 # Groups shown side by side in the UI's metadata (inline thumbnails); the rest are in report.html.
 UI_PREVIEW_GROUPS = 8
 UI_THUMBNAIL_SIZE = 96
@@ -34,9 +36,10 @@ def write_duplicates_report(
     image_store: ImageStoreResource,
     output_store: OutputStoreResource,
     policy: DedupPolicyResource,
-) -> tuple[DuplicatesReport, Path]:
-    """Render the groups of `interchange` as `OUT/report.html`, thumbnails decoded through the
-    image store; returns the report and the file written."""
+    run_id: str,
+) -> DuplicatesReport:
+    """Render the groups of `interchange` as `report.html` of run `run_id`'s export set, thumbnails
+    decoded through the image store."""
     pixel_hash_of = dict(zip(raw_images["path"], raw_images["pixel_hash"]))
     cache = output_store.state_dir / "thumbnails"
 
@@ -59,9 +62,11 @@ def write_duplicates_report(
         policy.thresholds,
         settings={"keep policy": policy.keep_policy, "near-duplicate action": policy.near_duplicate_action},
         max_groups=REPORT_MAX_GROUPS,
+        max_members=REPORT_MAX_MEMBERS,
     )
     # Paths that are not valid UTF-8 (surrogate escapes) are written as visible \udcxx escapes.
-    return report, write_export_file(output_store, REPORT_FILE, report.html.encode("utf-8", "backslashreplace"))
+    write_export_file(output_store, REPORT_FILE, report.html.encode("utf-8", "backslashreplace"), run_id=run_id)
+    return report
 
 
 @dg.multi_asset(
@@ -85,12 +90,14 @@ def collect_duplicates(
     groups = assign_groups(uniqueness_scores, near_duplicate_pairs, keep_rank, policy.thresholds, policy.near_duplicate_action, pins)
     interchange = interchange_table(uniqueness_scores, groups)
     duplicates = duplicates_table(interchange)
-    uniqueness_csv = output_store.write_table("uniqueness.csv", interchange)
-    output_store.write_table("uniqueness.parquet", interchange)
-    duplicates_csv = output_store.write_table("duplicates.csv", duplicates)
+    # Into this run's export set; clean_dataset publishes it (top-level names switch together).
+    for name, table in (("uniqueness.csv", interchange), ("uniqueness.parquet", interchange), ("duplicates.csv", duplicates)):
+        output_store.write_table(name, table, run_id=context.run_id)
+    uniqueness_csv, duplicates_csv = output_store.root / "uniqueness.csv", output_store.root / "duplicates.csv"
 
     group_count = int(interchange["group_id"].dropna().nunique())
-    report, report_html = write_duplicates_report(interchange, raw_images, image_store, output_store, policy)
+    report = write_duplicates_report(interchange, raw_images, image_store, output_store, policy, context.run_id)
+    report_html = output_store.root / REPORT_FILE
     context.log.info(f"duplicates report: {report.groups_shown} of {report.groups_total} groups, {report_html}")
     if report.thumbnail_errors:
         sample = dict(list(report.thumbnail_errors.items())[:10])

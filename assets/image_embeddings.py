@@ -16,8 +16,10 @@ from resources.lancedb import LanceDBResource
 from resources.output_store import OutputStoreResource
 
 
-def embedding_checkpoint(output_store: OutputStoreResource, lancedb: LanceDBResource, model_id: str) -> EmbeddingCheckpoint:
-    return EmbeddingCheckpoint(output_store.state_dir / "embedding-checkpoints" / lancedb.table_name(model_id))
+def embedding_checkpoint(output_store: OutputStoreResource, lancedb: LanceDBResource, model_id: str, warn=None) -> EmbeddingCheckpoint:
+    """The model's checkpoints; `warn` (the step's log) names a damaged shard that is discarded."""
+    directory = output_store.state_dir / "embedding-checkpoints" / lancedb.table_name(model_id)
+    return EmbeddingCheckpoint(directory, warn) if warn is not None else EmbeddingCheckpoint(directory)
 
 
 def path_per_content(raw_images: pd.DataFrame) -> dict[str, str]:
@@ -67,7 +69,7 @@ def image_embeddings(
             f"model changed to {model_id}: no vectors for it yet, so every image is embedded into its own table "
             f"{lancedb.table_name(model_id)}; the other models' tables ({', '.join(other_tables)}) are kept and not mixed in"
         )
-    checkpoint = embedding_checkpoint(output_store, lancedb, model_id)
+    checkpoint = embedding_checkpoint(output_store, lancedb, model_id, warn=context.log.warning)
     resumed = {h: v for h, v in checkpoint.load().items() if h in path_by_hash and h not in stored}
     todo = {h: p for h, p in path_by_hash.items() if h not in stored and h not in resumed}
     context.log.info(

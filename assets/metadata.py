@@ -2,14 +2,14 @@
 UI links to (figures, the HTML report) written into the output folder."""
 
 import base64
-import os
-import tempfile
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from core.export_set import write_atomically
+from core.ui_markdown import markdown_table
 from resources.output_store import OutputStoreResource
 
 
@@ -34,25 +34,17 @@ def table_metadata(table: pd.DataFrame, preview_rows: int = 10, **extra) -> dict
     }
     if len(table) and preview_rows:
         shown = table.head(preview_rows).drop(columns=[c for c in ("vector",) if c in table.columns])
-        metadata["preview"] = dg.MetadataValue.md(shown.to_markdown(index=False))  # tabulate ships with dagster
+        # Every cell escaped: a file name must not add an image, link, HTML or table cell in the UI.
+        metadata["preview"] = dg.MetadataValue.md(markdown_table(shown))
     metadata.update(extra)
     return metadata
 
 
-def write_export_file(output_store: OutputStoreResource, file_name: str, data: bytes) -> Path:
-    """Write `data` to `out_dir/file_name` atomically (a browser never sees half a file)."""
-    target = output_store.path_for(file_name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, target)
-    finally:
-        if os.path.exists(temp_name):
-            os.remove(temp_name)
-    return target
+def write_export_file(output_store: OutputStoreResource, file_name: str, data: bytes, run_id: str | None = None) -> Path:
+    """Write `data` to `out_dir/file_name` (with `run_id`: into that run's export set) atomically:
+    a browser never sees half a file."""
+    target = output_store.export_path(run_id, file_name) if run_id else output_store.path_for(file_name)
+    return write_atomically(target, lambda path: Path(path).write_bytes(data))
 
 
 def png_markdown(png: bytes, alt: str, caption: str = "") -> dg.MetadataValue:

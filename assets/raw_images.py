@@ -5,6 +5,7 @@ import pandas as pd
 
 from assets.metadata import table_metadata
 from core.catalog import build_catalog
+from core.disposable_cache import read_or_discard
 from resources.image_store import ImageStoreResource
 from resources.output_store import OutputStoreResource
 
@@ -19,9 +20,10 @@ from resources.output_store import OutputStoreResource
 def discover_raw_images(context: dg.AssetExecutionContext, image_store: ImageStoreResource, output_store: OutputStoreResource):
     # The previous catalog (per image root) lets a rerun skip decoding files that did not change.
     catalog_path = output_store.state_dir / output_store.catalog_name(image_store.root)
-    previous = pd.read_parquet(catalog_path) if catalog_path.exists() else None
+    previous = read_or_discard(catalog_path, pd.read_parquet, context.log.warning)
 
-    discovered = image_store.discover()
+    # The output folder may lie under the image root (its thumbnails and exports are no input).
+    discovered = image_store.discover(excluded_folders=[output_store.out_dir])
     context.log.info(f"discovered {len(discovered)} files with image extensions under {image_store.root}")
     images, rejected = build_catalog(
         image_store.root,
@@ -32,7 +34,8 @@ def discover_raw_images(context: dg.AssetExecutionContext, image_store: ImageSto
         progress=lambda done, total: context.log.info(f"decoded {done}/{total} files"),
     )
     output_store.write_table(str(catalog_path.relative_to(output_store.root)), images)
-    rejected_csv = output_store.write_table("rejected.csv", rejected[["path", "reason", "detail"]])
+    output_store.write_table("rejected.csv", rejected[["path", "reason", "detail"]], run_id=context.run_id)
+    rejected_csv = output_store.root / "rejected.csv"  # published with the rest of the set
 
     yield dg.Output(
         images,

@@ -56,7 +56,8 @@ def training_manifest(
     """The images training may use, each assigned to the train or validation split."""
     manifest = assign_splits(clean_dataset, config.validation_fraction)
     counts = manifest["split"].value_counts().reindex([SPLIT_TRAIN, SPLIT_VALIDATION], fill_value=0)
-    manifest_csv = output_store.write_table("training_manifest.csv", manifest)
+    # Into the published set that clean_dataset made (none when the gate holds this asset back).
+    manifest_csv = output_store.add_to_published_set("training_manifest.csv", manifest)
     context.log.info(f"training manifest: {counts[SPLIT_TRAIN]} train, {counts[SPLIT_VALIDATION]} validation images")
     return dg.Output(
         manifest,

@@ -5,11 +5,12 @@ import dagster as dg
 import pandas as pd
 
 from assets.metadata import png_markdown, table_metadata, write_export_file
+from core.disposable_cache import read_or_discard
 from core.grouping import keep_policy_order
 from core.neighbor_cache import KeyedSearch
 from core.plots import uniqueness_histogram_png
 from core.scoring import LABELS, compute_uniqueness_scores, find_content_neighbors
-from core.ui_markdown import label_histogram_markdown
+from core.ui_markdown import label_histogram_markdown, markdown_table
 from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
 from resources.output_store import OutputStoreResource
@@ -49,7 +50,9 @@ def score_uniqueness(
     # lost a neighbour) are searched again. A cache that does not fit is ignored.
     cache_dir = output_store.state_dir / "neighbor-searches"
     cache_file = {signal: cache_dir / f"{lancedb.table_name(image_vectors['model_id'])}-{signal}.npz" for signal in ("embedding",)}
-    previous = {signal: search for signal, path in cache_file.items() if (search := KeyedSearch.load(path)) is not None}
+    previous = {
+        signal: search for signal, path in cache_file.items() if (search := read_or_discard(path, KeyedSearch.read, context.log.warning)) is not None
+    }
     neighbors = find_content_neighbors(
         vectors,
         radius=thresholds.near_duplicate_cosine_distance,
@@ -75,7 +78,8 @@ def score_uniqueness(
     )
     lowest = scores.sort_values(["uniqueness", "path"]).head(LOWEST_ROWS)[["path", "uniqueness", "label", "nearest_path"]]
     histogram = uniqueness_histogram_png(scores["uniqueness"], thresholds)
-    histogram_png = write_export_file(output_store, HISTOGRAM_FILE, histogram)
+    write_export_file(output_store, HISTOGRAM_FILE, histogram, run_id=context.run_id)
+    histogram_png = output_store.root / HISTOGRAM_FILE  # published with the rest of the set
     yield dg.Output(
         scores,
         output_name="uniqueness_scores",
@@ -93,7 +97,7 @@ def score_uniqueness(
             neighbor_search=dg.MetadataValue.json(search_modes),
             uniqueness_histogram=png_markdown(histogram, "uniqueness histogram", in_force_text),
             uniqueness_histogram_png=dg.MetadataValue.path(str(histogram_png)),
-            lowest_scores=dg.MetadataValue.md(f"{in_force_text}\n\n{lowest.to_markdown(index=False)}"),
+            lowest_scores=dg.MetadataValue.md(f"{in_force_text}\n\n{markdown_table(lowest)}"),
         ),
     )
     yield dg.Output(pairs, output_name="near_duplicate_pairs", metadata=table_metadata(pairs))

@@ -137,7 +137,9 @@ def assign_groups(
         )
     if near_duplicate_action == "review":
         _remove_duplicates_among_reviewed(rows, images["identical_group"].tolist(), close, 2.0 * thresholds.duplicate, overrides)
-    return pd.DataFrame(rows).sort_values("path", ignore_index=True)
+    columns = ["image_id", "path", "group_id", "group_keeper", "relation", "pair_uniqueness", "removed", "duplicate_of", "reason"]
+    # Columns named: with no image at all (an empty root) the table still has them.
+    return pd.DataFrame(rows, columns=columns).astype({"removed": bool}).sort_values("path", ignore_index=True)
 
 
 def _remove_duplicates_among_reviewed(rows, identical_groups, close, duplicate_distance, overrides):

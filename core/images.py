@@ -10,6 +10,7 @@ import logging
 import os
 import stat
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -73,7 +74,7 @@ def image_id_for(relative_path: str) -> str:
     return hashlib.sha1(relative_path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def discover_image_files(image_root: str | os.PathLike) -> list[DiscoveredFile]:
+def discover_image_files(image_root: str | os.PathLike, excluded_folders: Sequence[str | os.PathLike] = ()) -> list[DiscoveredFile]:
     """List every file with an image extension under `image_root`, sorted by relative path.
 
     Directories are walked without following symlinks (no loops, no escapes). A symlinked file is
@@ -81,7 +82,9 @@ def discover_image_files(image_root: str | os.PathLike) -> list[DiscoveredFile]:
     A file whose path is not valid UTF-8 is returned with the rejection `non_utf8_name` (its path
     could not be written to the CSV / Parquet exports), and a folder that cannot be listed is
     returned as one entry (its path with a trailing `/`) with the rejection `unreadable_folder`,
-    so that nothing under the root is skipped silently.
+    so that nothing under the root is skipped silently. `excluded_folders` (the tool's own output
+    and state folders, when they lie under the root) are not walked: its exports and thumbnails
+    are never taken for input.
 
     Raises:
         ValueError: when `image_root` is not an existing directory.
@@ -98,8 +101,9 @@ def discover_image_files(image_root: str | os.PathLike) -> list[DiscoveredFile]:
         logger.warning("cannot list %s: %s; the folder is reported as rejected", folder, error)
         found.append(DiscoveredFile(relative, "unreadable_folder", f"{type(error).__name__}: {error.strerror or error}"))
 
+    excluded = {Path(folder).resolve() for folder in excluded_folders}
     for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable, followlinks=False):
-        dirnames.sort()
+        dirnames[:] = sorted(name for name in dirnames if not excluded or (Path(dirpath) / name).resolve() not in excluded)
         for name in sorted(filenames):
             if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 continue

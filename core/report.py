@@ -172,6 +172,7 @@ def render_duplicates_report(
     thresholds: Thresholds,
     settings: dict[str, str] | None = None,
     max_groups: int | None = None,
+    max_members: int | None = None,
 ) -> DuplicatesReport:
     """Render the groups as one static HTML page.
 
@@ -187,13 +188,16 @@ def render_duplicates_report(
         settings: further name -> value facts to show in the header (keep policy, ...).
         max_groups: show at most this many groups (the first ones); None shows all. The page says
             when groups were left out.
+        max_members: show at most this many members of a group (keeper first; each inlines a
+            thumbnail, so 2,000 copies of one image would make a page of tens of MB); the group
+            says how many more it has. None shows all.
 
     Returns:
         A `DuplicatesReport`.
     """
     shown = groups if max_groups is None else groups[:max_groups]
     errors: dict[str, str] = {}
-    sections = [_render_group(index, group, thumbnail, errors) for index, group in enumerate(shown, start=1)]
+    sections = [_render_group(index, group, thumbnail, errors, max_members) for index, group in enumerate(shown, start=1)]
     counts = {label: sum(g.label == label for g in shown) for label in GROUP_LABELS}
     removed = sum(m.decision == DECISION_REMOVE for g in shown for m in g.members)
 
@@ -229,8 +233,14 @@ def render_duplicates_report(
     return DuplicatesReport(html=page, groups_shown=len(shown), groups_total=len(groups), thumbnail_errors=errors)
 
 
-def _render_group(index: int, group: ReportGroup, thumbnail: Callable[[str], bytes], errors: dict[str, str]) -> str:
-    cards = "".join(_render_card(member, thumbnail, errors) for member in group.members)
+def _render_group(index: int, group: ReportGroup, thumbnail: Callable[[str], bytes], errors: dict[str, str], max_members: int | None = None) -> str:
+    members = group.members if max_members is None else group.members[:max_members]
+    cards = "".join(_render_card(member, thumbnail, errors) for member in members)
+    if len(members) < len(group.members):
+        cards += (
+            f'<div class="card more">{len(group.members) - len(members)} more in this group, not shown: '
+            f"uniqueness.csv lists every member (group_id {html.escape(group.group_id)})</div>"
+        )
     title = (
         f"#{index} · {group.label.replace('_', '-')} group · {len(group.members)} images · "
         f"min uniqueness {group.min_uniqueness:.4g} · keeper {group.keeper.path}"

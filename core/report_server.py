@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import logging
+import os
 import urllib.parse
 from pathlib import Path
 
@@ -19,7 +20,8 @@ SERVED_FILES = {"report.html": "text/html; charset=utf-8", "uniqueness_histogram
 
 def report_url(base_url: str, report: Path) -> str:
     """The URL under which a server at `base_url` serves `report` (an absolute path)."""
-    return base_url.rstrip("/") + urllib.parse.quote(str(Path(report).resolve()))
+    # Absolute, but the report's own link is not followed: the server checks the folder it is in.
+    return base_url.rstrip("/") + urllib.parse.quote(os.path.abspath(report))
 
 
 def servable_file(url_path: str) -> Path | None:
@@ -27,7 +29,11 @@ def servable_file(url_path: str) -> Path | None:
     path = Path(urllib.parse.unquote(urllib.parse.urlsplit(url_path).path))
     if not path.is_absolute() or ".." in path.parts or path.name not in SERVED_FILES:
         return None
-    if path.is_symlink() or not path.is_file() or not (path.parent / "state").is_dir():
+    if not path.is_file() or not (path.parent / "state").is_dir():
+        return None
+    # The top-level report is a link into the folder's published export set (core/export_set.py);
+    # a link leading anywhere else is refused.
+    if path.is_symlink() and not path.resolve().is_relative_to((path.parent / "exports").resolve()):
         return None
     return path
 

@@ -164,7 +164,9 @@ class Settings:
         if (device_problem := _device_problem(self.device)) is not None:
             problems.append(device_problem)
         if check_paths:
-            problems.extend(_unwritable(self.out_dir))
+            from core.output_folder import output_folder_problems
+
+            problems.extend(_unwritable(self.out_dir) or output_folder_problems(self.out_dir))
         return problems
 
     def executor_problems(self) -> list[str]:

@@ -2,8 +2,9 @@
 
 The UI renders a markdown entry in place when it is shorter than ~1,000 characters and behind a
 "[Show Markdown]" button otherwise, so the label histogram is drawn with text bars (short, shown
-first) and the duplicate groups, with inline thumbnails, sit one click away. Every path is escaped
-so a file name shows literally: it can add no image, link, HTML or table cell of its own.
+first) and the duplicate groups, with inline thumbnails, sit one click away. Every path is shown
+as inline code (`markdown_literal`), so a file name shows literally: it can add no image, link,
+HTML or table cell of its own.
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from core.report import ReportGroup
 from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, LABEL_UNIQUE, Thresholds
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+# Markdown's punctuation, plus `:` and `@` so that no text (https://..., www.x.y, a@b.c) is made a
+# link by GFM's autolinks.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>:@])")
 BAR_WIDTH = 24
 
 
@@ -25,6 +29,39 @@ def markdown_text(text: str) -> str:
     """`text` escaped for markdown (and its table cells): shown literally, on one line."""
     escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
     return escaped.replace("\r", "\\\\r").replace("\n", "\\\\n")
+
+
+def markdown_literal(text: str) -> str:
+    """`text` as an inline code span for a table cell: shown exactly as it is. Backslash escapes
+    are not enough: the UI turns `www.x.y` and `a@b.c` in plain text into links however they are
+    escaped, but nothing inside code. A newline shows as `\\n`, and `|` is escaped for the table."""
+    text = str(text).replace("\r", "\\r").replace("\n", "\\n").replace("|", "\\|")
+    if not text:
+        return ""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[0] in "` " or text[-1] in "` " else ""  # CommonMark strips one space each side
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def markdown_cell(value) -> str:
+    """One table cell: missing values empty, numbers in 6 significant digits, text as
+    `markdown_literal`."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return markdown_text(f"{value:.6g}" if isinstance(value, (float, np.floating)) else str(value))
+    return markdown_literal(value)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """`table` (columns and every cell escaped) as a markdown table: a path such as
+    `![x](https://…).jpg` or `a|b.jpg` shows literally, in its own cell."""
+    header = "| " + " | ".join(markdown_text(str(column)) for column in table.columns) + " |"
+    separator = "|" + "---|" * len(table.columns)
+    rows = ["| " + " | ".join(markdown_cell(value) for value in row) + " |" for row in table.itertuples(index=False, name=None)]
+    return "\n".join([header, separator, *rows])
 
 
 def label_histogram_markdown(uniqueness: Sequence[float], thresholds: Thresholds) -> str:
@@ -53,8 +90,8 @@ def duplicate_groups_markdown(groups: Sequence[ReportGroup], thumbnail: Callable
                 images.append(f"![{'keeper' if member.is_keeper else member.decision}](data:image/jpeg;base64,{data})")
             except Exception as exc:  # noqa: BLE001 (a thumbnail is a courtesy: say why it is missing)
                 images.append(markdown_text(f"no thumbnail ({type(exc).__name__})"))
-            paths.append(markdown_text(member.path))
-            decisions.append(f"**{member.decision}** · {member.uniqueness:.3g} · {markdown_text(member.reason)}")
+            paths.append(markdown_literal(member.path))
+            decisions.append(f"**{member.decision}** · {member.uniqueness:.3g} · {markdown_literal(member.reason)}")
         more = len(group.members) - len(shown)
         title = f"**{index}. {group.label}, {len(group.members)} images**" + (f" ({more} more in the HTML report)" if more > 0 else "")
         sections.append("\n".join([title, "", "| " + " | ".join(images) + " |", "|" + "---|" * len(shown), "| " + " | ".join(paths) + " |", "| " + " | ".join(decisions) + " |"]))

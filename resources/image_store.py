@@ -16,18 +16,22 @@ class ImageStoreResource(dg.ConfigurableResource):
         image_root: folder holding the images (nested folders are walked).
         max_pixels: decoded-size limit; larger images are rejected as decompression bombs.
         decode_workers: threads used to decode and hash files.
+        excluded_folders: folders under the root that are not walked (the output folder).
     """
 
     image_root: str
     max_pixels: int = DEFAULT_MAX_PIXELS
     decode_workers: int = 4
+    excluded_folders: list[str] = []
 
     @property
     def root(self) -> Path:
         return Path(self.image_root)
 
-    def discover(self) -> list[DiscoveredFile]:
-        return discover_image_files(self.root)
+    def discover(self, excluded_folders: list[str] | None = None) -> list[DiscoveredFile]:
+        """Every file with an image extension under the root, except under `excluded_folders`
+        (added to the configured ones)."""
+        return discover_image_files(self.root, [*self.excluded_folders, *(excluded_folders or [])])
 
     def resolve(self, relative_path: str) -> Path:
         """Absolute path of a file under the root; refuses any path that leaves the root.

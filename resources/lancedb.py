@@ -55,10 +55,23 @@ class LanceDBResource(dg.ConfigurableResource):
         return db.open_table(name) if name in db.table_names() else None
 
     def stored_hashes(self, model_id: str) -> set[str]:
-        table = self.open_vectors(model_id)
-        if table is None:
-            return set()
-        return set(table.to_arrow().column("pixel_hash").to_pylist()) if table.count_rows() else set()
+        """The pixel hashes stored for the model (the run's first read of its table).
+
+        Raises:
+            ValueError: the table cannot be read (a damaged file), naming it and the fix: unlike
+                the caches under OUT/state, the vector table is not recomputed behind your back.
+        """
+        try:
+            table = self.open_vectors(model_id)
+            if table is None:
+                return set()
+            return set(table.to_arrow().column("pixel_hash").to_pylist()) if table.count_rows() else set()
+        except (RuntimeError, OSError) as exc:  # what lance raises for unreadable data
+            location = f"{self.uri.rstrip('/')}/{self.table_name(model_id)}.lance"
+            raise ValueError(
+                f"the vector table {location} cannot be read ({str(exc).splitlines()[0][:300]}); it is the store of record, "
+                f"not a cache: restore it from a backup, or move {location} aside to embed every image again into a new table"
+            ) from exc
 
     def insert_missing(self, model_id: str, hashes: list[str], vectors: np.ndarray):
         """Insert vectors whose pixel hash has none yet (merge_insert keyed by pixel_hash, so a

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +20,16 @@ class OutputStoreResource(dg.ConfigurableResource):
 
     out_dir: str
     report_base_url: str = ""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Before a run writes anything: the folder must be new, empty or imgdedup's own (marked),
+        with no symlink leading out of it (`core.output_folder`); it is then marked as ours."""
+        from core.output_folder import claim_output_folder
+
+        try:
+            claim_output_folder(self.out_dir)
+        except ValueError as exc:
+            raise dg.Failure(description=f"config error: {exc}") from None
 
     @property
     def root(self) -> Path:
@@ -56,19 +65,32 @@ class OutputStoreResource(dg.ConfigurableResource):
             raise ValueError(f"export name {file_name!r} would be written outside {root}")
         return target
 
-    def write_table(self, file_name: str, table: pd.DataFrame) -> Path:
-        """Write CSV or Parquet (by suffix) atomically: a reader never sees a half-written file."""
-        target = self.path_for(file_name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            if target.suffix == ".parquet":
-                table.to_parquet(temp_name, index=False)
-            else:
-                table.to_csv(temp_name, index=False)
-            os.replace(temp_name, target)
-        finally:
-            if os.path.exists(temp_name):
-                os.remove(temp_name)
-        return target
+    def export_path(self, run_id: str, file_name: str) -> Path:
+        """Where run `run_id` writes an export: its own folder, published as a set (core/export_set.py)."""
+        from core.export_set import EXPORTS_DIR
+
+        return self.path_for(f"{EXPORTS_DIR}/{run_id}/{file_name}")
+
+    def write_table(self, file_name: str, table: pd.DataFrame, run_id: str | None = None) -> Path:
+        """Write CSV or Parquet (by suffix) atomically: a reader never sees a half-written file.
+        With `run_id`, into that run's export set (`export_path`), else at `file_name` in out_dir."""
+        from core.export_set import write_atomically
+
+        target = self.export_path(run_id, file_name) if run_id else self.path_for(file_name)
+        if target.suffix == ".parquet":
+            return write_atomically(target, lambda path: table.to_parquet(path, index=False))
+        return write_atomically(target, lambda path: table.to_csv(path, index=False))
+
+    def add_to_published_set(self, file_name: str, table: pd.DataFrame) -> Path:
+        """Write a CSV into the published export set (`core.export_set.GATED_FILES`); returns its
+        top-level path."""
+        from core.export_set import add_to_published_set
+
+        add_to_published_set(self.root, file_name, lambda path: table.to_csv(path, index=False))
+        return self.root / file_name
+
+    def publish_exports(self, run_id: str) -> Path:
+        """Publish run `run_id`'s export set: every top-level export switches to it at once."""
+        from core.export_set import publish
+
+        return publish(self.root, run_id)

@@ -493,3 +493,12 @@ def test_collections_do_not_mutate_inputs(pipeline):
     interchange_table(scores, groups)
     for after, original in zip((images, scores, groups), before):
         pd.testing.assert_frame_equal(after, original)
+
+
+def test_no_images_give_an_empty_group_table_with_its_columns():
+    scores = pd.DataFrame(columns=["image_id", "path", "pixel_hash", "identical_group"])
+    pairs = pd.DataFrame(columns=["left_hash", "right_hash", "distance"])
+    groups = assign_groups(scores, pairs, pd.Series(dtype="int64"), Thresholds(1e-6, 0.05))
+    assert len(groups) == 0
+    assert {"image_id", "path", "group_id", "removed", "duplicate_of", "reason"} <= set(groups.columns)
+    assert len(duplicates_table(interchange_table(pd.DataFrame(columns=["image_id", "path", "uniqueness", "label", "nearest_path", "identical_group_size"]), groups))) == 0

@@ -112,3 +112,17 @@ def test_max_groups_cuts_and_says_so(tables):
 def test_no_groups_gives_a_page_that_says_so():
     report = render_duplicates_report([], lambda path: b"", Thresholds())
     assert "No duplicate or near-duplicate groups." in report.html and report.groups_total == 0
+
+
+def test_max_members_caps_a_group_and_says_how_many_more():
+    from core.report import ReportGroup, ReportImage
+
+    members = [
+        ReportImage(f"copy{i:04d}.png", 8, 8, 100, 0.0, "duplicate", i == 0, "keep" if i == 0 else "remove", "copy") for i in range(2001)
+    ]
+    group = ReportGroup(group_id="g1", label="duplicate", members=tuple(members))
+    page = render_duplicates_report([group], lambda path: b"\xff\xd8jpeg", Thresholds(1e-6, 0.05), max_members=50).html
+    assert page.count('class="thumb"') == 50
+    assert "1951 more in this group" in page and "copy0000.png" in page and "copy0050.png" not in page
+    uncapped = render_duplicates_report([group], lambda path: b"\xff\xd8jpeg", Thresholds(1e-6, 0.05)).html
+    assert uncapped.count('class="thumb"') == 2001

@@ -3,7 +3,7 @@ import pytest
 
 from core.report import ReportGroup, ReportImage
 from core.scoring import Thresholds
-from core.ui_markdown import duplicate_groups_markdown, label_histogram_markdown, markdown_text
+from core.ui_markdown import duplicate_groups_markdown, label_histogram_markdown, markdown_literal, markdown_text
 
 HOSTILE = {
     "image": "![x](https://example.invalid/track.png).jpg",
@@ -55,3 +55,32 @@ def test_label_histogram_counts_each_label():
     text = label_histogram_markdown([0.0, 0.0, 0.01, 0.3], Thresholds(1e-4, 0.05))
     assert "| duplicate (≤ 0.0001) | 2 |" in text and "| near_duplicate (≤ 0.05) | 1 |" in text and "| unique | 1 |" in text
     assert len(text) < 1000
+
+
+def unescaped_pipes(line: str) -> int:
+    count, escaped = 0, False
+    for character in line:
+        if character == "|" and not escaped:
+            count += 1
+        escaped = character == "\\" and not escaped
+    return count
+
+
+def test_markdown_table_escapes_every_cell_and_keeps_one_line_per_row():
+    import pandas as pd
+
+    from core.ui_markdown import markdown_table
+
+    table = pd.DataFrame({"path": list(HOSTILE.values()), "uniqueness": [0.5, float("nan"), 1e-9, 0.25, 1.0], "nearest_path": list(reversed(HOSTILE.values()))})
+    markdown = markdown_table(table)
+    lines = markdown.split("\n")
+    assert len(lines) == 2 + len(table)
+    assert {unescaped_pipes(line) for line in lines} == {4}  # three cells per row, in every row
+    for path in HOSTILE.values():  # each one inline code: nothing inside is markup
+        assert markdown_literal(path) in markdown
+    assert markdown_literal("a|b|c.jpg") == r"`a\|b\|c.jpg`" and markdown_literal("two\nlines.jpg") == r"`two\nlines.jpg`"
+
+
+@pytest.mark.parametrize("text, shown", [("x`y``z", "```x`y``z```"), ("`start", "`` `start ``"), ("", "")])
+def test_markdown_literal_fences_backticks(text, shown):
+    assert markdown_literal(text) == shown

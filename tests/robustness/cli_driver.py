@@ -5,7 +5,8 @@ the process dies or waits, which a test cannot time from outside.
 Environment:
     IMGDEDUP_TEST_KILL_AT: `before_merge` or `after_merge`: SIGKILL this process on entering
         `LanceDBResource.insert_missing`, or right after its merge_insert committed (before the
-        embedding checkpoints are cleared and before Dagster records the step's success).
+        embedding checkpoints are cleared and before Dagster records the step's success);
+        `before_clean_export`: on entering the write of clean.csv (after duplicates.csv).
     IMGDEDUP_TEST_WRITE_LOG: append `<pid> enter|exit <time>` lines around each write.
     IMGDEDUP_TEST_RENDEZVOUS: a folder; each writer registers there on entering and, before it
         merges, waits for a second writer: one that entered the write too (then two unserialised
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import cli  # noqa: E402
 from resources.lancedb import WRITER_POOL, LanceDBResource  # noqa: E402
+from resources.output_store import OutputStoreResource  # noqa: E402
 
 _real_insert_missing = LanceDBResource.insert_missing
 
@@ -71,6 +73,16 @@ def insert_missing_with_hooks(self, model_id, hashes, vectors):
 
 
 LanceDBResource.insert_missing = insert_missing_with_hooks
+_real_write_table = OutputStoreResource.write_table
+
+
+def write_table_with_hooks(self, file_name, *args, **kwargs):
+    if file_name == "clean.csv" and os.environ.get("IMGDEDUP_TEST_KILL_AT") == "before_clean_export":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _real_write_table(self, file_name, *args, **kwargs)
+
+
+OutputStoreResource.write_table = write_table_with_hooks
 
 if __name__ == "__main__":
     sys.exit(cli.main(sys.argv[1:]))

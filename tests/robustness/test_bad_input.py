@@ -253,8 +253,8 @@ def corpus_hooks(corpus: Corpus):
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
         return real_scandir(path)
 
-    def discover_then_delete(image_root):
-        found = real_discover(image_root)
+    def discover_then_delete(image_root, *args, **kwargs):
+        found = real_discover(image_root, *args, **kwargs)
         for path in corpus.vanish_after_listing:
             os.unlink(path)
         for path, target in corpus.swap_after_listing:
