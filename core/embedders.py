@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from core.images import trim_uniform_borders
+from core.images import FileChangedError, trim_uniform_borders
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def build_embedder(backend: str, model: str | None = None, device: str = "cpu", 
     raise ValueError(f"unknown embedder {backend!r}; expected one of {', '.join(EMBEDDER_BACKENDS)}")
 
 
-def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_image, batch_size: int = 32, decode_workers: int = 2):
+def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_image, batch_size: int = 32, decode_workers: int = 2, on_changed=None):
     """Embed one file per distinct pixel hash, yielding results batch by batch.
 
     Decoding batch n+1 (in `decode_workers` threads; Pillow releases the GIL while it decodes)
@@ -310,8 +310,12 @@ def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_ima
         paths_by_hash: pixel hash -> absolute path of one file with that content.
         embedder: the model.
         load_image: callable(path, draft_size) -> RGB Pillow image; called from worker threads.
+            It raises `FileChangedError` when the file's bytes are no longer the ones hashed.
         batch_size: images per forward pass.
         decode_workers: threads decoding ahead of the model; 0 decodes serially in this thread.
+        on_changed: callable(pixel_hash, FileChangedError) for a content whose file changed since
+            it was catalogued; that content is left out of the results (its vector would belong
+            to other pixels). None lets the error raise.
 
     Yields:
         (hashes, vectors): list[str] and (len(hashes), D) float32 unit rows, in sorted-hash order.
@@ -326,17 +330,37 @@ def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_ima
         # to its original. The model then pads the content to its square input.
         return trim_uniform_borders(load_image(paths_by_hash[pixel_hash], draft))
 
+    def embed(batch: list[str], decoded: list) -> tuple[list[str], np.ndarray] | None:
+        kept, images = [], []
+        for pixel_hash, item in zip(batch, decoded):
+            if isinstance(item, FileChangedError):
+                if on_changed is None:
+                    raise item
+                on_changed(pixel_hash, item)
+            else:
+                kept.append(pixel_hash)
+                images.append(item)
+        return (kept, embedder.embed(images)) if kept else None
+
+    def decoded_or_changed(get):
+        try:
+            return get()
+        except FileChangedError as exc:
+            return exc
+
     if decode_workers <= 0:
         for batch in batches:
-            yield batch, embedder.embed([decode(h) for h in batch])
+            if (result := embed(batch, [decoded_or_changed(lambda h=h: decode(h)) for h in batch])) is not None:
+                yield result
         return
     with ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode") as pool:
         pending = [pool.submit(decode, h) for h in batches[0]] if batches else []
         for position, batch in enumerate(batches):
-            images = [future.result() for future in pending]
+            images = [decoded_or_changed(future.result) for future in pending]
             following = batches[position + 1] if position + 1 < len(batches) else []
             pending = [pool.submit(decode, h) for h in following]
-            yield batch, embedder.embed(images)
+            if (result := embed(batch, images)) is not None:
+                yield result
 
 
 # What a `save_pretrained` directory must hold besides its config, one of these weight files.
