@@ -60,6 +60,7 @@ def image_embedding_shards(
         metadata={
             "shard": shard,
             "model_id": model_id,
+            "runtime": embedding_model.get_embedder().runtime_in_use,
             "contents_in_shard": len(path_by_hash),
             "embedded_this_run": done,
             "changed_during_run": len(changed),

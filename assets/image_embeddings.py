@@ -128,6 +128,8 @@ def image_embeddings(
         metadata=table_metadata(
             embeddings,
             model_id=model_id,
+            # Which inference runtime computed this run's vectors (the model id does not depend on it).
+            runtime=embedder.runtime_in_use,
             embedded_this_run=done,
             changed_during_run=len(changed),
             reused_from_vector_table=len(stored & path_by_hash.keys()),
