@@ -45,7 +45,8 @@ def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int) -> di
         stat = full.stat()
         # One read: the SHA-256 and the pixels come from the same bytes, so a file rewritten
         # meanwhile cannot pair one version's file hash with another's pixel hash.
-        data = full.read_bytes()
+        with open(full, "rb") as handle:
+            data = handle.read()
         sha = hashlib.sha256(data).hexdigest()
         facts = describe_image(full, max_pixels, data=data)
     except ImageRejected as exc:

@@ -184,7 +184,8 @@ def read_verified_bytes(path: str | os.PathLike, expected_sha256: str) -> bytes:
         FileChangedError: the bytes differ from the catalogued ones.
         OSError: the file cannot be read (FileNotFoundError, PermissionError, ...).
     """
-    data = Path(path).read_bytes()
+    with open(path, "rb") as handle:
+        data = handle.read()
     if hashlib.sha256(data).hexdigest() != expected_sha256:
         raise FileChangedError(f"{path}: the file changed since it was catalogued (its SHA-256 is no longer {expected_sha256[:12]}…)")
     return data
