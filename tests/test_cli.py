@@ -150,6 +150,8 @@ CONFIG_ERRORS = {
     "max_pixels_in_float_notation": (["--embedder", "offline"], {"IMGDEDUP_MAX_PIXELS": "1e9"}, "IMGDEDUP_MAX_PIXELS='1e9' is not a whole number"),
     "hash_bits_fractional": (["--embedder", "offline"], {"IMGDEDUP_HASH_THRESHOLD_BITS": "1.5"}, "IMGDEDUP_HASH_THRESHOLD_BITS='1.5' is not a whole number"),
     "unknown_device": (["--embedder", "offline"], {"IMGDEDUP_DEVICE": "nonsense"}, "unknown device 'nonsense'"),
+    "unknown_runtime": (["--embedder", "offline"], {"IMGDEDUP_RUNTIME": "tensorrt"}, "unknown runtime 'tensorrt'"),
+    "cpu_runtime_at_bf16": (["--embedder", "offline", "--runtime", "openvino", "--precision", "bf16"], {}, "runs fp32 on the CPU only"),
 }
 
 
