@@ -3,6 +3,7 @@ OpenVINO, fp32, for the offline backbone and a ViT-B/16.
 
 Usage:
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/runtimes.py [--repeats 5] [--cnn-batch 32] [--vit-batch 8]
+                                                               [--stage-images 192] [--skip-models]
 
 Measures, in one process (ratios are what to compare; the machine is shared and noisy):
   * per model and runtime, forward-only images/s on one preprocessed batch of real photos (the
@@ -11,6 +12,9 @@ Measures, in one process (ratios are what to compare; the machine is shared and 
   * the same through the whole `embed` call (preprocessing + forward + normalisation);
   * min cosine between each runtime's vectors and torch's (fp32 must give >= 0.99999);
   * the one-off export + compile seconds (cached once per model id in the pipeline);
+  * the real embedding stage of the offline backbone per runtime (`--stage-images` JPEGs of
+    1280x960 on disk, decoded in draft mode by 2 threads overlapped with the model, as the
+    pipeline does), medians of `--repeats // 2` round-robin passes;
   * for the ViT, OpenVINO compiled for a static batch as well as the dynamic one the pipeline
     uses (do dynamic shapes cost anything?), and ONNX Runtime with its default thread spinning
     (what do spinning threads cost beside the others?).
@@ -134,11 +138,46 @@ def bench_model(name: str, make_embedder, batch: int, repeats: int, export_dir: 
         FIGURES[f"{name}.{runtime}.embed_ratio_vs_torch"] = round(rate / whole["torch"], 2)
 
 
+def stage_files(folder: Path, count: int) -> dict[str, str]:
+    """`count` distinct 1280x960 JPEGs (shifted crops of the photos, upscaled), key -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = photos(len(list(PHOTOS.glob("*.jpg"))))
+    files = {}
+    for index in range(count):
+        source = sources[index % len(sources)]
+        shift = 4 * (index // len(sources))
+        crop = source.crop((shift, shift // 2, source.width - 40 + shift, source.height - 30 + shift // 2))
+        path = folder / f"photo-{index:04d}.jpg"
+        crop.resize((1280, 960), Image.Resampling.BICUBIC).save(path, quality=90)
+        files[f"content-{index:04d}"] = str(path)
+    return files
+
+
+def bench_stage(count: int, batch: int, repeats: int, scratch: Path, export_dir: Path) -> None:
+    """The real embedding stage of the offline backbone per runtime: `embed_in_batches` decoding
+    JPEGs from disk (draft mode, 2 decode threads overlapped with the model), border trim,
+    preprocessing, forward, normalisation."""
+    from core.embedders import embed_in_batches
+
+    files = stage_files(scratch / "stage-photos", count)
+    embedders = {runtime: EfficientNetLite0Embedder(runtime=runtime, export_dir=export_dir) for runtime in RUNTIMES}
+    calls = {
+        runtime: (lambda e=embedder: [v for _, v in embed_in_batches(files, e, lambda path, draft: load_rgb(path, draft_size=draft), batch)])
+        for runtime, embedder in embedders.items()
+    }
+    rates = round_robin_rates(calls, count, repeats)
+    for runtime, rate in rates.items():
+        report(f"stage.efficientnet_lite0.{runtime}.img_s", round(rate, 2), f"{rate:7.1f} img/s decode + embed ({count} 1280x960 JPEGs), {rate / rates['torch']:.2f}x torch eager")
+        FIGURES[f"stage.efficientnet_lite0.{runtime}.ratio_vs_torch"] = round(rate / rates["torch"], 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cnn-batch", type=int, default=32)
     parser.add_argument("--vit-batch", type=int, default=8)
+    parser.add_argument("--stage-images", type=int, default=192, help="JPEGs for the embedding-stage figure (0 skips it)")
+    parser.add_argument("--skip-models", action="store_true", help="only the embedding-stage figure")
     args = parser.parse_args()
 
     FIGURES["threads"] = torch.get_num_threads()
@@ -146,6 +185,11 @@ def main() -> None:
     FIGURES["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     with tempfile.TemporaryDirectory(prefix="imgdedup-bench-runtimes-") as scratch:
         export_dir = Path(scratch) / "exported-models"
+        if args.stage_images:
+            bench_stage(args.stage_images, args.cnn_batch, max(1, args.repeats // 2), Path(scratch), export_dir)
+        if args.skip_models:
+            print(json.dumps(FIGURES, sort_keys=True))
+            return
         bench_model("efficientnet_lite0", lambda runtime: EfficientNetLite0Embedder(runtime=runtime, export_dir=export_dir), args.cnn_batch, args.repeats, export_dir)
 
         from transformers import ViTConfig, ViTImageProcessor, ViTModel
