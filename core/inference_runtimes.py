@@ -95,9 +95,17 @@ def load_feature_function(runtime: str, module, example, model_id: str, cache_ro
         features(pixels): (N, C, H, W) float32 numpy -> (N, D) float32 numpy.
     """
     folder = export_folder(cache_root, runtime, model_id)
+    compile_for = {"onnxruntime": _onnxruntime_function, "openvino": _openvino_function}[runtime]
     if not (folder / "complete").is_file():
         _export(runtime, module, example, folder)
-    return {"onnxruntime": _onnxruntime_function, "openvino": _openvino_function}[runtime](folder, threads)
+        return compile_for(folder, threads)
+    try:
+        return compile_for(folder, threads)
+    except Exception as exc:  # a corrupt cached export is a cache: discarded and made again
+        logger.warning("the exported model in %s cannot be loaded (%s: %s); discarding it and exporting again", folder, type(exc).__name__, exc)
+        shutil.rmtree(folder, ignore_errors=True)
+        _export(runtime, module, example, folder)
+        return compile_for(folder, threads)
 
 
 def _export(runtime: str, module, example, folder: Path) -> None:
@@ -112,9 +120,15 @@ def _export(runtime: str, module, example, folder: Path) -> None:
         else:
             _export_openvino(module, example, staging / "model.xml")
         (staging / "complete").write_text("")
-        if folder.exists():  # an incomplete leftover, or another run finished first
+        if (folder / "complete").is_file():
+            return  # another run finished the same export first: use theirs (it may be loading it)
+        if folder.exists():  # not made by a rename of a finished export: a leftover, discarded
             shutil.rmtree(folder, ignore_errors=True)
-        os.replace(staging, folder)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            if not (folder / "complete").is_file():  # lost the race to another finished export: fine
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -82,6 +82,19 @@ def test_an_incomplete_export_is_redone(photos, tmp_path):
     assert min_cosine(embedder.embed(photos[:2]), reference) >= MIN_COSINE
 
 
+@pytest.mark.parametrize("runtime, exported_file", [("onnxruntime", "model.onnx"), ("openvino", "model.bin")])
+def test_a_corrupt_cached_export_is_discarded_and_made_again(runtime, exported_file, photos, tmp_path):
+    reference = EfficientNetLite0Embedder().embed(photos[:2])
+    EfficientNetLite0Embedder(runtime=runtime, export_dir=tmp_path).embed(photos[:1])
+    folder = export_folder(tmp_path, runtime, reference_id := EfficientNetLite0Embedder().model_id)
+    (folder / exported_file).write_bytes(b"garbage left by a full disk")
+
+    embedder = EfficientNetLite0Embedder(runtime=runtime, export_dir=tmp_path)
+    assert min_cosine(embedder.embed(photos[:2]), reference) >= MIN_COSINE
+    assert embedder.runtime_in_use.startswith(f"{runtime} ")  # the runtime itself, not the torch fallback
+    assert (export_folder(tmp_path, runtime, reference_id) / exported_file).stat().st_size > 1000
+
+
 @pytest.mark.parametrize(
     "runtime, device, precision, expected",
     [
