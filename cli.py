@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from core.embedders import PRECISIONS
+from core.inference_runtimes import RUNTIMES
 from core.scoring import INDEX_MIN_CONTENTS, SEARCH_ENGINES
 from core.settings import PROJECT_ROOT, Settings, SettingsError
 
@@ -85,6 +86,10 @@ def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps (IMGDEDUP_DEVICE)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default=None, help="forward-pass precision: fp32 (default) or bf16 (faster on CPUs with AMX; its own model id and vector table)")
     parser.add_argument(
+        "--runtime", choices=list(RUNTIMES), default=None,
+        help="what runs the model: auto (default: OpenVINO or ONNX Runtime for fp32 on the CPU, exported once per model id into OUT/state/exported-models; torch on CUDA or at bf16), torch, onnxruntime or openvino (IMGDEDUP_RUNTIME)",
+    )
+    parser.add_argument(
         "--neighbor-search", choices=list(SEARCH_ENGINES), default=None,
         help=(
             "exact, index (the embeddings' IVF index, needs faiss-cpu: pip install 'imgdedup[scale]') or auto (default: the index from "
@@ -108,6 +113,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         hash_threshold_bits=args.hash_threshold_bits,
         batch_size=args.batch_size,
         precision=args.precision,
+        runtime=args.runtime,
         neighbor_search=args.neighbor_search,
         device=args.device,
     )

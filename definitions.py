@@ -84,7 +84,8 @@ def resources_for(settings: Settings) -> dict:
         # --out (exports, state and the default vector store) may lie under --images: never read as input.
         "image_store": ImageStoreResource(image_root=settings.image_root, max_pixels=settings.max_pixels, excluded_folders=[settings.out_dir]),
         "embedding_model": EmbeddingModelResource(
-            backend=settings.embedder, model=settings.model, device=settings.device, batch_size=settings.batch_size, precision=settings.precision
+            backend=settings.embedder, model=settings.model, device=settings.device, batch_size=settings.batch_size, precision=settings.precision,
+            runtime=settings.runtime, export_dir=settings.export_dir,
         ),
         "lancedb": LanceDBResource(uri=settings.vector_store_uri),
         "output_store": OutputStoreResource(out_dir=settings.out_dir, report_base_url=settings.report_base_url or ""),

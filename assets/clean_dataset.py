@@ -4,7 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.metadata import table_metadata
-from core.collections import accounting, clean_table
+from core.collections import CHANGED_REASON, accounting, clean_table, withdraw_changed_contents
 from resources.output_store import OutputStoreResource
 
 
@@ -15,9 +15,15 @@ def clean_dataset(
     rejected_images: pd.DataFrame,
     duplicate_groups: pd.DataFrame,
     duplicates_collection: pd.DataFrame,
+    image_vectors: dict,
     output_store: OutputStoreResource,
 ) -> dg.Output[pd.DataFrame]:
     """Manifest of kept images: discovered minus duplicates minus rejected files."""
+    changed = image_vectors.get("changed_during_run", {})
+    raw_images, rejected_images = withdraw_changed_contents(raw_images, rejected_images, changed)
+    if changed:
+        output_store.write_table("rejected.csv", rejected_images[["path", "reason", "detail"]])
+        context.log.warning(f"{int((rejected_images['reason'] == CHANGED_REASON).sum())} files changed during the run: rejected as {CHANGED_REASON} (see rejected.csv); the next run catalogues and embeds their new content")
     clean = clean_table(raw_images, duplicate_groups)
     books = accounting(len(raw_images) + len(rejected_images), len(clean), len(duplicates_collection), len(rejected_images))
     columns = ["path", "image_id", "pixel_hash", "file_sha256", "width", "height", "bytes"]

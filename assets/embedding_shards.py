@@ -9,7 +9,7 @@ nothing, and `image_vectors` (the one LanceDB writer) inserts them.
 import dagster as dg
 import pandas as pd
 
-from assets.image_embeddings import embed_to_checkpoint, embedding_checkpoint, path_per_content
+from assets.image_embeddings import embed_to_checkpoint, embedding_checkpoint, path_per_content, verified_image_loader
 from core.sharding import SHARD_KEYS, in_shard
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
@@ -54,13 +54,16 @@ def image_embedding_shards(
 
     # Each batch is its own uniquely named file, renamed into place: shards running at the same
     # time never write the same file, and a killed shard leaves only complete batches.
-    done, elapsed = embed_to_checkpoint(context, todo, embedding_model, image_store, checkpoint)
+    # A file changed since the catalog is skipped (logged); dedup_job accounts for it.
+    done, elapsed, changed = embed_to_checkpoint(context, todo, embedding_model, verified_image_loader(raw_images, image_store), checkpoint)
     return dg.MaterializeResult(
         metadata={
             "shard": shard,
             "model_id": model_id,
+            "runtime": embedding_model.get_embedder().runtime_in_use,
             "contents_in_shard": len(path_by_hash),
             "embedded_this_run": done,
+            "changed_during_run": len(changed),
             "skipped_in_vector_table": len(stored),
             "skipped_already_checkpointed": len(checkpointed),
             "checkpoint_dir": dg.MetadataValue.path(str(checkpoint.directory)),

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from assets.image_embeddings import embedding_checkpoint
+from core.collections import CHANGED_COLUMN
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
 from resources.lancedb import WRITER_POOL, LanceDBResource
@@ -24,6 +25,8 @@ def image_vectors(
     model_id = embedding_model.get_embedder().model_id
     if len(image_embeddings) and set(image_embeddings["model_id"]) != {model_id}:
         raise ValueError(f"embeddings are from {set(image_embeddings['model_id'])}, but the configured model is {model_id}; rematerialize image_embeddings")
+    changed = image_embeddings[image_embeddings[CHANGED_COLUMN].notna()] if CHANGED_COLUMN in image_embeddings else image_embeddings.iloc[:0]
+    image_embeddings = image_embeddings.drop(index=changed.index)
     if len(image_embeddings):
         table, inserted = lancedb.insert_missing(model_id, image_embeddings["pixel_hash"].tolist(), np.stack(image_embeddings["vector"].to_numpy()))
     else:
@@ -38,6 +41,9 @@ def image_vectors(
         "rows": int(table.count_rows()) if table is not None else 0,
     }
     # `imgdedup similar` finds the table and the image catalog of the last run through this file.
+    # Contents that have no vector because their files changed during the run: later stages
+    # account for those files as rejected (`withdraw_changed_contents`).
+    summary["changed_during_run"] = dict(zip(changed["pixel_hash"], changed[CHANGED_COLUMN]))
     output_store.write_json("state/vectors.json", {**summary, "catalog": output_store.catalog_name(image_store.root), "image_root": str(image_store.root)})
     context.log.info(f"inserted {inserted} vectors into {summary['table']} (version {summary['version']}, {summary['rows']} rows)")
     return dg.Output(
@@ -49,6 +55,7 @@ def image_vectors(
             "lancedb/uri": dg.MetadataValue.path(lancedb.uri),
             "model_id": model_id,
             "inserted_this_run": inserted,
+            "changed_during_run": len(changed),
             "dagster/column_schema": dg.TableSchema(
                 columns=[
                     dg.TableColumn("pixel_hash", "string"),

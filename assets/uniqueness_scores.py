@@ -44,6 +44,8 @@ def score_uniqueness(
     if policy.model_id is not None and policy.model_id != image_vectors["model_id"]:
         raise ValueError(f"the policy is configured for model {policy.model_id}, but the vectors are from {image_vectors['model_id']}; build resources with resources_for(settings)")
     thresholds = in_force.thresholds
+    # Files that changed after the catalog have no vector in this run; they are rejected, not scored.
+    raw_images = raw_images[~raw_images["pixel_hash"].isin(image_vectors.get("changed_during_run", {}).keys())]
     context.log.info(f"near-duplicate threshold {in_force.describe()}")
     vectors = lancedb.read_content_vectors(image_vectors["model_id"], set(raw_images["pixel_hash"]))
     # The last run's embedding search for this model's table: only new contents (and those that

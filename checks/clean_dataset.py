@@ -11,6 +11,7 @@ import pandas as pd
 from checks.gates import raise_if_any_failed, with_gate_metadata
 from checks.gx import gx_expectations, run_expectations
 from checks.invariants import accounting_counts, collection_placements, nearest_kept_contents, removal_flags
+from core.collections import withdraw_changed_contents
 from resources.lancedb import LanceDBResource
 from resources.policy import DedupPolicyResource
 
@@ -156,6 +157,7 @@ def clean_dataset_checks(
     lancedb: LanceDBResource,
     policy: DedupPolicyResource,
 ):
+    raw_images, rejected_images = withdraw_changed_contents(raw_images, rejected_images, image_vectors.get("changed_during_run", {}))
     results = {
         "clean_dataset_unique_pixel_hash": clean_dataset_unique_pixel_hash(clean_dataset),
         "clean_dataset_no_duplicate_pairs": clean_dataset_no_duplicate_pairs(clean_dataset, image_vectors, lancedb, policy),

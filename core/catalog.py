@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.images import DiscoveredFile, ImageRejected, describe_image, file_sha256, image_id_for, printable_path
+from core.images import DiscoveredFile, ImageRejected, describe_image, image_id_for, printable_path
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,12 @@ def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int) -> di
         pass  # reported by the reads below
     try:
         stat = full.stat()
-        facts = describe_image(full, max_pixels)
-        sha = file_sha256(full)
+        # One read: the SHA-256 and the pixels come from the same bytes, so a file rewritten
+        # meanwhile cannot pair one version's file hash with another's pixel hash.
+        with open(full, "rb") as handle:
+            data = handle.read()
+        sha = hashlib.sha256(data).hexdigest()
+        facts = describe_image(full, max_pixels, data=data)
     except ImageRejected as exc:
         return {**base, "bytes": _size_or_none(full), "reason": exc.reason, "detail": exc.detail[:500]}
     except FileNotFoundError as exc:

@@ -4,6 +4,33 @@ from __future__ import annotations
 import pandas as pd
 
 INTERCHANGE_COLUMNS = ["path", "uniqueness", "label", "group_id", "duplicate_of"]
+# Column of the embeddings table naming why a content has no vector: its files changed between
+# the catalog and the embedding step (None for every embedded content).
+CHANGED_COLUMN = "changed_during_run"
+CHANGED_REASON = "changed_during_run"
+
+
+def withdraw_changed_contents(raw_images: pd.DataFrame, rejected_images: pd.DataFrame, changed: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Move the images whose content could not be embedded because their files changed during the
+    run from the images to the rejected files (reason `changed_during_run`), so every discovered
+    file stays in exactly one collection; the next run catalogues their new content.
+
+    Args:
+        raw_images: the catalogued images (columns image_id, path, bytes, pixel_hash, ...).
+        rejected_images: the rejected files (REJECTED_COLUMNS).
+        changed: pixel hash -> why it was not embedded.
+
+    Returns:
+        (images, rejected): new DataFrames; unchanged copies when `changed` is empty.
+    """
+    if not changed:
+        return raw_images, rejected_images
+    moved = raw_images["pixel_hash"].isin(changed.keys())
+    withdrawn = raw_images.loc[moved, ["image_id", "path", "bytes"]].assign(
+        reason=CHANGED_REASON, detail=raw_images.loc[moved, "pixel_hash"].map(changed).str.slice(0, 500)
+    )
+    rejected = pd.concat([rejected_images, withdrawn.astype({"bytes": "Int64"})], ignore_index=True).sort_values("path", ignore_index=True)
+    return raw_images[~moved].reset_index(drop=True), rejected
 
 
 def interchange_table(scores: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFrame:

@@ -18,7 +18,8 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from core.images import trim_uniform_borders
+from core.images import FileChangedError, trim_uniform_borders
+from core.inference_runtimes import load_feature_function, resolve_runtime, runtime_version
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,71 @@ class Embedder(ABC):
         Returns:
             (len(images), D) float32, rows of unit L2 norm.
         """
+
+    @property
+    def runtime_in_use(self) -> str:
+        """Which inference runtime computes the vectors (with its version), once it is loaded."""
+        return "torch"
+
+
+class RuntimeEmbedder(Embedder):
+    """An embedder whose fp32 feature extractor can run in a CPU inference runtime.
+
+    Subclasses provide `_feature_module()` (a torch module: float32 NCHW pixels -> pooled
+    features) and `_example_pixels()`; `_features(pixels)` runs it with the resolved runtime.
+    The runtime never changes the model id: fp32 vectors are equal across runtimes.
+
+    Args:
+        runtime: `auto`, `torch`, `onnxruntime` or `openvino` (see `resolve_runtime`).
+        export_dir: folder of exported models (disposable); without one `auto` runs torch.
+    """
+
+    def _init_runtime(self, runtime: str, export_dir: str | os.PathLike | None) -> None:
+        self.runtime_requested = runtime
+        resolved = resolve_runtime(runtime, self.device, self.precision)
+        if resolved != "torch" and export_dir is None:
+            if runtime != "auto":
+                raise ValueError(f"runtime {runtime!r} needs a folder for the exported model (export_dir)")
+            resolved = "torch"
+        self.runtime = resolved
+        self.export_dir = export_dir
+        self._runtime_note = ""
+
+    @abstractmethod
+    def _feature_module(self):
+        """The torch module computing pooled features from preprocessed pixels."""
+
+    @abstractmethod
+    def _example_pixels(self):
+        """A preprocessed batch (torch, float32) to trace the module with."""
+
+    @property
+    def runtime_in_use(self) -> str:
+        runtime = self.runtime if "_features" in self.__dict__ else f"{self.runtime} (not loaded yet)"
+        return f"{runtime}{self._runtime_note}"
+
+    @cached_property
+    def _features(self):
+        import torch
+
+        module = self._feature_module()
+        if self.runtime != "torch":
+            try:
+                function = load_feature_function(self.runtime, module, self._example_pixels(), self.model_id, self.export_dir, torch.get_num_threads())
+                self._runtime_note = f" {runtime_version(self.runtime)}"
+                return lambda pixels: torch.from_numpy(function(pixels.numpy()))
+            except Exception as exc:  # any export or compile failure: torch computes the same vectors
+                if self.runtime_requested != "auto":
+                    raise
+                logger.warning("runtime %s could not load %s (%s: %s); running torch instead", self.runtime, self.model_id, type(exc).__name__, exc)
+                self._runtime_note = f" (auto chose {self.runtime}, which failed: {type(exc).__name__}; torch ran)"
+                self.runtime = "torch"
+
+        def run(pixels):
+            with torch.inference_mode():
+                return module(pixels)
+
+        return run
 
 
 def check_precision(precision: str) -> str:
@@ -112,7 +178,7 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-class HuggingFaceEmbedder(Embedder):
+class HuggingFaceEmbedder(RuntimeEmbedder):
     """Any `transformers` vision model, loaded with AutoModel + AutoImageProcessor.
 
     Args:
@@ -125,13 +191,17 @@ class HuggingFaceEmbedder(Embedder):
             the checkpoint was saved in.
     """
 
-    def __init__(self, model: str = DEFAULT_HF_MODEL, pooling: str = "cls", device: str = "cpu", precision: str = DEFAULT_PRECISION):
+    def __init__(
+        self, model: str = DEFAULT_HF_MODEL, pooling: str = "cls", device: str = "cpu", precision: str = DEFAULT_PRECISION,
+        runtime: str = "torch", export_dir: str | os.PathLike | None = None,
+    ):
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.model_name = model
         self.pooling = pooling
         self.device = device
         self.precision = check_precision(precision)
+        self._init_runtime(runtime, export_dir)
 
     @property
     def model_id(self) -> str:
@@ -179,16 +249,33 @@ class HuggingFaceEmbedder(Embedder):
         processor, model = self._loaded
         return int(getattr(model.config, "image_size", 224))
 
-    def embed(self, images: list[Image.Image]) -> np.ndarray:
+    def _pixels(self, images: list[Image.Image]):
+        processor, _ = self._loaded
+        return processor(images=images, return_tensors="pt")["pixel_values"].to(device=self.device, dtype=torch_dtype(self.precision))
+
+    def _feature_module(self):
         import torch
 
-        processor, model = self._loaded
-        inputs = processor(images=images, return_tensors="pt")
-        with torch.inference_mode():
-            outputs = model(pixel_values=inputs["pixel_values"].to(device=self.device, dtype=torch_dtype(self.precision)))
-            hidden = outputs.last_hidden_state
-            features = hidden[:, 0] if self.pooling == "cls" else hidden.mean(dim=1)
-        return _normalize_rows(features)
+        _, model = self._loaded
+        cls_pooling = self.pooling == "cls"
+
+        class PooledHiddenState(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, pixel_values):
+                hidden = self.model(pixel_values=pixel_values).last_hidden_state
+                return hidden[:, 0] if cls_pooling else hidden.mean(dim=1)
+
+        return PooledHiddenState().eval()
+
+    def _example_pixels(self):
+        side = self.input_size
+        return self._pixels([Image.new("RGB", (side, side), (128, 128, 128))] * 2)
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        return _normalize_rows(self._features(self._pixels(images)))
 
 
 def load_efficientnet_lite0(num_classes: int = 1000):
@@ -223,7 +310,7 @@ def load_efficientnet_lite0(num_classes: int = 1000):
     return model.eval()
 
 
-class EfficientNetLite0Embedder(Embedder):
+class EfficientNetLite0Embedder(RuntimeEmbedder):
     """ImageNet-pretrained EfficientNet-Lite0 (1280-d pooled features), fully offline.
 
     Images are padded to a square (not cropped) and normalised with timm's config for the model.
@@ -233,9 +320,10 @@ class EfficientNetLite0Embedder(Embedder):
     cosine to fp32 0.97 on the shared benchmark images, median 0.999).
     """
 
-    def __init__(self, device: str = "cpu", precision: str = DEFAULT_PRECISION):
+    def __init__(self, device: str = "cpu", precision: str = DEFAULT_PRECISION, runtime: str = "torch", export_dir: str | os.PathLike | None = None):
         self.device = device
         self.precision = check_precision(precision)
+        self._init_runtime(runtime, export_dir)
 
     @property
     def model_id(self) -> str:
@@ -273,33 +361,52 @@ class EfficientNetLite0Embedder(Embedder):
         with torch.inference_mode():
             return self._model(self.preprocess(images)).float().cpu().numpy()
 
-    def embed(self, images: list[Image.Image]) -> np.ndarray:
+    def _feature_module(self):
         import torch
 
-        with torch.inference_mode():
-            features = self._model.forward_head(self._model.forward_features(self.preprocess(images)), pre_logits=True)
-        return _normalize_rows(features)
+        backbone = self._model
+
+        class PooledFeatures(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.backbone = backbone
+
+            def forward(self, pixels):
+                return self.backbone.forward_head(self.backbone.forward_features(pixels), pre_logits=True)
+
+        return PooledFeatures().eval()
+
+    def _example_pixels(self):
+        return self.preprocess([Image.new("RGB", (self.input_size, self.input_size), (128, 128, 128))] * 2)
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        return _normalize_rows(self._features(self.preprocess(images)))
 
 
 EMBEDDER_BACKENDS = ("hf", "offline")
 
 
-def build_embedder(backend: str, model: str | None = None, device: str = "cpu", pooling: str = "cls", precision: str = DEFAULT_PRECISION) -> Embedder:
-    """Create the embedder for a backend name (`hf` or `offline`) at a precision (`fp32` or `bf16`).
+def build_embedder(
+    backend: str, model: str | None = None, device: str = "cpu", pooling: str = "cls", precision: str = DEFAULT_PRECISION,
+    runtime: str = "torch", export_dir: str | os.PathLike | None = None,
+) -> Embedder:
+    """Create the embedder for a backend name (`hf` or `offline`) at a precision (`fp32` or `bf16`),
+    run by `runtime` (`auto`, `torch`, `onnxruntime`, `openvino`; exported models go to `export_dir`).
 
     Raises:
-        ValueError: unknown backend or precision, or a model id given to the offline backend.
+        ValueError: unknown backend, precision or runtime, a runtime that cannot run this device or
+            precision, or a model id given to the offline backend.
     """
     if backend == "hf":
-        return HuggingFaceEmbedder(model or DEFAULT_HF_MODEL, pooling=pooling, device=device, precision=precision)
+        return HuggingFaceEmbedder(model or DEFAULT_HF_MODEL, pooling=pooling, device=device, precision=precision, runtime=runtime, export_dir=export_dir)
     if backend == "offline":
         if model:
             raise ValueError(f"the offline backend has one fixed model; got model={model!r}. Use --embedder hf for other models")
-        return EfficientNetLite0Embedder(device=device, precision=precision)
+        return EfficientNetLite0Embedder(device=device, precision=precision, runtime=runtime, export_dir=export_dir)
     raise ValueError(f"unknown embedder {backend!r}; expected one of {', '.join(EMBEDDER_BACKENDS)}")
 
 
-def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_image, batch_size: int = 32, decode_workers: int = 2):
+def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_image, batch_size: int = 32, decode_workers: int = 2, on_changed=None):
     """Embed one file per distinct pixel hash, yielding results batch by batch.
 
     Decoding batch n+1 (in `decode_workers` threads; Pillow releases the GIL while it decodes)
@@ -310,8 +417,12 @@ def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_ima
         paths_by_hash: pixel hash -> absolute path of one file with that content.
         embedder: the model.
         load_image: callable(path, draft_size) -> RGB Pillow image; called from worker threads.
+            It raises `FileChangedError` when the file's bytes are no longer the ones hashed.
         batch_size: images per forward pass.
         decode_workers: threads decoding ahead of the model; 0 decodes serially in this thread.
+        on_changed: callable(pixel_hash, FileChangedError) for a content whose file changed since
+            it was catalogued; that content is left out of the results (its vector would belong
+            to other pixels). None lets the error raise.
 
     Yields:
         (hashes, vectors): list[str] and (len(hashes), D) float32 unit rows, in sorted-hash order.
@@ -326,17 +437,37 @@ def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_ima
         # to its original. The model then pads the content to its square input.
         return trim_uniform_borders(load_image(paths_by_hash[pixel_hash], draft))
 
+    def embed(batch: list[str], decoded: list) -> tuple[list[str], np.ndarray] | None:
+        kept, images = [], []
+        for pixel_hash, item in zip(batch, decoded):
+            if isinstance(item, FileChangedError):
+                if on_changed is None:
+                    raise item
+                on_changed(pixel_hash, item)
+            else:
+                kept.append(pixel_hash)
+                images.append(item)
+        return (kept, embedder.embed(images)) if kept else None
+
+    def decoded_or_changed(get):
+        try:
+            return get()
+        except FileChangedError as exc:
+            return exc
+
     if decode_workers <= 0:
         for batch in batches:
-            yield batch, embedder.embed([decode(h) for h in batch])
+            if (result := embed(batch, [decoded_or_changed(lambda h=h: decode(h)) for h in batch])) is not None:
+                yield result
         return
     with ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode") as pool:
         pending = [pool.submit(decode, h) for h in batches[0]] if batches else []
         for position, batch in enumerate(batches):
-            images = [future.result() for future in pending]
+            images = [decoded_or_changed(future.result) for future in pending]
             following = batches[position + 1] if position + 1 < len(batches) else []
             pending = [pool.submit(decode, h) for h in following]
-            yield batch, embedder.embed(images)
+            if (result := embed(batch, images)) is not None:
+                yield result
 
 
 # What a `save_pretrained` directory must hold besides its config, one of these weight files.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 import os
 import stat
@@ -58,6 +59,10 @@ class DecodedImage:
     source_mode: str
     frames: int
     phashes: tuple[int, ...] = ()  # dihedral pHashes as signed int64 (Parquet has no list<uint64> ints > 2**63)
+
+
+class FileChangedError(RuntimeError):
+    """A file's bytes are no longer the ones catalogued (it was rewritten during the run)."""
 
 
 class ImageRejected(ValueError):
@@ -171,6 +176,38 @@ def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_verified_bytes(path: str | os.PathLike, expected_sha256: str) -> bytes:
+    """The file's bytes, provided their SHA-256 is `expected_sha256`.
+
+    Decoding from these bytes (not from the path again) guarantees that what is decoded is what
+    was hashed, however the file changes afterwards.
+
+    Raises:
+        FileChangedError: the bytes differ from the catalogued ones.
+        OSError: the file cannot be read (FileNotFoundError, PermissionError, ...).
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise FileChangedError(f"{path}: the file changed since it was catalogued (its SHA-256 is no longer {expected_sha256[:12]}…)")
+    return data
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    """A file's bytes, already read (and hashed), with the path they were read from."""
+
+    path: str | os.PathLike
+    data: bytes
+
+
+ImageSource = str | os.PathLike | FileBytes
+
+
+def _source_path(source: ImageSource):
+    return source.path if isinstance(source, FileBytes) else source
 
 
 def pixel_hash(rgb: Image.Image) -> str:
@@ -301,21 +338,22 @@ def _reraise_io_error(exc: BaseException) -> None:
         raise exc
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open an image lazily, refusing decompression bombs before any pixel is decoded.
+def open_image(path: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image lazily (from a path or from the file's bytes already read), refusing decompression bombs
+    before any pixel is decoded.
 
     Raises:
         ImageRejected: for empty, unidentifiable or oversized files.
         OSError: the file cannot be read (FileNotFoundError, PermissionError, ...).
     """
-    if os.path.getsize(path) == 0:
+    if (len(path.data) if isinstance(path, FileBytes) else os.path.getsize(path)) == 0:
         raise ImageRejected("empty_file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(path.data) if isinstance(path, FileBytes) else path)
         except UnidentifiedImageError as exc:
-            raise ImageRejected("not_an_image", str(exc)) from exc
+            raise ImageRejected("not_an_image", f"cannot identify image file {os.fspath(_source_path(path))!r}") from exc
         except DECODE_ERRORS as exc:  # e.g. a JPEG cut inside its header
             _reraise_io_error(exc)
             reason = "truncated" if "truncated" in str(exc).lower() else "decode_error"
@@ -328,11 +366,11 @@ def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return image
 
 
-def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None) -> Image.Image:
+def load_rgb(path: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image file to an EXIF-oriented RGB image (first frame of animations).
 
     Args:
-        path: the file.
+        path: the file, or its bytes already read (`FileBytes`).
         max_pixels: decoded-size limit; larger images are rejected (decompression bombs).
         draft_size: when set, JPEGs are decoded at a reduced scale of at least this size (fast
             path for embedding; never used for hashing).
@@ -361,21 +399,37 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, draf
         raise ImageRejected(reason, f"{type(exc).__name__}: {message}") from exc
 
 
-def describe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def load_verified_rgb(path: str | os.PathLike, expected_sha256: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """`load_rgb` of the file, decoded from bytes whose SHA-256 is `expected_sha256`.
+
+    Raises:
+        FileChangedError: the file's bytes are not the expected ones.
+        ImageRejected, OSError: as `load_rgb`.
+    """
+    return load_rgb(FileBytes(path, read_verified_bytes(path, expected_sha256)), max_pixels, draft_size)
+
+
+def describe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> DecodedImage:
     """Decode one file and return its size, pixel hash and content-pixel count.
+
+    Args:
+        path: the file.
+        max_pixels: decoded-size limit.
+        data: the file's bytes when already read (and hashed): decoded instead of reading `path`.
 
     Raises:
         ImageRejected: the file cannot be decoded.
         OSError: the file cannot be read (FileNotFoundError, PermissionError, ...).
     """
-    with open_image(path, max_pixels) as probe:
+    source = path if data is None else FileBytes(path, data)
+    with open_image(source, max_pixels) as probe:
         source_mode = probe.mode
         try:
             frames = getattr(probe, "n_frames", 1)  # walks the file: a truncated animation fails here
         except DECODE_ERRORS as exc:
             _reraise_io_error(exc)
             raise ImageRejected("truncated" if "truncated" in str(exc) else "decode_error", f"{type(exc).__name__}: {exc}") from exc
-    rgb = load_rgb(path, max_pixels)
+    rgb = load_rgb(source, max_pixels)
     return DecodedImage(
         width=rgb.width,
         height=rgb.height,

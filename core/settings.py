@@ -16,6 +16,7 @@ from core.calibration import (
 )
 from core.embedders import DEFAULT_PRECISION, EMBEDDER_BACKENDS, PRECISIONS, model_problem
 from core.grouping import KEEP_POLICIES, NEAR_DUPLICATE_ACTIONS
+from core.inference_runtimes import DEFAULT_RUNTIME, RUNTIMES, resolve_runtime
 from core.scoring import SEARCH_ENGINES, Thresholds
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +57,9 @@ class Settings:
         device: torch device.
         precision: forward-pass precision, `fp32` (default) or `bf16`; bf16 is its own model id
             (`...@bf16`) and so its own vector table and calibrated threshold.
+        runtime: what runs the model: `auto` (default: the fastest installed CPU runtime for fp32
+            on the CPU, torch on other devices or at bf16), `torch`, `onnxruntime` or `openvino`.
+            The vectors are the same (fp32), so the model id does not change with it.
         calibration_sample_size, calibration_seed, target_precision: how `embedding_thresholds`
             / `imgdedup calibrate` calibrate the near-duplicate threshold for the model.
         neighbor_search: the embedding search: `auto` (an index from 250k contents when faiss-cpu
@@ -85,6 +89,7 @@ class Settings:
     batch_size: int = 32
     device: str = "cpu"
     precision: str = DEFAULT_PRECISION
+    runtime: str = DEFAULT_RUNTIME
     calibration_sample_size: int = DEFAULT_SAMPLE_SIZE
     calibration_seed: int = DEFAULT_SEED
     target_precision: float = DEFAULT_TARGET_PRECISION
@@ -118,6 +123,11 @@ class Settings:
         return self.lancedb_uri or str(Path(self.out_dir) / "state" / "lancedb")
 
     @property
+    def export_dir(self) -> str:
+        """Models exported for a CPU runtime, once per model id (a disposable cache)."""
+        return str(Path(self.out_dir) / "state" / "exported-models")
+
+    @property
     def thresholds_file(self) -> str:
         """Where calibrated thresholds are stored, per model id."""
         return str(Path(self.out_dir) / "state" / THRESHOLDS_FILE)
@@ -140,6 +150,13 @@ class Settings:
             problems.append("--model applies to the hf embedder only; drop it or use --embedder hf")
         if self.precision not in PRECISIONS:
             problems.append(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)} (--precision / IMGDEDUP_PRECISION)")
+        if self.runtime not in RUNTIMES:
+            problems.append(f"unknown runtime {self.runtime!r}: use one of {', '.join(RUNTIMES)} (--runtime / IMGDEDUP_RUNTIME)")
+        elif self.precision in PRECISIONS and _DEVICE_PATTERN.fullmatch(self.device):
+            try:
+                resolve_runtime(self.runtime, self.device, self.precision)
+            except ValueError as exc:
+                problems.append(f"{exc} (--runtime / IMGDEDUP_RUNTIME)")
         try:
             self.thresholds
         except ValueError as exc:

@@ -4,6 +4,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from core.embedders import DEFAULT_PRECISION, Embedder, build_embedder
+from core.inference_runtimes import DEFAULT_RUNTIME
 
 
 class EmbeddingModelResource(dg.ConfigurableResource):
@@ -18,6 +19,10 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         precision: `fp32` (default) or `bf16` (weights and inputs in bfloat16; vectors still stored
             as float32). bf16 is its own model id (`...@bf16`), hence its own vector table.
         batch_size: images per forward pass.
+        runtime: `auto` (default: OpenVINO, else ONNX Runtime, for fp32 on the CPU; torch on CUDA
+            or at bf16), `torch`, `onnxruntime` or `openvino`; the vectors (and model id) are the same.
+        export_dir: where models exported for a CPU runtime are cached (disposable; normally
+            `OUT/state/exported-models`). None runs torch under `auto`.
     """
 
     backend: str = "hf"
@@ -26,6 +31,8 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     device: str = "cpu"
     precision: str = DEFAULT_PRECISION
     batch_size: int = 32
+    runtime: str = DEFAULT_RUNTIME
+    export_dir: str | None = None
 
     _embedder: Embedder | None = PrivateAttr(default=None)
 
@@ -38,4 +45,6 @@ class EmbeddingModelResource(dg.ConfigurableResource):
         return self._embedder
 
     def _build(self) -> Embedder:
-        return build_embedder(self.backend, self.model, device=self.device, pooling=self.pooling, precision=self.precision)
+        return build_embedder(
+            self.backend, self.model, device=self.device, pooling=self.pooling, precision=self.precision, runtime=self.runtime, export_dir=self.export_dir
+        )

@@ -161,6 +161,8 @@ CONFIG_ERRORS = {
     "unknown_device": (["--embedder", "offline"], {"IMGDEDUP_DEVICE": "nonsense"}, "unknown device 'nonsense'"),
     "unknown_executor": (["--embedder", "offline"], {"IMGDEDUP_EXECUTOR": "dask"}, "unknown executor 'dask'"),
     "celery_without_broker": (["--embedder", "offline"], {"IMGDEDUP_EXECUTOR": "celery"}, "set IMGDEDUP_CELERY_BROKER_URL"),
+    "unknown_runtime": (["--embedder", "offline"], {"IMGDEDUP_RUNTIME": "tensorrt"}, "unknown runtime 'tensorrt'"),
+    "cpu_runtime_at_bf16": (["--embedder", "offline", "--runtime", "openvino", "--precision", "bf16"], {}, "runs fp32 on the CPU only"),
 }
 
 

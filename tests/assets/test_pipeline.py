@@ -172,3 +172,13 @@ def test_index_search_gives_the_exact_labels_and_groups(idealo_run, tmp_path):
     assert (index["uniqueness"] >= exact["uniqueness"] - 1e-6).all()
     duplicates = exact["label"] != "unique"
     np.testing.assert_allclose(index.loc[duplicates, "uniqueness"], exact.loc[duplicates, "uniqueness"], atol=1e-6)
+
+
+def test_the_runtime_that_embedded_is_in_the_run_metadata(idealo_run):
+    settings, first, second = idealo_run
+    # auto on the CPU at fp32: a CPU runtime, exported once into OUT/state/exported-models.
+    runtime = materialization_metadata(first, "image_embeddings")["runtime"]
+    assert runtime.split()[0] in ("openvino", "onnxruntime"), runtime
+    assert (Path(settings.out_dir) / "state" / "exported-models" / runtime.split()[0]).is_dir()
+    # The rerun embeds nothing, so it loads no model at all.
+    assert "not loaded" in materialization_metadata(second, "image_embeddings")["runtime"]

@@ -101,9 +101,9 @@ def counted_describe(monkeypatch):
     decoded: list[str] = []
     real = core.catalog.describe_image
 
-    def counting(path, max_pixels):
+    def counting(path, max_pixels, **kwargs):
         decoded.append(Path(path).name)
-        return real(path, max_pixels)
+        return real(path, max_pixels, **kwargs)
 
     monkeypatch.setattr(core.catalog, "describe_image", counting)
     return decoded

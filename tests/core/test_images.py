@@ -592,3 +592,26 @@ def test_bad_root_raises_value_error(tmp_path, make):
 
 def test_empty_root_finds_nothing(tmp_path):
     assert discover_image_files(tmp_path) == []
+
+
+def test_verified_load_refuses_bytes_that_are_not_the_catalogued_ones(tmp_path):
+    from core.images import FileChangedError, file_sha256, load_verified_rgb
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
+    catalogued = file_sha256(path)
+    assert load_verified_rgb(path, catalogued).getpixel((0, 0)) == (200, 10, 10)
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(path)
+    with pytest.raises(FileChangedError, match="changed since it was catalogued"):
+        load_verified_rgb(path, catalogued)
+
+
+def test_withdrawn_contents_move_every_file_of_the_content_to_rejected():
+    from core.collections import withdraw_changed_contents
+
+    images = pd.DataFrame({"image_id": ["a", "b", "c"], "path": ["a.png", "b.png", "c.png"], "bytes": [1, 2, 3], "pixel_hash": ["h1", "h2", "h1"]})
+    rejected = pd.DataFrame({"image_id": ["z"], "path": ["z.png"], "bytes": pd.array([None], "Int64"), "reason": ["empty_file"], "detail": [""]})
+    kept, moved = withdraw_changed_contents(images, rejected, {"h1": "a.png: the file changed"})
+    assert kept["path"].tolist() == ["b.png"]
+    assert moved.set_index("path")["reason"].to_dict() == {"a.png": "changed_during_run", "c.png": "changed_during_run", "z.png": "empty_file"}
+    assert len(kept) + len(moved) == len(images) + len(rejected)

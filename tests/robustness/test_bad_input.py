@@ -63,7 +63,7 @@ class Corpus:
     cases: dict[str, Case]
     open_denied: frozenset[str]  # absolute paths whose `open` raises PermissionError
     vanish_after_listing: frozenset[str]  # deleted right after discovery
-    vanish_while_opening: frozenset[str]  # deleted inside Image.open, after every stat
+    vanish_while_opening: frozenset[str]  # deleted as it is opened for reading (or inside Image.open), after every stat
     swap_after_listing: tuple[tuple[str, str], ...]  # (file, target): replaced by a symlink after discovery
     unlistable_folders: frozenset[str]  # os.scandir raises PermissionError
 
@@ -241,6 +241,8 @@ def corpus_hooks(corpus: Corpus):
     def open_(file, *args, **kwargs):
         if isinstance(file, (str, os.PathLike)) and os.fspath(file) in corpus.open_denied:
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file) in corpus.vanish_while_opening and os.path.lexists(file):
+            os.unlink(file)  # the catalog reads a file's bytes once (then hashes and decodes them): gone at that read
         return real_open(file, *args, **kwargs)
 
     def image_open(fp, *args, **kwargs):
