@@ -65,6 +65,7 @@ def daemon_runs(postgres, tmp_path_factory):
     settings = Settings(image_root=str(images), out_dir=str(base / "incremental"), embedder="offline", max_duplicate_fraction=1.0)
     home = dagster_home_from("dagster.postgres.yaml", base / "dagster_home")
     env = process_env(settings, {"DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": instance_url, "PYTHONPATH": str(PROJECT_ROOT)})
+    previous_url = os.environ.get("DAGSTER_POSTGRES_URL")
     os.environ["DAGSTER_POSTGRES_URL"] = instance_url  # for this process's view of the instance
 
     found: dict = {"settings": settings}
@@ -91,7 +92,10 @@ def daemon_runs(postgres, tmp_path_factory):
             found["hashes_after"] = catalog_hashes(Path(settings.out_dir))
     finally:
         found["stopped"] = stop_process_tree(daemon)
-        os.environ.pop("DAGSTER_POSTGRES_URL", None)
+        if previous_url is None:
+            os.environ.pop("DAGSTER_POSTGRES_URL", None)
+        else:
+            os.environ["DAGSTER_POSTGRES_URL"] = previous_url
 
     full = Settings(image_root=str(images), out_dir=str(base / "full"), embedder="offline", max_duplicate_fraction=1.0)
     with dg.instance_for_test() as instance:
