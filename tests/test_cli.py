@@ -152,6 +152,7 @@ CONFIG_ERRORS = {
     "unknown_device": (["--embedder", "offline"], {"IMGDEDUP_DEVICE": "nonsense"}, "unknown device 'nonsense'"),
     "unknown_executor": (["--embedder", "offline"], {"IMGDEDUP_EXECUTOR": "dask"}, "unknown executor 'dask'"),
     "celery_without_broker": (["--embedder", "offline"], {"IMGDEDUP_EXECUTOR": "celery"}, "set IMGDEDUP_CELERY_BROKER_URL"),
+    "schedule_not_cron": (["--embedder", "offline"], {"IMGDEDUP_DEDUP_SCHEDULE_CRON": "nightly"}, "'nightly' is not a 5-field cron string"),
 }
 
 
