@@ -120,7 +120,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         selection=dg.AssetSelection.assets(*SHARDED_ASSETS),
         description="Embed one shard of the new contents (partition = first hex digit of the pixel hash) into the embedding checkpoints; run the partitions in parallel, then dedup_job.",
     )
-    arrival_sensor, nightly_schedule = build_arrival_automation(DEDUP_JOB)
+    arrival_sensor, nightly_schedule = build_arrival_automation(DEDUP_JOB, settings.dedup_schedule_cron)
     return dg.Definitions(
         assets=[*ALL_ASSETS, *CALIBRATION_ASSETS, *SHARDED_ASSETS],
         asset_checks=all_checks(),

@@ -22,8 +22,9 @@ def _run_request(fingerprint: str, trigger: str) -> dg.RunRequest:
     return dg.RunRequest(run_key=f"listing-{fingerprint}", tags={LISTING_TAG: fingerprint, TRIGGER_TAG: trigger})
 
 
-def build_arrival_automation(job_name: str) -> tuple[dg.SensorDefinition, dg.ScheduleDefinition]:
-    """The arrival sensor and the nightly schedule for `job_name`."""
+def build_arrival_automation(job_name: str, cron_schedule: str = "0 2 * * *") -> tuple[dg.SensorDefinition, dg.ScheduleDefinition]:
+    """The arrival sensor and the catch-up schedule (`cron_schedule`, nightly at 02:00 by default)
+    for `job_name`."""
 
     @dg.sensor(job_name=job_name, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
     def new_images_sensor(context: dg.SensorEvaluationContext, image_store: ImageStoreResource):
@@ -35,7 +36,7 @@ def build_arrival_automation(job_name: str) -> tuple[dg.SensorDefinition, dg.Sch
         context.update_cursor(fingerprint)
         return _run_request(fingerprint, "sensor")
 
-    @dg.schedule(job_name=job_name, cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.STOPPED)
+    @dg.schedule(job_name=job_name, cron_schedule=cron_schedule, default_status=dg.DefaultScheduleStatus.STOPPED)
     def nightly_dedup_schedule(context: dg.ScheduleEvaluationContext, image_store: ImageStoreResource):
         """Nightly catch-up run, skipped when a run already handled the current listing."""
         fingerprint = listing_fingerprint(image_store.root, image_store.discover())

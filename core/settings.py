@@ -66,6 +66,8 @@ class Settings:
             is installed), `exact` or `index`; pHash matches are always found exactly.
         report_base_url: where `imgdedup serve-reports` listens (e.g. `http://127.0.0.1:3001`),
             so that the UI's `report_url` opens the HTML report; None = no link, only the path.
+        dedup_schedule_cron: when `nightly_dedup_schedule` (once switched on) catches up with the
+            folder, as a 5-field cron string; 02:00 every night by default.
         executor: where a launched run's steps execute: `in_process` (default), `multiprocess`
             (a process per step) or `celery` (on dagster-celery workers, deploy/README.md).
         celery_broker_url, celery_backend_url: the Celery broker and result backend for
@@ -95,6 +97,7 @@ class Settings:
     target_precision: float = DEFAULT_TARGET_PRECISION
     neighbor_search: str = "auto"
     report_base_url: str | None = None
+    dedup_schedule_cron: str = "0 2 * * *"
     executor: str = "in_process"
     celery_broker_url: str | None = None
     celery_backend_url: str | None = None
@@ -177,6 +180,8 @@ class Settings:
             problems.append(f"calibration_sample_size must be at least {MIN_ORIGINALS}, got {self.calibration_sample_size}")
         if self.max_pixels <= 0 or self.batch_size <= 0:
             problems.append("max_pixels and batch_size must be positive")
+        if not _CRON_PATTERN.fullmatch(self.dedup_schedule_cron.strip()):
+            problems.append(f"dedup_schedule_cron {self.dedup_schedule_cron!r} is not a 5-field cron string such as '0 2 * * *' (IMGDEDUP_DEDUP_SCHEDULE_CRON)")
         problems.extend(self.executor_problems())
         if (device_problem := _device_problem(self.device)) is not None:
             problems.append(device_problem)
@@ -208,6 +213,7 @@ class Settings:
 
 
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}
+_CRON_PATTERN = re.compile(r"[\w*/,-]+(\s+[\w*/,-]+){4}")
 _DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)")
 
 

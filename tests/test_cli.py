@@ -163,6 +163,7 @@ CONFIG_ERRORS = {
     "celery_without_broker": (["--embedder", "offline"], {"IMGDEDUP_EXECUTOR": "celery"}, "set IMGDEDUP_CELERY_BROKER_URL"),
     "unknown_runtime": (["--embedder", "offline"], {"IMGDEDUP_RUNTIME": "tensorrt"}, "unknown runtime 'tensorrt'"),
     "cpu_runtime_at_bf16": (["--embedder", "offline", "--runtime", "openvino", "--precision", "bf16"], {}, "runs fp32 on the CPU only"),
+    "schedule_not_cron": (["--embedder", "offline"], {"IMGDEDUP_DEDUP_SCHEDULE_CRON": "nightly"}, "'nightly' is not a 5-field cron string"),
 }
 
 

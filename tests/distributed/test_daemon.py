@@ -1,6 +1,7 @@
 """The daemon, for real: `dagster-daemon run` on the Postgres instance of deploy/dagster.postgres.yaml
-runs the arrival sensor, which launches dedup_job by itself when images are dropped into the folder;
-the run embeds only the new contents and its results equal a full run."""
+runs the schedule, which launches dedup_job over the folder, then the arrival sensor, which launches
+it by itself when images are dropped into the folder; that run embeds only the new contents and its
+results equal a full run."""
 import os
 import shutil
 import subprocess
@@ -31,14 +32,19 @@ def comparable(out_dir: Path) -> pd.DataFrame:
     return table[["path", "uniqueness", "label", "group_id", "duplicate_of", "removed"]]
 
 
-def finished_sensor_runs(instance: dg.DagsterInstance, count: int) -> list[dg.DagsterRun] | None:
-    """The sensor's runs, oldest first, once `count` of them have ended (None before); a run that
-    failed ends the wait at once."""
-    runs = list(reversed(instance.get_runs(filters=dg.RunsFilter(tags={TRIGGER_TAG: "sensor"}))))
-    if any(run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED) for run in runs):
-        return runs
-    ended = [run for run in runs if run.status == dg.DagsterRunStatus.SUCCESS]
-    return runs if len(ended) >= count else None
+def finished_runs(instance: dg.DagsterInstance, trigger: str) -> list[dg.DagsterRun] | None:
+    """The runs `trigger` (sensor or schedule) launched, oldest first, once one has ended (None
+    before); a run that failed ends the wait at once."""
+    runs = list(reversed(instance.get_runs(filters=dg.RunsFilter(tags={TRIGGER_TAG: trigger}))))
+    ended = [run for run in runs if run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
+    return runs if ended else None
+
+
+def switch(kind: str, name: str, state: str, env: dict[str, str]) -> None:
+    """`dagster sensor|schedule start|stop NAME`: what an operator does once (or in the UI)."""
+    command = [str(VENV_BIN / "dagster"), kind, state, name, "-w", "workspace.yaml"]
+    completed = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
 def embedded_this_run(instance: dg.DagsterInstance, run_id: str) -> int:
@@ -62,36 +68,40 @@ def daemon_runs(postgres, tmp_path_factory):
 
     postgres.create_database("daemon_test")
     instance_url = postgres.sqlalchemy_url("daemon_test")
-    settings = Settings(image_root=str(images), out_dir=str(base / "incremental"), embedder="offline", max_duplicate_fraction=1.0)
+    # The schedule every minute here (02:00 by default), so that the daemon fires it during the test.
+    settings = Settings(
+        image_root=str(images), out_dir=str(base / "incremental"), embedder="offline", max_duplicate_fraction=1.0, dedup_schedule_cron="* * * * *"
+    )
     home = dagster_home_from("dagster.postgres.yaml", base / "dagster_home")
     env = process_env(settings, {"DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": instance_url, "PYTHONPATH": str(PROJECT_ROOT)})
+    previous_url = os.environ.get("DAGSTER_POSTGRES_URL")
     os.environ["DAGSTER_POSTGRES_URL"] = instance_url  # for this process's view of the instance
 
     found: dict = {"settings": settings}
     log = base / "daemon.log"
     daemon = start_process([str(VENV_BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, log)
     try:
-        # What an operator does once (or in the UI's Automation page): switch both on.
-        for kind, name in (("sensor", "new_images_sensor"), ("schedule", "nightly_dedup_schedule")):
-            started = subprocess.run(
-                [str(VENV_BIN / "dagster"), kind, "start", name, "-w", "workspace.yaml"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
-            )
-            assert started.returncode == 0, started.stdout + started.stderr
         with dg.DagsterInstance.from_config(str(home)) as instance:
             found["storage"] = type(instance.run_storage).__name__
-            # No other call from here on: the sensor sees the folder and the daemon launches the run.
-            (run,) = wait_for(lambda: finished_sensor_runs(instance, 1), "the sensor's first run", RUN_TIMEOUT_S, [log], [daemon])
+            switch("schedule", "nightly_dedup_schedule", "start", env)
+            (found["schedule_run"],) = wait_for(lambda: finished_runs(instance, "schedule"), "the schedule's run", RUN_TIMEOUT_S, [log], [daemon])
             found["hashes_before"] = catalog_hashes(Path(settings.out_dir))
-            # New images arrive in one rename, so that no listing sees half of them.
+            # Only the sensor from here on (a schedule firing every minute would race it).
+            switch("schedule", "nightly_dedup_schedule", "stop", env)
+            switch("sensor", "new_images_sensor", "start", env)
+            # No other call from here on: new images arrive (in one rename, so that no listing sees
+            # half of them), the sensor sees them and the daemon launches the run.
             staging.rename(images / "arrived")
-            runs = wait_for(lambda: finished_sensor_runs(instance, 2), "the sensor's run for the new images", RUN_TIMEOUT_S, [log], [daemon])
-            found["runs"] = runs
-            found["embedded"] = [embedded_this_run(instance, run.run_id) for run in runs if run.status == dg.DagsterRunStatus.SUCCESS]
+            (found["sensor_run"],) = wait_for(lambda: finished_runs(instance, "sensor"), "the sensor's run for the new images", RUN_TIMEOUT_S, [log], [daemon])
+            found["embedded"] = [embedded_this_run(instance, found[run].run_id) for run in ("schedule_run", "sensor_run") if found[run].status == dg.DagsterRunStatus.SUCCESS]
             found["heartbeats"] = set(instance.get_daemon_heartbeats())
             found["hashes_after"] = catalog_hashes(Path(settings.out_dir))
     finally:
         found["stopped"] = stop_process_tree(daemon)
-        os.environ.pop("DAGSTER_POSTGRES_URL", None)
+        if previous_url is None:
+            os.environ.pop("DAGSTER_POSTGRES_URL", None)
+        else:
+            os.environ["DAGSTER_POSTGRES_URL"] = previous_url
 
     full = Settings(image_root=str(images), out_dir=str(base / "full"), embedder="offline", max_duplicate_fraction=1.0)
     with dg.instance_for_test() as instance:
@@ -100,9 +110,9 @@ def daemon_runs(postgres, tmp_path_factory):
     return found
 
 
-def test_the_daemon_ran_the_sensor_and_launched_a_run_per_arrival(daemon_runs):
+def test_the_daemon_launched_the_schedules_run_then_the_sensors_run(daemon_runs):
     assert daemon_runs["storage"] == "PostgresRunStorage"
-    runs = daemon_runs["runs"]
+    runs = [daemon_runs["schedule_run"], daemon_runs["sensor_run"]]
     assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS] * 2, [(run.run_id, run.status) for run in runs]
     assert all(run.job_name == DEDUP_JOB for run in runs)
     assert runs[0].tags[LISTING_TAG] != runs[1].tags[LISTING_TAG]  # one run per state of the folder
