@@ -19,8 +19,8 @@ import pandas as pd
 from core.report import ReportGroup
 from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, LABEL_UNIQUE, Thresholds
 
-# Markdown's punctuation, plus `:` and `@` so that no text (https://..., www.x.y, a@b.c) is made a
-# link by GFM's autolinks.
+# Markdown's punctuation (and `:` `@`). Escapes do not stop the UI's autolinks (www.x.y, a@b.c in
+# plain text), so paths and other text from files go through `markdown_literal` instead.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>:@])")
 BAR_WIDTH = 24
 
