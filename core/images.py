@@ -25,11 +25,18 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError)
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: beyond this a file is treated as a decompression bomb.
 
-# Truncated files must fail loudly so that they land in `rejected` instead of being half-decoded.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-# Pillow's own bomb guard (a warning at 89 MP, an error at 179 MP) would override the configurable
-# `max_pixels`; `open_image` enforces that limit from the header before any pixel is decoded.
-Image.MAX_IMAGE_PIXELS = None
+
+
+def _pillow_limits_for_this_tool() -> None:
+    """Set Pillow's process-wide limits the way this tool decodes, when it first opens an image
+    (not at import, so that importing a module of ours changes nothing for other code).
+
+    Truncated files must fail loudly so that they land in `rejected` instead of being half-decoded.
+    Pillow's own bomb guard (a warning at 89 MP, an error at 179 MP) would override the configurable
+    `max_pixels`; `open_image` enforces that limit from the header before any pixel is decoded.
+    """
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True)
@@ -348,6 +355,7 @@ def open_image(path: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     """
     if (len(path.data) if isinstance(path, FileBytes) else os.path.getsize(path)) == 0:
         raise ImageRejected("empty_file")
+    _pillow_limits_for_this_tool()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

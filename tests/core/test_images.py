@@ -615,3 +615,17 @@ def test_withdrawn_contents_move_every_file_of_the_content_to_rejected():
     assert kept["path"].tolist() == ["b.png"]
     assert moved.set_index("path")["reason"].to_dict() == {"a.png": "changed_during_run", "c.png": "changed_during_run", "z.png": "empty_file"}
     assert len(kept) + len(moved) == len(images) + len(rejected)
+
+
+def test_importing_the_image_module_leaves_pillows_limits_alone():
+    """Pillow's bomb guard is process-wide: only opening an image through this tool sets it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "from PIL import Image, ImageFile; before = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES); "
+        "import core.images, core.catalog, resources.image_store; "
+        "assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == before, (Image.MAX_IMAGE_PIXELS, before)"
+    )
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert completed.returncode == 0, completed.stderr
