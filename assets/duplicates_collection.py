@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.metadata import table_metadata, write_export_file
+from core.atomic_write import write_atomically
 from core.collections import duplicates_table, interchange_table
 from core.grouping import assign_groups, keep_policy_order
 from core.report import (
@@ -50,10 +51,7 @@ def write_duplicates_report(
         if cached.is_file():
             return cached.read_bytes()
         data = thumbnail_jpeg(image_store.load_rgb(path, (2 * THUMBNAIL_SIZE, 2 * THUMBNAIL_SIZE)))
-        cache.mkdir(parents=True, exist_ok=True)
-        temporary = cached.with_name(f".{cached.name}.tmp")
-        temporary.write_bytes(data)
-        temporary.replace(cached)
+        write_atomically(cached, lambda temporary: Path(temporary).write_bytes(data))
         return data
 
     report = render_duplicates_report(

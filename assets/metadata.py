@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from core.export_set import write_atomically
+from core.atomic_write import write_atomically
 from core.ui_markdown import markdown_table
 from resources.output_store import OutputStoreResource
 

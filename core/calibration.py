@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -30,9 +29,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from core.images import dihedral_phashes, informative_phashes, pixel_hash, trim_uniform_borders
+from core.atomic_write import write_atomically
+from core.images import (
+    dihedral_phashes,
+    informative_phashes,
+    pixel_hash,
+    trim_uniform_borders,
+)
 from core.neighbors import l2_normalize
-
 
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.05  # SPEC.md's default (cosine similarity 0.9), used until calibrated
 DEFAULT_TARGET_PRECISION = 0.99
@@ -480,15 +484,8 @@ def write_calibration(path: str | os.PathLike, model_id: str, record: dict) -> d
     file is replaced atomically. Returns the new model id -> record mapping."""
     path = Path(path)
     models = {**read_calibrations(path), model_id: record}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"version": FILE_FORMAT_VERSION, "models": models}, handle, indent=2, sort_keys=True)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
+    text = json.dumps({"version": FILE_FORMAT_VERSION, "models": models}, indent=2, sort_keys=True)
+    write_atomically(path, lambda temporary: Path(temporary).write_text(text))
     return models
 
 

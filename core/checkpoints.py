@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.atomic_write import write_atomically
 from core.disposable_cache import read_or_discard
 
 logger = logging.getLogger(__name__)
@@ -35,11 +36,7 @@ class EmbeddingCheckpoint:
         table = pa.table(
             {"pixel_hash": pa.array(hashes, pa.string()), "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])}
         )
-        name = f"batch-{uuid.uuid4().hex}.parquet"
-        temp = self.directory / f".{name}.tmp"
-        pq.write_table(table, temp)
-        os.replace(temp, self.directory / name)
-        return self.directory / name
+        return write_atomically(self.directory / f"batch-{uuid.uuid4().hex}.parquet", lambda temporary: pq.write_table(table, temporary))
 
     def shards(self) -> list[Path]:
         return sorted(self.directory.glob("batch-*.parquet")) if self.directory.is_dir() else []

@@ -22,6 +22,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from core.atomic_write import write_atomically
+
 EXPORTS_DIR = "exports"
 CURRENT_LINK = "current"
 MANIFEST_FILE = "manifest.json"
@@ -58,21 +60,6 @@ def published_run_id(out_dir: str | os.PathLike) -> str | None:
         return json.loads((folder / MANIFEST_FILE).read_text())["run_id"] if folder is not None else None
     except (OSError, ValueError, KeyError):
         return None
-
-
-def write_atomically(target: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """`write(temporary path)`, then rename it onto `target`: a reader never sees half a file. The
-    file gets the usual permissions (0666 less the umask), as any file the user creates."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        write(str(temporary))
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return target
 
 
 def publish(out_dir: str | os.PathLike, run_id: str) -> Path:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from core.atomic_write import write_atomically
 from core.neighbors import NeighborSearch
 
 # Above this fraction of changed rows a full search is about as fast, and simpler.
@@ -44,21 +44,20 @@ class KeyedSearch:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file, then rename): a kill never leaves a partial cache."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        with open(temporary, "wb") as handle:
-            np.savez(
-                handle,
-                hashes=self.hashes.astype(str),
-                fingerprint=np.array(self.fingerprint),
-                topk_index=self.search.topk_index,
-                topk_distance=self.search.topk_distance,
-                pair_left=self.search.pair_left,
-                pair_right=self.search.pair_right,
-                pair_distance=self.search.pair_distance,
-            )
-        os.replace(temporary, path)
+        def write(temporary: str) -> None:
+            with open(temporary, "wb") as handle:  # a handle: np.savez would append .npz to a name
+                np.savez(
+                    handle,
+                    hashes=self.hashes.astype(str),
+                    fingerprint=np.array(self.fingerprint),
+                    topk_index=self.search.topk_index,
+                    topk_distance=self.search.topk_distance,
+                    pair_left=self.search.pair_left,
+                    pair_right=self.search.pair_right,
+                    pair_distance=self.search.pair_distance,
+                )
+
+        write_atomically(path, write)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> KeyedSearch:

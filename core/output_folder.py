@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from core.atomic_write import write_atomically
+
 MARKER_NAME = ".imgdedup-output"
 MARKER_TEXT = "This folder is written by imgdedup (exports and state); it may replace anything in it.\n"
 
@@ -73,7 +75,5 @@ def claim_output_folder(out_dir: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     marker = out / MARKER_NAME
     if not marker.is_file():
-        temporary = out / f".{MARKER_NAME}.{os.getpid()}.tmp"
-        temporary.write_text(MARKER_TEXT)
-        os.replace(temporary, marker)
+        write_atomically(marker, lambda temporary: Path(temporary).write_text(MARKER_TEXT))
     return marker

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -50,12 +49,10 @@ class OutputStoreResource(dg.ConfigurableResource):
         return f"catalog-{hashlib.sha1(str(Path(image_root).resolve()).encode()).hexdigest()[:12]}.parquet"
 
     def write_json(self, file_name: str, payload: dict) -> Path:
-        target = self.path_for(file_name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.tmp")
-        temp.write_text(json.dumps(payload, indent=2, default=str))
-        os.replace(temp, target)
-        return target
+        from core.atomic_write import write_atomically
+
+        text = json.dumps(payload, indent=2, default=str)
+        return write_atomically(self.path_for(file_name), lambda temporary: Path(temporary).write_text(text))
 
     def path_for(self, file_name: str) -> Path:
         """A path inside `out_dir`; refuses names that would escape it."""
@@ -74,7 +71,7 @@ class OutputStoreResource(dg.ConfigurableResource):
     def write_table(self, file_name: str, table: pd.DataFrame, run_id: str | None = None) -> Path:
         """Write CSV or Parquet (by suffix) atomically: a reader never sees a half-written file.
         With `run_id`, into that run's export set (`export_path`), else at `file_name` in out_dir."""
-        from core.export_set import write_atomically
+        from core.atomic_write import write_atomically
 
         target = self.export_path(run_id, file_name) if run_id else self.path_for(file_name)
         if target.suffix == ".parquet":

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from core.export_set import SET_FILES, add_to_published_set, current_folder, publish, published_run_id, run_folder, write_atomically
+from core.atomic_write import write_atomically
+from core.export_set import (
+    SET_FILES,
+    add_to_published_set,
+    current_folder,
+    publish,
+    published_run_id,
+    run_folder,
+)
 
 
 def write_set(out: Path, run_id: str, names=SET_FILES) -> None:
