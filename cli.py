@@ -333,6 +333,10 @@ def outcome_lines(result, failed_checks: list, failed_steps: list[tuple[str, str
                 f"dedup done: {books['discovered']} files discovered: {books['clean']} clean, {books['duplicates']} removed as duplicates, "
                 f"{books['rejected']} rejected (clean.csv, duplicates.csv, rejected.csv)"
             )
+            if books["discovered"] == 0:
+                from core.images import IMAGE_EXTENSIONS
+
+                lines.append(f"note: no file with an image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}) under --images: is it the right folder?")
     for evaluation in failed_checks:
         metadata = evaluation.metadata
         lines.append(f"GATE FAILED: {evaluation.check_name}: {evaluation.description or 'see the check in the Dagster UI'}")

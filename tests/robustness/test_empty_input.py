@@ -36,3 +36,5 @@ def test_a_root_without_usable_images_exits_0_with_every_export(tmp_path, make_r
         assert "path" in table.columns, name
         assert len(table) == (rejected_count if name == "rejected.csv" else 0), name
     assert f"dedup done: {rejected_count} files discovered: 0 clean, 0 removed as duplicates, {rejected_count} rejected" in completed.stdout
+    # A folder without a single image is more likely a wrong path than a clean dataset: say so.
+    assert ("no file with an image extension" in completed.stdout) == (rejected_count == 0)
