@@ -31,7 +31,8 @@ MIN_BLACK_FRACTION = 0.01
 # Edges within this many degrees of the axes are letterbox borders (trimmed elsewhere), not turns.
 MIN_TURN_DEGREES = 1.0
 # Share of the fill's edge pixels that must lie on the detected straight lines.
-MIN_STRAIGHT_EDGE_FRACTION = 0.6
+MIN_STRAIGHT_EDGE_FRACTION = 0.5
+EDGE_TOLERANCE_PIXELS = 2.0
 # Features are matched at this longest side; ORB keypoints per image.
 FEATURE_SIDE = 320
 FEATURE_KEYPOINTS = 300
@@ -88,10 +89,16 @@ def turned_black_corners_degrees(rgb: Image.Image) -> float | None:
     if edge_pixels < 8:
         return None
     accumulator, angles, distances = hough_line(edge, np.deg2rad(np.arange(-90.0, 90.0, 0.25)))
-    votes, peak_angles, _ = hough_line_peaks(accumulator, angles, distances, num_peaks=4, threshold=0.25 * accumulator.max())
-    if len(votes) == 0 or votes.sum() < MIN_STRAIGHT_EDGE_FRACTION * edge_pixels:
+    votes, peak_angles, peak_distances = hough_line_peaks(accumulator, angles, distances, num_peaks=8, threshold=0.25 * accumulator.max())
+    if len(votes) == 0:
         return None
     turn = _reduced_degrees(float(np.rad2deg(peak_angles[int(np.argmax(votes))])))
+    # The lines at that turn (either side of the corner), and the share of the edge on them.
+    along = np.abs([_reduced_degrees(float(np.rad2deg(a)) - turn) for a in peak_angles]) <= 1.5
+    rows, columns = np.nonzero(edge)
+    offsets = np.abs(np.outer(columns, np.cos(peak_angles[along])) + np.outer(rows, np.sin(peak_angles[along])) - peak_distances[along])
+    if (offsets.min(axis=1) <= EDGE_TOLERANCE_PIXELS).mean() < MIN_STRAIGHT_EDGE_FRACTION:
+        return None
     return None if abs(turn) < MIN_TURN_DEGREES else turn
 
 
@@ -139,7 +146,7 @@ def similarity_match(first: Image.Image, second: Image.Image) -> SimilarityMatch
         warnings.simplefilter("ignore")  # "No inliers found": answered as 0 inliers
         model, inliers = ransac((keys_a[pairs[:, 0]][:, ::-1], keys_b[pairs[:, 1]][:, ::-1]), SimilarityTransform,
                                 min_samples=3, residual_threshold=2, max_trials=500, rng=0)
-    if model is None or inliers is None:
+    if not model or inliers is None:  # a failed estimation is falsy
         return SimilarityMatch(0, len(pairs), 0.0)
     return SimilarityMatch(int(inliers.sum()), len(pairs), _reduced_degrees(float(np.rad2deg(model.rotation))))
 
