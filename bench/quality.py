@@ -22,8 +22,9 @@ Per-relation recall: a true pair (two images of one ground-truth group) counts f
 its non-original member (`relation` column of the set's manifest.csv, reduced to a category); a pair
 of two edited copies counts for both relations, a pair of two originals as "original / identical".
 
-Cost per 100 images: decoding + the 8 dihedral pHashes (as the catalog computes them), and one
-embedding forward pass per image (the pipeline's loader, border trimming and batches), timed in this
+Cost per 100 images: decoding + the 8 dihedral pHashes (as the catalog computes them), one
+embedding forward pass per image (the pipeline's loader, border trimming and batches), and the
+turned-copy check (core/rotated_copies.py, as scoring runs it at the default radius), timed in this
 process after the model has loaded, over every decodable file of the set.
 
 Prints one line per set, the per-relation table, and ends with one line of JSON holding every figure.
@@ -38,6 +39,8 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
@@ -140,9 +143,23 @@ def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32,
     embedder = build_embedder(embedder_name, precision=precision)
     embedder.embed([load_rgb(next(iter(by_hash.values())))])  # load the weights outside the timing
     started = time.perf_counter()
-    for _ in embed_in_batches(by_hash, embedder, lambda path, draft: load_rgb(path, draft_size=draft), batch_size):
-        pass
+    vectors = {}
+    for hashes, rows in embed_in_batches(by_hash, embedder, lambda path, draft: load_rgb(path, draft_size=draft), batch_size):
+        vectors.update(zip(hashes, rows))
     embed_seconds = time.perf_counter() - started
+    # The turned-copy check as scoring runs it: contents just beyond the default radius are
+    # tested for black corners, the turned ones matched by features against their neighbours.
+    from core.neighbors import search_neighbors
+    from core.rotated_copies import RotatedCopySignal
+    from core.scoring import NEIGHBORS_PER_ROW, ContentVectors, Thresholds
+
+    content = ContentVectors.from_mapping(vectors)
+    radius = Thresholds().near_duplicate_cosine_distance
+    search = search_neighbors(content.matrix, k=NEIGHBORS_PER_ROW, radius=radius)
+    started = time.perf_counter()
+    RotatedCopySignal(lambda pixel_hash, draft: load_rgb(by_hash[pixel_hash], draft_size=draft)).vouched_matches(
+        content.hashes, search, np.arange(len(content.hashes)), radius)
+    turned_seconds = time.perf_counter() - started
     # Identical contents are embedded once; the cost is per image of the set, as a user pays it.
     per_100 = 100.0 / len(paths)
     return {
@@ -150,7 +167,8 @@ def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32,
         "distinct_contents": len(by_hash),
         "decode_and_hash_s_per_100": round(hash_seconds * per_100, 2),
         "embedding_s_per_100": round(embed_seconds * per_100, 2),
-        "total_s_per_100": round((hash_seconds + embed_seconds) * per_100, 2),
+        "turned_copy_check_s_per_100": round(turned_seconds * per_100, 2),
+        "total_s_per_100": round((hash_seconds + embed_seconds + turned_seconds) * per_100, 2),
     }
 
 
@@ -207,6 +225,8 @@ def main() -> int:
             figures[name]["cost"] = cost_per_100_images(data, args.embedder, precision=args.precision)
         cost = f"; {figures[name]['cost']['total_s_per_100']:.1f} s / 100 images" if "cost" in figures[name] else ""
         threshold_note = f"  T {figures[name]['calibrated_threshold']:.4f}" if calibrated else ""
+        if "cost" in figures[name]:
+            cost += f", of which the turned-copy check {figures[name]['cost']['turned_copy_check_s_per_100']:.2f} s"
         print(f"{name:24s} P {result['pair_precision']:.3f}  R {result['pair_recall']:.3f}  F1 {result['pair_f1']:.3f}  "
               f"missing {result['images_missing']}{threshold_note}  ({seconds:.1f} s, incl. model load{cost})")
     print("\nrecall by relation (true pairs found / true pairs):")

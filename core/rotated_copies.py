@@ -25,7 +25,7 @@ from core.neighbors import NeighborSearch
 # A pixel whose brightest channel is at most this is part of a black fill (JPEG ringing included).
 BLACK_MAX_LEVEL = 24
 # The corner test runs on the image scaled to this longest side: enough for a straight edge.
-CORNER_TEST_SIDE = 256
+CORNER_TEST_SIDE = 192
 # Black fill covering less than this share of the image is a dark detail, not turned corners.
 MIN_BLACK_FRACTION = 0.01
 # Edges within this many degrees of the axes are letterbox borders (trimmed elsewhere), not turns.
@@ -34,8 +34,8 @@ MIN_TURN_DEGREES = 1.0
 MIN_STRAIGHT_EDGE_FRACTION = 0.5
 EDGE_TOLERANCE_PIXELS = 2.0
 # Features are matched at this longest side; ORB keypoints per image.
-FEATURE_SIDE = 320
-FEATURE_KEYPOINTS = 300
+FEATURE_SIDE = 256
+FEATURE_KEYPOINTS = 200
 # A pair is vouched for only with at least this many RANSAC inliers, this share of the
 # cross-checked matches (the cutoff: it maps onto the near-duplicate radius), and a transform
 # turned by the corners' angle within this many degrees. Measured on the shared and hard-negative
@@ -127,16 +127,17 @@ def _features(rgb: Image.Image):
     return orb.keypoints, orb.descriptors
 
 
-def similarity_match(first: Image.Image, second: Image.Image) -> SimilarityMatch:
-    """Cross-checked ORB matches between two images and the RANSAC inliers of one similarity
-    transform (rotation, scale, shift) fitted to them (seeded: the same answer every run)."""
+def similarity_match(first, second) -> SimilarityMatch:
+    """Cross-checked ORB matches between two images (or their `_features`) and the RANSAC inliers
+    of one similarity transform (rotation, scale, shift) fitted to them (seeded: the same answer
+    every run)."""
     import warnings
 
     from skimage.feature import match_descriptors
     from skimage.measure import ransac
     from skimage.transform import SimilarityTransform
 
-    (keys_a, desc_a), (keys_b, desc_b) = _features(first), _features(second)
+    (keys_a, desc_a), (keys_b, desc_b) = (_features(x) if isinstance(x, Image.Image) else x for x in (first, second))
     if len(desc_a) < 3 or len(desc_b) < 3:
         return SimilarityMatch(0, 0, 0.0)
     pairs = match_descriptors(desc_a, desc_b, cross_check=True, max_ratio=0.8)
@@ -195,20 +196,27 @@ class RotatedCopySignal:
         outside = (topk_index >= 0) & (group[np.maximum(topk_index, 0)] != group[:, None])
         nearest = np.where(outside, topk_distance, np.inf).min(axis=1) if topk_index.shape[1] else np.full(len(pixel_hashes), np.inf)
         candidates = np.flatnonzero((nearest > radius) & (nearest <= CANDIDATE_MAX_COSINE_DISTANCE))
-        draft = (CORNER_TEST_SIDE, CORNER_TEST_SIDE)
+        # JPEGs decode at 1/2-1/8 scale for the corner test (a straight edge needs few pixels).
+        draft = (CORNER_TEST_SIDE // 2, CORNER_TEST_SIDE // 2)
+        features: dict[int, tuple] = {}
+
+        def features_of(row: int):
+            if row not in features:
+                image = self._load_or_none(pixel_hashes[row], None)
+                features[row] = None if image is None else _features(image)
+            return features[row]
+
         found: dict[tuple[int, int], float] = {}
         for row in candidates:
             small = self._load_or_none(pixel_hashes[row], draft)
             degrees = None if small is None else turned_black_corners_degrees(small)
-            turned = None if degrees is None else self._load_or_none(pixel_hashes[row], None)
-            if turned is None:
+            if degrees is None or features_of(row) is None:
                 continue
             close = outside[row] & (topk_distance[row] <= CANDIDATE_MAX_COSINE_DISTANCE)
             for other in topk_index[row][close][:NEIGHBORS_CHECKED]:
-                neighbour = self._load_or_none(pixel_hashes[other], None)
-                if neighbour is None:
+                if features_of(int(other)) is None:
                     continue
-                match = similarity_match(turned, neighbour)
+                match = similarity_match(features_of(row), features_of(int(other)))
                 if vouches_for(match, degrees):
                     pair = (min(row, int(other)), max(row, int(other)))
                     found[pair] = min(found.get(pair, np.inf), signal_distance(match, radius))
