@@ -5,7 +5,11 @@ by hard-negative category, and measure the cost per 100 images.
 Usage:
     .venv/bin/python bench/quality.py [--embedder offline] [--precision fp32|bf16] [--out /tmp/imgdedup-bench]
                                       [--calibrate | --near-duplicate-threshold T] [--no-cost]
-                                      [--hard-negative-seed 0]
+                                      [--hard-negative-seed 0] [--edited-copies-seed 0]
+
+The set of missed edits (`bench/edited_copies.py`, written to OUT/edited-copies-data with its seed:
+small and arbitrary-angle rotations, off-centre crops, text overlays of scikit-image's photos) is
+scored like the shared sets, with its recall by relation.
 
 The hard-negative set (`bench/hard_negatives.py`, written to OUT/hard-negatives-data with the seed)
 holds only different pictures: every predicted pair is false, so its P is 1.000 only when nothing
@@ -50,6 +54,12 @@ ORIGINAL = "original / identical copy"
 
 # First match wins, on the lower-cased relation text of manifest.csv.
 RELATION_CATEGORIES = (
+    # bench/edited_copies.py's relations (issue 16: the edits still missed).
+    (r"^small rotation, black corners", "small rotation 1-10° (black corners)"),
+    (r"^small rotation, inner crop", "small rotation 1-10° (inner crop)"),
+    (r"^arbitrary rotation, black corners", "arbitrary-angle rotation"),
+    (r"^off-centre crop", "off-centre crop 75-85 %"),
+    (r"^text overlay", "text overlay 5-10 %"),
     (r"same scene, separate shots", "same scene, separate shot"),
     (r"exif orientation=", "EXIF orientation tag only"),
     (r"byte-identical", ORIGINAL),
@@ -182,13 +192,19 @@ def main() -> int:
     threshold.add_argument("--near-duplicate-threshold", type=float, default=None, help="pin one threshold for every set")
     parser.add_argument("--no-cost", action="store_true", help="skip the cost measurement")
     parser.add_argument("--hard-negative-seed", type=int, default=0, help="seed of the generated hard-negative set (default 0)")
+    parser.add_argument("--edited-copies-seed", type=int, default=0, help="seed of the generated set of missed edits (default 0)")
     args = parser.parse_args()
     from bench.hard_negatives import write_hard_negatives
 
     hard_negatives = f"hard-negatives-seed{args.hard_negative_seed}"
     hard_negative_data = Path(args.out) / "hard-negatives-data" / hard_negatives
     write_hard_negatives(hard_negative_data, args.hard_negative_seed)
-    datasets = {name: BENCH / "data" / name for name in SETS} | {hard_negatives: hard_negative_data}
+    from bench.edited_copies import write_edited_copies
+
+    edited = f"edited-copies-seed{args.edited_copies_seed}"
+    edited_data = Path(args.out) / "edited-copies-data" / edited
+    write_edited_copies(edited_data, args.edited_copies_seed)
+    datasets = {name: BENCH / "data" / name for name in SETS} | {edited: edited_data, hard_negatives: hard_negative_data}
     figures = {}
     relations = {}
     categories = {}
@@ -238,7 +254,7 @@ def main() -> int:
         for category, row in table.items():
             print(f"  {name:24s} {category:28s} P {row['precision']:.3f}  {row['false_pairs']:3d} / {row['predicted_pairs']:<3d}  removed {row['wrongly_removed']}")
     print(json.dumps({"embedder": args.embedder, "precision": args.precision, "calibrate": args.calibrate, "near_duplicate_threshold": args.near_duplicate_threshold,
-                      "hard_negative_seed": args.hard_negative_seed, "sets": figures, "relations": relations, "hard_negative_categories": categories}))
+                      "hard_negative_seed": args.hard_negative_seed, "edited_copies_seed": args.edited_copies_seed, "sets": figures, "relations": relations, "hard_negative_categories": categories}))
     return 0
 
 
