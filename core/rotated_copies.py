@@ -22,8 +22,9 @@ from PIL import Image
 from core.images import ImageRejected
 from core.neighbors import NeighborSearch
 
-# A pixel whose brightest channel is at most this is part of a black fill (JPEG ringing included).
-BLACK_MAX_LEVEL = 24
+# A pixel whose brightest channel is at most this is part of a black fill (JPEG ringing included;
+# higher levels merge dark scenery into the fill and bend its straight edges).
+BLACK_MAX_LEVEL = 12
 # The corner test runs on the image scaled to this longest side: enough for a straight edge.
 CORNER_TEST_SIDE = 192
 # Black fill covering less than this share of the image is a dark detail, not turned corners.
@@ -63,9 +64,9 @@ def _small_grey(rgb: Image.Image, side: int) -> Image.Image:
     return rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.BILINEAR)
 
 
-def turned_black_corners_degrees(rgb: Image.Image) -> float | None:
-    """The angle (degrees in [-45, 45)) by which an image was turned on its canvas, read from its
-    black corners; None when it has none.
+def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
+    """(degrees in [-45, 45), share of the image its black corners cover) for an image turned on
+    its canvas, read from its black corners; None when it has none.
 
     The black fill must touch a corner of the image, cover at least MIN_BLACK_FRACTION, and end in
     straight edges that are not parallel to the image's sides (those are letterboxes).
@@ -73,6 +74,9 @@ def turned_black_corners_degrees(rgb: Image.Image) -> float | None:
     from scipy import ndimage
     from skimage.transform import hough_line, hough_line_peaks
 
+    last_x, last_y = rgb.width - 1, rgb.height - 1
+    if rgb.mode == "RGB" and not any(max(rgb.getpixel(xy)) <= BLACK_MAX_LEVEL for xy in ((0, 0), (last_x, 0), (0, last_y), (last_x, last_y))):
+        return None  # the common case, decided without scaling the image
     pixels = np.asarray(_small_grey(rgb.convert("RGB"), CORNER_TEST_SIDE))
     black = pixels.max(axis=2) <= BLACK_MAX_LEVEL
     corners = [black[0, 0], black[0, -1], black[-1, 0], black[-1, -1]]
@@ -99,7 +103,14 @@ def turned_black_corners_degrees(rgb: Image.Image) -> float | None:
     offsets = np.abs(np.outer(columns, np.cos(peak_angles[along])) + np.outer(rows, np.sin(peak_angles[along])) - peak_distances[along])
     if (offsets.min(axis=1) <= EDGE_TOLERANCE_PIXELS).mean() < MIN_STRAIGHT_EDGE_FRACTION:
         return None
-    return None if abs(turn) < MIN_TURN_DEGREES else turn
+    return None if abs(turn) < MIN_TURN_DEGREES else (turn, float(fill.mean()))
+
+
+def turned_black_corners_degrees(rgb: Image.Image) -> float | None:
+    """The angle (degrees in [-45, 45)) by which an image was turned on its canvas, read from its
+    black corners; None when it has none (`turned_black_corners`)."""
+    found = turned_black_corners(rgb)
+    return None if found is None else found[0]
 
 
 @dataclass(frozen=True)
