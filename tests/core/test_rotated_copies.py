@@ -106,3 +106,13 @@ def test_contents_within_the_radius_or_far_beyond_it_are_never_decoded(photo):
     found = find_content_neighbors(vectors, radius=0.1, rotated_copy_signal=RotatedCopySignal(load))
     assert found.updates["rotated_copy"].searched_rows == 0
     assert len(search_neighbors(np.stack(list(vectors.values())), k=2, radius=0.1).pair_left) == len(found.pairs)
+
+
+def test_a_turned_copy_counts_fewer_content_pixels_than_its_original(photo):
+    """The keep policy ranks by content pixels: the black corners are not content, so the original
+    is kept over its turned copy (which has the same width and height)."""
+    from core.images import content_pixel_count
+
+    copy = turned(photo, 30.0)
+    assert content_pixel_count(photo) == photo.width * photo.height
+    assert content_pixel_count(copy) < 0.9 * photo.width * photo.height
