@@ -169,7 +169,7 @@ def test_index_search_gives_the_exact_labels_and_groups(idealo_run, tmp_path):
         result = run_job(indexed, instance)
     assert result.success
     metadata = materialization_metadata(result, "uniqueness_scores")
-    assert set(metadata["neighbor_search"]) == {"embedding", "hash"}
+    assert set(metadata["neighbor_search"]) == {"embedding", "hash", "rotated_copy"}
     # The setting picks the embedding search; the pHash matches (within the cutoff) take the cheaper
     # of their two exact searches: the plain scan at this size.
     assert metadata["neighbor_search"]["embedding"].startswith("index")
