@@ -33,7 +33,7 @@ def turned(image: Image.Image, degrees: float) -> Image.Image:
     return image.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=False)
 
 
-@pytest.mark.parametrize("degrees", [30.0, -30.0, 7.0, 15.0, 3.0, -44.0])
+@pytest.mark.parametrize("degrees", [30.0, -30.0, 7.0, 15.0, 3.0, -44.0], ids=lambda d: f"{d:+g}deg")
 def test_the_turn_is_read_from_black_corners(photo, degrees):
     found = turned_black_corners_degrees(turned(photo, degrees))
     assert found is not None and abs(abs(found) - abs(degrees)) <= 1.0
@@ -58,13 +58,14 @@ def test_a_turned_zoomed_copy_is_vouched_for_and_a_different_picture_is_not(phot
 def test_a_match_must_turn_by_the_corners_angle_and_pass_the_cutoff():
     strong = SimilarityMatch(inliers=200, matches=210, turn_degrees=-29.5)
     assert vouches_for(strong, 30.0) and vouches_for(strong, -30.0)
-    assert not vouches_for(SimilarityMatch(200, 210, 0.0), 30.0)  # e.g. a stereo pair: no turn
+    assert not vouches_for(SimilarityMatch(200, 210, 0.0), 30.0)  # consistent, but not turned
+    assert not vouches_for(SimilarityMatch(45, 56, 30.0), 30.0)  # the stereo pair's share of inliers
     assert not vouches_for(SimilarityMatch(MIN_INLIERS - 1, MIN_INLIERS, 30.0), 30.0)
     assert not vouches_for(SimilarityMatch(MIN_INLIERS, 3 * MIN_INLIERS, 30.0), 30.0)
 
 
 def test_signal_distance_is_linear_with_the_cutoff_on_the_radius():
-    at_cutoff = SimilarityMatch(50, round(50 / INLIER_FRACTION_CUTOFF), 30.0)
+    at_cutoff = SimilarityMatch(round(100 * INLIER_FRACTION_CUTOFF), 100, 30.0)
     assert signal_distance(at_cutoff, 0.1) == pytest.approx(0.1)
     assert signal_distance(SimilarityMatch(100, 100, 30.0), 0.1) == 0.0
 
