@@ -34,9 +34,11 @@ MIN_TURN_DEGREES = 1.0
 # Share of the fill's edge pixels that must lie on the detected straight lines.
 MIN_STRAIGHT_EDGE_FRACTION = 0.5
 EDGE_TOLERANCE_PIXELS = 2.0
-# Features are matched at this longest side; ORB keypoints per image.
+# Features are matched at this longest side; ORB keypoints per image, and its pyramid levels
+# (1.2x apart: 4 cover the zoom of a turned copy and cost less than ORB's default 8).
 FEATURE_SIDE = 256
 FEATURE_KEYPOINTS = 200
+FEATURE_SCALES = 4
 # A pair is vouched for only with at least this many RANSAC inliers, this share of the
 # cross-checked matches (the cutoff: it maps onto the near-duplicate radius), and a transform
 # turned by the corners' angle within this many degrees. Measured: turned copies (idealo's and
@@ -45,6 +47,9 @@ FEATURE_KEYPOINTS = 200
 MIN_INLIERS = 40
 INLIER_FRACTION_CUTOFF = 0.85
 MAX_ANGLE_DISAGREEMENT_DEGREES = 3.0
+# A turned copy's matches are > 85 % inliers: 3 samples all inliers at once in 100 draws fails
+# with probability (1 - 0.85**3)**100 < 1e-17.
+RANSAC_TRIALS = 100
 # Contents whose nearest embedding neighbour is beyond the radius but within this cosine distance
 # are tested for turned corners; a turned copy sits at ~0.36 from its original.
 CANDIDATE_MAX_COSINE_DISTANCE = 0.5
@@ -130,7 +135,7 @@ def _features(rgb: Image.Image):
     from skimage.feature import ORB
 
     grey = np.asarray(_scaled_down(rgb.convert("L"), FEATURE_SIDE), dtype=np.float64) / 255.0
-    orb = ORB(n_keypoints=FEATURE_KEYPOINTS, fast_threshold=0.05)
+    orb = ORB(n_keypoints=FEATURE_KEYPOINTS, fast_threshold=0.05, n_scales=FEATURE_SCALES)
     try:
         orb.detect_and_extract(grey)
     except RuntimeError:  # too flat for any keypoint
@@ -157,7 +162,7 @@ def similarity_match(first, second) -> SimilarityMatch:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "No inliers found": answered as 0 inliers
         model, inliers = ransac((keys_a[pairs[:, 0]][:, ::-1], keys_b[pairs[:, 1]][:, ::-1]), SimilarityTransform,
-                                min_samples=3, residual_threshold=2, max_trials=500, rng=0)
+                                min_samples=3, residual_threshold=2, max_trials=RANSAC_TRIALS, rng=0)
     if not model or inliers is None:  # a failed estimation is falsy
         return SimilarityMatch(0, len(pairs), 0.0)
     return SimilarityMatch(int(inliers.sum()), len(pairs), _reduced_degrees(float(np.rad2deg(model.rotation))))
@@ -180,7 +185,8 @@ class RotatedCopySignal:
     """Vouches for turned copies with black corners (module docstring).
 
     Attributes:
-        load: callable(pixel hash, draft_size or None) -> RGB image of that content.
+        load: callable(pixel hash, draft_size) -> RGB image of that content; JPEGs may be decoded
+            at a reduced scale of at least draft_size (`core.images.load_rgb`).
     """
 
     load: Callable[[str, tuple[int, int] | None], Image.Image]
@@ -213,7 +219,7 @@ class RotatedCopySignal:
 
         def features_of(row: int):
             if row not in features:
-                image = self._load_or_none(pixel_hashes[row], None)
+                image = self._load_or_none(pixel_hashes[row], (FEATURE_SIDE, FEATURE_SIDE))
                 features[row] = None if image is None else _features(image)
             return features[row]
 
