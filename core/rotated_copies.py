@@ -44,8 +44,8 @@ FAST_THRESHOLD = 0.06
 # A pair is vouched for only with at least this many RANSAC inliers, this share of the
 # cross-checked matches (the cutoff: it maps onto the near-duplicate radius), and a transform
 # turned by the corners' angle within this many degrees. Measured: turned copies (idealo's and
-# bench/edited_copies.py's 12) 42-141 inliers, 0.93-1.0 of their matches; among different
-# pictures of the hard-negative set at most 45 of 56 (0.80: the stereo pair, turned 0.5°), then 6.
+# bench/edited_copies.py's 12) 53-146 inliers, 0.91-1.0 of their matches; among different
+# pictures of the hard-negative set at most 45 of 57 (0.79: the stereo pair, turned 0.3°), then 4.
 MIN_INLIERS = 40
 INLIER_FRACTION_CUTOFF = 0.85
 MAX_ANGLE_DISAGREEMENT_DEGREES = 3.0
