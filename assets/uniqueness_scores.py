@@ -9,12 +9,20 @@ from core.disposable_cache import read_or_discard
 from core.grouping import keep_policy_order
 from core.neighbor_cache import KeyedSearch
 from core.plots import uniqueness_histogram_png
+from assets.image_embeddings import path_per_content
+from core.rotated_copies import RotatedCopySignal
 from core.scoring import LABELS, compute_uniqueness_scores, find_content_neighbors
 from core.ui_markdown import label_histogram_markdown, markdown_table
 from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
 from resources.output_store import OutputStoreResource
 from resources.policy import DedupPolicyResource
+
+def rotated_copy_signal(raw_images: pd.DataFrame, image_store: ImageStoreResource) -> RotatedCopySignal:
+    """The turned-copy check, reading each content from the file embedded for it."""
+    path_of = path_per_content(raw_images)
+    return RotatedCopySignal(lambda pixel_hash, draft: image_store.load_rgb(path_of[pixel_hash], draft_size=draft))
+
 
 HISTOGRAM_FILE = "uniqueness_histogram.png"
 LOWEST_ROWS = 20
@@ -61,6 +69,7 @@ def score_uniqueness(
         hash_signal=policy.hash_signal(raw_images),
         previous=previous,
         engine=policy.neighbor_search,
+        rotated_copy_signal=rotated_copy_signal(raw_images, image_store) if policy.check_turned_copies else None,
     )
     for signal, search in neighbors.searches.items():
         search.save(cache_file[signal])

@@ -5,7 +5,11 @@ by hard-negative category, and measure the cost per 100 images.
 Usage:
     .venv/bin/python bench/quality.py [--embedder offline] [--precision fp32|bf16] [--out /tmp/imgdedup-bench]
                                       [--calibrate | --near-duplicate-threshold T] [--no-cost]
-                                      [--hard-negative-seed 0]
+                                      [--hard-negative-seed 0] [--edited-copies-seed 0]
+
+The set of missed edits (`bench/edited_copies.py`, written to OUT/edited-copies-data with its seed:
+small and arbitrary-angle rotations, off-centre crops, text overlays of scikit-image's photos) is
+scored like the shared sets, with its recall by relation.
 
 The hard-negative set (`bench/hard_negatives.py`, written to OUT/hard-negatives-data with the seed)
 holds only different pictures: every predicted pair is false, so its P is 1.000 only when nothing
@@ -22,9 +26,11 @@ Per-relation recall: a true pair (two images of one ground-truth group) counts f
 its non-original member (`relation` column of the set's manifest.csv, reduced to a category); a pair
 of two edited copies counts for both relations, a pair of two originals as "original / identical".
 
-Cost per 100 images: decoding + the 8 dihedral pHashes (as the catalog computes them), and one
-embedding forward pass per image (the pipeline's loader, border trimming and batches), timed in this
-process after the model has loaded, over every decodable file of the set.
+Cost per 100 images: decoding + the 8 dihedral pHashes (as the catalog computes them), one
+embedding forward pass per image (the pipeline's loader, border trimming and batches), and the
+turned-copy check (core/rotated_copies.py, as scoring runs it at the default radius), timed in this
+process after the model has loaded and the check's libraries have been warmed on one image (that
+once-per-run cost is reported apart, like the model load), over every decodable file of the set.
 
 Prints one line per set, the per-relation table, and ends with one line of JSON holding every figure.
 """
@@ -39,6 +45,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 BENCH = PROJECT_ROOT.parent / "shared" / "bench"
@@ -47,6 +55,12 @@ ORIGINAL = "original / identical copy"
 
 # First match wins, on the lower-cased relation text of manifest.csv.
 RELATION_CATEGORIES = (
+    # bench/edited_copies.py's relations (issue 16: the edits still missed).
+    (r"^small rotation, black corners", "small rotation 1-10° (black corners)"),
+    (r"^small rotation, inner crop", "small rotation 1-10° (inner crop)"),
+    (r"^arbitrary rotation, black corners", "arbitrary-angle rotation"),
+    (r"^off-centre crop", "off-centre crop 75-85 %"),
+    (r"^text overlay", "text overlay 5-10 %"),
     (r"same scene, separate shots", "same scene, separate shot"),
     (r"exif orientation=", "EXIF orientation tag only"),
     (r"byte-identical", ORIGINAL),
@@ -140,9 +154,32 @@ def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32,
     embedder = build_embedder(embedder_name, precision=precision)
     embedder.embed([load_rgb(next(iter(by_hash.values())))])  # load the weights outside the timing
     started = time.perf_counter()
-    for _ in embed_in_batches(by_hash, embedder, lambda path, draft: load_rgb(path, draft_size=draft), batch_size):
-        pass
+    vectors = {}
+    for hashes, rows in embed_in_batches(by_hash, embedder, lambda path, draft: load_rgb(path, draft_size=draft), batch_size):
+        vectors.update(zip(hashes, rows))
     embed_seconds = time.perf_counter() - started
+    # The turned-copy check as scoring runs it: contents just beyond the default radius are
+    # tested for black corners, the turned ones matched by features against their neighbours.
+    from core.neighbors import search_neighbors
+    from core.rotated_copies import RotatedCopySignal
+    from core.scoring import NEIGHBORS_PER_ROW, ContentVectors, Thresholds
+
+    content = ContentVectors.from_mapping(vectors)
+    radius = Thresholds().near_duplicate_cosine_distance
+    search = search_neighbors(content.matrix, k=NEIGHBORS_PER_ROW, radius=radius)
+    # Like the model (loaded and run once above), the check's libraries load once per run (scikit-image
+    # loads its submodules lazily, on first use): warmed on one turned image, timed apart.
+    from core.rotated_copies import similarity_match, turned_black_corners
+
+    started = time.perf_counter()
+    sample = load_rgb(next(iter(by_hash.values())))
+    turned_black_corners(sample.rotate(30))
+    similarity_match(sample, sample.rotate(30))
+    warm_up_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    RotatedCopySignal(lambda pixel_hash, draft: load_rgb(by_hash[pixel_hash], draft_size=draft)).vouched_matches(
+        content.hashes, search, np.arange(len(content.hashes)), radius)
+    turned_seconds = time.perf_counter() - started
     # Identical contents are embedded once; the cost is per image of the set, as a user pays it.
     per_100 = 100.0 / len(paths)
     return {
@@ -150,7 +187,9 @@ def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32,
         "distinct_contents": len(by_hash),
         "decode_and_hash_s_per_100": round(hash_seconds * per_100, 2),
         "embedding_s_per_100": round(embed_seconds * per_100, 2),
-        "total_s_per_100": round((hash_seconds + embed_seconds) * per_100, 2),
+        "turned_copy_check_s_per_100": round(turned_seconds * per_100, 2),
+        "turned_copy_check_warm_up_s_once": round(warm_up_seconds, 2),
+        "total_s_per_100": round((hash_seconds + embed_seconds + turned_seconds) * per_100, 2),
     }
 
 
@@ -164,13 +203,19 @@ def main() -> int:
     threshold.add_argument("--near-duplicate-threshold", type=float, default=None, help="pin one threshold for every set")
     parser.add_argument("--no-cost", action="store_true", help="skip the cost measurement")
     parser.add_argument("--hard-negative-seed", type=int, default=0, help="seed of the generated hard-negative set (default 0)")
+    parser.add_argument("--edited-copies-seed", type=int, default=0, help="seed of the generated set of missed edits (default 0)")
     args = parser.parse_args()
     from bench.hard_negatives import write_hard_negatives
 
     hard_negatives = f"hard-negatives-seed{args.hard_negative_seed}"
     hard_negative_data = Path(args.out) / "hard-negatives-data" / hard_negatives
     write_hard_negatives(hard_negative_data, args.hard_negative_seed)
-    datasets = {name: BENCH / "data" / name for name in SETS} | {hard_negatives: hard_negative_data}
+    from bench.edited_copies import write_edited_copies
+
+    edited = f"edited-copies-seed{args.edited_copies_seed}"
+    edited_data = Path(args.out) / "edited-copies-data" / edited
+    write_edited_copies(edited_data, args.edited_copies_seed)
+    datasets = {name: BENCH / "data" / name for name in SETS} | {edited: edited_data, hard_negatives: hard_negative_data}
     figures = {}
     relations = {}
     categories = {}
@@ -207,6 +252,8 @@ def main() -> int:
             figures[name]["cost"] = cost_per_100_images(data, args.embedder, precision=args.precision)
         cost = f"; {figures[name]['cost']['total_s_per_100']:.1f} s / 100 images" if "cost" in figures[name] else ""
         threshold_note = f"  T {figures[name]['calibrated_threshold']:.4f}" if calibrated else ""
+        if "cost" in figures[name]:
+            cost += f", of which the turned-copy check {figures[name]['cost']['turned_copy_check_s_per_100']:.2f} s"
         print(f"{name:24s} P {result['pair_precision']:.3f}  R {result['pair_recall']:.3f}  F1 {result['pair_f1']:.3f}  "
               f"missing {result['images_missing']}{threshold_note}  ({seconds:.1f} s, incl. model load{cost})")
     print("\nrecall by relation (true pairs found / true pairs):")
@@ -218,7 +265,7 @@ def main() -> int:
         for category, row in table.items():
             print(f"  {name:24s} {category:28s} P {row['precision']:.3f}  {row['false_pairs']:3d} / {row['predicted_pairs']:<3d}  removed {row['wrongly_removed']}")
     print(json.dumps({"embedder": args.embedder, "precision": args.precision, "calibrate": args.calibrate, "near_duplicate_threshold": args.near_duplicate_threshold,
-                      "hard_negative_seed": args.hard_negative_seed, "sets": figures, "relations": relations, "hard_negative_categories": categories}))
+                      "hard_negative_seed": args.hard_negative_seed, "edited_copies_seed": args.edited_copies_seed, "sets": figures, "relations": relations, "hard_negative_categories": categories}))
     return 0
 
 

@@ -265,9 +265,15 @@ def content_box(rgb: Image.Image, tolerance: int = 12) -> tuple[int, int, int, i
 
 
 def content_pixel_count(rgb: Image.Image, tolerance: int = 12) -> int:
-    """Pixels inside `content_box`, so that a letterboxed copy does not outrank its original."""
+    """Pixels inside `content_box`, so that a letterboxed copy does not outrank its original, less
+    the black corners of a copy turned on its canvas (`core.rotated_copies`), so that neither
+    does a turned one."""
+    from core.rotated_copies import turned_black_corners
+
     left, top, right, bottom = content_box(rgb, tolerance)
-    return (right - left) * (bottom - top)
+    inside = (right - left) * (bottom - top)
+    turned = turned_black_corners(rgb) if inside == rgb.width * rgb.height else None
+    return inside if turned is None else round(inside * (1.0 - turned[1]))
 
 
 def trim_uniform_borders(rgb: Image.Image, tolerance: int = 12) -> Image.Image:

@@ -15,6 +15,8 @@ import pandas as pd
 from core.hash_index import plan_substrings, search_hash_neighbors_within
 from core.images import informative_phashes
 from core.neighbor_cache import KeyedSearch, SearchUpdate, update_search
+from core.rotated_copies import RotatedCopySignal
+from core.rotated_copies import vouched_distances_from as turned_vouched_distances_from
 from core.neighbors import (
     NeighborSearch,
     cosine_distances_from,
@@ -250,6 +252,7 @@ def find_content_neighbors(
     hash_signal: HashSignal | None = None,
     previous: dict[str, KeyedSearch] | None = None,
     engine: str = "exact",
+    rotated_copy_signal: RotatedCopySignal | None = None,
 ) -> ContentNeighbors:
     """Search neighbours among distinct contents, independent of discovery order.
 
@@ -269,6 +272,9 @@ def find_content_neighbors(
             index finds nearly every neighbour (recall@1 0.996 at 1M in BENCHMARKS.md) and keeps
             no cache between runs. The hash signal is searched in full on every run, only within
             its cutoff (`HashSignal.vouched_matches`).
+        rotated_copy_signal: optional check of contents turned by an arbitrary angle with black
+            corners against their nearest contents (`core.rotated_copies`); it runs on every call,
+            from the embedding search, so incremental and full runs agree.
     """
     if not isinstance(vectors, ContentVectors):
         vectors = ContentVectors.from_mapping(vectors)
@@ -292,6 +298,15 @@ def find_content_neighbors(
 
         def row_distances(row):
             return np.minimum(cosine_distances_from(matrix, row), hash_signal.vouched_distances_from(phashes, informative, row, radius))
+
+    if rotated_copy_signal is not None:
+        turned_matches, tested = rotated_copy_signal.vouched_matches(hashes, embedding_search, group, radius)
+        updates["rotated_copy"] = SearchUpdate("full", tested, f"{len(turned_matches.pair_left)} turned copies proven among {tested} contents just beyond the radius")
+        search = merge_searches([search, turned_matches], k=NEIGHBORS_PER_ROW)
+        fused_row_distances = row_distances
+
+        def row_distances(row):
+            return np.minimum(fused_row_distances(row), turned_vouched_distances_from(turned_matches, row))
 
     nearest_row, nearest_distance = nearest_outside_group(row_distances, group, search)
     pairs = pd.DataFrame({"left": search.pair_left, "right": search.pair_right, "distance": search.pair_distance})

@@ -72,6 +72,8 @@ class DedupPolicyResource(dg.ConfigurableResource):
         neighbor_search: the embedding search: `auto` (default: an index from 250k contents when
             faiss-cpu is installed), `exact` or `index` (`core.scoring.find_content_neighbors`);
             pHash matches are always found exactly.
+        check_turned_copies: prove copies turned by an arbitrary angle with black corners by
+            local features (`core.rotated_copies`); False leaves them to the embedding and pHash.
     """
 
     duplicate_threshold: float = 1e-4
@@ -86,6 +88,7 @@ class DedupPolicyResource(dg.ConfigurableResource):
     calibration_seed: int = DEFAULT_SEED
     target_precision: float = DEFAULT_TARGET_PRECISION
     neighbor_search: str = "auto"
+    check_turned_copies: bool = True
 
     def hash_signal(self, raw_images: pd.DataFrame) -> HashSignal | None:
         """The pHash signal over the images' contents, or None when it is switched off."""

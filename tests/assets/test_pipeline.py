@@ -93,6 +93,18 @@ def test_identical_copies_are_all_found(idealo_run):
     assert clean["pixel_hash"].is_unique
 
 
+def test_the_turned_copies_with_black_corners_join_their_original(idealo_run):
+    """idealo's ~30° rotations on their own canvas (black corners) embed at uniqueness ~0.18 and
+    are ~27 pHash bits away; the turned-copy check (core/rotated_copies.py) proves them."""
+    settings, first, _ = idealo_run
+    scores = pd.read_csv(f"{settings.out_dir}/uniqueness.csv").set_index("path")
+    turned = ["tests/data/mixed_images/ukbench00120_rotation.jpg", "tests/data/mixed_nested_images/lvl1/lvl2a/ukbench00120_rotation.jpg"]
+    original = "tests/data/base_images/ukbench00120.jpg"
+    assert scores.loc[turned, "group_id"].eq(scores.loc[original, "group_id"]).all()
+    assert scores.loc[turned, "removed"].all()
+    assert "rotated_copy" in materialization_metadata(first, "uniqueness_scores")["neighbor_search"]
+
+
 def test_evaluation_script_finds_no_missing_images(idealo_run, bench_data):
     settings, _, _ = idealo_run
     evaluator = load_evaluator(bench_data)
@@ -157,7 +169,7 @@ def test_index_search_gives_the_exact_labels_and_groups(idealo_run, tmp_path):
         result = run_job(indexed, instance)
     assert result.success
     metadata = materialization_metadata(result, "uniqueness_scores")
-    assert set(metadata["neighbor_search"]) == {"embedding", "hash"}
+    assert set(metadata["neighbor_search"]) == {"embedding", "hash", "rotated_copy"}
     # The setting picks the embedding search; the pHash matches (within the cutoff) take the cheaper
     # of their two exact searches: the plain scan at this size.
     assert metadata["neighbor_search"]["embedding"].startswith("index")

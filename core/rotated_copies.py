@@ -1,0 +1,273 @@
+"""A secondary signal for copies turned by an arbitrary angle, with black corners (issue 16).
+
+A copy rotated by e.g. 30° on its own canvas embeds far from its original (uniqueness ~0.18 with
+the offline backbone) and its pHash is ~27 bits away, so neither signal finds it. Its black
+corners give it away, and say by how much it was turned. Such a content is checked, by local
+features (ORB) and a RANSAC similarity transform, against its few nearest contents by embedding;
+the signal vouches for a pair only when many features agree on one transform whose rotation is
+the angle the corners show (SPEC.md, "several signals"). Nothing here imports Dagster.
+
+Cost: one corner test on a small draft decode for contents whose nearest embedding neighbour lies
+just beyond the near-duplicate radius (most unique photos fail it at their 4 corner pixels), and a
+feature match only for the few contents with turned black corners.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from core.images import ImageRejected
+from core.neighbors import NeighborSearch
+
+# A pixel whose brightest channel is at most this is part of a black fill (JPEG ringing included;
+# higher levels merge dark scenery into the fill and bend its straight edges).
+BLACK_MAX_LEVEL = 12
+# The corner test runs on the image scaled to this longest side: enough for a straight edge.
+CORNER_TEST_SIDE = 192
+# Black fill covering less than this share of the image is a dark detail, not turned corners.
+MIN_BLACK_FRACTION = 0.01
+# Edges within this many degrees of the axes are letterbox borders (trimmed elsewhere), not turns.
+MIN_TURN_DEGREES = 1.0
+# Share of the fill's edge pixels that must lie on the detected straight lines.
+MIN_STRAIGHT_EDGE_FRACTION = 0.5
+EDGE_TOLERANCE_PIXELS = 2.0
+# Features are matched at this longest side; ORB keypoints per image, its pyramid levels (1.2x
+# apart) and corner threshold: fewer levels and weaker corners than ORB's defaults (8, 0.05) cost
+# a third less and keep more inliers on turned copies (53-148 on the measured ones).
+FEATURE_SIDE = 256
+FEATURE_KEYPOINTS = 200
+FEATURE_SCALES = 3
+FAST_THRESHOLD = 0.06
+# A pair is vouched for only with at least this many RANSAC inliers, this share of the
+# cross-checked matches (the cutoff: it maps onto the near-duplicate radius), and a transform
+# turned by the corners' angle within this many degrees. Measured: turned copies (idealo's and
+# bench/edited_copies.py's 12) 53-146 inliers, 0.91-1.0 of their matches; among different
+# pictures of the hard-negative set at most 45 of 57 (0.79: the stereo pair, turned 0.3°), then 4.
+MIN_INLIERS = 40
+INLIER_FRACTION_CUTOFF = 0.85
+MAX_ANGLE_DISAGREEMENT_DEGREES = 3.0
+# A turned copy's matches are > 85 % inliers: 3 samples all inliers at once in 100 draws fails
+# with probability (1 - 0.85**3)**100 < 1e-17.
+RANSAC_TRIALS = 100
+# Contents whose nearest embedding neighbour is beyond the radius but within this cosine distance
+# are tested for turned corners; a turned copy sits at ~0.36 from its original.
+CANDIDATE_MAX_COSINE_DISTANCE = 0.5
+# Nearest contents by embedding, within that distance, checked against each turned content (a
+# 4th costs more than the budget of 2x one embedding pass on idealo, measured).
+NEIGHBORS_CHECKED = 3
+
+
+def _reduced_degrees(degrees: float) -> float:
+    """An angle reduced to [-45, 45): rotations by multiples of 90° look alike to an edge."""
+    return ((degrees + 45.0) % 90.0) - 45.0
+
+
+def _scaled_down(rgb: Image.Image, side: int) -> Image.Image:
+    scale = side / max(rgb.size)
+    if scale >= 1:
+        return rgb
+    return rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.BILINEAR)
+
+
+def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
+    """(degrees in [-45, 45), share of the image its black corners cover) for an image turned on
+    its canvas, read from its black corners; None when it has none.
+
+    The black fill must touch a corner of the image, cover at least MIN_BLACK_FRACTION, and end in
+    straight edges that are not parallel to the image's sides (those are letterboxes).
+    """
+    from scipy import ndimage
+    from skimage.transform import hough_line, hough_line_peaks
+
+    last_x, last_y = rgb.width - 1, rgb.height - 1
+    if rgb.mode == "RGB" and not any(max(rgb.getpixel(xy)) <= BLACK_MAX_LEVEL for xy in ((0, 0), (last_x, 0), (0, last_y), (last_x, last_y))):
+        return None  # the common case, decided without scaling the image
+    pixels = np.asarray(_scaled_down(rgb.convert("RGB"), CORNER_TEST_SIDE))
+    black = pixels.max(axis=2) <= BLACK_MAX_LEVEL
+    corners = [black[0, 0], black[0, -1], black[-1, 0], black[-1, -1]]
+    if not any(corners) or min(black.shape) < 8:
+        return None
+    labels, _ = ndimage.label(black)
+    corner_labels = {labels[0, 0], labels[0, -1], labels[-1, 0], labels[-1, -1]} - {0}
+    fill = np.isin(labels, list(corner_labels))
+    if fill.mean() < MIN_BLACK_FRACTION or fill.mean() > 0.5:
+        return None
+    edge = fill & ~ndimage.binary_erosion(fill)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = False
+    edge_pixels = int(edge.sum())
+    if edge_pixels < 8:
+        return None
+    accumulator, angles, distances = hough_line(edge, np.deg2rad(np.arange(-90.0, 90.0, 0.25)))
+    votes, peak_angles, peak_distances = hough_line_peaks(accumulator, angles, distances, num_peaks=8, threshold=0.25 * accumulator.max())
+    if len(votes) == 0:
+        return None
+    turn = _reduced_degrees(float(np.rad2deg(peak_angles[int(np.argmax(votes))])))
+    # The lines at that turn (either side of the corner), and the share of the edge on them.
+    along = np.abs([_reduced_degrees(float(np.rad2deg(a)) - turn) for a in peak_angles]) <= 1.5
+    rows, columns = np.nonzero(edge)
+    offsets = np.abs(np.outer(columns, np.cos(peak_angles[along])) + np.outer(rows, np.sin(peak_angles[along])) - peak_distances[along])
+    if (offsets.min(axis=1) <= EDGE_TOLERANCE_PIXELS).mean() < MIN_STRAIGHT_EDGE_FRACTION:
+        return None
+    return None if abs(turn) < MIN_TURN_DEGREES else (turn, float(fill.mean()))
+
+
+def turned_black_corners_degrees(rgb: Image.Image) -> float | None:
+    """The angle (degrees in [-45, 45)) by which an image was turned on its canvas, read from its
+    black corners; None when it has none (`turned_black_corners`)."""
+    found = turned_black_corners(rgb)
+    return None if found is None else found[0]
+
+
+@dataclass(frozen=True)
+class SimilarityMatch:
+    """How well two images' local features agree on one similarity transform."""
+
+    inliers: int
+    matches: int
+    turn_degrees: float  # the transform's rotation, reduced to [-45, 45)
+
+    @property
+    def inlier_fraction(self) -> float:
+        return self.inliers / self.matches if self.matches else 0.0
+
+
+def _features(rgb: Image.Image):
+    from skimage.feature import ORB
+
+    grey = np.asarray(_scaled_down(rgb.convert("L"), FEATURE_SIDE), dtype=np.float64) / 255.0
+    orb = ORB(n_keypoints=FEATURE_KEYPOINTS, fast_threshold=FAST_THRESHOLD, n_scales=FEATURE_SCALES)
+    try:
+        orb.detect_and_extract(grey)
+    except RuntimeError:  # too flat for any keypoint
+        return np.empty((0, 2)), np.empty((0, 256), dtype=bool)
+    return orb.keypoints, orb.descriptors
+
+
+def similarity_match(first, second) -> SimilarityMatch:
+    """Cross-checked ORB matches between two images (or their `_features`) and the RANSAC inliers
+    of one similarity transform (rotation, scale, shift) fitted to them (seeded: the same answer
+    every run)."""
+    import warnings
+
+    from skimage.feature import match_descriptors
+    from skimage.measure import ransac
+    from skimage.transform import SimilarityTransform
+
+    (keys_a, desc_a), (keys_b, desc_b) = (_features(x) if isinstance(x, Image.Image) else x for x in (first, second))
+    if len(desc_a) < 3 or len(desc_b) < 3:
+        return SimilarityMatch(0, 0, 0.0)
+    pairs = match_descriptors(desc_a, desc_b, cross_check=True, max_ratio=0.8)
+    if len(pairs) < 4:
+        return SimilarityMatch(0, len(pairs), 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "No inliers found": answered as 0 inliers
+        model, inliers = ransac((keys_a[pairs[:, 0]][:, ::-1], keys_b[pairs[:, 1]][:, ::-1]), SimilarityTransform,
+                                min_samples=3, residual_threshold=2, max_trials=RANSAC_TRIALS, rng=0)
+    if not model or inliers is None:  # a failed estimation is falsy
+        return SimilarityMatch(0, len(pairs), 0.0)
+    return SimilarityMatch(int(inliers.sum()), len(pairs), _reduced_degrees(float(np.rad2deg(model.rotation))))
+
+
+def vouches_for(match: SimilarityMatch, corner_degrees: float) -> bool:
+    """Whether a feature match proves a turned copy: enough inliers, within the cutoff, and a
+    transform turned by the corners' angle (either direction: which image is the copy is unknown)."""
+    disagreement = min(abs(_reduced_degrees(match.turn_degrees - corner_degrees)), abs(_reduced_degrees(match.turn_degrees + corner_degrees)))
+    return match.inliers >= MIN_INLIERS and match.inlier_fraction >= INLIER_FRACTION_CUTOFF and disagreement <= MAX_ANGLE_DISAGREEMENT_DEGREES
+
+
+def signal_distance(match: SimilarityMatch, radius: float) -> float:
+    """The match on the cosine scale, linear in the outlier share: the cutoff lands on `radius`."""
+    return radius * (1.0 - match.inlier_fraction) / (1.0 - INLIER_FRACTION_CUTOFF)
+
+
+@dataclass(frozen=True)
+class RotatedCopySignal:
+    """Vouches for turned copies with black corners (module docstring).
+
+    Attributes:
+        load: callable(pixel hash, draft_size) -> RGB image of that content; JPEGs may be decoded
+            at a reduced scale of at least draft_size (`core.images.load_rgb`).
+    """
+
+    load: Callable[[str, tuple[int, int] | None], Image.Image]
+
+    def _load_or_none(self, pixel_hash, draft) -> Image.Image | None:
+        # A file that changed or vanished since it was catalogued is left to the next run's
+        # catalog; it must not fail the scoring.
+        try:
+            return self.load(str(pixel_hash), draft)
+        except (ImageRejected, OSError):
+            return None
+
+    def vouched_matches(self, pixel_hashes: np.ndarray, embedding: NeighborSearch, group: np.ndarray, radius: float) -> tuple[NeighborSearch, int]:
+        """The pairs this signal vouches for, on the cosine scale, and how many contents were
+        tested for turned corners.
+
+        Args:
+            pixel_hashes: (M,) the contents, in row order.
+            embedding: the embedding search over those rows (top-k lists by cosine distance).
+            group: (M,) identical-group label per row (copies need no proof).
+            radius: the near-duplicate radius on the cosine scale.
+        """
+        topk_index, topk_distance = embedding.topk_index, embedding.topk_distance
+        outside = (topk_index >= 0) & (group[np.maximum(topk_index, 0)] != group[:, None])
+        nearest = np.where(outside, topk_distance, np.inf).min(axis=1) if topk_index.shape[1] else np.full(len(pixel_hashes), np.inf)
+        candidates = np.flatnonzero((nearest > radius) & (nearest <= CANDIDATE_MAX_COSINE_DISTANCE))
+        # JPEGs decode at 1/2-1/8 scale for the corner test (a straight edge needs few pixels).
+        draft = (CORNER_TEST_SIDE // 2, CORNER_TEST_SIDE // 2)
+        features: dict[int, tuple] = {}
+
+        def features_of(row: int):
+            if row not in features:
+                image = self._load_or_none(pixel_hashes[row], (FEATURE_SIDE, FEATURE_SIDE))
+                features[row] = None if image is None else _features(image)
+            return features[row]
+
+        found: dict[tuple[int, int], float] = {}
+        for row in candidates:
+            small = self._load_or_none(pixel_hashes[row], draft)
+            degrees = None if small is None else turned_black_corners_degrees(small)
+            if degrees is None or features_of(row) is None:
+                continue
+            close = outside[row] & (topk_distance[row] <= CANDIDATE_MAX_COSINE_DISTANCE)
+            for other in topk_index[row][close][:NEIGHBORS_CHECKED]:
+                if features_of(int(other)) is None:
+                    continue
+                match = similarity_match(features_of(row), features_of(int(other)))
+                if vouches_for(match, degrees):
+                    pair = (min(row, int(other)), max(row, int(other)))
+                    found[pair] = min(found.get(pair, np.inf), signal_distance(match, radius))
+        return _as_search(len(pixel_hashes), found), len(candidates)
+
+
+def _as_search(rows: int, pairs: dict[tuple[int, int], float]) -> NeighborSearch:
+    """Vouched pairs as a NeighborSearch (each row's matches in its top-k list, nearest first)."""
+    per_row: dict[int, list[tuple[float, int]]] = {}
+    for (left, right), distance in pairs.items():
+        per_row.setdefault(left, []).append((distance, right))
+        per_row.setdefault(right, []).append((distance, left))
+    width = max((len(v) for v in per_row.values()), default=0)
+    index = np.full((rows, width), -1, dtype=np.int64)
+    distance = np.full((rows, width), np.inf, dtype=np.float32)
+    for row, entries in per_row.items():
+        for position, (d, other) in enumerate(sorted(entries)):
+            index[row, position], distance[row, position] = other, d
+    ordered = sorted(pairs.items())
+    return NeighborSearch(
+        index,
+        distance,
+        np.array([p[0][0] for p in ordered], dtype=np.int64),
+        np.array([p[0][1] for p in ordered], dtype=np.int64),
+        np.array([p[1] for p in ordered], dtype=np.float32),
+    )
+
+
+def vouched_distances_from(search: NeighborSearch, row: int) -> np.ndarray:
+    """(M,) float32 cosine-scale distances this signal gives from one row (+inf where none)."""
+    out = np.full(len(search.topk_index), np.inf, dtype=np.float32)
+    valid = search.topk_index[row] >= 0
+    out[search.topk_index[row][valid]] = search.topk_distance[row][valid]
+    return out

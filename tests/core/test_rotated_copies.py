@@ -1,0 +1,119 @@
+"""The turned-copy signal (core/rotated_copies.py) on real photos from scikit-image."""
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from core.neighbors import search_neighbors
+from core.rotated_copies import (
+    INLIER_FRACTION_CUTOFF,
+    MIN_INLIERS,
+    RotatedCopySignal,
+    SimilarityMatch,
+    signal_distance,
+    similarity_match,
+    turned_black_corners_degrees,
+    vouches_for,
+)
+from core.scoring import find_content_neighbors
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return Image.fromarray(data.chelsea())  # 451 x 300
+
+
+@pytest.fixture(scope="module")
+def rocket():
+    return Image.fromarray(data.rocket())  # 640 x 427
+
+
+def turned(image: Image.Image, degrees: float) -> Image.Image:
+    """Turned on its own canvas, corners filled black, as editors and augmenters do."""
+    return image.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=False)
+
+
+@pytest.mark.parametrize("degrees", [30.0, -30.0, 7.0, 15.0, 3.0, -44.0], ids=lambda d: f"{d:+g}deg")
+def test_the_turn_is_read_from_black_corners(photo, degrees):
+    found = turned_black_corners_degrees(turned(photo, degrees))
+    assert found is not None and abs(abs(found) - abs(degrees)) <= 1.0
+
+
+def test_pictures_without_turned_corners_have_no_turn(photo, rocket):
+    letterboxed = Image.new("RGB", (photo.width, photo.height + 120))
+    letterboxed.paste(photo, (0, 60))
+    for image in (photo, rocket, letterboxed, Image.new("RGB", (64, 48)), Image.new("RGB", (64, 48), (255, 255, 255))):
+        assert turned_black_corners_degrees(image) is None
+
+
+def test_a_turned_zoomed_copy_is_vouched_for_and_a_different_picture_is_not(photo, rocket):
+    copy = turned(photo, 30.0).resize((photo.width * 5 // 4, photo.height * 5 // 4)).crop((40, 20, 40 + photo.width, 20 + photo.height))
+    corners = turned_black_corners_degrees(copy)
+    assert corners is not None
+    same = similarity_match(copy, photo)
+    assert vouches_for(same, corners) and signal_distance(same, 0.1) <= 0.1
+    assert not vouches_for(similarity_match(copy, rocket), corners)
+
+
+def test_a_match_must_turn_by_the_corners_angle_and_pass_the_cutoff():
+    strong = SimilarityMatch(inliers=200, matches=210, turn_degrees=-29.5)
+    assert vouches_for(strong, 30.0) and vouches_for(strong, -30.0)
+    assert not vouches_for(SimilarityMatch(200, 210, 0.0), 30.0)  # consistent, but not turned
+    assert not vouches_for(SimilarityMatch(45, 56, 30.0), 30.0)  # the stereo pair's share of inliers
+    assert not vouches_for(SimilarityMatch(MIN_INLIERS - 1, MIN_INLIERS, 30.0), 30.0)
+    assert not vouches_for(SimilarityMatch(MIN_INLIERS, 3 * MIN_INLIERS, 30.0), 30.0)
+
+
+def test_signal_distance_is_linear_with_the_cutoff_on_the_radius():
+    at_cutoff = SimilarityMatch(round(100 * INLIER_FRACTION_CUTOFF), 100, 30.0)
+    assert signal_distance(at_cutoff, 0.1) == pytest.approx(0.1)
+    assert signal_distance(SimilarityMatch(100, 100, 30.0), 0.1) == 0.0
+
+
+def unit(vectors):
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_find_content_neighbors_pairs_a_turned_copy_only_with_the_signal(photo, rocket):
+    """Three contents: the photo, its turned copy (embedding cosine 0.3, beyond the radius 0.1)
+    and a different photo turned too; only the true pair is vouched for, at a distance within
+    the radius, and the unique photo keeps its embedding distance."""
+    images = {"a-photo": photo, "b-turned-copy": turned(photo, 30.0), "c-other-turned": turned(rocket, 30.0)}
+    angle = np.arccos(0.7)
+    vectors = dict(zip(images, unit([[1, 0, 0], [np.cos(angle), np.sin(angle), 0], [0.6, 0, 0.8]])))
+    loaded = []
+
+    def load(pixel_hash, draft):
+        loaded.append(pixel_hash)
+        return images[pixel_hash]
+
+    plain = find_content_neighbors(vectors, radius=0.1)
+    assert plain.pairs.empty
+    fused = find_content_neighbors(vectors, radius=0.1, rotated_copy_signal=RotatedCopySignal(load))
+    assert [tuple(fused.pixel_hashes[[r.left, r.right]]) for r in fused.pairs.itertuples()] == [("a-photo", "b-turned-copy")]
+    assert fused.pairs["distance"].iloc[0] <= 0.1
+    assert fused.nearest_distance[2] == pytest.approx(plain.nearest_distance[2])
+    assert fused.updates["rotated_copy"].searched_rows == 3
+    assert set(loaded) <= set(images)
+
+
+def test_contents_within_the_radius_or_far_beyond_it_are_never_decoded(photo):
+    vectors = dict(zip(["near-1", "near-2", "far"], unit([[1, 0, 0], [0.99, 0.14, 0], [0, 0, 1]])))
+
+    def load(pixel_hash, draft):
+        raise AssertionError(f"{pixel_hash} was decoded")
+
+    found = find_content_neighbors(vectors, radius=0.1, rotated_copy_signal=RotatedCopySignal(load))
+    assert found.updates["rotated_copy"].searched_rows == 0
+    assert len(search_neighbors(np.stack(list(vectors.values())), k=2, radius=0.1).pair_left) == len(found.pairs)
+
+
+def test_a_turned_copy_counts_fewer_content_pixels_than_its_original(photo):
+    """The keep policy ranks by content pixels: the black corners are not content, so the original
+    is kept over its turned copy (which has the same width and height)."""
+    from core.images import content_pixel_count
+
+    copy = turned(photo, 30.0)
+    assert content_pixel_count(photo) == photo.width * photo.height
+    assert content_pixel_count(copy) < 0.9 * photo.width * photo.height
