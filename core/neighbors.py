@@ -457,10 +457,10 @@ def _rerank(every, start: int, columns: np.ndarray, values: np.ndarray, reach: n
         similarity = torch.bmm(gathered, every[torch.from_numpy(batch + start)].unsqueeze(2)).squeeze(2).numpy()
         similarity = np.where(valid, similarity, -np.inf)
         # The k largest products (ties by index), as the float32 search's top-k picks them ...
-        index, negated = nearest_first(column, -similarity, k)
-        kth[batch] = -negated[:, -1]
+        index, negated_similarity = nearest_first(column, -similarity, k)
+        kth[batch] = -negated_similarity[:, -1]
         # ... then ordered by ascending (clipped) distance, ties by index.
-        index_out[batch], distance_out[batch] = nearest_first(index, cosine_distance(-negated))
+        index_out[batch], distance_out[batch] = nearest_first(index, cosine_distance(-negated_similarity))
     return (index_out, distance_out), kth, short
 
 
