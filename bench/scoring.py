@@ -66,6 +66,7 @@ def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max:
     middle, end; `_search_neighbors_fp32(only=...)`, its own per-chunk code) and its time is scaled
     by rows / sampled rows; top-k and pairs (by left row) are compared on the sampled rows.
     """
+    from core.distances import cosine_distance
     from core.neighbors import BF16_MIN_ROWS, DEFAULT_CHUNK_ROWS, MAX_BLOCK_CELLS, _search_neighbors_fp32, bf16_matmul_is_fast, search_neighbors
 
     rows = len(vectors)
@@ -88,7 +89,7 @@ def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max:
         for row in np.nonzero((np.sort(a, axis=1) != np.sort(b, axis=1)).any(axis=1))[0]:
             # Sets may differ only by rows tied at the k-th distance.
             differing = sorted(set(a[row].tolist()) ^ set(b[row].tolist()))
-            distance = np.clip(1.0 - vectors[differing] @ vectors[first + row], 0.0, 2.0)
+            distance = cosine_distance(vectors[differing] @ vectors[first + row])
             tied = bool(np.all(np.abs(distance - old.topk_distance[first + row, -1]) <= 1e-6))
             topk_ties += tied
             topk_equal &= tied

@@ -121,6 +121,7 @@ def exact_for_sample(table, sample: np.ndarray, k: int, radius: float) -> dict:
     """Exact top-k (ties by the lower row) and all rows within `radius` for the sampled rows, from
     two chunked scans of the table (numpy float32 GEMM): O(len(sample) x batch) memory."""
     from core.ann import lancedb_batches
+    from core.distances import cosine_distance
     from core.neighbors import l2_normalize
 
     queries = read_rows(table, sample)
@@ -144,15 +145,17 @@ def exact_for_sample(table, sample: np.ndarray, k: int, radius: float) -> dict:
         for q, other in zip(row.tolist(), (column + offset).tolist()):
             pairs.setdefault(q, set()).add(other)
         offset += len(batch)
-    return {"queries": queries, "top_index": best_index, "top_distance": np.clip(1.0 - best, 0.0, 2.0), "pairs": pairs}
+    return {"queries": queries, "top_index": best_index, "top_distance": cosine_distance(best), "pairs": pairs}
 
 
 def exact_distances(table, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
     """float32 cosine distances from each query to the rows it found (inf where -1), from one scan."""
+    from core.distances import cosine_distance
+
     wanted = np.unique(found[found >= 0])
     vectors = read_rows(table, wanted)
     position = np.searchsorted(wanted, np.maximum(found, 0))
-    distance = np.clip(1.0 - np.einsum("qd,qkd->qk", queries, vectors[np.minimum(position, len(wanted) - 1)]), 0.0, 2.0).astype(np.float32)
+    distance = cosine_distance(np.einsum("qd,qkd->qk", queries, vectors[np.minimum(position, len(wanted) - 1)])).astype(np.float32)
     return np.where(found >= 0, distance, np.inf).astype(np.float32)
 
 
@@ -265,6 +268,7 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
     """The scoring stage as `score_uniqueness` runs it, on the table written by `write_table`."""
     import pandas as pd
 
+    from core.distances import cosine_distance
     from core.images import informative_phashes
     from core.neighbors import hamming_distances_of_rows
     from core.scoring import HashSignal, Thresholds, compute_uniqueness_scores, find_content_neighbors
@@ -312,7 +316,7 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
     exact = np.empty(len(sample))
     for start in range(0, len(sample), 64):
         rows_here = sample[start : start + 64]
-        cosine = np.clip(1.0 - matrix[rows_here] @ matrix.T, 0.0, 2.0)
+        cosine = cosine_distance(matrix[rows_here] @ matrix.T)
         bits = hamming_distances_of_rows(phashes, rows_here)
         vouched = (bits <= HASH_BITS) & informative[None, :] & informative[rows_here, None]
         fused = np.minimum(cosine, np.where(vouched, bits * signal.bits_to_cosine(RADIUS), np.inf))

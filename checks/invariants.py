@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from core.distances import to_uniqueness
 from core.neighbors import merge_searches, search_neighbors
 from core.scoring import NEIGHBORS_PER_ROW, ContentVectors, HashSignal, choose_search_engine
 
@@ -123,7 +124,7 @@ def nearest_kept_contents(
     return contents.assign(
         nearest_path=[paths[i] if i >= 0 else None for i in nearest],
         nearest_cosine_distance=np.where(np.isinf(distance), np.nan, distance),
-        nearest_uniqueness_distance=np.where(np.isinf(distance), np.nan, distance / 2.0),
+        nearest_uniqueness_distance=np.where(np.isinf(distance), np.nan, to_uniqueness(distance)),
     ).sort_values("path", ignore_index=True)
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.distances import cosine_distance
 from core.neighbors import NeighborSearch, l2_normalize, search_neighbors
 
 # Below this many rows the exact search is both faster than training an index and exact.
@@ -416,7 +417,7 @@ class _Search:
             reverse: optional extra (position in rows, candidate, distance) edges.
         """
         valid = candidates >= 0
-        distance = np.clip(1.0 - similarity, 0.0, 2.0)
+        distance = cosine_distance(similarity)
         close = valid & (similarity >= self.min_similarity)
         row, position = np.nonzero(close)
         self.lefts.append(rows[row])
@@ -498,6 +499,6 @@ class _Search:
         distance = np.empty(len(left), dtype=np.float32)
         for start in range(0, len(left), 8_192):  # not one (P, D) gather per side: 150 MiB each at 50k pairs
             part = slice(start, start + 8_192)
-            distance[part] = np.clip(1.0 - np.einsum("ij,ij->i", self.vectors[left[part]], self.vectors[right[part]]), 0.0, 2.0)
+            distance[part] = cosine_distance(np.einsum("ij,ij->i", self.vectors[left[part]], self.vectors[right[part]]))
         within = distance <= self.radius
         return self.topk_index, self.topk_distance, left[within], right[within], distance[within]

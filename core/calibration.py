@@ -36,6 +36,7 @@ from core.images import (
     pixel_hash,
     trim_uniform_borders,
 )
+from core.distances import cosine_distance, invariant_hamming, to_uniqueness
 from core.neighbors import l2_normalize
 
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.05  # SPEC.md's default (cosine similarity 0.9), used until calibrated
@@ -184,21 +185,12 @@ class Population:
     pixel_hashes: Sequence[str]
 
 
-def invariant_hamming(query: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-    """(M,) rotation/flip-invariant Hamming distances (bits) from one (V,) hash set to (M, V) sets:
-    the smaller of one's identity hash against the other's variants and the reverse."""
-    query = np.asarray(query, dtype=np.uint64)
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    forward = np.bitwise_count(query[None, :1] ^ hashes).min(axis=1)
-    backward = np.bitwise_count(query[None, :] ^ hashes[:, :1]).min(axis=1)
-    return np.minimum(forward, backward).astype(np.int64)
-
-
 def vouching_hamming(query: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     """`invariant_hamming`, with -1 where the query's or the other row's hash carries no
     information (a flat image): such a pair gets no say from the hash, as in the pipeline."""
-    bits = invariant_hamming(query, hashes)
-    informative = informative_phashes(np.asarray(hashes, dtype=np.uint64)) & informative_phashes(np.asarray(query, dtype=np.uint64))
+    query, hashes = np.asarray(query, dtype=np.uint64), np.asarray(hashes, dtype=np.uint64)
+    bits = invariant_hamming(query[None, :], hashes).astype(np.int64)
+    informative = informative_phashes(hashes) & informative_phashes(query)
     return np.where(informative, bits, -1)
 
 
@@ -275,7 +267,7 @@ def measure_calibration_pairs(
     same_content = []
     for index, row in enumerate(original_rows):
         same = pop_pixels == original_pixel_hashes[index]
-        same |= (1.0 - pop_vectors @ vectors[row]) < 1e-5
+        same |= cosine_distance(pop_vectors @ vectors[row]) < 1e-5
         if hash_threshold_bits > 0:
             bits = vouching_hamming(phashes[row], pop_hashes)
             same |= (bits >= 0) & (bits <= hash_threshold_bits)
@@ -289,14 +281,14 @@ def measure_calibration_pairs(
             origin = original_rows[src]
             positive_rows.append({
                 "source": src, "edit": edit_name[row],
-                "distance": float(np.clip(1.0 - vectors[origin] @ vectors[row], 0.0, 2.0) / 2.0),
+                "distance": float(to_uniqueness(cosine_distance(vectors[origin] @ vectors[row]))),
                 "hash_bits": int(vouching_hamming(phashes[row], phashes[origin : origin + 1])[0]),
             })
         eligible = ~same_content[src]
         if not eligible.any():
             negative_rows.append({"source": src, "edit": edit_name[row], "nearest": -1, "distance": np.inf, "hash_bits": -1})
             continue
-        distance = np.clip(1.0 - pop_vectors @ vectors[row], 0.0, 2.0) / 2.0
+        distance = to_uniqueness(cosine_distance(pop_vectors @ vectors[row]))
         bits = vouching_hamming(phashes[row], pop_hashes)
         matched = eligible & (bits >= 0) & (bits <= hash_threshold_bits) if hash_threshold_bits > 0 else np.zeros(len(eligible), dtype=bool)
         candidates = np.nonzero(matched if matched.any() else eligible)[0]

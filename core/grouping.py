@@ -6,6 +6,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
+from core.distances import to_cosine_distance, to_uniqueness
 from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, Thresholds
 
 KEEP_POLICIES = ("resolution", "first_seen", "path")
@@ -117,7 +118,7 @@ def assign_groups(
     for image_id, path in zip(images["image_id"], images["path"]):
         leader = leader_of[image_id]
         in_group = group_sizes[leader] > 1
-        pair_uniqueness = distance_to_leader[image_id] / 2.0
+        pair_uniqueness = to_uniqueness(distance_to_leader[image_id])
         relation = None
         if in_group and image_id != leader:
             relation = LABEL_DUPLICATE if pair_uniqueness <= thresholds.duplicate else LABEL_NEAR_DUPLICATE
@@ -136,7 +137,7 @@ def assign_groups(
             }
         )
     if near_duplicate_action == "review":
-        _remove_duplicates_among_reviewed(rows, images["identical_group"].tolist(), close, 2.0 * thresholds.duplicate, overrides)
+        _remove_duplicates_among_reviewed(rows, images["identical_group"].tolist(), close, to_cosine_distance(thresholds.duplicate), overrides)
     columns = ["image_id", "path", "group_id", "group_keeper", "relation", "pair_uniqueness", "removed", "duplicate_of", "reason"]
     # Columns named: with no image at all (an empty root) the table still has them.
     return pd.DataFrame(rows, columns=columns).astype({"removed": bool}).sort_values("path", ignore_index=True)
@@ -159,7 +160,7 @@ def _remove_duplicates_among_reviewed(rows, identical_groups, close, duplicate_d
             kept_path_by_group.setdefault(own, rows[i]["path"])
             continue
         keeper = kept_path_by_group[clash]
-        rows[i].update(removed=True, relation=LABEL_DUPLICATE, duplicate_of=keeper, reason=f"duplicate of {keeper}, which is kept ({pair_distance_text(close[own][clash] / 2.0)})")
+        rows[i].update(removed=True, relation=LABEL_DUPLICATE, duplicate_of=keeper, reason=f"duplicate of {keeper}, which is kept ({pair_distance_text(to_uniqueness(close[own][clash]))})")
 
 
 def pair_distance_text(pair_uniqueness: float) -> str:

@@ -5,7 +5,7 @@ radius, and each row's nearest rows among those pairs, by multi-index hashing.
 pHash only counts within its cutoff (SPEC.md, "several signals"), so the pipeline needs only the
 pairs within the radius, and those are found exactly here (`core.scoring.HashSignal`).
 
-Distance (as `core.neighbors._hamming_block`): rows i, j of an (M, V) uint64 array (identity
+Distance (`core.distances.invariant_hamming`): rows i, j of an (M, V) uint64 array (identity
 variant in column 0) are d(i, j) = min over v of H(id_i, var_v j) and H(var_v i, id_j). So
 d(i, j) <= r iff some identity is within r of some variant of the other row: a join of the M
 identities against the M * V variants (the "entries"). Each row's identity queries the entries;
@@ -52,6 +52,7 @@ from itertools import combinations
 
 import numpy as np
 
+from core.distances import identity_to_variant_bits
 from core.neighbors import NeighborSearch, search_hash_neighbors
 
 HASH_BITS = 64
@@ -544,10 +545,10 @@ class _PairSink:
             for earlier in self.plan[:table_number]:
                 keep &= np.bitwise_count(xor & np.uint64(earlier.mask)) > earlier.radius
         i, j, variant = query_row[keep], row[keep], variant[keep]
-        forward = np.bitwise_count(hashes[i, :1] ^ hashes[j])  # id_i against row j's variants
+        forward = identity_to_variant_bits(hashes[i], hashes[j])
         keep = np.argmax(forward <= radius, axis=1) == variant
         i, j, forward = i[keep], j[keep], forward[keep]
-        backward = np.bitwise_count(hashes[j, :1] ^ hashes[i])  # id_j against row i's variants
+        backward = identity_to_variant_bits(hashes[j], hashes[i])
         keep = ~(backward <= radius).any(axis=1) | (i < j)
         i, j = i[keep], j[keep]
         bits = np.minimum(forward[keep].min(axis=1), backward[keep].min(axis=1))

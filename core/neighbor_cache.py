@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.atomic_write import write_atomically
+from core.distances import nearest_first, nearest_first_order
 from core.neighbors import NeighborSearch
 
 # Above this fraction of changed rows a full search is about as fast, and simpler.
@@ -153,7 +154,7 @@ def update_search(
         added_position = np.searchsorted(searched, added)
         candidates = np.concatenate([reused_index, np.broadcast_to(added, (len(clean), len(added)))], axis=1)
         candidate_distance = np.concatenate([reused_distance, distances[added_position][:, clean].T], axis=1)
-        order = np.lexsort((np.where(candidates >= 0, candidates, rows), candidate_distance), axis=1)[:, :k]
+        order = nearest_first_order(candidate_distance, np.where(candidates >= 0, candidates, rows), k)
         merged_distance = np.take_along_axis(candidate_distance, order, axis=1)
         merged_index = np.where(np.isfinite(merged_distance), np.take_along_axis(candidates, order, axis=1), -1)
         topk_index[clean, : order.shape[1]] = merged_index
@@ -191,9 +192,7 @@ def update_search(
 
 def _put_sorted(topk_index, topk_distance, rows, index, distance):
     """Write each row's candidates ascending by distance, ties by index (as the full search does)."""
-    order = np.lexsort((index, distance), axis=1)
-    topk_index[rows] = np.take_along_axis(index, order, axis=1)
-    topk_distance[rows] = np.take_along_axis(distance, order, axis=1)
+    topk_index[rows], topk_distance[rows] = nearest_first(index, distance)
     topk_index[rows] = np.where(np.isfinite(topk_distance[rows]), topk_index[rows], -1)
 
 

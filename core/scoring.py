@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.distances import cosine_distance, to_cosine_distance, to_uniqueness
 from core.hash_index import plan_substrings, search_hash_neighbors_within
 from core.images import informative_phashes
 from core.neighbor_cache import KeyedSearch, SearchUpdate, update_search
@@ -68,7 +69,7 @@ class Thresholds:
 
     @property
     def near_duplicate_cosine_distance(self) -> float:
-        return 2.0 * self.near_duplicate
+        return to_cosine_distance(self.near_duplicate)
 
 
 def label_for(uniqueness: float, thresholds: Thresholds) -> str:
@@ -329,9 +330,9 @@ def _embedding_search(matrix, hashes, radius, engine, previous, searches, update
         NEIGHBORS_PER_ROW,
         radius,
         full_search=lambda: search_neighbors(matrix, k=NEIGHBORS_PER_ROW, radius=radius),
-        row_distances=lambda rows: np.clip(1.0 - matrix[rows] @ matrix.T, 0.0, 2.0),
+        row_distances=lambda rows: cosine_distance(matrix[rows] @ matrix.T),
         # As search_neighbors reports pairs: each pair's own dot product.
-        pair_distances=lambda left, right: np.clip(1.0 - np.einsum("ij,ij->i", matrix[left], matrix[right]), 0.0, 2.0),
+        pair_distances=lambda left, right: cosine_distance(np.einsum("ij,ij->i", matrix[left], matrix[right])),
     )
     return searches["embedding"].search
 
@@ -368,7 +369,7 @@ def compute_uniqueness_scores(
 
     nearest_distance = neighbors.nearest_distance[content_row].astype(np.float64)
     has_other = np.isfinite(nearest_distance)
-    uniqueness = np.where(has_other, np.maximum(nearest_distance / 2.0, MIN_NONZERO_UNIQUENESS), 1.0)
+    uniqueness = np.where(has_other, np.maximum(to_uniqueness(nearest_distance), MIN_NONZERO_UNIQUENESS), 1.0)
     scores["uniqueness"] = np.where(is_keeper, uniqueness, 0.0)
     scores["label"] = [label_for(u, thresholds) for u in scores["uniqueness"]]
 

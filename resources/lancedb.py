@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from core.ann import lancedb_batches, release_free_heap
+from core.distances import to_uniqueness
 from core.neighbors import l2_normalize
 from core.scoring import ContentVectors
 
@@ -166,5 +167,5 @@ class LanceDBResource(dg.ConfigurableResource):
         for hit in hits:
             for path in paths_by_hash.get(hit["pixel_hash"], []):
                 if path != exclude_path:
-                    results.append({"path": path, "uniqueness_distance": max(0.0, float(hit["_distance"])) / 2.0})
+                    results.append({"path": path, "uniqueness_distance": to_uniqueness(max(0.0, float(hit["_distance"])))})
         return results[:k]

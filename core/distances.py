@@ -1,0 +1,73 @@
+"""The distances the pipeline compares images by, and the two scales it reports them on.
+
+- Cosine distance `d = 1 - cos` of L2-normalised embeddings, in [0, 2].
+- Uniqueness scale (SPEC.md): `uniqueness = d / 2`, in [0, 1]; thresholds and labels live here.
+- Rotation/flip-invariant Hamming distance (bits) between dihedral pHash sets: (V,) uint64 per
+  image, the identity variant in column 0 and its rotations/flips after it.
+- Top-k order: ascending distance, ties by the smaller index, as every search reports neighbours.
+
+Nothing here imports Dagster.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_distance(dot):
+    """Cosine distance from dot products of unit vectors: `1 - dot`, clipped to [0, 2] (rounding can
+    push a product of unit vectors just past +-1). Keeps the input's dtype."""
+    return np.clip(1.0 - dot, 0.0, 2.0)
+
+
+def to_uniqueness(cosine_distance):
+    """A cosine distance on the uniqueness scale (SPEC.md: uniqueness = cosine distance / 2)."""
+    return cosine_distance / 2.0
+
+
+def to_cosine_distance(uniqueness):
+    """A uniqueness-scale value as a cosine distance (the inverse of `to_uniqueness`)."""
+    return 2.0 * uniqueness
+
+
+def identity_to_variant_bits(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """(n, V) uint8: Hamming bits from each row's identity hash (column 0 of `hashes`) to every
+    variant of the paired row of `others`; rows broadcast, so a single row may stand for all."""
+    return np.bitwise_count(hashes[:, :1] ^ others)
+
+
+def invariant_hamming(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Rotation/flip-invariant Hamming bits between paired rows of two (n, V) hash-set arrays: the
+    smaller of one's identity hash against the other's variants and the reverse, so it is symmetric."""
+    forward = identity_to_variant_bits(hashes, others).min(axis=1)
+    backward = identity_to_variant_bits(others, hashes).min(axis=1)
+    return np.minimum(forward, backward)
+
+
+def invariant_hamming_matrix(queries: np.ndarray, by_variant: np.ndarray) -> np.ndarray:
+    """(Q, M) float32 `invariant_hamming` bits from each (Q, V) query row to every one of M rows,
+    given as `by_variant` = their (V, M) transpose (contiguous; callers reuse it across blocks).
+
+    One 2-D pass per variant into preallocated buffers rather than reducing a (Q, M, V) array over
+    its short last axis, which is several times slower.
+    """
+    identity = by_variant[0]
+    bits = np.bitwise_count(queries[:, :1] ^ identity)
+    xor = np.empty(bits.shape, np.uint64)
+    count = np.empty(bits.shape, np.uint8)
+    for variant in range(1, queries.shape[1]):
+        for mine, theirs in ((queries[:, :1], by_variant[variant]), (queries[:, variant : variant + 1], identity)):
+            np.bitwise_xor(mine, theirs, out=xor)
+            np.minimum(bits, np.bitwise_count(xor, out=count), out=bits)
+    return bits.astype(np.float32)
+
+
+def nearest_first_order(distance: np.ndarray, index: np.ndarray, k: int | None = None) -> np.ndarray:
+    """(rows, <=k) positions that order each row of `distance` ascending, ties by `index`, cut to k."""
+    return np.lexsort((index, distance), axis=1)[:, :k]
+
+
+def nearest_first(index: np.ndarray, distance: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's (index, distance) candidates ordered as `nearest_first_order`, cut to k."""
+    order = nearest_first_order(distance, index, k)
+    return np.take_along_axis(index, order, axis=1), np.take_along_axis(distance, order, axis=1)
