@@ -8,7 +8,7 @@ tiles are the distinct pictures, and the rest of the folder are edited copies of
 copies, JPEG re-encodes, resizes, crops, 90° rotations, mirror images, brightness changes, text
 overlays), drawn with the seed. Its ground truth (`groups.json`: each tile with its copies) is
 what ../shared/bench/evaluate.py scores every tool's pairs against. With few source photos the
-distinct tiles are bounded (~300); past that, each tile gets more edited copies, so a large
+distinct tiles are bounded (~110); past that, each tile gets more edited copies, so a large
 folder is mostly near-duplicates, as an uncurated scrape often is. Every edit changes the pixels
 but the exact copy's, so nearly every file is content to embed.
 
@@ -44,21 +44,30 @@ from peers import evaluate, run_cleanvision, run_imagededup  # noqa: E402
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_PHOTOS = ("astronaut", "cat", "chelsea", "coffee", "colorwheel", "hubble_deep_field", "immunohistochemistry", "retina", "rocket")
 TILE = 112
+TILES_PER_PHOTO = 16
 EDITS = ("copy", "jpeg", "resize", "crop", "rotate90", "mirror", "brighter", "overlay")
 
 
-def distinct_tiles() -> list[Image.Image]:
-    """Non-overlapping TILE x TILE tiles of every source photo, upscaled to 256 px."""
+def distinct_tiles() -> list[tuple[str, Image.Image]]:
+    """Non-overlapping TILE x TILE tiles of every source photo, upscaled to 256 px, named by photo.
+
+    At most TILES_PER_PHOTO per photo, spread over it: tiles of one photo share its texture (a
+    fundus image, a star field), and unplanted look-alikes would swamp the planted truth.
+    """
     from skimage import data
 
     tiles = []
     for name in SOURCE_PHOTOS:
         photo = Image.fromarray(getattr(data, name)()).convert("RGB")
-        for top in range(0, photo.height - TILE + 1, TILE):
-            for left in range(0, photo.width - TILE + 1, TILE):
-                tile = photo.crop((left, top, left + TILE, top + TILE))
-                if np.asarray(tile.convert("L")).std() > 8.0:  # flat tiles are not pictures
-                    tiles.append(tile.resize((256, 256), Image.Resampling.BICUBIC))
+        boxes = [
+            (left, top, left + TILE, top + TILE)
+            for top in range(0, photo.height - TILE + 1, TILE)
+            for left in range(0, photo.width - TILE + 1, TILE)
+        ]
+        informative = [box for box in boxes if np.asarray(photo.crop(box).convert("L")).std() > 8.0]  # flat tiles are not pictures
+        step = max(1, len(informative) // TILES_PER_PHOTO)
+        for box in informative[::step][:TILES_PER_PHOTO]:
+            tiles.append((name, photo.crop(box).resize((256, 256), Image.Resampling.BICUBIC)))
     return tiles
 
 
@@ -91,15 +100,17 @@ def generate(folder: Path, total: int, seed: int) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     folder.mkdir(parents=True)
     for index in range(distinct):
-        path = f"tile{index:05d}.png"
-        tiles[index].save(folder / path)
+        photo, tile = tiles[index]
+        path = f"tiles/{photo}-{index:05d}.png"
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        tile.save(folder / path)
         groups[f"g{index:05d}"] = [path]
     for number in range(total - distinct):
         index = rng.randrange(distinct)
         edit = rng.choice(EDITS)
         path = f"edits/{edit}/{number:06d}.{'jpg' if edit == 'jpeg' else 'png'}"
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
-        image = edited(tiles[index], edit, rng)
+        image = edited(tiles[index][1], edit, rng)
         image.save(folder / path, **({"quality": rng.choice((70, 85))} if edit == "jpeg" else {}))
         groups[f"g{index:05d}"].append(path)
     (folder / "groups.json").write_text(json.dumps({k: v for k, v in groups.items() if len(v) > 1}))
