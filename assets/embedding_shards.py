@@ -9,7 +9,7 @@ nothing, and `image_vectors` (the one LanceDB writer) inserts them.
 import dagster as dg
 import pandas as pd
 
-from assets.image_embeddings import embed_to_checkpoint, embedding_input_cache, embedding_checkpoint, path_per_content, verified_image_loader
+from assets.image_embeddings import embed_to_checkpoint, embedding_checkpoint, path_per_content, verified_image_loader
 from core.sharding import SHARD_KEYS, in_shard
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
@@ -55,7 +55,7 @@ def image_embedding_shards(
     # Each batch is its own uniquely named file, renamed into place: shards running at the same
     # time never write the same file, and a killed shard leaves only complete batches.
     # A file changed since the catalog is skipped (logged); dedup_job accounts for it.
-    done, elapsed, changed = embed_to_checkpoint(context, todo, embedding_model, verified_image_loader(raw_images, image_store, embedding_input_cache(output_store)), checkpoint)
+    done, elapsed, changed = embed_to_checkpoint(context, todo, embedding_model, verified_image_loader(raw_images, image_store), checkpoint)
     return dg.MaterializeResult(
         metadata={
             "shard": shard,

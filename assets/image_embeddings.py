@@ -10,7 +10,6 @@ from assets.metadata import table_metadata
 from core.checkpoints import EmbeddingCheckpoint
 from core.collections import CHANGED_COLUMN
 from core.embedders import embed_in_batches
-from core.embedding_inputs import DIRECTORY_NAME as EMBEDDING_INPUTS_DIRECTORY, EmbeddingInputCache
 from core.images import FileChangedError
 from core.progress import progress_message, should_report
 from resources.embedding_model import EmbeddingModelResource
@@ -25,41 +24,27 @@ def embedding_checkpoint(output_store: OutputStoreResource, lancedb: LanceDBReso
     return EmbeddingCheckpoint(directory, warn) if warn is not None else EmbeddingCheckpoint(directory)
 
 
-def embedding_input_cache(output_store: OutputStoreResource) -> EmbeddingInputCache:
-    """The catalog's decodes of new JPEGs for the embedding step (disposable, see core/embedding_inputs.py)."""
-    return EmbeddingInputCache(output_store.state_dir / EMBEDDING_INPUTS_DIRECTORY)
-
-
 def path_per_content(raw_images: pd.DataFrame) -> dict[str, str]:
     """pixel hash -> the file embedded for it (the first path), so every stage embeds the same pixels."""
     return raw_images.sort_values("path").drop_duplicates("pixel_hash").set_index("pixel_hash")["path"].to_dict()
 
 
-def verified_image_loader(raw_images: pd.DataFrame, image_store: ImageStoreResource, embedding_inputs: EmbeddingInputCache | None = None):
+def verified_image_loader(raw_images: pd.DataFrame, image_store: ImageStoreResource):
     """load(path, draft) for `embed_in_batches` that decodes only bytes whose SHA-256 is the one
     catalogued with the file, so a vector is always computed from the pixels its hash names. When
     a file changed since the catalog, the other files with the same pixel hash are tried in path
-    order; when none is unchanged, `FileChangedError` (from the last one tried) is raised.
-
-    With `embedding_inputs`, the file is still read and its SHA-256 checked (a file changed since
-    the catalog is never embedded), but the decode the catalog stored for those bytes is used
-    instead of decoding them again."""
+    order; when none is unchanged, `FileChangedError` (from the last one tried) is raised."""
     rows = raw_images.sort_values("path")[["path", "pixel_hash", "file_sha256"]]
     hash_of_path = dict(zip(rows["path"], rows["pixel_hash"]))
     files_by_hash: dict[str, list[tuple[str, str]]] = {}
     for path, pixel_hash, sha in rows.itertuples(index=False):
         files_by_hash.setdefault(pixel_hash, []).append((path, sha))
 
-    def load_candidate(candidate: str, sha: str, draft):
-        source = image_store.read_verified(candidate, sha)
-        stored = embedding_inputs.get(sha, draft) if embedding_inputs is not None else None
-        return stored if stored is not None else image_store.decode(source, draft)
-
     def load(path: str, draft):
         candidates = files_by_hash[hash_of_path[path]]
         for position, (candidate, sha) in enumerate(sorted(candidates, key=lambda c: c[0] != path)):
             try:
-                return load_candidate(candidate, sha, draft)
+                return image_store.load_verified_rgb(candidate, sha, draft)
             except (FileChangedError, FileNotFoundError) as exc:
                 if position == len(candidates) - 1:
                     raise exc if isinstance(exc, FileChangedError) else FileChangedError(f"{candidate}: the file disappeared since it was catalogued") from exc
@@ -129,11 +114,9 @@ def image_embeddings(
         f"vector table, {len(resumed)} resumed from checkpoints, {len(todo)} to embed"
     )
 
-    inputs = embedding_input_cache(output_store)
     done, elapsed, changed = embed_to_checkpoint(
-        context, todo, embedding_model, verified_image_loader(raw_images, image_store, inputs), checkpoint, on_batch=lambda hashes, vectors: resumed.update(zip(hashes, vectors))
+        context, todo, embedding_model, verified_image_loader(raw_images, image_store), checkpoint, on_batch=lambda hashes, vectors: resumed.update(zip(hashes, vectors))
     )
-    inputs.clear()  # consumed: the vectors are checkpointed
 
     hashes = sorted(resumed)
     embeddings = pd.DataFrame({"pixel_hash": hashes, "model_id": model_id, "vector": [np.asarray(resumed[h], np.float32) for h in hashes], CHANGED_COLUMN: None})

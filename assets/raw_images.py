@@ -3,7 +3,6 @@
 import dagster as dg
 import pandas as pd
 
-from assets.image_embeddings import embedding_input_cache
 from assets.metadata import table_metadata
 from core.catalog import build_catalog
 from core.disposable_cache import read_or_discard
@@ -26,10 +25,6 @@ def discover_raw_images(context: dg.AssetExecutionContext, image_store: ImageSto
     # The output folder may lie under the image root (its thumbnails and exports are no input).
     discovered = image_store.discover(excluded_folders=[output_store.out_dir])
     context.log.info(f"discovered {len(discovered)} files with image extensions under {image_store.root}")
-    # The embedding step's input of each new JPEG, decoded from the bytes read here (emptied
-    # first: what an interrupted run left is decoded again from the files if still needed).
-    embedding_inputs = embedding_input_cache(output_store)
-    embedding_inputs.clear()
     images, rejected = build_catalog(
         image_store.root,
         discovered,
@@ -37,7 +32,6 @@ def discover_raw_images(context: dg.AssetExecutionContext, image_store: ImageSto
         max_pixels=image_store.max_pixels,
         workers=image_store.decode_workers,
         progress=lambda done, total: context.log.info(f"decoded {done}/{total} files"),
-        embedding_inputs=embedding_inputs,
     )
     output_store.write_table(str(catalog_path.relative_to(output_store.root)), images)
     output_store.write_table("rejected.csv", rejected[["path", "reason", "detail"]], run_id=context.run_id)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.embedding_inputs import EmbeddingInputCache
 from core.images import DiscoveredFile, ImageRejected, describe_image, image_id_for, printable_path
 
 logger = logging.getLogger(__name__)
@@ -27,9 +26,8 @@ IMAGE_COLUMNS = [
 REJECTED_COLUMNS = ["image_id", "path", "bytes", "reason", "detail"]
 
 
-def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int, embedding_inputs: EmbeddingInputCache | None = None) -> dict:
-    """One catalog row: either an image row or a rejection row (key `reason`); with
-    `embedding_inputs`, the embedding step's input is decoded from the same bytes and stored."""
+def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int) -> dict:
+    """One catalog row: either an image row or a rejection row (key `reason`)."""
     base = {"image_id": image_id_for(discovered.path), "path": discovered.path}
     if discovered.rejection:
         return {**base, "bytes": None, "reason": discovered.rejection, "detail": discovered.detail[:500]}
@@ -51,8 +49,6 @@ def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int, embed
             data = handle.read()
         sha = hashlib.sha256(data).hexdigest()
         facts = describe_image(full, max_pixels, data=data)
-        if embedding_inputs is not None:
-            _store_embedding_input(embedding_inputs, full, data, sha, max_pixels)
     except ImageRejected as exc:
         return {**base, "bytes": _size_or_none(full), "reason": exc.reason, "detail": exc.detail[:500]}
     except FileNotFoundError as exc:
@@ -79,13 +75,6 @@ def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int, embed
     }
 
 
-def _store_embedding_input(cache: EmbeddingInputCache, full: Path, data: bytes, sha: str, max_pixels: int) -> None:
-    try:
-        cache.put_decoded(full, data, sha, max_pixels)
-    except Exception as exc:  # noqa: BLE001 (no entry: the embedding step reads and decodes the file, as without the cache)
-        logger.debug("no embedding input stored for %s: %s: %s", full, type(exc).__name__, exc)
-
-
 def _size_or_none(path: Path) -> int | None:
     try:
         return path.stat().st_size
@@ -100,7 +89,6 @@ def build_catalog(
     max_pixels: int = 100_000_000,
     workers: int = 4,
     progress: Callable[[int, int], None] | None = None,
-    embedding_inputs: EmbeddingInputCache | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Describe every discovered file.
 
@@ -112,8 +100,6 @@ def build_catalog(
         max_pixels: decompression-bomb limit.
         workers: decoding threads (Pillow and hashlib release the GIL).
         progress: called with (done, total) as files finish.
-        embedding_inputs: where the embedding step's input of each decoded JPEG is stored (from
-            the bytes just hashed, so that the embedding step need not read the file again).
 
     Returns:
         (images, rejected): new DataFrames with IMAGE_COLUMNS and REJECTED_COLUMNS, sorted by path.
@@ -133,7 +119,7 @@ def build_catalog(
     logger.info("%d files unchanged since the last run, %d to decode", len(rows), len(to_describe))
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for done, row in enumerate(pool.map(lambda d: _describe_one(root, d, max_pixels, embedding_inputs), to_describe), start=1):
+        for done, row in enumerate(pool.map(lambda d: _describe_one(root, d, max_pixels), to_describe), start=1):
             rows.append(row)
             if progress and (done % 200 == 0 or done == len(to_describe)):
                 progress(done, len(to_describe))

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 from PIL import Image
 
-from core.images import DEFAULT_MAX_PIXELS, DiscoveredFile, FileBytes, discover_image_files, load_rgb, load_verified_rgb, read_verified_bytes
+from core.images import DEFAULT_MAX_PIXELS, DiscoveredFile, discover_image_files, load_rgb, load_verified_rgb
 from core.overrides import find_review_file, read_review_file
 
 
@@ -51,15 +51,6 @@ class ImageStoreResource(dg.ConfigurableResource):
     def load_verified_rgb(self, relative_path: str, expected_sha256: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
         """`load_rgb` from bytes verified to be the catalogued ones (raises FileChangedError otherwise)."""
         return load_verified_rgb(self.resolve(relative_path), expected_sha256, self.max_pixels, draft_size)
-
-    def read_verified(self, relative_path: str, expected_sha256: str) -> FileBytes:
-        """The file's bytes, provided they are the catalogued ones (raises FileChangedError otherwise)."""
-        full = self.resolve(relative_path)
-        return FileBytes(full, read_verified_bytes(full, expected_sha256))
-
-    def decode(self, source: FileBytes, draft_size: tuple[int, int] | None = None) -> Image.Image:
-        """`load_rgb` of bytes already read (and verified)."""
-        return load_rgb(source, self.max_pixels, draft_size)
 
     def review_pins(self) -> dict[str, str]:
         """path -> keep/remove from `<image_root>/.imgdedup/review.{csv,yaml}` (empty if absent)."""
