@@ -11,7 +11,10 @@ round-robin rounds after one warm-up:
     comparison;
   * `embed()` on already-decoded images (padding, normalisation, forward) and the forward alone;
   * the stage itself (`embed_in_batches`: decode in 2 threads overlapped with the model) and the
-    same with decoding in series with the model (`decode_workers=0`).
+    same with decoding in series with the model (`decode_workers=0`);
+  * the catalog's per-file work (`describe_image`: full decode, pixel hash, content pixels,
+    pHashes; 1 thread), and the same with the content box computed twice, as before commit
+    5af01aa (once for the content-pixel count, once for the pHashes' trim).
 Prints one line per figure and ends with one line of JSON.
 """
 from __future__ import annotations
@@ -33,8 +36,26 @@ sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from core.embedders import build_embedder, embed_in_batches  # noqa: E402
-from core.images import file_sha256, load_rgb, load_verified_rgb, trim_uniform_borders  # noqa: E402
+from core.images import (  # noqa: E402
+    content_pixel_count,
+    describe_image,
+    dihedral_phashes,
+    file_sha256,
+    load_rgb,
+    load_verified_rgb,
+    open_image,
+    pixel_hash,
+    trim_uniform_borders,
+)
 from runtimes import stage_files  # noqa: E402
+
+
+def describe_with_two_trims(path) -> tuple:
+    """`describe_image` as it was before the content box was shared (same results)."""
+    with open_image(path) as probe:
+        mode, frames = probe.mode, getattr(probe, "n_frames", 1)
+    rgb = load_rgb(path)
+    return rgb.size, pixel_hash(rgb), content_pixel_count(rgb), mode, frames, tuple(dihedral_phashes(rgb).view("int64").tolist())
 
 
 def main() -> None:
@@ -68,6 +89,8 @@ def main() -> None:
             "embed_decoded": (lambda: [embedder.embed(batch) for batch in batches], len(paths)),
             "stage_overlapped": (lambda: list(embed_in_batches(files, embedder, load, args.batch)), len(paths)),
             "stage_serial": (lambda: list(embed_in_batches(files, embedder, load, args.batch, decode_workers=0)), len(paths)),
+            "catalog_describe_1_thread": (lambda: [describe_image(p) for p in paths], len(paths)),
+            "catalog_describe_two_trims_1_thread": (lambda: [describe_with_two_trims(p) for p in paths], len(paths)),
         }
         if pixels is not None:
             calls["forward"] = (lambda: [embedder._features(pixels) for _ in batches], len(batches) * len(batches[0]))
@@ -83,7 +106,7 @@ def main() -> None:
         figures = {name: round(statistics.median(values), 1) for name, values in rates.items()}
         figures.update(runtime=embedder.runtime_in_use, images=args.images, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
         for name, values in rates.items():
-            print(f"{name:24} {statistics.median(values):7.1f} img/s", flush=True)
+            print(f"{name:36} {statistics.median(values):7.1f} img/s", flush=True)
     print(json.dumps(figures, sort_keys=True))
 
 
