@@ -264,21 +264,22 @@ def content_box(rgb: Image.Image, tolerance: int = 12) -> tuple[int, int, int, i
     return largest.point(lambda v: 255 if v > tolerance else 0).getbbox() or (0, 0, rgb.width, rgb.height)
 
 
-def content_pixel_count(rgb: Image.Image, tolerance: int = 12) -> int:
+def content_pixel_count(rgb: Image.Image, tolerance: int = 12, *, box: tuple[int, int, int, int] | None = None) -> int:
     """Pixels inside `content_box`, so that a letterboxed copy does not outrank its original, less
     the black corners of a copy turned on its canvas (`core.rotated_copies`), so that neither
-    does a turned one."""
+    does a turned one. `box`: the image's `content_box` at `tolerance`, when already computed."""
     from core.rotated_copies import turned_black_corners
 
-    left, top, right, bottom = content_box(rgb, tolerance)
+    left, top, right, bottom = content_box(rgb, tolerance) if box is None else box
     inside = (right - left) * (bottom - top)
     turned = turned_black_corners(rgb) if inside == rgb.width * rgb.height else None
     return inside if turned is None else round(inside * (1.0 - turned[1]))
 
 
-def trim_uniform_borders(rgb: Image.Image, tolerance: int = 12) -> Image.Image:
-    """The image without its uniform (letterbox) borders; the image itself when it has none."""
-    box = content_box(rgb, tolerance)
+def trim_uniform_borders(rgb: Image.Image, tolerance: int = 12, *, box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """The image without its uniform (letterbox) borders; the image itself when it has none.
+    `box`: the image's `content_box` at `tolerance`, when already computed."""
+    box = content_box(rgb, tolerance) if box is None else box
     return rgb if box == (0, 0, rgb.width, rgb.height) else rgb.crop(box)
 
 
@@ -306,18 +307,19 @@ FLAT_GRID_MAX_GREY_STD = 2.0
 MIN_INFORMATIVE_PHASH_BITS = 24
 
 
-def dihedral_phashes(rgb: Image.Image) -> np.ndarray:
+def dihedral_phashes(rgb: Image.Image, *, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """64-bit pHashes (imagehash) of the border-trimmed image under all 8 rotations / flips.
 
     The image is reduced once to pHash's 32x32 grey input and the variants are exact transposes of
     that grid, so the min Hamming distance between one image's identity hash and another's 8
     variants is a rotation/flip-invariant distance. A flat grid (grey standard deviation below
     FLAT_GRID_MAX_GREY_STD) gets all-zero hashes, which `informative_phashes` rejects.
+    `box`: the image's `content_box`, when already computed.
     Returns (8,) uint64, identity first.
     """
     import imagehash
 
-    grid = trim_uniform_borders(rgb).convert("L").resize((PHASH_INPUT_SIDE, PHASH_INPUT_SIDE), Image.Resampling.LANCZOS)
+    grid = trim_uniform_borders(rgb, box=box).convert("L").resize((PHASH_INPUT_SIDE, PHASH_INPUT_SIDE), Image.Resampling.LANCZOS)
     if float(np.asarray(grid, dtype=np.float64).std()) < FLAT_GRID_MAX_GREY_STD:
         return np.zeros(len(DIHEDRAL_TRANSPOSES), dtype=np.uint64)
     bits = [imagehash.phash(grid if t is None else grid.transpose(t)).hash.flatten() for t in DIHEDRAL_TRANSPOSES]
@@ -444,12 +446,13 @@ def describe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
             _reraise_io_error(exc)
             raise ImageRejected("truncated" if "truncated" in str(exc) else "decode_error", f"{type(exc).__name__}: {exc}") from exc
     rgb = load_rgb(source, max_pixels)
+    box = content_box(rgb)  # once: the content-pixel count and the pHashes both trim to it
     return DecodedImage(
         width=rgb.width,
         height=rgb.height,
         pixel_hash=pixel_hash(rgb),
-        content_pixels=content_pixel_count(rgb),
+        content_pixels=content_pixel_count(rgb, box=box),
         source_mode=source_mode,
         frames=frames,
-        phashes=tuple(dihedral_phashes(rgb).view(np.int64).tolist()),
+        phashes=tuple(dihedral_phashes(rgb, box=box).view(np.int64).tolist()),
     )

@@ -629,3 +629,23 @@ def test_importing_the_image_module_leaves_pillows_limits_alone():
     )
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert completed.returncode == 0, completed.stderr
+
+
+@pytest.mark.parametrize("letterboxed", [False, True])
+def test_describe_image_trims_once_and_agrees_with_each_measure_computed_alone(bench_data, tmp_path, letterboxed):
+    """The catalog computes the content box once for the content-pixel count and the pHashes;
+    both equal what each function computes by itself, with and without borders to trim."""
+    from core.images import content_box, content_pixel_count, describe_image, dihedral_phashes, load_rgb
+
+    photo = Image.open(sorted((bench_data / "idealo-imagededup" / "tests" / "data" / "base_images").glob("*.jpg"))[0]).convert("RGB")
+    if letterboxed:
+        canvas = Image.new("RGB", (photo.width, photo.height + 120), (0, 0, 0))
+        canvas.paste(photo, (0, 60))
+        photo = canvas
+    path = tmp_path / "photo.png"
+    photo.save(path)
+    rgb = load_rgb(path)
+    assert (content_box(rgb) != (0, 0, rgb.width, rgb.height)) == letterboxed
+    facts = describe_image(path)
+    assert facts.content_pixels == content_pixel_count(rgb)
+    assert facts.phashes == tuple(dihedral_phashes(rgb).view(np.int64).tolist())
