@@ -66,6 +66,7 @@ def embed_to_checkpoint(
     catalog and were left for the next run)."""
     embedder = embedding_model.get_embedder()
     started, done, last_reported = time.monotonic(), 0, None
+    warmup: tuple[int, float] | None = None
     changed: dict[str, str] = {}
 
     def leave_for_next_run(pixel_hash: str, error: Exception) -> None:
@@ -79,8 +80,10 @@ def embed_to_checkpoint(
         done += len(hashes)
         # First batch, last batch, and at most one line every PROGRESS_INTERVAL_S in between.
         now = time.monotonic()
+        # The first batch also loads (or exports) the model: the rate is taken after it.
+        warmup = warmup or (done, now - started)
         if should_report(now, last_reported, done, len(todo)):
-            context.log.info(progress_message(done, len(todo), now - started))
+            context.log.info(progress_message(done, len(todo), now - started, warmup=warmup))
             last_reported = now
     return done, time.monotonic() - started, changed
 

@@ -14,7 +14,7 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def progress_message(done: int, total: int, elapsed_s: float, unit: str = "images") -> str:
+def progress_message(done: int, total: int, elapsed_s: float, unit: str = "images", warmup: tuple[int, float] | None = None) -> str:
     """One progress line, e.g. `embedded 64/1000 images (6%), 12.5 images/s, ETA 1 min 15 s`.
 
     Args:
@@ -22,11 +22,22 @@ def progress_message(done: int, total: int, elapsed_s: float, unit: str = "image
         total: items in the whole loop.
         elapsed_s: seconds since the loop started.
         unit: what the items are called.
+        warmup: (items, seconds) of the first batch when it also loaded the model: the rate is
+            then taken from the batches after it, so that a model's load (or export) does not pass
+            for the throughput; with nothing after it, the line says the load is included.
     """
     percent = f" ({100 * done / total:.0f}%)" if total else ""
     if done <= 0 or elapsed_s <= 0:
         return f"embedded {done}/{total} {unit}{percent}, rate not known yet"
-    rate = done / elapsed_s
+    if warmup is not None:
+        warmup_done, warmup_s = warmup
+        if done <= warmup_done or elapsed_s <= warmup_s:
+            remaining = "done" if done >= total else "rate not known yet"
+            return f"embedded {done}/{total} {unit}{percent} in {format_duration(elapsed_s)}, model load included, {remaining}"
+        done_after, elapsed_after = done - warmup_done, elapsed_s - warmup_s
+        rate = done_after / elapsed_after
+    else:
+        rate = done / elapsed_s
     remaining = "done" if done >= total else f"ETA {format_duration((total - done) / rate)}"
     return f"embedded {done}/{total} {unit}{percent}, {rate:.1f} {unit}/s, {remaining}"
 
