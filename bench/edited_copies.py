@@ -20,10 +20,6 @@ Relations (`relation` column, reduced to a category by `bench/quality.py`):
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import hashlib
-import json
 import math
 import sys
 from pathlib import Path
@@ -33,6 +29,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.generated_sets import generator_main, manifest_row, write_ground_truth  # noqa: E402
 from bench.hard_negatives import fit, photo  # noqa: E402
 
 # Distinct pictures only: skimage.data.cat() is chelsea again.
@@ -103,31 +100,12 @@ def write_edited_copies(out: Path, seed: int = 0) -> dict[str, int]:
         for label, image, relation in members:
             path = f"{name}/{label}.jpg"
             image.save(out / path, quality=90)
-            payload = (out / path).read_bytes()
             groups[name].append(path)
-            rows.append({
-                "path": path, "group": name, "relation": relation, "bytes": len(payload),
-                "md5": hashlib.md5(payload).hexdigest(), "format": "JPEG", "width": image.width, "height": image.height,
-                "mode": image.mode, "exif_orientation": 1, "decodable": "yes", "same_bytes_as": "",
-            })
+            rows.append(manifest_row(out, path, image, name, relation, "JPEG"))
         counts[name] = len(members)
-    (out / "groups.json").write_text(json.dumps(groups, indent=1))
-    with open(out / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_ground_truth(out, groups, rows)
     return counts
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    counts = write_edited_copies(args.out, args.seed)
-    print(json.dumps({"out": str(args.out), "seed": args.seed, "images": counts}))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(generator_main(__doc__, write_edited_copies))

@@ -28,15 +28,15 @@ Categories (`category` column of manifest.csv):
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import hashlib
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.generated_sets import generator_main, manifest_row, write_ground_truth  # noqa: E402
 
 CATEGORY_OPPOSITE = "opposite crops"
 CATEGORY_TEXTURE = "texture crops"
@@ -148,31 +148,12 @@ def write_hard_negatives(out: Path, seed: int = 0) -> dict[str, int]:
         for name, image, relation in generate(rng):
             path = f"{folder}/{name}.png"
             image.save(out / path)
-            payload = (out / path).read_bytes()
             groups[name] = [path]
-            rows.append({
-                "path": path, "group": name, "relation": relation, "category": category, "bytes": len(payload),
-                "md5": hashlib.md5(payload).hexdigest(), "format": "PNG", "width": image.width, "height": image.height,
-                "mode": image.mode, "exif_orientation": 1, "decodable": "yes", "same_bytes_as": "",
-            })
+            rows.append(manifest_row(out, path, image, name, relation, "PNG", category=category))
             counts[category] += 1
-    (out / "groups.json").write_text(json.dumps(groups, indent=1))
-    with open(out / "manifest.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_ground_truth(out, groups, rows)
     return counts
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    counts = write_hard_negatives(args.out, args.seed)
-    print(json.dumps({"out": str(args.out), "seed": args.seed, "images": counts}))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(generator_main(__doc__, write_hard_negatives))
