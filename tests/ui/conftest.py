@@ -105,6 +105,22 @@ def chromium(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by playwright (its own browser download is never used)."""
+    executable = chromium_executable()
+    if executable is None:
+        pytest.skip("Debian chromium is not installed: `apt-get install chromium` (.ci/run installs it when it can)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: bash scripts/setup.sh")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     """`test-artifacts/` at the repo root (git-ignored): screenshots a person can open after CI."""
     ARTIFACTS.mkdir(exist_ok=True)

@@ -17,7 +17,6 @@ from dagster_server import LAUNCH_RUN, RUN_STATUS, RUN_TIMEOUT_S, TERMINAL_STATU
 from PIL import Image
 from skimage import data as skdata
 
-from conftest import chromium_executable
 from definitions import DEDUP_JOB
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +56,7 @@ def hostile_server(tmp_path_factory):
     log_path = base / "dagster-dev.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            [str(Path(sys.executable).parent / "dg"), "dev", "-w", "workspace.yaml", "--host", "127.0.0.1", "--port", str(port)],
             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     server = DagsterDev(process, port, log_path, out)
@@ -79,18 +78,6 @@ def hostile_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = chromium_executable()
-    if executable is None:
-        pytest.skip("Debian chromium is not installed: `apt-get install chromium` (.ci/run installs it when it can)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: bash scripts/setup.sh")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"])
-        yield browser
-        browser.close()
 
 
 def open_markdown_table(server: DagsterDev, browser, asset: str, entry: str):

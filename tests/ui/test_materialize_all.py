@@ -14,7 +14,6 @@ import pytest
 from dagster_server import RUN_TIMEOUT_S, TERMINAL_STATUSES, DagsterDev, free_port
 
 from checks import all_checks
-from conftest import chromium_executable
 from definitions import ALL_ASSETS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -39,21 +38,6 @@ def ui_sh(tmp_path_factory):
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = chromium_executable()
-    if executable is None:
-        pytest.skip("Debian chromium is not installed: `apt-get install chromium` (.ci/run installs it when it can)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: bash scripts/setup.sh")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=executable,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
-        yield browser
-        browser.close()
 
 
 def wait_for_single_run(server: DagsterDev) -> dict:
