@@ -1,9 +1,12 @@
 """Stage 5: duplicate / near-duplicate groups by leader assignment, and the Duplicates collection."""
 
+import io
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from PIL import Image
 
 from assets.metadata import table_metadata, write_export_file
 from core.atomic_write import write_atomically
@@ -12,6 +15,7 @@ from core.grouping import assign_groups, keep_policy_order
 from core.report import (
     THUMBNAIL_SIZE,
     DuplicatesReport,
+    ReportGroup,
     render_duplicates_report,
     report_groups,
     thumbnail_jpeg,
@@ -31,22 +35,14 @@ UI_PREVIEW_GROUPS = 8
 UI_THUMBNAIL_SIZE = 96
 
 
-def write_duplicates_report(
-    interchange: pd.DataFrame,
-    raw_images: pd.DataFrame,
-    image_store: ImageStoreResource,
-    output_store: OutputStoreResource,
-    policy: DedupPolicyResource,
-    run_id: str,
-) -> DuplicatesReport:
-    """Render the groups of `interchange` as `report.html` of run `run_id`'s export set, thumbnails
-    decoded through the image store."""
+def cached_thumbnails(raw_images: pd.DataFrame, image_store: ImageStoreResource, output_store: OutputStoreResource) -> Callable[[str], bytes]:
+    """path -> report thumbnail (JPEG bytes), cached by content under OUT/state/thumbnails, so a
+    rerun only decodes images it has not shown before; JPEGs are decoded at a reduced scale
+    (draft), then shrunk to the thumbnail size."""
     pixel_hash_of = dict(zip(raw_images["path"], raw_images["pixel_hash"]))
     cache = output_store.state_dir / "thumbnails"
 
     def thumbnail(path: str) -> bytes:
-        # Cached by content, so a rerun only decodes images it has not shown before; JPEGs are
-        # decoded at a reduced scale (draft), then shrunk to the thumbnail size.
         cached = cache / f"{pixel_hash_of[path]}-{THUMBNAIL_SIZE}.jpg"
         if cached.is_file():
             return cached.read_bytes()
@@ -54,8 +50,19 @@ def write_duplicates_report(
         write_atomically(cached, lambda temporary: Path(temporary).write_bytes(data))
         return data
 
+    return thumbnail
+
+
+def write_duplicates_report(
+    groups: list[ReportGroup],
+    thumbnail: Callable[[str], bytes],
+    output_store: OutputStoreResource,
+    policy: DedupPolicyResource,
+    run_id: str,
+) -> DuplicatesReport:
+    """Render `groups` as `report.html` of run `run_id`'s export set."""
     report = render_duplicates_report(
-        report_groups(interchange, raw_images),
+        groups,
         thumbnail,
         policy.thresholds,
         settings={"keep policy": policy.keep_policy, "near-duplicate action": policy.near_duplicate_action},
@@ -94,7 +101,9 @@ def collect_duplicates(
     uniqueness_csv, duplicates_csv = output_store.root / "uniqueness.csv", output_store.root / "duplicates.csv"
 
     group_count = int(interchange["group_id"].dropna().nunique())
-    report = write_duplicates_report(interchange, raw_images, image_store, output_store, policy, context.run_id)
+    groups_for_review = report_groups(interchange, raw_images)
+    thumbnail = cached_thumbnails(raw_images, image_store, output_store)
+    report = write_duplicates_report(groups_for_review, thumbnail, output_store, policy, context.run_id)
     report_html = output_store.root / REPORT_FILE
     context.log.info(f"duplicates report: {report.groups_shown} of {report.groups_total} groups, {report_html}")
     if report.thumbnail_errors:
@@ -115,9 +124,10 @@ def collect_duplicates(
             keep_policy=policy.keep_policy,
             export=dg.MetadataValue.path(str(duplicates_csv)),
             duplicate_groups_preview=dg.MetadataValue.md(
+                # Shrunk from the report's thumbnails, which were just made (or cached).
                 duplicate_groups_markdown(
-                    report_groups(interchange, raw_images)[:UI_PREVIEW_GROUPS],
-                    lambda path: thumbnail_jpeg(image_store.load_rgb(path, (2 * UI_THUMBNAIL_SIZE, 2 * UI_THUMBNAIL_SIZE)), UI_THUMBNAIL_SIZE, quality=70),
+                    groups_for_review[:UI_PREVIEW_GROUPS],
+                    lambda path: thumbnail_jpeg(Image.open(io.BytesIO(thumbnail(path))), UI_THUMBNAIL_SIZE, quality=70),
                 )
             ),
             report=dg.MetadataValue.path(str(report_html)),
