@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.images import DiscoveredFile, ImageRejected, describe_image, image_id_for, printable_path
+from core.images import DiscoveredFile, ImageRejected, describe_image, image_id_for, import_decoding_modules, printable_path
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ def build_catalog(
             to_describe.append(item)
     logger.info("%d files unchanged since the last run, %d to decode", len(rows), len(to_describe))
     started = time.monotonic()
+    import_decoding_modules()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for done, row in enumerate(pool.map(lambda d: _describe_one(root, d, max_pixels), to_describe), start=1):
             rows.append(row)

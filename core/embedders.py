@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from core.images import FileChangedError, trim_uniform_borders
+from core.images import FileChangedError, import_decoding_modules, trim_uniform_borders
 from core.inference_runtimes import load_feature_function, resolve_runtime, runtime_version
 
 logger = logging.getLogger(__name__)
@@ -460,6 +460,7 @@ def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_ima
             if (result := embed(batch, [decoded_or_changed(lambda h=h: decode(h)) for h in batch])) is not None:
                 yield result
         return
+    import_decoding_modules()
     with ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode") as pool:
         pending = [pool.submit(decode, h) for h in batches[0]] if batches else []
         for position, batch in enumerate(batches):

@@ -39,6 +39,21 @@ def _pillow_limits_for_this_tool() -> None:
     Image.MAX_IMAGE_PIXELS = None
 
 
+def import_decoding_modules() -> None:
+    """Import, in the calling thread, every module that decoding imports on first use, before
+    decoding threads start: Pillow's format plugins, and what scipy (through imagehash) and
+    scikit-image import inside their functions, by describing one small turned image.
+
+    Python's per-module import locks can deadlock when several threads import one package's
+    modules for the first time at once: scipy raised `_DeadlockError` in a decoding thread and a
+    run failed. Call it before starting threads that call `describe_image` or `load_rgb`.
+    """
+    Image.init()
+    turned = Image.radial_gradient("L").convert("RGB").rotate(30, expand=True)  # black corners
+    content_pixel_count(turned)
+    dihedral_phashes(turned)
+
+
 @dataclass(frozen=True)
 class DiscoveredFile:
     """A file under the image root that has an image extension.

@@ -224,3 +224,37 @@ def test_checkpoint_ignores_partial_temporary_shards(tmp_path):
     checkpoint.write(["done"], np.ones((1, 4)))
     (tmp_path / ".batch-killed.parquet.tmp").write_bytes(b"PAR1 half written")
     assert list(checkpoint.load()) == ["done"]
+
+
+FIRST_IMPORTS_BY_THREAD = """
+import sys, threading
+first_import_thread = {}
+def record(event, args):
+    if event == "import" and args[0] not in sys.modules:
+        first_import_thread.setdefault(args[0], threading.current_thread().name)
+sys.addaudithook(record)
+from core.catalog import build_catalog
+from core.images import discover_image_files
+root = sys.argv[1]
+images, rejected = build_catalog(root, discover_image_files(root), workers=4)
+assert len(images) == 5, images
+print(sorted(name for name, thread in first_import_thread.items() if thread != "MainThread"))
+"""
+
+
+def test_decoding_threads_import_nothing_for_the_first_time(image_root):
+    """Several threads importing one package for the first time at once can deadlock Python's
+    import locks (scipy raised `_DeadlockError` in a decoding thread and a run failed): every
+    module decoding needs is imported before the threads start. A fresh interpreter, so that
+    nothing is imported yet."""
+    import subprocess
+    import sys
+
+    turned = Image.radial_gradient("L").convert("RGB").resize((96, 96)).rotate(30, expand=True)
+    turned.save(image_root / "turned.png")  # black corners: the rotated-copy test's path
+    project_root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_IMPORTS_BY_THREAD, str(image_root)], cwd=project_root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
