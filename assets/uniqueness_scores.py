@@ -1,17 +1,20 @@
 """Stage 4: SPEC.md's uniqueness score per image, from nearest-neighbour search (exact, or an index
 for very large collections: `DedupPolicyResource.neighbor_search`)."""
 
+from importlib.metadata import version
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 
 from assets.metadata import png_markdown, table_metadata, write_export_file
-from core.disposable_cache import read_or_discard
+from core.disposable_cache import inputs_digest, read_or_discard, result_for_inputs
 from core.grouping import keep_policy_order
 from core.neighbor_cache import KeyedSearch
 from core.plots import uniqueness_histogram_png
 from assets.image_embeddings import path_per_content
 from core.rotated_copies import RotatedCopySignal
-from core.scoring import LABELS, compute_uniqueness_scores, find_content_neighbors
+from core.scoring import LABELS, Thresholds, compute_uniqueness_scores, find_content_neighbors
 from core.ui_markdown import label_histogram_markdown, markdown_table
 from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
@@ -25,7 +28,26 @@ def rotated_copy_signal(raw_images: pd.DataFrame, image_store: ImageStoreResourc
 
 
 HISTOGRAM_FILE = "uniqueness_histogram.png"
+# Bump when `uniqueness_histogram_png` draws differently: a stored PNG is reused only under it.
+HISTOGRAM_FORMAT = 1
 LOWEST_ROWS = 20
+
+
+def uniqueness_histogram(uniqueness: pd.Series, thresholds: Thresholds, state_dir: Path, warn) -> bytes:
+    """`uniqueness_histogram_png` of the scores, or the same PNG stored by an earlier run whose
+    scores, thresholds and matplotlib were the same (matplotlib's import and drawing are most of
+    a no-change rerun's scoring step)."""
+    digest = inputs_digest(HISTOGRAM_FORMAT, version("matplotlib"), uniqueness.to_numpy(dtype="float64"), float(thresholds.duplicate), float(thresholds.near_duplicate))
+    png, _ = result_for_inputs(
+        state_dir / "figures",
+        HISTOGRAM_FILE,
+        digest,
+        lambda: uniqueness_histogram_png(uniqueness, thresholds),
+        read=Path.read_bytes,
+        write=lambda data, path: Path(path).write_bytes(data),
+        warn=warn,
+    )
+    return png
 
 
 @dg.multi_asset(
@@ -88,7 +110,7 @@ def score_uniqueness(
         f"`near_duplicate` ≤ {thresholds.near_duplicate:g} < `unique`; near-duplicate threshold {in_force.describe()}."
     )
     lowest = scores.sort_values(["uniqueness", "path"]).head(LOWEST_ROWS)[["path", "uniqueness", "label", "nearest_path"]]
-    histogram = uniqueness_histogram_png(scores["uniqueness"], thresholds)
+    histogram = uniqueness_histogram(scores["uniqueness"], thresholds, output_store.state_dir, context.log.warning)
     write_export_file(output_store, HISTOGRAM_FILE, histogram, run_id=context.run_id)
     histogram_png = output_store.root / HISTOGRAM_FILE  # published with the rest of the set
     yield dg.Output(

@@ -5,6 +5,8 @@ threshold (verified against the vector table, not the upstream labels),
 They hold back `training_manifest` only: the clean set itself and every export are written first,
 whatever the duplicate fraction (SPEC.md, "Checks that gate training")."""
 
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 
@@ -12,8 +14,16 @@ from checks.gates import raise_if_any_failed, with_gate_metadata
 from checks.gx import gx_expectations, run_expectations
 from checks.invariants import accounting_counts, collection_placements, nearest_kept_contents, removal_flags
 from core.collections import withdraw_changed_contents
+from core.disposable_cache import inputs_digest, result_for_inputs
+from core.scoring import ContentVectors, HashSignal, choose_search_engine
 from resources.lancedb import LanceDBResource
+from resources.output_store import OutputStoreResource
 from resources.policy import DedupPolicyResource
+
+# Where the nearest-kept-content tables of earlier runs are kept (under OUT/state), and the
+# version of their meaning: bump it when `nearest_kept_contents` changes its answer or its columns.
+NEAREST_TABLES_FOLDER = "check-tables"
+NEAREST_TABLE_FORMAT = 1
 
 
 def unique_pixel_hash_suite() -> list:
@@ -51,13 +61,55 @@ def clean_dataset_unique_pixel_hash(clean_dataset: pd.DataFrame) -> dg.AssetChec
     return run_expectations(clean_dataset, unique_pixel_hash_suite(), suite_name="clean_dataset_unique_pixel_hash", id_columns=("path",))
 
 
-def clean_dataset_no_duplicate_pairs(
-    clean_dataset: pd.DataFrame, image_vectors: dict, lancedb: LanceDBResource, policy: DedupPolicyResource
-) -> dg.AssetCheckResult:
-    vectors = lancedb.read_content_vectors(image_vectors["model_id"], set(clean_dataset["pixel_hash"]))
-    nearest = nearest_kept_contents(
-        clean_dataset, vectors, policy.hash_signal(clean_dataset), policy.thresholds.near_duplicate_cosine_distance, engine=policy.neighbor_search
+def nearest_kept_contents_digest(
+    clean: pd.DataFrame, vectors: ContentVectors, hash_signal: HashSignal | None, near_duplicate_cosine_distance: float, engine: str
+) -> str:
+    """`inputs_digest` of everything `nearest_kept_contents` reads: the kept contents and their
+    first paths, their vectors as read from the vector table, their pHashes and the signal's cutoff,
+    the distance the cutoff maps to and the search engine chosen (with the table's format)."""
+    contents = clean.sort_values("path").drop_duplicates("pixel_hash")
+    hashes = sorted(contents["pixel_hash"])
+    informative_hashes = None
+    if hash_signal is not None and hash_signal.threshold_bits > 0:
+        informative_hashes = (hash_signal.threshold_bits, hash_signal.matrix(hashes))
+    return inputs_digest(
+        NEAREST_TABLE_FORMAT,
+        contents["pixel_hash"].to_numpy(dtype=object),
+        contents["path"].to_numpy(dtype=object),
+        vectors.hashes,
+        vectors.matrix,
+        informative_hashes,
+        float(near_duplicate_cosine_distance),
+        choose_search_engine(engine, len(hashes))[0],
     )
+
+
+def clean_dataset_no_duplicate_pairs(
+    clean_dataset: pd.DataFrame, image_vectors: dict, lancedb: LanceDBResource, policy: DedupPolicyResource, state_dir: Path | None = None
+) -> dg.AssetCheckResult:
+    """The check on the kept contents' nearest neighbours. With `state_dir`, the nearest-content
+    table of an earlier run is reused when every input it came from (vectors read from the table
+    this run, pHashes, paths, thresholds, engine) is unchanged; the expectations always run."""
+    vectors = lancedb.read_content_vectors(image_vectors["model_id"], set(clean_dataset["pixel_hash"]))
+    hash_signal = policy.hash_signal(clean_dataset)
+    cosine_radius = policy.thresholds.near_duplicate_cosine_distance
+
+    def search() -> pd.DataFrame:
+        return nearest_kept_contents(clean_dataset, vectors, hash_signal, cosine_radius, engine=policy.neighbor_search)
+
+    if state_dir is None:
+        nearest, reused = search(), False
+    else:
+        digest = nearest_kept_contents_digest(clean_dataset, vectors, hash_signal, cosine_radius, policy.neighbor_search)
+        nearest, reused = result_for_inputs(
+            Path(state_dir) / NEAREST_TABLES_FOLDER,
+            "clean_dataset_nearest.parquet",
+            digest,
+            search,
+            read=pd.read_parquet,
+            write=lambda table, path: table.to_parquet(path),
+            warn=dg.get_dagster_logger().warning,
+        )
     return run_expectations(
         nearest,
         no_duplicate_pairs_suite(policy.duplicate_threshold, with_closest_pair=bool(nearest["nearest_uniqueness_distance"].notna().any())),
@@ -67,6 +119,7 @@ def clean_dataset_no_duplicate_pairs(
             "kept_contents": dg.MetadataValue.int(len(nearest)),
             "duplicate_threshold": dg.MetadataValue.float(policy.duplicate_threshold),
             "vector_table": dg.MetadataValue.text(lancedb.table_name(image_vectors["model_id"])),
+            "nearest_search": dg.MetadataValue.text("reused: vectors, pHashes, paths and settings as in an earlier run" if reused else "searched"),
         },
     )
 
@@ -155,12 +208,13 @@ def clean_dataset_checks(
     rejected_images: pd.DataFrame,
     duplicates_collection: pd.DataFrame,
     lancedb: LanceDBResource,
+    output_store: OutputStoreResource,
     policy: DedupPolicyResource,
 ):
     raw_images, rejected_images = withdraw_changed_contents(raw_images, rejected_images, image_vectors.get("changed_during_run", {}))
     results = {
         "clean_dataset_unique_pixel_hash": clean_dataset_unique_pixel_hash(clean_dataset),
-        "clean_dataset_no_duplicate_pairs": clean_dataset_no_duplicate_pairs(clean_dataset, image_vectors, lancedb, policy),
+        "clean_dataset_no_duplicate_pairs": clean_dataset_no_duplicate_pairs(clean_dataset, image_vectors, lancedb, policy, output_store.state_dir),
         "clean_dataset_accounting": clean_dataset_accounting(clean_dataset, raw_images, rejected_images, duplicates_collection),
         "clean_dataset_duplicate_fraction": clean_dataset_duplicate_fraction(raw_images, duplicates_collection, policy),
     }

@@ -190,3 +190,32 @@ def test_similar_refuses_a_k_below_one(cli_run):
     _, images, out, home = cli_run
     completed = imgdedup("similar", "photo1.png", "--k", "-1", "--out", out, dagster_home=home)
     assert completed.returncode == 2 and "--k must be at least 1" in completed.stderr
+
+
+# Prints, at exit, which of the libraries that only new contents or a redraw need were imported.
+IMPORT_PROBE = """
+import atexit, sys
+atexit.register(lambda: print("imported:", *sorted(m for m in ("torch", "transformers", "openvino", "onnxruntime", "timm", "matplotlib") if m in sys.modules)))
+from cli import main
+sys.exit(main())
+"""
+
+
+def test_a_rerun_with_nothing_changed_writes_the_same_exports_without_the_model_or_matplotlib(cli_run, tmp_path):
+    """No content needs embedding, the scores and the clean set are unchanged: the vectors, the
+    check's neighbour search and the histogram come from the vector table and the caches, so
+    neither the model's runtime nor matplotlib is imported; every check still runs, and the
+    exports are the same."""
+    first, images, out, _ = cli_run
+    assert first.returncode == 0, first.stderr[-3000:]
+    exports = ("uniqueness.csv", "duplicates.csv", "clean.csv", "rejected.csv", "training_manifest.csv", "uniqueness_histogram.png")
+    before = {name: (out / name).read_bytes() for name in exports}
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    command = [sys.executable, "-c", IMPORT_PROBE, "run", "--images", str(images), "--out", str(out), "--embedder", "offline"]
+    rerun = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stdout.splitlines()[-1] == "imported:"
+    assert "checks: 8 passed, 0 failed" in rerun.stdout
+    assert {name: (out / name).read_bytes() for name in exports} == before

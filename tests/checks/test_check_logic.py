@@ -138,6 +138,41 @@ def test_no_duplicate_pairs_check_ignores_the_phashes_of_flat_images(vector_tabl
     assert result.passed is True
 
 
+def test_no_duplicate_pairs_check_reuses_its_search_only_for_unchanged_inputs(vector_table, tmp_path):
+    """With a state folder the nearest-content table of an earlier call is reused while the vectors,
+    pHashes, paths and thresholds are the same; any change searches again, and the expectations
+    run every time."""
+    clean = pd.DataFrame({"path": ["h1.png", "h3.png"], "pixel_hash": ["h1", "h3"], "phashes": far_apart_phashes(2)})
+    state = tmp_path / "state"
+
+    def check(table, lancedb=vector_table, policy=DedupPolicyResource()):
+        return clean_dataset_no_duplicate_pairs(clean_dataset=table, image_vectors={"model_id": "model"}, lancedb=lancedb, policy=policy, state_dir=state)
+
+    def essentials(result):
+        return result.passed, result.metadata["observed_value"].value, result.metadata["failed_expectations"].value
+
+    fresh = check(clean)
+    again = check(clean)
+    assert fresh.metadata["nearest_search"].value == "searched"
+    assert again.metadata["nearest_search"].value.startswith("reused")
+    assert essentials(again) == essentials(fresh) == essentials(
+        clean_dataset_no_duplicate_pairs(clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource())
+    )
+    # h3's vector moves next to h1's in the table: searched again, and the check now fails.
+    moved = LanceDBResource(uri=str(tmp_path / "moved"))
+    moved.insert_missing("model", ["h1", "h3"], np.array([[1, 0, 0], [1, 0.01, 0]], np.float32))
+    changed = check(clean, lancedb=moved)
+    assert changed.metadata["nearest_search"].value == "searched" and changed.passed is False
+    # The same for a changed path, pHash or threshold.
+    for table, policy in (
+        (clean.assign(path=["h1.png", "renamed.png"]), DedupPolicyResource()),
+        (clean.assign(phashes=[clean["phashes"][0]] * 2), DedupPolicyResource()),
+        (clean, DedupPolicyResource(near_duplicate_threshold=0.2)),
+    ):
+        assert check(table, policy=policy).metadata["nearest_search"].value == "searched"
+    assert len(list((state / "check-tables").iterdir())) == 1
+
+
 def test_collection_placements_find_images_placed_twice_never_or_from_nowhere():
     def table(*ids):
         return pd.DataFrame({"image_id": list(ids), "path": [f"{i}.png" for i in ids]})
