@@ -2,15 +2,19 @@
 
 Usage:
     .venv/bin/python bench/rerun.py [--images 10] [--repeats 5] [--work /tmp/imgdedup-rerun]
-        [--source ../shared/bench/data/idealo-imagededup] [--project DIR]
+        [--source ../shared/bench/data/idealo-imagededup] [--project DIR [DIR ...]]
 
 Copies the first `--images` image files (sorted by path) of `--source` into WORK/images, runs
-`imgdedup run --embedder offline` once into WORK/out (the first run: embeds, exports the model),
+`imgdedup run --embedder offline` once into WORK/out (the first run: embeds, exports the model;
+DAGSTER_HOME is WORK/dagster_home),
 then `--repeats` more times with nothing changed, each as its own process like a user's rerun.
 Prints each rerun's wall-clock seconds (process start to exit), the CLI's `seconds per step` line
 and the heavy libraries the process imported; ends with one line of JSON holding the medians.
-`--project` runs another checkout's code (e.g. `git archive` of an older commit) with this
-interpreter, for a before/after in one session.
+`--project` runs other checkouts' code (e.g. `git archive` of an older commit) with this
+interpreter, each on its own copy of the folder, their reruns taking turns (round-robin), so that
+a before/after shares the machine's load; the JSON line then holds one summary per checkout.
+CPU seconds (user + system, the process and its children) are printed beside the wall time: on a
+shared machine they move less with the load.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,16 +59,37 @@ def copy_images(source: Path, count: int, images: Path) -> list[Path]:
 def run_once(images: Path, out: Path, project: Path) -> dict:
     """One `imgdedup run` in a fresh process: wall seconds, per-step seconds, modules imported."""
     command = [sys.executable, "-c", PROBE.format(heavy=HEAVY_MODULES), "run", "--images", str(images), "--out", str(out), "--embedder", "offline"]
-    started = time.perf_counter()
-    finished = subprocess.run(command, cwd=project, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(project)})
-    wall = time.perf_counter() - started
+    started, cpu_before = time.perf_counter(), _children_cpu_seconds()
+    finished = subprocess.run(command, cwd=project, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(project), "DAGSTER_HOME": str(out.parent / "dagster_home")})
+    wall, cpu = time.perf_counter() - started, _children_cpu_seconds() - cpu_before
     if finished.returncode != 0:
         raise SystemExit(f"imgdedup run failed (exit {finished.returncode}):\n{finished.stdout}\n{finished.stderr[-4000:]}")
     line = next(line for line in finished.stdout.splitlines() if line.startswith("seconds per step"))
     from_first_step = float(re.search(r"\(([\d.]+) s from the first step's start\)", line).group(1))
     steps = {name: float(seconds) for name, seconds in re.findall(r"(\w+) ([\d.]+)(?:,|$)", line.split(": ", 1)[1])}
     imported = next((line.split(": ", 1)[1].split() for line in finished.stderr.splitlines() if line.startswith("imported: ")), [])
-    return {"wall_s": wall, "steps_s": from_first_step, "per_step": steps, "imported": imported}
+    return {"wall_s": wall, "cpu_s": cpu, "steps_s": from_first_step, "per_step": steps, "imported": imported}
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def summarize(project: Path, images: int, first: dict, reruns: list[dict]) -> dict:
+    median_steps = {name: statistics.median(r["per_step"][name] for r in reruns) for name in reruns[0]["per_step"]}
+    return {
+        "project": str(project),
+        "images": images,
+        "repeats": len(reruns),
+        "first_run_wall_s": round(first["wall_s"], 2),
+        "rerun_wall_s_median": round(statistics.median(r["wall_s"] for r in reruns), 2),
+        "rerun_wall_s_min": round(min(r["wall_s"] for r in reruns), 2),
+        "rerun_cpu_s_median": round(statistics.median(r["cpu_s"] for r in reruns), 2),
+        "rerun_steps_s_median": round(statistics.median(r["steps_s"] for r in reruns), 2),
+        "rerun_per_step_s_median": median_steps,
+        "rerun_imported": reruns[-1]["imported"],
+    }
 
 
 def main() -> int:
@@ -72,34 +98,30 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work", default="/tmp/imgdedup-rerun")
     parser.add_argument("--source", default=str(DEFAULT_SOURCE))
-    parser.add_argument("--project", default=str(PROJECT_ROOT), help="checkout whose cli.py runs (default: this one)")
+    parser.add_argument("--project", nargs="+", default=[str(PROJECT_ROOT)], help="checkouts whose cli.py runs, in turns (default: this one)")
     args = parser.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
-    images, out = work / "images", work / "out"
-    copy_images(Path(args.source), args.images, images)
-    project = Path(args.project).resolve()
-    first = run_once(images, out, project)
-    print(f"first run: {first['wall_s']:.2f} s wall")
-    reruns = []
+    projects = [Path(p).resolve() for p in args.project]
+    folders = []
+    for index, project in enumerate(projects):
+        images, out = work / str(index) / "images", work / str(index) / "out"
+        (out.parent / "dagster_home").mkdir(parents=True)
+        copy_images(Path(args.source), args.images, images)
+        first = run_once(images, out, project)
+        print(f"{project}: first run {first['wall_s']:.2f} s wall")
+        folders.append((project, images, out, first, []))
     for repeat in range(args.repeats):
-        rerun = run_once(images, out, project)
-        reruns.append(rerun)
-        steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in rerun["per_step"].items())
-        print(f"rerun {repeat + 1}: {rerun['wall_s']:.2f} s wall, {rerun['steps_s']:.1f} s from the first step's start ({steps}); imported: {' '.join(rerun['imported']) or 'none of ' + ' '.join(HEAVY_MODULES)}")
-    median_steps = {name: statistics.median(r["per_step"][name] for r in reruns) for name in reruns[0]["per_step"]}
-    summary = {
-        "images": args.images,
-        "repeats": args.repeats,
-        "first_run_wall_s": round(first["wall_s"], 2),
-        "rerun_wall_s_median": round(statistics.median(r["wall_s"] for r in reruns), 2),
-        "rerun_wall_s_min": round(min(r["wall_s"] for r in reruns), 2),
-        "rerun_steps_s_median": round(statistics.median(r["steps_s"] for r in reruns), 2),
-        "rerun_per_step_s_median": median_steps,
-        "rerun_imported": reruns[-1]["imported"],
-        "load_average": os.getloadavg()[0],
-    }
-    print(json.dumps(summary))
+        for project, images, out, _, reruns in folders:
+            rerun = run_once(images, out, project)
+            reruns.append(rerun)
+            steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in rerun["per_step"].items())
+            print(
+                f"{project} rerun {repeat + 1}: {rerun['wall_s']:.2f} s wall, {rerun['cpu_s']:.2f} s CPU, {rerun['steps_s']:.1f} s from the first "
+                f"step's start ({steps}); imported: {' '.join(rerun['imported']) or 'none of ' + ' '.join(HEAVY_MODULES)}"
+            )
+    summaries = [summarize(project, args.images, first, reruns) for project, _, _, first, reruns in folders]
+    print(json.dumps({"load_average_1min": round(os.getloadavg()[0], 2), "runs": summaries}))
     return 0
 
 
