@@ -118,7 +118,8 @@ def build_catalog(
             to_describe.append(item)
     logger.info("%d files unchanged since the last run, %d to decode", len(rows), len(to_describe))
     started = time.monotonic()
-    import_decoding_modules()
+    if to_describe:  # no decoding threads start otherwise, and a rerun skips the imports
+        import_decoding_modules()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for done, row in enumerate(pool.map(lambda d: _describe_one(root, d, max_pixels), to_describe), start=1):
             rows.append(row)

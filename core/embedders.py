@@ -455,6 +455,8 @@ def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_ima
         except FileChangedError as exc:
             return exc
 
+    if not batches:
+        return  # nothing to embed (a rerun): no decoding threads, so nothing to import for them
     if decode_workers <= 0:
         for batch in batches:
             if (result := embed(batch, [decoded_or_changed(lambda h=h: decode(h)) for h in batch])) is not None:

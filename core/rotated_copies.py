@@ -13,17 +13,12 @@ feature match only for the few contents with turned black corners.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-import warnings
-
 import numpy as np
 from PIL import Image
-from scipy import ndimage
-from skimage.feature import ORB, match_descriptors
-from skimage.measure import ransac
-from skimage.transform import SimilarityTransform, hough_line, hough_line_peaks
 
 from core.images import ImageRejected
 from core.neighbors import NeighborSearch
@@ -85,6 +80,12 @@ def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
     The black fill must touch a corner of the image, cover at least MIN_BLACK_FRACTION, and end in
     straight edges that are not parallel to the image's sides (those are letterboxes).
     """
+    # scipy.ndimage and scikit-image take ~0.5 s to import and a run with nothing new to decode
+    # needs neither. Imported before the early return: `core.images.import_decoding_modules`
+    # calls this once in the calling thread, so decoding threads never import them first.
+    from scipy import ndimage
+    from skimage.transform import hough_line, hough_line_peaks
+
     last_x, last_y = rgb.width - 1, rgb.height - 1
     if rgb.mode == "RGB" and not any(max(rgb.getpixel(xy)) <= BLACK_MAX_LEVEL for xy in ((0, 0), (last_x, 0), (0, last_y), (last_x, last_y))):
         return None  # the common case, decided without scaling the image
@@ -138,6 +139,8 @@ class SimilarityMatch:
 
 
 def _features(rgb: Image.Image):
+    from skimage.feature import ORB
+
     grey = np.asarray(_scaled_down(rgb.convert("L"), FEATURE_SIDE), dtype=np.float64) / 255.0
     orb = ORB(n_keypoints=FEATURE_KEYPOINTS, fast_threshold=FAST_THRESHOLD, n_scales=FEATURE_SCALES)
     try:
@@ -151,6 +154,10 @@ def similarity_match(first, second) -> SimilarityMatch:
     """Cross-checked ORB matches between two images (or their `_features`) and the RANSAC inliers
     of one similarity transform (rotation, scale, shift) fitted to them (seeded: the same answer
     every run)."""
+    from skimage.feature import match_descriptors
+    from skimage.measure import ransac
+    from skimage.transform import SimilarityTransform
+
     (keys_a, desc_a), (keys_b, desc_b) = (_features(x) if isinstance(x, Image.Image) else x for x in (first, second))
     if len(desc_a) < 3 or len(desc_b) < 3:
         return SimilarityMatch(0, 0, 0.0)
