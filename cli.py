@@ -23,6 +23,11 @@ RUN_SOURCE_TAG = "imgdedup/launched_from"
 # host:pid:start-time of the process executing a CLI run, so that a later CLI start can tell that
 # the run's process is gone (SIGKILL, OOM, power loss) and release what the run still holds.
 RUN_PROCESS_TAG = "imgdedup/process"
+# The collector's thresholds while a command runs. At Python's default (700, 10, 10) importing
+# Dagster, LanceDB and GX (~500k objects) set off 8 full collections, ~1.2 s of CPU in a 10-image
+# rerun; from 10,000 the young generation is collected 14x less often and none ran there.
+# Cycles are still collected, in the same three generations.
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def ensure_dagster_home() -> Path:
@@ -581,11 +586,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         return args.handler(args)
     except SettingsError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    finally:
+        gc.set_threshold(*thresholds)  # an in-process caller (tests) gets its own back
 
 
 if __name__ == "__main__":
