@@ -219,3 +219,16 @@ def test_a_rerun_with_nothing_changed_writes_the_same_exports_without_the_model_
     assert rerun.stdout.splitlines()[-1] == "imported:"
     assert "checks: 8 passed, 0 failed" in rerun.stdout
     assert {name: (out / name).read_bytes() for name in exports} == before
+
+
+def test_main_gives_an_in_process_caller_its_collector_settings_back(tmp_path):
+    """The command tunes Python's garbage collector while it runs (`cli.GC_THRESHOLDS`); a caller
+    in the same process (tests, a notebook) gets its own thresholds back, also after an error."""
+    import gc
+
+    import cli
+
+    before = gc.get_threshold()
+    assert cli.main(["similar", "photo.png", "--k", "0", "--out", str(tmp_path)]) == cli.EXIT_CONFIG
+    assert cli.main(["similar", "photo.png", "--out", str(tmp_path)]) == cli.EXIT_CONFIG
+    assert gc.get_threshold() == before
