@@ -31,6 +31,15 @@ HISTOGRAM_FILE = "uniqueness_histogram.png"
 # Bump when `uniqueness_histogram_png` draws differently: a stored PNG is reused only under it.
 HISTOGRAM_FORMAT = 1
 LOWEST_ROWS = 20
+PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def read_complete_png(path: Path) -> bytes:
+    """A stored PNG's bytes; ValueError when it is cut short or no PNG (the cache then recomputes)."""
+    data = path.read_bytes()
+    if not (data.startswith(PNG_SIGNATURE) and data.endswith(PNG_END)):
+        raise ValueError(f"not a complete PNG file ({len(data)} bytes)")
+    return data
 
 
 def uniqueness_histogram(uniqueness: pd.Series, thresholds: Thresholds, state_dir: Path, warn) -> bytes:
@@ -43,7 +52,7 @@ def uniqueness_histogram(uniqueness: pd.Series, thresholds: Thresholds, state_di
         HISTOGRAM_FILE,
         digest,
         lambda: uniqueness_histogram_png(uniqueness, thresholds),
-        read=Path.read_bytes,
+        read=read_complete_png,
         write=lambda data, path: Path(path).write_bytes(data),
         warn=warn,
     )

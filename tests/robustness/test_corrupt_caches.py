@@ -41,7 +41,15 @@ def garbage_checkpoint(out: Path) -> list[Path]:
     return [shard]
 
 
-@pytest.mark.parametrize("damage", ["neighbor_search", "catalog", "checkpoint"])
+def check_tables(out: Path) -> list[Path]:
+    return sorted((out / "state" / "check-tables").glob("*.parquet"))
+
+
+def figures(out: Path) -> list[Path]:
+    return sorted((out / "state" / "figures").glob("*.png"))
+
+
+@pytest.mark.parametrize("damage", ["neighbor_search", "catalog", "checkpoint", "check_table", "histogram"])
 def test_a_damaged_cache_is_named_discarded_and_recomputed(first_run, tmp_path, damage):
     images, first_out, home = first_run
     out = tmp_path / "out"
@@ -54,6 +62,10 @@ def test_a_damaged_cache_is_named_discarded_and_recomputed(first_run, tmp_path, 
         damaged = catalogs(out)
         for path in damaged:
             truncate(path)
+    elif damage in ("check_table", "histogram"):
+        damaged = check_tables(out) if damage == "check_table" else figures(out)
+        for path in damaged:
+            truncate(path)
     else:
         damaged = garbage_checkpoint(out)
     assert damaged
@@ -63,6 +75,7 @@ def test_a_damaged_cache_is_named_discarded_and_recomputed(first_run, tmp_path, 
         assert f"discarded the unreadable cache {path}" in completed.stderr
     for name in ("uniqueness.csv", "clean.csv", "duplicates.csv"):
         assert pd.read_csv(out / name).equals(pd.read_csv(first_out / name)), name
+    assert (out / "uniqueness_histogram.png").read_bytes() == (first_out / "uniqueness_histogram.png").read_bytes()
     if damage != "checkpoint":  # rewritten whole by the rerun
         for path in damaged:
             assert path.is_file()
