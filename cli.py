@@ -25,8 +25,8 @@ RUN_SOURCE_TAG = "imgdedup/launched_from"
 RUN_PROCESS_TAG = "imgdedup/process"
 # The collector's thresholds while a command runs. At Python's default (700, 10, 10) importing
 # Dagster, LanceDB and GX (~500k objects) set off 8 full collections, ~1.2 s of CPU in a 10-image
-# rerun; from 10,000 the young generation is collected 14x less often and none ran there.
-# Cycles are still collected, in the same three generations.
+# rerun; from 10,000 the young generation is collected 14x less often, and no full collection
+# ran while that command ran. Cycles are still collected, in the same three generations.
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
