@@ -6,8 +6,8 @@ Usage:
 
 Copies the first `--images` image files (sorted by path) of `--source` into WORK/images, runs
 `imgdedup run --embedder offline` once into WORK/out (the first run: embeds, exports the model;
-DAGSTER_HOME is WORK/dagster_home),
-then `--repeats` more times with nothing changed, each as its own process like a user's rerun.
+DAGSTER_HOME is WORK/dagster_home), then `--repeats` more times with nothing changed, each as its
+own process like a user's rerun.
 Prints each rerun's wall-clock seconds (process start to exit), the CLI's `seconds per step` line
 and the heavy libraries the process imported; ends with one line of JSON holding the medians.
 `--project` runs other checkouts' code (e.g. `git archive` of an older commit) with this
