@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from core.settings import FIELDS as SETTINGS_FIELDS
 from core.settings import PROJECT_ROOT, Settings, SettingsError, choices, cli_flag, env_var, field_extra, parse_value
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -82,7 +83,7 @@ def add_setting_argument(parser: argparse.ArgumentParser, name: str, default=Non
 
     The flag's own default is None (`default` for a command that chooses another), so that an
     environment variable `IMGDEDUP_<FIELD>` applies unless the flag is given."""
-    field, extra = Settings.model_fields[name], field_extra(name)
+    field, extra = SETTINGS_FIELDS[name], field_extra(name)
     allowed = choices(name)
     shown = default_text or (default if default is not None else field.default)
     notes = [f"default {shown:g}" if isinstance(shown, float) else f"default {shown}"] if shown is not None and not extra.get("required") else []

@@ -18,6 +18,7 @@ from assets.training_manifest import training_manifest
 from assets.uniqueness_scores import score_uniqueness
 from checks import all_checks
 from core.embedders import build_embedder
+from core.settings import FIELDS as SETTINGS_FIELDS
 from core.settings import Settings, SettingsError
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
@@ -80,7 +81,7 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
 
 def shared_settings(settings: Settings, resource: type[dg.ConfigurableResource]) -> dict:
     """The settings a resource takes under the same field names (its fields defined by `setting()`)."""
-    return {name: getattr(settings, name) for name in resource.model_fields if name in Settings.model_fields}
+    return {name: getattr(settings, name) for name in resource.model_fields if name in SETTINGS_FIELDS}
 
 
 def resources_for(settings: Settings) -> dict:

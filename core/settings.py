@@ -9,12 +9,14 @@ builds the resources from one `Settings`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
 from core.calibration import (
@@ -91,15 +93,15 @@ def _cli(flag: str | None = None, metavar: str | None = None, required: bool = F
 _NO_FLAG = _cli(flag="")
 
 
-class Settings(BaseModel):
-    """Everything a deployment chooses (immutable; invalid values raise `SettingsError`).
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Settings:
+    """Everything a deployment chooses: a frozen dataclass (`dataclasses.replace` gives a validated
+    copy) whose construction validates every field; invalid values raise `SettingsError`.
 
     The environment variable of a field is `IMGDEDUP_<FIELD>` upper-case; the flag, where the
     command has one, is `--<field-with-dashes>` unless the field names another. `thresholds_file`,
     `vector_store_uri` and `export_dir` are derived from `out_dir` / `lancedb_uri`.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     image_root: str = Field(
         str(PROJECT_ROOT / "demo-output" / "sample-images"), description="folder of images (walked recursively)",
@@ -186,12 +188,6 @@ class Settings(BaseModel):
         self.thresholds  # raises for thresholds out of order
         return self
 
-    def __init__(self, **values: Any):
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise SettingsError(explain(exc, values), exc) from None
-
     @classmethod
     def load(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
         """The settings from the environment (`IMGDEDUP_<FIELD>`; unset or empty = default) with
@@ -201,7 +197,7 @@ class Settings(BaseModel):
             SettingsError: naming each invalid value, where it came from and what is allowed.
         """
         environ = os.environ if environ is None else environ
-        from_env = {name: raw for name in cls.model_fields if (raw := environ.get(env_var(name))) not in (None, "")}
+        from_env = {name: raw for name in FIELDS if (raw := environ.get(env_var(name))) not in (None, "")}
         values = {**from_env, **{name: value for name, value in overrides.items() if value is not None}}
         try:
             return cls(**values)
@@ -215,7 +211,7 @@ class Settings(BaseModel):
 
     def with_overrides(self, **changes: Any) -> "Settings":
         """A validated copy with the given non-None values replaced."""
-        return Settings(**{**self.model_dump(), **{k: v for k, v in changes.items() if v is not None}})
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @property
     def vector_store_uri(self) -> str:
@@ -274,6 +270,22 @@ class Settings(BaseModel):
         return model_problem(self.embedder, self.model)
 
 
+# The fields as pydantic sees them: type, default, bounds, description and command-line details.
+FIELDS = Settings.__pydantic_fields__
+_validated_init = Settings.__init__
+
+
+def _init_raising_settings_error(self, *args: Any, **values: Any) -> None:
+    try:
+        _validated_init(self, *args, **values)
+    except ValidationError as exc:
+        raise SettingsError(explain(exc, values), exc) from None
+
+
+# Every construction (also `dataclasses.replace`) reports invalid values in our words.
+Settings.__init__ = _init_raising_settings_error
+
+
 def env_var(name: str) -> str:
     """The environment variable of a settings field."""
     return ENV_PREFIX + name.upper()
@@ -286,7 +298,7 @@ def cli_flag(name: str) -> str | None:
 
 def choices(name: str) -> tuple[str, ...] | None:
     """The allowed values of a `Literal` field, None for other fields."""
-    annotation = Settings.model_fields[name].annotation
+    annotation = FIELDS[name].annotation
     return getattr(annotation, "__args__", None) if getattr(annotation, "__origin__", None) is Literal else None
 
 
@@ -294,7 +306,7 @@ def setting(name: str, **overrides: Any) -> Any:
     """A field definition (default, description, bounds) copied from `Settings.<name>`, for a
     resource's config field of the same meaning: `keep_policy: KeepPolicy = setting("keep_policy")`.
     `overrides` are `Field` arguments that differ (e.g. `default=...` for another default)."""
-    field = Settings.model_fields[name]
+    field = FIELDS[name]
     arguments = {"default": field.default, "description": field.description, **overrides}
     copy = Field(**arguments)
     # Bounds (ge/le/gt/lt) and validators travel as metadata.
@@ -309,7 +321,7 @@ def parse_value(name: str, raw: Any) -> Any:
     Raises:
         SettingsError: the value is invalid, with a sentence naming the setting and what is allowed.
     """
-    field = Settings.model_fields[name]
+    field = FIELDS[name]
     try:
         return _adapter(field).validate_python(raw)
     except ValidationError as exc:
@@ -321,7 +333,7 @@ def parse_value(name: str, raw: Any) -> Any:
 
 def field_extra(name: str) -> dict:
     """The command-line details of a settings field (`flag`, `metavar`, `required`, `path`)."""
-    return dict(Settings.model_fields[name].json_schema_extra or {})
+    return dict(FIELDS[name].json_schema_extra or {})
 
 
 def _adapter(field: FieldInfo) -> TypeAdapter:
@@ -335,7 +347,7 @@ def explain(exc: ValidationError, values: dict, sources: dict[str, str] | None =
     sentences = []
     for error in exc.errors():
         name = error["loc"][0] if error["loc"] else None
-        if name is None or name not in Settings.model_fields:
+        if name is None or name not in FIELDS:
             context_error = (error.get("ctx") or {}).get("error")
             sentences.append(str(context_error) if context_error is not None else error["msg"])
             continue
@@ -345,27 +357,35 @@ def explain(exc: ValidationError, values: dict, sources: dict[str, str] | None =
 
 
 def _explain_one(name: str, value: Any, error: dict, given: str) -> str:
-    """One sentence for one pydantic error on field `name`; `given` says how the value was given."""
-    where = f"({' / '.join(filter(None, (cli_flag(name), env_var(name))))})"
+    """One sentence for one pydantic error on field `name`, ending with the setting's flag and
+    environment variable; `given` says how the value was given (e.g. `IMGDEDUP_BATCH_SIZE='abc'`)."""
     kind = error["type"]
     if kind == "literal_error":
-        return f"unknown {name.replace('_', ' ')} {value!r}: use one of {', '.join(choices(name))} {where}"
-    if kind.startswith("int_"):
-        return f"{given} is not a whole number {where}"
-    if kind.startswith("float_"):
-        return f"{given} is not a number {where}"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return f"{name} must be {_bounds(name)}, got {value!r} {where}"
-    if kind == "value_error":
-        return f"{error['ctx']['error']} {where}"
-    return f"{given}: {error['msg']} {where}"
+        sentence = f"unknown {name.replace('_', ' ')} {value!r}: use one of {', '.join(choices(name))}"
+    elif kind.startswith("int_"):
+        sentence = f"{given} is not a whole number"
+    elif kind.startswith("float_"):
+        sentence = f"{given} is not a number"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        sentence = f"{name} must be {_bounds(name)}, got {value}"
+    elif kind == "value_error":
+        sentence = str(error["ctx"]["error"])
+    else:
+        sentence = f"{given}: {error['msg']}"
+    names = [where for where in (cli_flag(name), env_var(name)) if where and where not in sentence]
+    return f"{sentence} ({' / '.join(names)})" if names else sentence
 
 
 def _bounds(name: str) -> str:
-    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    return " and ".join(
-        f"{symbols[key]} {getattr(bound, key):g}" for bound in Settings.model_fields[name].metadata for key in symbols if hasattr(bound, key)
-    )
+    """The bounds of a numeric field in words: `within [0, 1]`, `within (0, 1]`, `positive`, `at least 4`."""
+    limits = {key: getattr(bound, key) for bound in FIELDS[name].metadata for key in ("ge", "gt", "le", "lt") if getattr(bound, key, None) is not None}
+    low = ("[", limits["ge"]) if "ge" in limits else ("(", limits["gt"]) if "gt" in limits else None
+    high = ("]", limits["le"]) if "le" in limits else (")", limits["lt"]) if "lt" in limits else None
+    if low and high:
+        return f"within {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    if low:
+        return "positive" if low == ("(", 0) else f"at least {low[1]:g}" if low[0] == "[" else f"greater than {low[1]:g}"
+    return f"at most {high[1]:g}" if high[0] == "]" else f"less than {high[1]:g}"
 
 
 def _device_problem(device: str) -> str | None:

@@ -120,7 +120,7 @@ def test_pixel_limit_is_on_by_default_and_configurable(tmp_path):
     resources = resources_for(Settings(image_root=str(tmp_path), out_dir=str(tmp_path / "out")))
     assert resources["image_store"].max_pixels == DEFAULT_MAX_PIXELS
     assert Settings.from_env({"IMGDEDUP_MAX_PIXELS": "4000000"}).max_pixels == 4_000_000
-    with pytest.raises(SettingsError, match="max_pixels must be > 0, got 0"):
+    with pytest.raises(SettingsError, match="max_pixels must be positive, got 0"):
         Settings(image_root=str(tmp_path), max_pixels=0)
 
 
