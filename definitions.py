@@ -38,7 +38,7 @@ SHARDED_ASSETS = [image_embedding_shards]
 
 
 def model_id_for(settings: Settings) -> str | None:
-    """The configured model's id (no weights are loaded), or None for an invalid embedder setting."""
+    """The id of the model `settings` configure (no weights are loaded), or None when that embedder cannot be built."""
     try:
         return build_embedder(settings.embedder, settings.model, device=settings.device, pooling=settings.pooling, precision=settings.precision).model_id
     except ValueError:
