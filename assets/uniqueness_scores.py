@@ -49,8 +49,6 @@ def score_uniqueness(
 ):
     # Pinned by the user, else calibrated for this model (embedding_thresholds), else the default.
     in_force = policy.thresholds_in_force(image_vectors["model_id"])
-    if policy.model_id is not None and policy.model_id != image_vectors["model_id"]:
-        raise ValueError(f"the policy is configured for model {policy.model_id}, but the vectors are from {image_vectors['model_id']}; build resources with resources_for(settings)")
     thresholds = in_force.thresholds
     # Files that changed after the catalog have no vector in this run; they are rejected, not scored.
     raw_images = raw_images[~raw_images["pixel_hash"].isin(image_vectors.get("changed_during_run", {}).keys())]

@@ -56,7 +56,8 @@ def clean_dataset_no_duplicate_pairs(
 ) -> dg.AssetCheckResult:
     vectors = lancedb.read_content_vectors(image_vectors["model_id"], set(clean_dataset["pixel_hash"]))
     nearest = nearest_kept_contents(
-        clean_dataset, vectors, policy.hash_signal(clean_dataset), policy.thresholds.near_duplicate_cosine_distance, engine=policy.neighbor_search
+        clean_dataset, vectors, policy.hash_signal(clean_dataset),
+        policy.thresholds_in_force(image_vectors["model_id"]).thresholds.near_duplicate_cosine_distance, engine=policy.neighbor_search
     )
     return run_expectations(
         nearest,

@@ -158,20 +158,20 @@ def test_resource_passes_the_precision_through(tiny_vit_dir):
 
 
 def test_settings_read_validate_and_apply_the_precision(tmp_path, tiny_vit_dir):
-    from core.settings import Settings
+    from core.settings import Settings, SettingsError
     from definitions import model_id_for, resources_for
 
     assert Settings().precision == "fp32"
     assert Settings.from_env({"IMGDEDUP_PRECISION": "bf16"}).precision == "bf16"
-    problems = Settings(image_root=str(tmp_path), precision="fp16").problems(check_paths=False)
-    assert any("unknown precision 'fp16'" in problem for problem in problems)
+    with pytest.raises(SettingsError, match="unknown precision 'fp16'"):
+        Settings(image_root=str(tmp_path), precision="fp16")
     assert not Settings(image_root=str(tmp_path), precision="bf16").problems(check_paths=False)
 
     settings = Settings(image_root=str(tmp_path), out_dir=str(tmp_path / "out"), embedder="hf", model=str(tiny_vit_dir), precision="bf16")
     resources = resources_for(settings)
     assert resources["embedding_model"].precision == "bf16"
-    # Calibrated thresholds are stored per model id: the policy looks them up under the bf16 id.
-    assert resources["policy"].model_id == model_id_for(settings) == resources["embedding_model"].get_embedder().model_id
+    # Calibrated thresholds are stored per model id: the assets look them up under the vectors' (bf16) id.
+    assert model_id_for(settings) == resources["embedding_model"].get_embedder().model_id
     assert model_id_for(settings).endswith("@bf16")
 
 

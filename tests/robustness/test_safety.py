@@ -12,7 +12,7 @@ import pytest
 
 import cli
 from core.images import DEFAULT_MAX_PIXELS, ImageRejected
-from core.settings import Settings
+from core.settings import Settings, SettingsError
 from definitions import resources_for
 from resources.image_store import ImageStoreResource
 from resources.output_store import OutputStoreResource
@@ -113,7 +113,8 @@ def test_pixel_limit_is_on_by_default_and_configurable(tmp_path):
     resources = resources_for(Settings(image_root=str(tmp_path), out_dir=str(tmp_path / "out")))
     assert resources["image_store"].max_pixels == DEFAULT_MAX_PIXELS
     assert Settings.from_env({"IMGDEDUP_MAX_PIXELS": "4000000"}).max_pixels == 4_000_000
-    assert any("max_pixels" in problem for problem in Settings(image_root=str(tmp_path), max_pixels=0).problems(check_paths=False))
+    with pytest.raises(SettingsError, match="max_pixels must be positive, got 0"):
+        Settings(image_root=str(tmp_path), max_pixels=0)
 
 
 def test_default_image_store_refuses_an_image_over_the_limit_from_its_header(tmp_path):
