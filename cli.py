@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.embedders import PRECISIONS
 from core.inference_runtimes import RUNTIMES
-from core.scoring import INDEX_MIN_CONTENTS, SEARCH_ENGINES
+from core.search.choose import INDEX_MIN_CONTENTS, SEARCH_ENGINES
 from core.settings import PROJECT_ROOT, Settings, SettingsError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2

@@ -17,7 +17,8 @@ from core.calibration import (
 from core.embedders import DEFAULT_PRECISION, EMBEDDER_BACKENDS, PRECISIONS, model_problem
 from core.grouping import KEEP_POLICIES, NEAR_DUPLICATE_ACTIONS
 from core.inference_runtimes import DEFAULT_RUNTIME, RUNTIMES, resolve_runtime
-from core.scoring import SEARCH_ENGINES, Thresholds
+from core.scoring import Thresholds
+from core.search.choose import SEARCH_ENGINES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "IMGDEDUP_"

@@ -13,7 +13,8 @@ from core.calibration import (
     DEFAULT_TARGET_PRECISION,
     calibrated_threshold,
 )
-from core.scoring import HashSignal, Thresholds
+from core.scoring import Thresholds
+from core.search.signals import HashSignal
 
 SOURCE_PINNED = "pinned"
 SOURCE_CALIBRATED = "calibrated"
