@@ -3,6 +3,7 @@ vouches for and at what distance on the cosine scale. Fused with the embedding a
 signal (`core.rotated_copies`) by `core.search.contents.find_content_neighbors`."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from core.images import informative_phashes
 from core.search.cache import SearchUpdate
 from core.search.choose import EngineChoice, choose_engine
+from core.search.engines import IndexedHamming
 from core.search.exact_hamming import hamming_distances_from, topk_from_pairs
 from core.search.result import NeighborSearch, scaled
 
@@ -77,7 +79,7 @@ class HashSignal:
         return np.where(vouched, bits * np.float32(self.bits_to_cosine(radius)), np.float32(np.inf)).astype(np.float32)
 
 
-def hash_pairs_within(hashes: np.ndarray, k: int, threshold_bits: int) -> tuple[NeighborSearch, EngineChoice]:
+def hash_pairs_within(hashes: np.ndarray, k: int, threshold_bits: int, workers: int | None = None) -> tuple[NeighborSearch, EngineChoice]:
     """The pairs within `threshold_bits` (bits) and each row's up to k nearest among them, through
     the Hamming engine the chooser takes for this size, and that choice. Both engines find the
     same pairs; the top-k lists are built from the pairs (ties by index), so they agree too.
@@ -86,8 +88,10 @@ def hash_pairs_within(hashes: np.ndarray, k: int, threshold_bits: int) -> tuple[
         hashes: (M, V) uint64, identity variant first.
         k: matches kept per row (clipped to M - 1).
         threshold_bits: the cutoff.
+        workers: threads of the multi-index search (None: the CPU count, capped).
     """
     choice = choose_engine("hamming", len(hashes), variants=hashes.shape[1], radius_bits=threshold_bits)
-    found = choice.engine.build(hashes).search(0, threshold_bits)
+    engine = dataclasses.replace(choice.engine, workers=workers) if isinstance(choice.engine, IndexedHamming) else choice.engine
+    found = engine.build(hashes).search(0, threshold_bits)
     index, distance = topk_from_pairs(len(hashes), max(0, min(k, len(hashes) - 1)), found.pair_left, found.pair_right, found.pair_distance)
     return NeighborSearch(index, distance, found.pair_left, found.pair_right, found.pair_distance), choice
