@@ -62,25 +62,31 @@ def search_neighbors(
 
 
 @dataclass(frozen=True)
-class _CosineRows:
+class _Rows:
+    """The rows an engine was built over (None until `build`)."""
+
+    rows: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def _built(self) -> np.ndarray:
+        if self.rows is None:
+            raise ValueError(f"{type(self).__name__} has no rows yet: call build(rows) first")
+        return self.rows
+
+
+@dataclass(frozen=True)
+class _CosineRows(_Rows):
     """What both cosine engines share: (M, D) float32 L2-normalised rows, their distances."""
 
-    vectors: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     signal: str = dataclasses.field(default="cosine", init=False)
 
     def build(self, rows: np.ndarray):
-        return dataclasses.replace(self, vectors=np.ascontiguousarray(rows, dtype=np.float32))
+        return dataclasses.replace(self, rows=np.ascontiguousarray(rows, dtype=np.float32))
 
     def distances_from(self, rows: np.ndarray) -> np.ndarray:
-        return cosine_distances_from(self._rows(), rows)
+        return cosine_distances_from(self._built(), rows)
 
     def pair_distances(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return cosine_pair_distances(self._rows(), left, right)
-
-    def _rows(self) -> np.ndarray:
-        if self.vectors is None:
-            raise ValueError(f"{type(self).__name__} has no rows yet: call build(rows) first")
-        return self.vectors
+        return cosine_pair_distances(self._built(), left, right)
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ class ExactCosine(_CosineRows):
     precision: str = "fp32"
 
     def search(self, k: int, radius: float) -> NeighborSearch:
-        return search_neighbors(self._rows(), k=k, radius=radius, precision=self.precision)
+        return search_neighbors(self._built(), k=k, radius=radius, precision=self.precision)
 
 
 @dataclass(frozen=True)
@@ -102,30 +108,24 @@ class IndexedCosine(_CosineRows):
     def search(self, k: int, radius: float) -> NeighborSearch:
         from core.search.ivf import search_neighbors_ivf
 
-        return search_neighbors_ivf(self._rows(), k=k, radius=radius)
+        return search_neighbors_ivf(self._built(), k=k, radius=radius)
 
 
 @dataclass(frozen=True)
-class _HammingRows:
+class _HammingRows(_Rows):
     """What both Hamming engines share: (M, V) uint64 hashes, their invariant distances in bits."""
 
-    hashes: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
     signal: str = dataclasses.field(default="hamming", init=False)
 
     def build(self, rows: np.ndarray):
-        return dataclasses.replace(self, hashes=as_hash_matrix(rows))
+        return dataclasses.replace(self, rows=as_hash_matrix(rows))
 
     def distances_from(self, rows: np.ndarray) -> np.ndarray:
-        return hamming_distances_of_rows(self._rows(), rows)
+        return hamming_distances_of_rows(self._built(), rows)
 
     def pair_distances(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        hashes = self._rows()
+        hashes = self._built()
         return invariant_hamming(hashes[left], hashes[right]).astype(np.float32)
-
-    def _rows(self) -> np.ndarray:
-        if self.hashes is None:
-            raise ValueError(f"{type(self).__name__} has no rows yet: call build(rows) first")
-        return self.hashes
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class ExactHamming(_HammingRows):
     """Every row against every row (`core.search.exact_hamming.search_hash_neighbors`)."""
 
     def search(self, k: int, radius: float) -> NeighborSearch:
-        return search_hash_neighbors(self._rows(), k, radius)
+        return search_hash_neighbors(self._built(), k, radius)
 
 
 @dataclass(frozen=True)
@@ -152,4 +152,4 @@ class IndexedHamming(_HammingRows):
     def search(self, k: int, radius: float) -> NeighborSearch:
         from core.search.mih import search_hash_neighbors_within
 
-        return search_hash_neighbors_within(self._rows(), k, radius, plan=self.plan, workers=self.workers)
+        return search_hash_neighbors_within(self._built(), k, radius, plan=self.plan, workers=self.workers)

@@ -75,7 +75,7 @@ def finish_pairs(vectors, topk_index, topk_distance, lefts, rights, radius) -> N
     right = np.concatenate(rights).astype(np.int64) if rights else np.empty(0, np.int64)
     keep = left < right
     left, right = left[keep], right[keep]
-    distance = cosine_distance(np.einsum("ij,ij->i", vectors[left], vectors[right])).astype(np.float32)
+    distance = cosine_pair_distances(vectors, left, right)
     within = distance <= radius
     left, right, distance = left[within], right[within], distance[within]
     order = np.lexsort((right, left))

@@ -168,7 +168,7 @@ class _Table:
         Queries are sorted by key and cut into blocks whose keys span about one SLICE_BYTES slice
         of `inline`; masks are sorted by their bits above the slice, so that a run of probes reads
         few slices. `workers` threads take contiguous runs of blocks (numpy releases the GIL in
-        its loops: 1.4x with two threads on two cores).
+        its loops).
         """
         sub, slots = self.sub, self.sub.slots
         buckets = 1 << sub.bits
@@ -291,26 +291,25 @@ def _in_threads(runs: list, queued: int = 4):
     stop = threading.Event()
     done = object()
 
+    def put(item) -> bool:
+        """Queue `item` (waiting while the queue is full); False once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work(run) -> None:
         try:
             for item in run:
-                while not stop.is_set():
-                    try:
-                        results.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
             outcome = done
         except BaseException as error:  # handed to the consumer
             outcome = error
-        while not stop.is_set():
-            try:
-                results.put(outcome, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put(outcome)
 
     threads = [threading.Thread(target=work, args=(run,), daemon=True) for run in runs]
     for thread in threads:

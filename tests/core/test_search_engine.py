@@ -12,6 +12,7 @@ from core.search.choose import INDEX_MIN_CONTENTS, MIN_INDEX_ROWS, choose_engine
 from core.search.contents import ContentVectors, find_content_neighbors
 from core.search.engines import ExactCosine, ExactHamming, IndexedCosine, IndexedHamming
 from core.search.ivf import faiss_module
+from core.search.protocol import NeighborEngine
 from core.search.signals import HashSignal
 
 CONTENTS = 4_000  # above core.search.choose.MIN_INDEX_ROWS, so the index itself runs
@@ -60,6 +61,13 @@ def test_the_chooser_returns_an_engine_and_its_reason_for_each_signal_and_size()
     assert isinstance(few.engine, ExactHamming) and few.mode == "full" and "10 bits of 60 contents" in few.reason
     with pytest.raises(ValueError, match="unknown signal"):
         choose_engine("euclid", 10)
+
+
+@pytest.mark.parametrize("engine", [ExactCosine(), ExactCosine(precision="bf16"), IndexedCosine(), ExactHamming(), IndexedHamming()], ids=repr)
+def test_every_engine_offers_the_protocol_and_needs_its_rows_first(engine):
+    assert isinstance(engine, NeighborEngine)
+    with pytest.raises(ValueError, match=r"build\(rows\)"):
+        engine.distances_from(np.array([0]))
 
 
 def test_content_vectors_from_a_mapping_are_sorted_and_normalised():
