@@ -73,18 +73,10 @@ class KeyedSearch:
     @classmethod
     def read(cls, path: str | os.PathLike) -> KeyedSearch:
         """The saved search; raises whatever the file's damage makes numpy raise (a truncated
-        file: zipfile.BadZipFile)."""
+        file: zipfile.BadZipFile). `SearchCache.load` turns that into no cache."""
         with np.load(path, allow_pickle=False) as saved:
             search = NeighborSearch(saved["topk_index"], saved["topk_distance"], saved["pair_left"], saved["pair_right"], saved["pair_distance"])
             return cls(saved["hashes"].astype(object), search, str(saved["fingerprint"]))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> KeyedSearch | None:
-        """The saved search, or None when there is none or it cannot be read (then search fully)."""
-        try:
-            return cls.read(path)
-        except Exception:  # noqa: BLE001 (a damaged cache of any kind means: search fully)
-            return None
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def choose_engine(
         return EngineChoice(IndexedHamming(plan=plan), reason, "index") if plan is not None else EngineChoice(ExactHamming(), reason, "full")
     if signal != "cosine":
         raise ValueError(f"unknown signal {signal!r}: use cosine (embeddings) or hamming (perceptual hashes)")
-    engine, reason = choose_search_engine(setting, rows, index_available, min_contents)
+    engine, reason = _cosine_setting(setting, rows, index_available, min_contents)
     if engine == "exact":
         return EngineChoice(ExactCosine(precision=exact_precision(rows)), reason, "exact")
     if rows < MIN_INDEX_ROWS:  # the index setting's answer below this size is the exact one
@@ -82,7 +82,7 @@ def choose_engine(
     return EngineChoice(IndexedCosine(), reason, "index")
 
 
-def choose_search_engine(setting: str, contents: int, index_available: bool | None = None, min_contents: int | None = None) -> tuple[str, str]:
+def _cosine_setting(setting: str, contents: int, index_available: bool | None, min_contents: int | None) -> tuple[str, str]:
     """(`exact` or `index`, why) for the embedding search over `contents` rows.
 
     `auto` takes the index from `min_contents` contents up when it is available, else the exact

@@ -92,13 +92,15 @@ def test_new_settings_or_stale_vectors_force_a_full_search(tmp_path):
 def test_saved_search_loads_back_and_an_unreadable_file_is_no_cache(tmp_path):
     hashes, vectors = content_pool(50, 4)
     search, _ = cosine_update(None, hashes, vectors)
-    search.save(tmp_path / "cache.npz")
-    loaded = KeyedSearch.load(tmp_path / "cache.npz")
+    SearchCache(tmp_path / "cache.npz").save(search)
+    loaded = SearchCache(tmp_path / "cache.npz").load()
     assert loaded.fingerprint == FINGERPRINT and list(loaded.hashes) == list(hashes)
     assert_same_search(loaded.search, search.search)
     (tmp_path / "broken.npz").write_bytes(b"not a cache")
-    assert KeyedSearch.load(tmp_path / "broken.npz") is None
-    assert KeyedSearch.load(tmp_path / "missing.npz") is None
+    warnings = []
+    assert SearchCache(tmp_path / "broken.npz", warnings.append).load() is None
+    assert len(warnings) == 1 and "broken.npz" in warnings[0] and not (tmp_path / "broken.npz").exists()
+    assert SearchCache(tmp_path / "missing.npz").load() is None
 
 
 def test_content_neighbors_from_a_previous_run_equal_a_fresh_search(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 import core.search.choose as choose
 from core.search.cache import SearchCache
-from core.search.choose import INDEX_MIN_CONTENTS, MIN_INDEX_ROWS, choose_engine, choose_search_engine
+from core.search.choose import INDEX_MIN_CONTENTS, MIN_INDEX_ROWS, choose_engine
 from core.search.contents import ContentVectors, find_content_neighbors
 from core.search.engines import ExactCosine, ExactHamming, IndexedCosine, IndexedHamming
 from core.search.ivf import faiss_module
@@ -22,29 +22,29 @@ FLOAT32_TOLERANCE = 1e-6
 
 
 def test_auto_is_exact_below_the_threshold_and_the_index_above():
-    assert choose_search_engine("auto", INDEX_MIN_CONTENTS - 1, index_available=True)[0] == "exact"
-    engine, why = choose_search_engine("auto", INDEX_MIN_CONTENTS, index_available=True)
-    assert engine == "index" and "auto" in why
+    assert choose_engine("cosine", INDEX_MIN_CONTENTS - 1, "auto", index_available=True).mode == "exact"
+    choice = choose_engine("cosine", INDEX_MIN_CONTENTS, "auto", index_available=True)
+    assert isinstance(choice.engine, IndexedCosine) and "auto" in choice.reason
 
 
 def test_auto_without_faiss_stays_exact_and_says_how_to_get_the_index():
-    engine, why = choose_search_engine("auto", 10 * INDEX_MIN_CONTENTS, index_available=False)
-    assert engine == "exact" and "imgdedup[scale]" in why
+    choice = choose_engine("cosine", 10 * INDEX_MIN_CONTENTS, "auto", index_available=False)
+    assert isinstance(choice.engine, ExactCosine) and choice.mode == "exact" and "imgdedup[scale]" in choice.reason
 
 
 def test_configured_engines_are_used_at_any_size():
-    assert choose_search_engine("exact", 10 * INDEX_MIN_CONTENTS, index_available=True)[0] == "exact"
-    assert choose_search_engine("index", 10, index_available=True)[0] == "index"
+    assert choose_engine("cosine", 10 * INDEX_MIN_CONTENTS, "exact", index_available=True).mode == "exact"
+    assert choose_engine("cosine", 10, "index", index_available=True).mode == "index"
 
 
 def test_index_without_faiss_is_an_error_naming_the_fix():
     with pytest.raises(ImportError, match=r"imgdedup\[scale\]"):
-        choose_search_engine("index", 10, index_available=False)
+        choose_engine("cosine", 10, "index", index_available=False)
 
 
 def test_unknown_engine_is_an_error():
     with pytest.raises(ValueError, match="exact, index"):
-        choose_search_engine("fastest", 10, index_available=True)
+        choose_engine("cosine", 10, "fastest", index_available=True)
 
 
 def test_the_chooser_returns_an_engine_and_its_reason_for_each_signal_and_size():
