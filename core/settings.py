@@ -31,7 +31,8 @@ from core.embedders import DEFAULT_PRECISION, EMBEDDER_BACKENDS, POOLINGS, PRECI
 from core.grouping import KEEP_POLICIES, NEAR_DUPLICATE_ACTIONS
 from core.images import DEFAULT_MAX_PIXELS
 from core.inference_runtimes import DEFAULT_RUNTIME, RUNTIMES, resolve_runtime
-from core.scoring import INDEX_MIN_CONTENTS, SEARCH_ENGINES, Thresholds
+from core.scoring import Thresholds
+from core.search.choose import INDEX_MIN_CONTENTS, SEARCH_ENGINES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "IMGDEDUP_"

@@ -7,7 +7,8 @@ import dagster as dg
 import pandas as pd
 
 from core.calibration import DEFAULT_NEAR_DUPLICATE_THRESHOLD, calibrated_threshold
-from core.scoring import HashSignal, Thresholds
+from core.scoring import Thresholds
+from core.search.signals import HashSignal
 from core.settings import KeepPolicy, NearDuplicateAction, NeighborSearch, setting
 
 SOURCE_PINNED = "pinned"
