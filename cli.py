@@ -13,10 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from core.embedders import PRECISIONS
-from core.inference_runtimes import RUNTIMES
-from core.scoring import INDEX_MIN_CONTENTS, SEARCH_ENGINES
-from core.settings import PROJECT_ROOT, Settings, SettingsError
+from core.settings import FIELDS as SETTINGS_FIELDS
+from core.settings import PROJECT_ROOT, Settings, SettingsError, choices, cli_flag, env_var, field_extra, parse_value
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 RUN_SOURCE_TAG = "imgdedup/launched_from"
@@ -64,66 +62,50 @@ def open_instance():
     return instance
 
 
-def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", required=True, help="folder of images (walked recursively)")
-    parser.add_argument("--out", required=True, help="folder for exports and state (vector table, caches)")
-    parser.add_argument("--embedder", choices=["hf", "offline"], default=None, help="hf (default, transformers model) or offline (pip-shipped EfficientNet-Lite0)")
-    parser.add_argument("--model", default=None, help="hub id or local model directory for --embedder hf")
-    parser.add_argument("--lancedb-uri", default=None, help="vector store URI (default OUT/state/lancedb)")
-    defaults = Settings()
+# The settings each command takes as flags; names, help, defaults and choices come from `Settings`.
+EMBEDDING_SETTINGS = ("embedder", "model", "pooling", "batch_size", "device", "precision", "runtime")
+RUN_SETTINGS = (
+    "image_root", "out_dir", *EMBEDDING_SETTINGS, "lancedb_uri", "duplicate_threshold", "near_duplicate_threshold", "keep_policy",
+    "near_duplicate_action", "max_duplicate_fraction", "hash_threshold_bits", "max_pixels", "neighbor_search",
+)
+CALIBRATE_SETTINGS = ("image_root", "out_dir", *EMBEDDING_SETTINGS, "calibration_sample_size", "calibration_seed", "target_precision", "hash_threshold_bits", "max_pixels")
+
+
+def _flag_value(name: str):
+    """argparse's `type` for the flag of setting `name`: parsed and checked by `Settings`."""
+
+    def parse(raw: str):
+        try:
+            value = parse_value(name, raw)
+        except SettingsError as exc:
+            raise argparse.ArgumentTypeError("; ".join(exc.problems)) from None
+        return str(Path(value).resolve()) if field_extra(name).get("path") else value
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+def add_setting_argument(parser: argparse.ArgumentParser, name: str, default=None, default_text: str | None = None) -> None:
+    """The flag of setting `name`, from its `Settings` field: name, help, choices and default.
+
+    The flag's own default is None (`default` for a command that chooses another), so that an
+    environment variable `IMGDEDUP_<FIELD>` applies unless the flag is given."""
+    field, extra = SETTINGS_FIELDS[name], field_extra(name)
+    allowed = choices(name)
+    shown = default_text or (default if default is not None else field.default)
+    notes = [f"default {shown:g}" if isinstance(shown, float) else f"default {shown}"] if shown is not None and not extra.get("required") else []
+    if default is None:  # a command's own default wins over the environment
+        notes.append(env_var(name))
     parser.add_argument(
-        "--duplicate-threshold", type=float, default=None, metavar="U",
-        help=f"uniqueness at or below which an image is a `duplicate` (default {defaults.duplicate_threshold:g}; IMGDEDUP_DUPLICATE_THRESHOLD)",
-    )
-    parser.add_argument(
-        "--near-duplicate-threshold", type=float, default=None, metavar="U",
-        help="uniqueness at or below which an image is a `near_duplicate` (default: the value calibrated for the model, else 0.05 = cosine 0.9; IMGDEDUP_NEAR_DUPLICATE_THRESHOLD)",
-    )
-    parser.add_argument("--keep-policy", default=None, help="which image of a group is kept: resolution (default), first_seen or path")
-    parser.add_argument("--near-duplicate-action", default=None, help="remove (default) near-duplicates, or review: keep them in the clean set and list them")
-    parser.add_argument(
-        "--max-duplicate-fraction", type=float, default=None, metavar="F",
-        help=f"training gate: at most this share of the decodable images may be removed, else training_manifest is held back (default {defaults.max_duplicate_fraction:g}; IMGDEDUP_MAX_DUPLICATE_FRACTION)",
-    )
-    parser.add_argument(
-        "--hash-threshold-bits", type=int, default=None, metavar="BITS",
-        help=f"pHash bits at the near-duplicate threshold (default {defaults.hash_threshold_bits}; 0 = embedding only; IMGDEDUP_HASH_THRESHOLD_BITS)",
-    )
-    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help=f"images per forward pass (default {defaults.batch_size}; IMGDEDUP_BATCH_SIZE)")
-    parser.add_argument("--device", default=None, help="torch device: cpu (default), cuda, cuda:N or mps (IMGDEDUP_DEVICE)")
-    parser.add_argument("--precision", choices=list(PRECISIONS), default=None, help="forward-pass precision: fp32 (default) or bf16 (faster on CPUs with AMX; its own model id and vector table)")
-    parser.add_argument(
-        "--runtime", choices=list(RUNTIMES), default=None,
-        help="what runs the model: auto (default: OpenVINO or ONNX Runtime for fp32 on the CPU, exported once per model id into OUT/state/exported-models; torch on CUDA or at bf16), torch, onnxruntime or openvino (IMGDEDUP_RUNTIME)",
-    )
-    parser.add_argument(
-        "--neighbor-search", choices=list(SEARCH_ENGINES), default=None,
-        help=(
-            "exact, index (the embeddings' IVF index, needs faiss-cpu: pip install 'imgdedup[scale]') or auto (default: the index from "
-            f"{INDEX_MIN_CONTENTS:,} contents); pHash matches, within the hash threshold only, are always found exactly"
-        ),
+        cli_flag(name), dest=name, type=_flag_value(name), default=default, required=bool(extra.get("required")),
+        metavar="{" + ",".join(allowed) + "}" if allowed else extra.get("metavar"),
+        help=f"{field.description} ({'; '.join(notes)})",
     )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    return Settings.from_env().with_overrides(
-        image_root=str(Path(args.images).resolve()),
-        out_dir=str(Path(args.out).resolve()),
-        embedder=args.embedder,
-        model=args.model,
-        lancedb_uri=args.lancedb_uri,
-        duplicate_threshold=args.duplicate_threshold,
-        near_duplicate_threshold=args.near_duplicate_threshold,
-        keep_policy=args.keep_policy,
-        near_duplicate_action=args.near_duplicate_action,
-        max_duplicate_fraction=args.max_duplicate_fraction,
-        hash_threshold_bits=args.hash_threshold_bits,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        runtime=args.runtime,
-        neighbor_search=args.neighbor_search,
-        device=args.device,
-    )
+    """The command's settings: its flags over the environment over the defaults, validated once."""
+    return Settings.load(**{name: getattr(args, name) for name in args.settings_fields})
 
 
 def process_token(pid: int | None = None) -> str:
@@ -411,7 +393,7 @@ def command_demo(args: argparse.Namespace) -> int:
         return EXIT_OK
     # The sample is mostly planted copies, so the raw-data gate (default 0.5) would rightly block
     # it; the demo raises it to show the whole graph. Pass a lower value to see the gate fire.
-    settings = Settings.from_env().with_overrides(
+    settings = Settings.load(
         image_root=sample["root"], out_dir=str(out / "results"), embedder=args.embedder, max_duplicate_fraction=args.max_duplicate_fraction
     )
     print(f"max_duplicate_fraction for the demo: {settings.max_duplicate_fraction}")
@@ -423,18 +405,7 @@ def command_calibrate(args: argparse.Namespace) -> int:
     from core.calibration import read_calibrations
     from definitions import CALIBRATION_JOB, build_definitions, model_id_for
 
-    settings = Settings.from_env().with_overrides(
-        image_root=str(Path(args.images).resolve()),
-        out_dir=str(Path(args.out).resolve()),
-        embedder=args.embedder,
-        model=args.model,
-        hash_threshold_bits=args.hash_threshold_bits,
-        calibration_sample_size=args.sample,
-        calibration_seed=args.seed,
-        target_precision=args.target_precision,
-        batch_size=args.batch_size,
-        precision=args.precision,
-    )
+    settings = settings_from_args(args)
     if not settings_are_valid(settings):
         return EXIT_CONFIG
     job = build_definitions(settings).resolve_job_def(CALIBRATION_JOB)
@@ -537,28 +508,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgdedup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="materialize the whole graph for a folder")
-    _add_settings_arguments(run)
+    for name in RUN_SETTINGS:
+        add_setting_argument(run, name)
     run.add_argument("--verbose", action="store_true", help="print the stack traces of failures (always kept in the Dagster run log)")
-    run.set_defaults(handler=command_run)
+    run.set_defaults(handler=command_run, settings_fields=RUN_SETTINGS)
     demo = commands.add_parser("demo", help="build the bundled sample set and run the pipeline on it")
-    demo.add_argument("--out", default=str(PROJECT_ROOT / "demo-output"))
-    demo.add_argument("--embedder", choices=["hf", "offline"], default="offline")
-    demo.add_argument("--max-duplicate-fraction", type=float, default=0.95, help="training gate for the demo (default 0.95: the sample is mostly planted copies)")
+    demo.add_argument("--out", default=str(PROJECT_ROOT / "demo-output"), help="folder for the sample set (OUT/sample-images) and the results (OUT/results)")
+    add_setting_argument(demo, "embedder", default="offline", default_text="offline for the demo")
+    add_setting_argument(demo, "max_duplicate_fraction", default=0.95, default_text="0.95 for the demo: the sample is mostly planted copies")
     demo.add_argument("--sample-only", action="store_true", help="only build the sample folder (OUT/sample-images), as scripts/ui.sh does")
     demo.set_defaults(handler=command_demo)
     calibrate = commands.add_parser("calibrate", help="choose the near-duplicate threshold for the model from edited copies of a sample (no labels) and store it")
-    calibrate.add_argument("--images", required=True, help="folder of images (walked recursively)")
-    calibrate.add_argument("--out", required=True, help="the output folder of `run` (the threshold is stored in OUT/state/thresholds.json)")
-    calibrate.add_argument("--embedder", choices=["hf", "offline"], default=None, help="hf (default) or offline")
-    calibrate.add_argument("--model", default=None, help="hub id or local model directory for --embedder hf")
-    calibrate.add_argument("--sample", type=int, default=None, help="distinct images sampled (default 100)")
-    calibrate.add_argument("--seed", type=int, default=None, help="seed of the sample and of the edits (default 0)")
-    calibrate.add_argument("--target-precision", type=float, default=None, help="estimated pair precision to reach (default 0.99)")
-    calibrate.add_argument("--hash-threshold-bits", type=int, default=None, help="the pHash setting the runs use (default 10)")
-    calibrate.add_argument("--batch-size", type=int, default=None)
-    calibrate.add_argument("--precision", choices=list(PRECISIONS), default=None, help="fp32 (default) or bf16: calibrate the model id that `run --precision` uses")
+    for name in CALIBRATE_SETTINGS:
+        add_setting_argument(calibrate, name)
     calibrate.add_argument("--force", action="store_true", help="recalibrate even if this sample was calibrated with these settings")
-    calibrate.set_defaults(handler=command_calibrate)
+    calibrate.set_defaults(handler=command_calibrate, settings_fields=CALIBRATE_SETTINGS)
     similar = commands.add_parser(
         "similar",
         help="print the K images most similar to PATH, from the vector table: a `distance  path` header, then one line per image, "
@@ -591,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except SettingsError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     finally:
         gc.set_threshold(*thresholds)  # an in-process caller (tests) gets its own back

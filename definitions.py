@@ -18,6 +18,7 @@ from assets.training_manifest import training_manifest
 from assets.uniqueness_scores import score_uniqueness
 from checks import all_checks
 from core.embedders import build_embedder
+from core.settings import FIELDS as SETTINGS_FIELDS
 from core.settings import Settings, SettingsError
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
@@ -37,9 +38,9 @@ SHARDED_ASSETS = [image_embedding_shards]
 
 
 def model_id_for(settings: Settings) -> str | None:
-    """The configured model's id (no weights are loaded), or None for an invalid embedder setting."""
+    """The id of the model `settings` configure (no weights are loaded), or None when that embedder cannot be built."""
     try:
-        return build_embedder(settings.embedder, settings.model, device=settings.device, precision=settings.precision).model_id
+        return build_embedder(settings.embedder, settings.model, device=settings.device, pooling=settings.pooling, precision=settings.precision).model_id
     except ValueError:
         return None
 
@@ -78,31 +79,25 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
     return celery_executor.configured({key: url for key, url in urls.items() if url}, name="celery")
 
 
+def shared_settings(settings: Settings, resource: type[dg.ConfigurableResource]) -> dict:
+    """The settings a resource takes under the same field names (its fields defined by `setting()`)."""
+    return {name: getattr(settings, name) for name in resource.model_fields if name in SETTINGS_FIELDS}
+
+
 def resources_for(settings: Settings) -> dict:
-    """The resources of one deployment, all built from one `Settings`."""
+    """The resources of one deployment, all built from one `Settings`: the fields a resource shares
+    with `Settings` by name, plus what is derived from them."""
     return {
         # --out (exports, state and the default vector store) may lie under --images: never read as input.
-        "image_store": ImageStoreResource(image_root=settings.image_root, max_pixels=settings.max_pixels, excluded_folders=[settings.out_dir]),
+        "image_store": ImageStoreResource(**shared_settings(settings, ImageStoreResource), excluded_folders=[settings.out_dir]),
         "embedding_model": EmbeddingModelResource(
-            backend=settings.embedder, model=settings.model, device=settings.device, batch_size=settings.batch_size, precision=settings.precision,
-            runtime=settings.runtime, export_dir=settings.export_dir,
+            **shared_settings(settings, EmbeddingModelResource), backend=settings.embedder, export_dir=settings.export_dir
         ),
         "lancedb": LanceDBResource(uri=settings.vector_store_uri),
         "output_store": OutputStoreResource(out_dir=settings.out_dir, report_base_url=settings.report_base_url or ""),
-        "policy": DedupPolicyResource(
-            duplicate_threshold=settings.duplicate_threshold,
-            near_duplicate_threshold=settings.near_duplicate_threshold,
-            keep_policy=settings.keep_policy,
-            near_duplicate_action=settings.near_duplicate_action,
-            max_duplicate_fraction=settings.max_duplicate_fraction,
-            hash_threshold_bits=settings.hash_threshold_bits,
-            thresholds_file=settings.thresholds_file,
-            model_id=model_id_for(settings),
-            calibration_sample_size=settings.calibration_sample_size,
-            calibration_seed=settings.calibration_seed,
-            target_precision=settings.target_precision,
-            neighbor_search=settings.neighbor_search,
-        ),
+        # No model id here: the assets look calibrations up under the id of the vectors they read,
+        # so a launchpad change to the embedding model (pooling, precision, ...) needs nothing else.
+        "policy": DedupPolicyResource(**shared_settings(settings, DedupPolicyResource), thresholds_file=settings.thresholds_file),
         # Intermediate tables are pickled under the output folder's state, beside the vector table.
         "io_manager": dg.FilesystemIOManager(base_dir=str(Path(settings.out_dir) / "state" / "assets")),
     }

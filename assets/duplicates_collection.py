@@ -12,6 +12,7 @@ from assets.metadata import table_metadata, write_export_file
 from core.atomic_write import write_atomically
 from core.collections import duplicates_table, interchange_table
 from core.grouping import assign_groups, keep_policy_order
+from core.scoring import Thresholds
 from core.report import (
     THUMBNAIL_SIZE,
     DuplicatesReport,
@@ -59,12 +60,13 @@ def write_duplicates_report(
     output_store: OutputStoreResource,
     policy: DedupPolicyResource,
     run_id: str,
+    thresholds: Thresholds,
 ) -> DuplicatesReport:
-    """Render `groups` as `report.html` of run `run_id`'s export set."""
+    """Render `groups`, labelled with `thresholds`, as `report.html` of run `run_id`'s export set."""
     report = render_duplicates_report(
         groups,
         thumbnail,
-        policy.thresholds,
+        thresholds,
         settings={"keep policy": policy.keep_policy, "near-duplicate action": policy.near_duplicate_action},
         max_groups=REPORT_MAX_GROUPS,
         max_members=REPORT_MAX_MEMBERS,
@@ -86,13 +88,16 @@ def collect_duplicates(
     raw_images: pd.DataFrame,
     uniqueness_scores: pd.DataFrame,
     near_duplicate_pairs: pd.DataFrame,
+    image_vectors: dict,
     image_store: ImageStoreResource,
     output_store: OutputStoreResource,
     policy: DedupPolicyResource,
 ):
+    # The thresholds scoring used: those in force for the model of the vectors.
+    thresholds = policy.thresholds_in_force(image_vectors["model_id"]).thresholds
     pins = image_store.review_pins()
     keep_rank = keep_policy_order(raw_images, policy.keep_policy, pins)
-    groups = assign_groups(uniqueness_scores, near_duplicate_pairs, keep_rank, policy.thresholds, policy.near_duplicate_action, pins)
+    groups = assign_groups(uniqueness_scores, near_duplicate_pairs, keep_rank, thresholds, policy.near_duplicate_action, pins)
     interchange = interchange_table(uniqueness_scores, groups)
     duplicates = duplicates_table(interchange)
     # Into this run's export set; clean_dataset publishes it (top-level names switch together).
@@ -103,7 +108,7 @@ def collect_duplicates(
     group_count = int(interchange["group_id"].dropna().nunique())
     groups_for_review = report_groups(interchange, raw_images)
     thumbnail = cached_thumbnails(raw_images, image_store, output_store)
-    report = write_duplicates_report(groups_for_review, thumbnail, output_store, policy, context.run_id)
+    report = write_duplicates_report(groups_for_review, thumbnail, output_store, policy, context.run_id, thresholds)
     report_html = output_store.root / REPORT_FILE
     context.log.info(f"duplicates report: {report.groups_shown} of {report.groups_total} groups, {report_html}")
     if report.thumbnail_errors:

@@ -8,13 +8,14 @@ import dagster as dg
 import pandas as pd
 
 from assets.metadata import png_markdown, table_metadata, write_export_file
-from core.disposable_cache import inputs_digest, read_or_discard, result_for_inputs
+from core.disposable_cache import inputs_digest, result_for_inputs
 from core.grouping import keep_policy_order
-from core.neighbor_cache import KeyedSearch
 from core.plots import uniqueness_histogram_png
 from assets.image_embeddings import path_per_content
 from core.rotated_copies import RotatedCopySignal
-from core.scoring import LABELS, Thresholds, compute_uniqueness_scores, find_content_neighbors
+from core.scoring import LABELS, Thresholds, compute_uniqueness_scores
+from core.search.cache import SearchCache
+from core.search.contents import find_content_neighbors
 from core.ui_markdown import label_histogram_markdown, markdown_table
 from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
@@ -80,8 +81,6 @@ def score_uniqueness(
 ):
     # Pinned by the user, else calibrated for this model (embedding_thresholds), else the default.
     in_force = policy.thresholds_in_force(image_vectors["model_id"])
-    if policy.model_id is not None and policy.model_id != image_vectors["model_id"]:
-        raise ValueError(f"the policy is configured for model {policy.model_id}, but the vectors are from {image_vectors['model_id']}; build resources with resources_for(settings)")
     thresholds = in_force.thresholds
     # Files that changed after the catalog have no vector in this run; they are rejected, not scored.
     raw_images = raw_images[~raw_images["pixel_hash"].isin(image_vectors.get("changed_during_run", {}).keys())]
@@ -89,21 +88,15 @@ def score_uniqueness(
     vectors = lancedb.read_content_vectors(image_vectors["model_id"], set(raw_images["pixel_hash"]))
     # The last run's embedding search for this model's table: only new contents (and those that
     # lost a neighbour) are searched again. A cache that does not fit is ignored.
-    cache_dir = output_store.state_dir / "neighbor-searches"
-    cache_file = {signal: cache_dir / f"{lancedb.table_name(image_vectors['model_id'])}-{signal}.npz" for signal in ("embedding",)}
-    previous = {
-        signal: search for signal, path in cache_file.items() if (search := read_or_discard(path, KeyedSearch.read, context.log.warning)) is not None
-    }
+    cache_file = output_store.state_dir / "neighbor-searches" / f"{lancedb.table_name(image_vectors['model_id'])}-embedding.npz"
     neighbors = find_content_neighbors(
         vectors,
         radius=thresholds.near_duplicate_cosine_distance,
         hash_signal=policy.hash_signal(raw_images),
-        previous=previous,
+        cache=SearchCache(cache_file, context.log.warning),
         engine=policy.neighbor_search,
         rotated_copy_signal=rotated_copy_signal(raw_images, image_store) if policy.check_turned_copies else None,
     )
-    for signal, search in neighbors.searches.items():
-        search.save(cache_file[signal])
     search_modes = {
         signal: f"{u.mode}, {u.searched_rows} of {len(neighbors.pixel_hashes)} contents searched" + (f" ({u.reason})" if u.reason else "")
         for signal, u in neighbors.updates.items()

@@ -1,4 +1,4 @@
-"""The sub-quadratic pHash search (`core.hash_index.search_hash_neighbors_within`) at 10k-1M rows.
+"""The sub-quadratic pHash search (`core.search.mih.search_hash_neighbors_within`) at 10k-1M rows.
 
 Usage:
     .venv/bin/python bench/hash_index.py [--rows 10000 100000 1000000] [--radius 10] [--k 16]
@@ -111,8 +111,9 @@ def agree(got, exact, radius: float) -> dict:
 
 
 def run_one(rows: int, radius: float, k: int, exact_max_rows: int, workers: int | None, seed: int) -> dict:
-    from core.hash_index import plan_substrings, search_hash_neighbors_within
-    from core.neighbors import search_hash_neighbors
+    from core.search.exact_hamming import search_hash_neighbors
+    from core.search.mih_plan import plan_substrings
+    from core.search.signals import hash_pairs_within
 
     started = time.perf_counter()
     hashes = synthetic_hashes(rows, seed)
@@ -121,7 +122,7 @@ def run_one(rows: int, radius: float, k: int, exact_max_rows: int, workers: int 
     result["plan"] = "exact" if plan is None else " ".join(f"{s.bits}b/r{s.radius}/s{s.slots}" for s in plan)
     result["workers"] = workers if workers is not None else min(8, os.cpu_count() or 1)
     started = time.perf_counter()
-    got = search_hash_neighbors_within(hashes, k, radius, workers=workers)
+    got, _ = hash_pairs_within(hashes, k, int(radius), workers=workers)  # the engine the hash signal takes
     result["index_s"] = round(time.perf_counter() - started, 2)
     result["peak_rss_mib"] = round(peak_rss_mib(), 1)
     result["search_extra_rss_mib"] = round(result["peak_rss_mib"] - result["rss_before_search_mib"], 1)

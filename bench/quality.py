@@ -160,9 +160,11 @@ def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32,
     embed_seconds = time.perf_counter() - started
     # The turned-copy check as scoring runs it: contents just beyond the default radius are
     # tested for black corners, the turned ones matched by features against their neighbours.
-    from core.neighbors import search_neighbors
     from core.rotated_copies import RotatedCopySignal
-    from core.scoring import NEIGHBORS_PER_ROW, ContentVectors, Thresholds
+    from core.scoring import Thresholds
+    from core.search.contents import ContentVectors
+    from core.search.engines import search_neighbors
+    from core.search.signals import NEIGHBORS_PER_ROW
 
     content = ContentVectors.from_mapping(vectors)
     radius = Thresholds().near_duplicate_cosine_distance

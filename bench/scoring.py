@@ -8,7 +8,7 @@ Data: synthetic 768-d clusters (N/20 centres, members at cosine ~0.75 from each 
 exact copies (2 %, equal vectors under another pixel hash) and near duplicates (3 %, cosine ~0.99).
 
 Figures (each size runs in its own subprocess, so peak RSS is that size's own):
-  * `core.scoring.find_content_neighbors` + `compute_uniqueness_scores`: seconds and peak RSS
+  * `core.search.contents.find_content_neighbors` + `core.scoring.compute_uniqueness_scores`: seconds and peak RSS
     (resource.getrusage), and how time grows with N;
   * the search `find_content_neighbors` runs (`search_neighbors`, precision "auto": the bf16
     candidate path on CPUs with bf16 matrix units) against the float32 path, in the same process:
@@ -16,7 +16,7 @@ Figures (each size runs in its own subprocess, so peak RSS is that size's own):
     Up to `--reference-max` rows the float32 path runs on all rows; above, on 3 samples of
     chunks (~4 % of the rows), its time scaled to all rows and equality checked on those rows;
   * 1M needs an index: `bench/scoring_index.py` at each of `--index-rows` (e.g. 10000 100000
-    1000000; 0 skips it): the vectors in a LanceDB table, `core.ann.search_neighbors_ivf` (faiss
+    1000000; 0 skips it): the vectors in a LanceDB table, `core.search.ivf.search_neighbors_ivf` (faiss
     IVF-PQ + exact re-rank) streaming them, recall against exact search on `--index-queries`
     sampled rows, peak RSS, and LanceDB's own indexes with batched search up to 100k rows.
 
@@ -59,19 +59,57 @@ def synthetic_vectors(rows: int, seed: int = 0) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max: int) -> dict:
-    """Time `search_neighbors` (auto) and the float32 path in this process; check they agree.
+def float32_rows(vectors: np.ndarray, k: int, radius: float, first: int, last: int, chunk: int):
+    """The float32 search's answer for rows first..last only, in chunks of `chunk` rows: top-k in
+    those rows (others -1 / inf) and the pairs whose left row is among them."""
+    import torch
 
-    Above `reference_max` rows the float32 path runs on three samples of chunks only (start,
-    middle, end; `_search_neighbors_fp32(only=...)`, its own per-chunk code) and its time is scaled
-    by rows / sampled rows; top-k and pairs (by left row) are compared on the sampled rows.
+    from core.distances import nearest_first
+    from core.search.exact_cosine import cosine_pair_distances
+    from core.search.result import NeighborSearch
+
+    count = len(vectors)
+    k = max(0, min(k, count - 1))
+    every = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    topk_index = np.full((count, k), -1, dtype=np.int64)
+    topk_distance = np.full((count, k), np.inf, dtype=np.float32)
+    lefts, rights = [], []
+    with torch.inference_mode():
+        for start in range(first, last, chunk):
+            stop = min(start + chunk, last)
+            local = torch.arange(stop - start)
+            similarity = every[start:stop] @ every.T
+            similarity[local, local + start] = -torch.inf
+            if k:
+                values, index = torch.topk(similarity, k, dim=1, largest=True, sorted=True)
+                topk_index[start:stop], topk_distance[start:stop] = nearest_first(index.numpy(), np.clip(1.0 - values.numpy(), 0.0, 2.0))
+            row, column = torch.nonzero(similarity >= 1.0 - radius - 1e-5, as_tuple=True)
+            lefts.append(row.numpy() + start)
+            rights.append(column.numpy())
+    left, right = np.concatenate(lefts), np.concatenate(rights)
+    left, right = left[left < right], right[left < right]
+    distance = cosine_pair_distances(vectors, left, right)
+    within = distance <= radius
+    order = np.lexsort((right[within], left[within]))
+    return NeighborSearch(topk_index, topk_distance, left[within][order], right[within][order], distance[within][order])
+
+
+def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max: int) -> dict:
+    """Time the exact search the chooser takes (bf16 where it pays) and the float32 path in this
+    process; check they agree.
+
+    Above `reference_max` rows the float32 reference runs on three samples of chunks only (start,
+    middle, end; `float32_rows`, this benchmark's own code) and its time is scaled by rows /
+    sampled rows; top-k and pairs (by left row) are compared on the sampled rows.
     """
     from core.distances import cosine_distance
-    from core.neighbors import BF16_MIN_ROWS, DEFAULT_CHUNK_ROWS, MAX_BLOCK_CELLS, _search_neighbors_fp32, bf16_matmul_is_fast, search_neighbors
+    from core.search.choose import choose_engine
+    from core.search.exact_cosine import DEFAULT_CHUNK_ROWS, MAX_BLOCK_CELLS
 
     rows = len(vectors)
+    engine = choose_engine("cosine", rows, "exact").engine.build(vectors)
     started = time.perf_counter()
-    new = search_neighbors(vectors, k=k, radius=radius)
+    new = engine.search(k, radius)
     new_seconds = time.perf_counter() - started
     chunk = max(1, min(DEFAULT_CHUNK_ROWS, MAX_BLOCK_CELLS // rows))
     if rows <= reference_max or rows <= 6 * chunk:
@@ -81,7 +119,7 @@ def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max:
     fp32_seconds, sampled, topk_ties, topk_equal, pairs_equal, distance_diff = 0.0, 0, 0, True, True, 0.0
     for first, last in spans:
         started = time.perf_counter()
-        old = _search_neighbors_fp32(vectors, k, radius, DEFAULT_CHUNK_ROWS, MAX_BLOCK_CELLS, only=(first, last))
+        old = float32_rows(vectors, k, radius, first, last, chunk)
         fp32_seconds += time.perf_counter() - started
         sampled += last - first
         a, b = new.topk_index[first:last], old.topk_index[first:last]
@@ -102,7 +140,7 @@ def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max:
         )
     fp32_seconds *= rows / sampled
     return {
-        "search_path": "bf16" if rows >= BF16_MIN_ROWS and bf16_matmul_is_fast() else "fp32",
+        "search_path": engine.precision,
         "search_new_seconds": round(new_seconds, 2),
         "search_fp32_seconds": round(fp32_seconds, 2),
         "search_fp32_timed_rows": sampled,
@@ -118,7 +156,9 @@ def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max:
 def run_one(rows: int, reference_max: int) -> dict:
     import torch  # noqa: F401  (imported before the clock starts, as in a pipeline process)
 
-    from core.scoring import NEIGHBORS_PER_ROW, Thresholds, compute_uniqueness_scores, find_content_neighbors
+    from core.scoring import Thresholds, compute_uniqueness_scores
+    from core.search.contents import find_content_neighbors
+    from core.search.signals import NEIGHBORS_PER_ROW
 
     vectors = synthetic_vectors(rows)
     hashes = [f"{i:08x}" for i in range(rows)]

@@ -10,17 +10,17 @@ For each N, each step in its own subprocess (so that its peak RSS, resource.getr
   * write: synthetic 768-d clustered vectors with planted exact copies and near duplicates
     (`bench.scoring.synthetic_vectors`, generated 100k rows at a time, so that the writer stays
     small) into a LanceDB table `pixel_hash, vector` in a temporary directory;
-  * faiss: `core.ann.search_neighbors_ivf` over the table streamed in batches (read; build:
+  * faiss: `core.search.ivf.search_neighbors_ivf` over the table streamed in batches (read; build:
     k-means, each row's nearest centroids, IVF-PQ fast-scan index; search: batched all-rows
     search, exact re-rank, graph refinement, close pairs), then recall against exact search on
     `--queries` sampled rows; the exact answers come from two more chunked scans of the table
     after the search (never an N x N matrix, never a second in-memory copy);
-  * exact (N <= --exact-max-rows): `core.neighbors.search_neighbors` on the same table (the
+  * exact (N <= --exact-max-rows): `core.search.engines.search_neighbors` on the same table (the
     search the pipeline runs today), for the crossover;
   * stage: the pipeline's scoring stage as `score_uniqueness` runs it, at `--neighbor-search`
     (default auto: the index from 250k contents): `LanceDBResource.read_content_vectors` (the
     vectors streamed from the table into one matrix in hash order), synthetic pHashes with planted
-    near and rotated copies (`synthetic_phashes`), `core.scoring.find_content_neighbors` (embedding
+    near and rotated copies (`synthetic_phashes`), `core.search.contents.find_content_neighbors` (embedding
     + pHash signals) and `compute_uniqueness_scores`; seconds per part, peak RSS, and on the
     sampled rows the nearest distance against an exact fused scan (cosine and pHash bits);
   * lancedb (N <= --lancedb-max-rows): LanceDB's own IVF_PQ (and IVF_HNSW_SQ) index on the same
@@ -55,7 +55,7 @@ MODEL = "bench/synthetic-768"
 TABLE = table_name_for(MODEL)  # the table the pipeline's LanceDBResource opens for MODEL
 
 GENERATE_ROWS = 100_000  # rows generated (and written) at a time
-NEIGHBORS = 16  # core.scoring.NEIGHBORS_PER_ROW
+NEIGHBORS = 16  # core.search.signals.NEIGHBORS_PER_ROW
 RADIUS = 0.1  # the default near-duplicate radius (cosine distance, 2 x 0.05)
 HASH_BITS = 10  # the pipeline's default hash threshold
 
@@ -105,8 +105,8 @@ def sample_rows(rows: int, queries: int) -> np.ndarray:
 
 def read_rows(table, rows: np.ndarray) -> np.ndarray:
     """L2-normalised float32 vectors of the given sorted table rows, from one chunked scan."""
-    from core.ann import lancedb_batches
-    from core.neighbors import l2_normalize
+    from core.search.batches import lancedb_batches
+    from core.search.result import l2_normalize
 
     vectors = np.empty((len(rows), DIMENSIONS), np.float32)
     offset = 0
@@ -120,9 +120,9 @@ def read_rows(table, rows: np.ndarray) -> np.ndarray:
 def exact_for_sample(table, sample: np.ndarray, k: int, radius: float) -> dict:
     """Exact top-k (ties by the lower row) and all rows within `radius` for the sampled rows, from
     two chunked scans of the table (numpy float32 GEMM): O(len(sample) x batch) memory."""
-    from core.ann import lancedb_batches
     from core.distances import cosine_distance
-    from core.neighbors import l2_normalize
+    from core.search.batches import lancedb_batches
+    from core.search.result import l2_normalize
 
     queries = read_rows(table, sample)
     best = np.full((len(sample), k), -np.inf, np.float32)
@@ -137,11 +137,11 @@ def exact_for_sample(table, sample: np.ndarray, k: int, radius: float) -> dict:
         index = np.argpartition(-similarity, width - 1, axis=1)[:, :width]
         merged = np.concatenate([best, np.take_along_axis(similarity, index, 1)], 1)
         merged_index = np.concatenate([best_index, index + offset], 1)
-        # Ascending distance, ties by the lower row (as core.neighbors.search_neighbors).
+        # Ascending distance, ties by the lower row (as the exact search).
         order = np.lexsort((merged_index, -merged), axis=1)[:, :k]
         best = np.take_along_axis(merged, order, 1)
         best_index = np.take_along_axis(merged_index, order, 1)
-        row, column = np.nonzero((1.0 - similarity) <= radius)  # float32, as core.neighbors re-checks a pair
+        row, column = np.nonzero((1.0 - similarity) <= radius)  # float32, as the exact search re-checks a pair
         for q, other in zip(row.tolist(), (column + offset).tolist()):
             pairs.setdefault(q, set()).add(other)
         offset += len(batch)
@@ -184,26 +184,28 @@ def recall_figures(sample: np.ndarray, truth: dict, found_index: np.ndarray, fou
 def run_faiss(uri: str, rows: int, queries: int) -> dict:
     import lancedb
 
-    from core.ann import lancedb_batches, search_neighbors_ivf
+    from core.search.batches import lancedb_batches, read_batches
+    from core.search.ivf import IndexedSearch, search_neighbors_ivf
 
     table = lancedb.connect(uri).open_table(TABLE)
     count = table.count_rows()
     baseline = peak_rss_mib()
     started = time.perf_counter()
-    result = search_neighbors_ivf(lancedb_batches(table), k=NEIGHBORS, radius=RADIUS, rows=count)
-    seconds = time.perf_counter() - started
+    keys, vectors = read_batches(lancedb_batches(table), rows=count)
+    read = time.perf_counter()
+    result = search_neighbors_ivf(vectors, k=NEIGHBORS, radius=RADIUS)
+    del vectors
+    result = IndexedSearch(result.topk_index, result.topk_distance, result.pair_left, result.pair_right, result.pair_distance, keys)
+    finished = time.perf_counter()
     search_rss = peak_rss_mib()
-    stats = result.stats
     figures = {
         "engine": "faiss",
         "rows": count,
-        "total_seconds": round(seconds, 1),
-        "read_seconds": stats["read_seconds"],
-        # build: k-means, each row's nearest centroids, PQ training and filling the index;
-        # search: all-rows index search + exact re-rank, graph refinement, exact scan of dense rows.
-        "build_seconds": round(sum(stats.get(f"{name}_seconds", 0) for name in ("kmeans", "assign", "add")), 1),
-        "search_seconds": round(sum(value for name, value in stats.items() if name.startswith(("search_", "refine")) and name.endswith("_seconds")) + stats.get("dense_scan_seconds", 0), 1),
-        "stats": stats,
+        "total_seconds": round(finished - started, 1),
+        "read_seconds": round(read - started, 1),
+        # build + search: k-means, filling the index, all-rows search + exact re-rank, graph
+        # refinement, exact scan of dense rows (the phases are not timed apart).
+        "search_seconds": round(finished - read, 1),
         "pairs": int(len(result.pair_left)),
         "peak_rss_mib": round(search_rss),
         "import_rss_mib": round(baseline),
@@ -229,13 +231,13 @@ def run_faiss(uri: str, rows: int, queries: int) -> dict:
 
 
 def run_exact(uri: str, rows: int, queries: int) -> dict:
-    """`core.neighbors.search_neighbors` (exact, the search the pipeline runs today) on the same
+    """`core.search.engines.search_neighbors` (exact, the search the pipeline runs by default) on the same
     table, for the crossover with the index; recall of the index is measured against the same
     arithmetic in `run_faiss`."""
     import lancedb
 
-    from core.ann import lancedb_batches, read_batches
-    from core.neighbors import search_neighbors
+    from core.search.batches import lancedb_batches, read_batches
+    from core.search.engines import search_neighbors
 
     table = lancedb.connect(uri).open_table(TABLE)
     started = time.perf_counter()
@@ -270,8 +272,10 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
 
     from core.distances import cosine_distance
     from core.images import informative_phashes
-    from core.neighbors import hamming_distances_of_rows
-    from core.scoring import HashSignal, Thresholds, compute_uniqueness_scores, find_content_neighbors
+    from core.scoring import Thresholds, compute_uniqueness_scores
+    from core.search.contents import find_content_neighbors
+    from core.search.exact_hamming import hamming_distances_of_rows
+    from core.search.signals import HashSignal
     from resources.lancedb import LanceDBResource
 
     baseline = peak_rss_mib()
@@ -339,7 +343,7 @@ def run_lancedb(uri: str, rows: int, queries: int) -> dict:
     """LanceDB's own indexes with its batched (multi-vector) search, on a sample of rows."""
     import lancedb
 
-    from core.ann import IvfParameters
+    from core.search.ivf import IvfParameters
 
     table = lancedb.connect(uri).open_table(TABLE)
     count = table.count_rows()
@@ -434,8 +438,8 @@ def run_index_sizes(
             entry["faiss"] = child("faiss", uri, rows, queries)
             f = entry["faiss"]
             print(
-                f"index {rows:>9,d} rows: faiss total {f['total_seconds']} s (read {f['read_seconds']}, build {f['build_seconds']}, "
-                f"search + re-rank {f['search_seconds']}), recall@1 {f['recall_at_1']} (strict {f['recall_at_1_strict']}), "
+                f"index {rows:>9,d} rows: faiss total {f['total_seconds']} s (read {f['read_seconds']}, "
+                f"build + search + re-rank {f['search_seconds']}), recall@1 {f['recall_at_1']} (strict {f['recall_at_1_strict']}), "
                 f"recall@{NEIGHBORS} {f[f'recall_at_{NEIGHBORS}']}, close-pair recall {f.get('close_pair_recall')}, peak RSS {f['peak_rss_mib']} MiB",
                 flush=True,
             )
@@ -478,7 +482,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=1000, help="sampled rows checked against exact search")
     parser.add_argument("--lancedb-max-rows", type=int, default=100_000, help="largest N also run with LanceDB's own index")
     parser.add_argument("--lancedb-queries", type=int, default=1000)
-    parser.add_argument("--exact-max-rows", type=int, default=100_000, help="largest N also run with the exact search (core.neighbors)")
+    parser.add_argument("--exact-max-rows", type=int, default=100_000, help="largest N also run with the exact search (core.search.exact_cosine)")
     parser.add_argument("--workdir", type=Path, help="where the temporary LanceDB tables go (default: the system temp dir)")
     parser.add_argument("--stage-engine", default="auto", choices=["auto", "exact", "index"], help="--neighbor-search of the stage step")
     parser.add_argument("--skip", nargs="*", default=[], choices=["faiss", "exact", "lancedb", "stage"], help="steps not to run")

@@ -34,7 +34,7 @@ NEAR_DUPLICATE = 0.05
 
 def turned_distances(data: Path, embedder) -> dict:
     from core.images import DIHEDRAL_TRANSPOSES, ImageRejected, dihedral_phashes, discover_image_files, informative_phashes, load_rgb, trim_uniform_borders
-    from core.neighbors import l2_normalize
+    from core.search.result import l2_normalize
 
     groups = json.loads((data / "groups.json").read_text())
     truth = {path: group for group, members in groups.items() for path in members}

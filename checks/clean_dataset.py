@@ -15,7 +15,9 @@ from checks.gx import gx_expectations, run_expectations
 from checks.invariants import accounting_counts, collection_placements, nearest_kept_contents, removal_flags
 from core.collections import withdraw_changed_contents
 from core.disposable_cache import inputs_digest, result_for_inputs
-from core.scoring import ContentVectors, HashSignal, choose_search_engine
+from core.search.choose import choose_engine
+from core.search.contents import ContentVectors
+from core.search.signals import HashSignal
 from resources.lancedb import LanceDBResource
 from resources.output_store import OutputStoreResource
 from resources.policy import DedupPolicyResource
@@ -80,7 +82,7 @@ def nearest_kept_contents_digest(
         vectors.matrix,
         informative_hashes,
         float(near_duplicate_cosine_distance),
-        choose_search_engine(engine, len(hashes))[0],
+        choose_engine("cosine", len(hashes), engine).mode,
     )
 
 
@@ -92,7 +94,7 @@ def clean_dataset_no_duplicate_pairs(
     this run, pHashes, paths, thresholds, engine) is unchanged; the expectations always run."""
     vectors = lancedb.read_content_vectors(image_vectors["model_id"], set(clean_dataset["pixel_hash"]))
     hash_signal = policy.hash_signal(clean_dataset)
-    cosine_radius = policy.thresholds.near_duplicate_cosine_distance
+    cosine_radius = policy.thresholds_in_force(image_vectors["model_id"]).thresholds.near_duplicate_cosine_distance
 
     def search() -> pd.DataFrame:
         return nearest_kept_contents(clean_dataset, vectors, hash_signal, cosine_radius, engine=policy.neighbor_search)

@@ -11,16 +11,15 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from core.settings import cli_flag, env_var
+
 # Held back by a failed check on each asset (SPEC.md, "Checks that gate training").
 HELD_BACK = {
     "uniqueness_scores": "everything downstream of the scores (duplicate_groups, duplicates_collection, clean_dataset, training_manifest) and their exports",
     "clean_dataset": "training_manifest (training); the dedup results and exports are written",
 }
-# Check name -> the policy field whose value is the check's limit, and its command-line flag.
-LIMIT_SETTINGS = {
-    "clean_dataset_duplicate_fraction": ("max_duplicate_fraction", "--max-duplicate-fraction"),
-    "clean_dataset_no_duplicate_pairs": ("duplicate_threshold", "--duplicate-threshold"),
-}
+# Check name -> the policy field (a `Settings` field) whose value is the check's limit.
+LIMIT_SETTINGS = {"clean_dataset_duplicate_fraction": "max_duplicate_fraction", "clean_dataset_no_duplicate_pairs": "duplicate_threshold"}
 
 
 def limit_setting_text(check_name: str) -> str | None:
@@ -28,8 +27,8 @@ def limit_setting_text(check_name: str) -> str | None:
     config key of the UI's launchpad; None for checks without a configurable limit."""
     if check_name not in LIMIT_SETTINGS:
         return None
-    field, flag = LIMIT_SETTINGS[check_name]
-    return f"{flag} (environment IMGDEDUP_{field.upper()}; UI launchpad: resources.policy.config.{field})"
+    field = LIMIT_SETTINGS[check_name]
+    return f"{cli_flag(field)} (environment {env_var(field)}; UI launchpad: resources.policy.config.{field})"
 
 
 def with_gate_metadata(result: dg.AssetCheckResult, check_name: str, asset: str) -> dg.AssetCheckResult:

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from core.distances import to_uniqueness
-from core.neighbors import merge_searches, search_neighbors
-from core.scoring import NEIGHBORS_PER_ROW, ContentVectors, HashSignal, choose_search_engine
+from core.search.contents import ContentVectors, find_content_neighbors
+from core.search.signals import HashSignal
 
 
 def identical_group_zero_counts(scores: pd.DataFrame) -> pd.DataFrame:
@@ -61,9 +61,9 @@ def nearest_kept_contents(
 ) -> pd.DataFrame:
     """For each distinct content in the clean set, its nearest other kept content.
 
-    With a hash signal the distance is the pipeline's fused one (min of cosine and the mapped
-    pHash distance where the hash vouches for the pair: within its cutoff, both hashes
-    informative), so a pair that is a duplicate by either signal is found.
+    With a hash signal the distance is the pipeline's fused one (`find_content_neighbors`: min of
+    cosine and the mapped pHash distance where the hash vouches for the pair: within its cutoff,
+    both hashes informative), so a pair that is a duplicate by either signal is found.
 
     Identical copies share one vector (one per pixel hash), so this looks at pairs of *different*
     contents; copies with equal pixel hashes are a separate property.
@@ -74,7 +74,7 @@ def nearest_kept_contents(
             used in place, or a mapping pixel hash -> embedding).
         hash_signal: the pHash signal fused into the distance, or None for embeddings only.
         near_duplicate_cosine_distance: where `hash_signal.threshold_bits` maps to.
-        engine: `exact` (default), `index` or `auto`, as `core.scoring.find_content_neighbors`.
+        engine: `exact` (default), `index` or `auto`, as `core.search.contents.find_content_neighbors`.
             With the index the check is no longer exhaustive for embeddings: the embedding index
             finds nearly every pair (recall@1 0.996 at 1M; copies within the duplicate threshold
             share their list and codes), and a nearest distance may be overstated. The hash
@@ -107,19 +107,10 @@ def nearest_kept_contents(
         contents = contents.reset_index(drop=True)
     if contents.empty:
         return contents.assign(nearest_path=pd.Series(dtype=object), nearest_cosine_distance=pd.Series(dtype="float64"), nearest_uniqueness_distance=pd.Series(dtype="float64"))
-    if choose_search_engine(engine, len(contents))[0] == "index":
-        from core.ann import search_neighbors_ivf
-
-        # k = 1 would starve the index's neighbour-graph refinement; the nearest is the first of 16.
-        search = search_neighbors_ivf(vectors.matrix, k=NEIGHBORS_PER_ROW, radius=0.0)
-    else:
-        search = search_neighbors(vectors.matrix, k=1, radius=0.0)
-    if hash_signal is not None and hash_signal.threshold_bits > 0:
-        hash_matches, _ = hash_signal.vouched_matches(hash_signal.matrix(contents["pixel_hash"]), near_duplicate_cosine_distance, k=1)
-        search = merge_searches([search, hash_matches], k=1)
-    has_other = search.topk_index.shape[1] >= 1
-    nearest = search.topk_index[:, 0] if has_other else np.full(len(contents), -1)
-    distance = search.topk_distance[:, 0].astype(np.float64) if has_other else np.full(len(contents), np.nan)
+    # Every content its own group: a different content at any distance, even 0, is its nearest.
+    found = find_content_neighbors(vectors, near_duplicate_cosine_distance, hash_signal, engine=engine, group_identical=False)
+    nearest = found.nearest_row
+    distance = found.nearest_distance.astype(np.float64)
     paths = contents["path"].to_numpy(dtype=object)
     return contents.assign(
         nearest_path=[paths[i] if i >= 0 else None for i in nearest],

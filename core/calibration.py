@@ -37,7 +37,7 @@ from core.images import (
     trim_uniform_borders,
 )
 from core.distances import cosine_distance, invariant_hamming, to_uniqueness
-from core.neighbors import l2_normalize
+from core.search.result import l2_normalize
 
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.05  # SPEC.md's default (cosine similarity 0.9), used until calibrated
 DEFAULT_TARGET_PRECISION = 0.99

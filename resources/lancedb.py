@@ -7,10 +7,10 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from core.ann import lancedb_batches, release_free_heap
+from core.search.batches import lancedb_batches, release_free_heap
 from core.distances import to_uniqueness
-from core.neighbors import l2_normalize
-from core.scoring import ContentVectors
+from core.search.result import l2_normalize
+from core.search.contents import ContentVectors
 
 
 # The Dagster concurrency pool of every step that writes a vector table (limit 1 in dagster.yaml):

@@ -7,18 +7,21 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from core.settings import setting
+
 
 class OutputStoreResource(dg.ConfigurableResource):
     """Where exports are written (`out_dir`) and where run state lives (`out_dir/state`).
 
     Attributes:
-        out_dir: folder for uniqueness.csv, duplicates.csv, clean.csv/.parquet, rejected.csv.
-        report_base_url: where `imgdedup serve-reports` listens (scripts/ui.sh starts it), so
-            that report links in the UI open; empty = no link (browsers refuse `file://` links).
+        out_dir: see `core.settings.Settings`: uniqueness.csv, duplicates.csv, clean.csv/.parquet,
+            rejected.csv and the state folder.
+        report_base_url: see `Settings` (scripts/ui.sh starts the server); empty = no link
+            (browsers refuse `file://` links).
     """
 
-    out_dir: str
-    report_base_url: str = ""
+    out_dir: str = setting("out_dir", default=...)
+    report_base_url: str = setting("report_base_url", default="")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Before a run writes anything: the folder must be new, empty or imgdedup's own (marked),

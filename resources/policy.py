@@ -6,14 +6,10 @@ from dataclasses import dataclass
 import dagster as dg
 import pandas as pd
 
-from core.calibration import (
-    DEFAULT_NEAR_DUPLICATE_THRESHOLD,
-    DEFAULT_SAMPLE_SIZE,
-    DEFAULT_SEED,
-    DEFAULT_TARGET_PRECISION,
-    calibrated_threshold,
-)
-from core.scoring import HashSignal, Thresholds
+from core.calibration import DEFAULT_NEAR_DUPLICATE_THRESHOLD, calibrated_threshold
+from core.scoring import Thresholds
+from core.search.signals import HashSignal
+from core.settings import KeepPolicy, NearDuplicateAction, NeighborSearch, setting
 
 SOURCE_PINNED = "pinned"
 SOURCE_CALIBRATED = "calibrated"
@@ -51,43 +47,34 @@ class ThresholdsInForce:
 
 
 class DedupPolicyResource(dg.ConfigurableResource):
-    """Settings shared by scoring, grouping and the checks (SPEC.md defaults).
+    """Settings shared by scoring, grouping and the checks (SPEC.md defaults). The fields named as
+    in `core.settings.Settings` take their type, default, bounds and description from it.
 
     Attributes:
-        duplicate_threshold: uniqueness <= this is `duplicate`.
-        near_duplicate_threshold: uniqueness <= this is `near_duplicate`. None (default) = not
-            pinned: the value calibrated for the model (`thresholds_file`), else 0.05 (cosine 0.9).
-        keep_policy: `resolution`, `first_seen` or `path`.
-        near_duplicate_action: `remove` (default) or `review` (kept in the clean set, listed).
-        max_duplicate_fraction: the raw-data gate: more duplicates than this blocks training.
-        hash_threshold_bits: rotation/flip-invariant pHash distance (bits) that counts as exactly
-            at the near-duplicate threshold when fused with the embedding distance; 0 turns the
-            hash signal off.
+        duplicate_threshold, near_duplicate_threshold, keep_policy, near_duplicate_action,
+            max_duplicate_fraction, hash_threshold_bits, calibration_sample_size,
+            calibration_seed, target_precision, neighbor_search: see `Settings`.
         thresholds_file: JSON of calibrated thresholds per model id (written by the
             `embedding_thresholds` asset and `imgdedup calibrate`); None = never use calibration.
-        model_id: the configured embedding model's id, whose calibration applies.
-        calibration_sample_size, calibration_seed, target_precision: how `embedding_thresholds`
-            calibrates (distinct images sampled, seed of the sample and the edits, estimated pair
-            precision to reach).
-        neighbor_search: the embedding search: `auto` (default: an index from 250k contents when
-            faiss-cpu is installed), `exact` or `index` (`core.scoring.find_content_neighbors`);
-            pHash matches are always found exactly.
+        model_id: the model whose calibration `thresholds_in_force()` looks up when it is not told
+            one; None (default): the assets pass the model id of the vectors they read, so the
+            embedding model's config alone decides it.
         check_turned_copies: prove copies turned by an arbitrary angle with black corners by
             local features (`core.rotated_copies`); False leaves them to the embedding and pHash.
     """
 
-    duplicate_threshold: float = 1e-4
-    near_duplicate_threshold: float | None = None
-    keep_policy: str = "resolution"
-    near_duplicate_action: str = "remove"
-    max_duplicate_fraction: float = 0.5
-    hash_threshold_bits: int = 10
+    duplicate_threshold: float = setting("duplicate_threshold")
+    near_duplicate_threshold: float | None = setting("near_duplicate_threshold")
+    keep_policy: KeepPolicy = setting("keep_policy")
+    near_duplicate_action: NearDuplicateAction = setting("near_duplicate_action")
+    max_duplicate_fraction: float = setting("max_duplicate_fraction")
+    hash_threshold_bits: int = setting("hash_threshold_bits")
     thresholds_file: str | None = None
     model_id: str | None = None
-    calibration_sample_size: int = DEFAULT_SAMPLE_SIZE
-    calibration_seed: int = DEFAULT_SEED
-    target_precision: float = DEFAULT_TARGET_PRECISION
-    neighbor_search: str = "auto"
+    calibration_sample_size: int = setting("calibration_sample_size")
+    calibration_seed: int = setting("calibration_seed")
+    target_precision: float = setting("target_precision")
+    neighbor_search: NeighborSearch = setting("neighbor_search")
     check_turned_copies: bool = True
 
     def hash_signal(self, raw_images: pd.DataFrame) -> HashSignal | None:

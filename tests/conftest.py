@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to the public benchmark data, a tiny saved ViT, synthetic images."""
+"""Shared fixtures: the public benchmark data, a tiny saved ViT, a folder of distinct photo tiles
+(image helpers for tests: synthetic_images.py)."""
 import os
 from pathlib import Path
 
@@ -48,3 +49,13 @@ def tiny_vit_dir(tmp_path_factory) -> Path:
     ViTModel(config).save_pretrained(directory)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def photo_tiles(tmp_path_factory) -> Path:
+    """A folder of 40 distinct photo tiles (read-only for the tests: each run writes elsewhere)."""
+    from synthetic_images import write_photo_tiles
+
+    folder = tmp_path_factory.mktemp("photos") / "images"
+    write_photo_tiles(folder, 40)
+    return folder

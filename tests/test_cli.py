@@ -109,7 +109,7 @@ def test_precision_flag_is_parsed_into_the_settings(tmp_path):
 
 def test_neighbor_search_flag_and_environment_reach_the_policy(tmp_path, monkeypatch):
     from cli import build_parser, settings_from_args
-    from core.settings import Settings
+    from core.settings import Settings, SettingsError
     from definitions import resources_for
 
     parser = build_parser()
@@ -117,8 +117,8 @@ def test_neighbor_search_flag_and_environment_reach_the_policy(tmp_path, monkeyp
     assert resources_for(settings_from_args(run))["policy"].neighbor_search == "index"
     assert settings_from_args(parser.parse_args(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out")])).neighbor_search == "auto"
     assert Settings.from_env({"IMGDEDUP_NEIGHBOR_SEARCH": "exact"}).neighbor_search == "exact"
-    problems = Settings(image_root=str(tmp_path), neighbor_search="nearest").problems(check_paths=False)
-    assert any("IMGDEDUP_NEIGHBOR_SEARCH" in problem for problem in problems)
+    with pytest.raises(SettingsError, match="unknown neighbor search 'nearest': use one of auto, exact, index .*IMGDEDUP_NEIGHBOR_SEARCH"):
+        Settings(image_root=str(tmp_path), neighbor_search="nearest")
 
 
 def test_unknown_precision_fails_fast_with_exit_2(cli_run, tmp_path):

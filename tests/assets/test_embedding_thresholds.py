@@ -17,6 +17,7 @@ from core.calibration import write_calibration
 from core.settings import Settings
 from definitions import ALL_ASSETS, CALIBRATION_JOB, DEDUP_JOB, build_definitions, model_id_for, resources_for
 from resources.policy import SOURCE_CALIBRATED, SOURCE_DEFAULT, SOURCE_PINNED, DedupPolicyResource
+from synthetic_images import sample_photo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins")
@@ -64,21 +65,20 @@ def test_settings_leave_the_threshold_unpinned_unless_set():
     assert Settings.from_env({"IMGDEDUP_NEAR_DUPLICATE_THRESHOLD": "0.07"}).near_duplicate_threshold == 0.07
     policy = resources_for(Settings(out_dir="/tmp/x", embedder="offline"))["policy"]
     assert policy.near_duplicate_threshold is None and policy.thresholds_file == "/tmp/x/state/thresholds.json"
-    assert policy.model_id == model_id_for(Settings(embedder="offline"))
+    # No model id fixed at load: the assets pass the id of the vectors they read.
+    assert policy.model_id is None
 
 
 # --- real runs ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory) -> Path:
-    from skimage import data
-
     folder = tmp_path_factory.mktemp("calibration-images")
     for name in PHOTOS:
-        Image.fromarray(getattr(data, name)()).convert("RGB").save(folder / f"{name}.png")
+        sample_photo(name).save(folder / f"{name}.png")
     # The user's own duplicates: a re-compressed, resized chelsea and an exact copy of coffee.
-    Image.fromarray(data.chelsea()).resize((300, 200)).save(folder / "chelsea-small.jpg", quality=70)
-    Image.fromarray(data.coffee()).save(folder / "coffee-copy.png")
+    sample_photo("chelsea").resize((300, 200)).save(folder / "chelsea-small.jpg", quality=70)
+    sample_photo("coffee").save(folder / "coffee-copy.png")
     return folder
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from core.settings import Settings
-from definitions import ALL_ASSETS, DEDUP_JOB, build_definitions, resources_for
+from definitions import ALL_ASSETS, DEDUP_JOB, build_definitions, model_id_for, resources_for
 from resources.lancedb import LanceDBResource
 
 IDEALO = "idealo-imagededup"
@@ -194,3 +194,18 @@ def test_the_runtime_that_embedded_is_in_the_run_metadata(idealo_run):
     assert (Path(settings.out_dir) / "state" / "exported-models" / runtime.split()[0]).is_dir()
     # The rerun embeds nothing, so it loads no model at all.
     assert "not loaded" in materialization_metadata(second, "image_embeddings")["runtime"]
+
+
+def test_the_embedding_model_config_alone_decides_the_model_id(tmp_path, tiny_vit_dir):
+    """A launchpad change of `embedding_model` (here its pooling) runs as is: the policy holds no
+    model id of its own to contradict it, and the run's vectors carry the new id."""
+    images = tmp_path / "images"
+    _write_images(images)
+    settings = Settings(image_root=str(images), out_dir=str(tmp_path / "out"), embedder="hf", model=str(tiny_vit_dir), max_duplicate_fraction=1.0)
+    job = build_definitions(settings).resolve_job_def(DEDUP_JOB)
+    launchpad = {"resources": {"embedding_model": {"config": {"backend": "hf", "model": str(tiny_vit_dir), "pooling": "mean"}}}}
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=launchpad)
+    assert result.success, [event.step_failure_data.error.message for event in result.get_step_failure_events()]
+    manifest = json.loads((tmp_path / "out" / "state" / "vectors.json").read_text())
+    assert manifest["model_id"].endswith("#mean") and manifest["model_id"] != model_id_for(settings)

@@ -66,7 +66,7 @@ def _comparable(out_dir):
 def test_incremental_runs_equal_a_full_run(tmp_path, seed, monkeypatch):
     # Batches here are a third of a small set: let the neighbour search update incrementally
     # however many rows changed, so that path is the one compared with the full run.
-    monkeypatch.setattr("core.neighbor_cache.MAX_CHANGED_FRACTION", 1.0)
+    monkeypatch.setattr("core.search.cache.MAX_CHANGED_FRACTION", 1.0)
     SEARCH_MODES.clear()
     pool = build_sample_set(tmp_path / "pool")
     files = sorted(p for p in pool["files"] if p not in pool["corrupt"])

@@ -24,6 +24,7 @@ from core.embedders import OFFLINE_MODEL_ID
 from core.settings import Settings
 from definitions import ALL_ASSETS, DEDUP_JOB, build_definitions, resources_for
 from resources.lancedb import LanceDBResource
+from synthetic_images import sample_photo
 
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "camera", "coins")
 ALL_CHECK_NAMES = {
@@ -48,12 +49,10 @@ DECODABLE, DISCOVERED, REMOVED = 8, 9, 2
 
 @pytest.fixture(scope="module")
 def planted_images(tmp_path_factory) -> Path:
-    from skimage import data
-
     root = tmp_path_factory.mktemp("planted")
     (root / "photos").mkdir()
     for name in PHOTOS:
-        Image.fromarray(getattr(data, name)()).convert("RGB").resize((96, 64)).save(root / "photos" / f"{name}.png")
+        sample_photo(name).resize((96, 64)).save(root / "photos" / f"{name}.png")
     (root / "copies").mkdir()
     shutil.copy(root / ORIGINAL, root / COPY)
     (root / "edits").mkdir()

@@ -1,4 +1,4 @@
-"""Tests for core.ann.search_neighbors_ivf: the indexed search against the exact one.
+"""Tests for core.search.ivf.search_neighbors_ivf: the indexed search against the exact one.
 
 Synthetic unit vectors in tight clusters (as bench/scoring.py makes them, at a test's size), with
 planted exact copies and near duplicates whose rows are known, so that every planted pair must be
@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.ann import IndexedSearch, IvfParameters, faiss_module, lancedb_batches, read_batches, search_neighbors_ivf
-from core.neighbors import search_neighbors
+from core.search.batches import lancedb_batches, read_batches
+from core.search.choose import MIN_INDEX_ROWS, choose_engine
+from core.search.engines import ExactCosine, search_neighbors
+from core.search.ivf import IndexedSearch, IvfParameters, faiss_module, search_neighbors_ivf
 
 ROWS = 8_000
 DIM = 128
@@ -45,7 +47,6 @@ def data():
 def test_result_has_the_exact_search_shape(data):
     vectors, _, _, exact, found = data
     assert isinstance(found, IndexedSearch)
-    assert found.stats["engine"].startswith("faiss")
     assert found.topk_index.shape == exact.topk_index.shape == (ROWS, K)
     assert found.topk_index.dtype == np.int64 and found.topk_distance.dtype == np.float32
     assert found.pair_left.dtype == found.pair_right.dtype == np.int64 and found.pair_distance.dtype == np.float32
@@ -125,17 +126,19 @@ def test_dense_rows_get_every_close_pair():
     vectors[:60] /= np.linalg.norm(vectors[:60], axis=1, keepdims=True)
     exact = search_neighbors(vectors, k=4, radius=RADIUS)
     found = search_neighbors_ivf(vectors, k=4, radius=RADIUS, parameters=IvfParameters(rerank=16))
-    assert found.stats["dense_rows"] >= 60
     assert set(zip(found.pair_left.tolist(), found.pair_right.tolist())) == set(zip(exact.pair_left.tolist(), exact.pair_right.tolist()))
     np.testing.assert_allclose(found.pair_distance, exact.pair_distance, atol=FLOAT32_TOLERANCE, rtol=0)
 
 
 def test_small_inputs_use_the_exact_search():
     vectors, _, _ = clustered(500, 16)
-    found = search_neighbors_ivf(vectors, k=3, radius=RADIUS)
+    choice = choose_engine("cosine", len(vectors), "index", index_available=True)
+    assert 500 < MIN_INDEX_ROWS and isinstance(choice.engine, ExactCosine)
+    found = choice.engine.build(vectors).search(3, RADIUS)
     exact = search_neighbors(vectors, k=3, radius=RADIUS)
-    assert found.stats["engine"] == "exact"
     np.testing.assert_array_equal(found.topk_index, exact.topk_index)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        search_neighbors_ivf(vectors[:1], k=3, radius=RADIUS)
 
 
 def test_lancedb_batches_stream_a_table(tmp_path):

@@ -14,21 +14,15 @@ import core.catalog
 from core.catalog import IMAGE_COLUMNS, REJECTED_COLUMNS, build_catalog
 from core.checkpoints import EmbeddingCheckpoint
 from core.images import describe_image, discover_image_files, image_id_for
-
-
-def write_png(path: Path, seed: int, size: tuple[int, int] = (6, 4)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path)
-    return path
+from synthetic_images import write_noise_png
 
 
 @pytest.fixture
 def image_root(tmp_path) -> Path:
     """A small root with good images, an exact copy, and one of each kind of rejection."""
     root = tmp_path / "root"
-    write_png(root / "a.png", 1)
-    write_png(root / "nested/b.png", 2, size=(9, 3))
+    write_noise_png(root / "a.png", 1)
+    write_noise_png(root / "nested/b.png", 2, size=(9, 3))
     (root / "nested" / "copy_of_a.png").write_bytes((root / "a.png").read_bytes())
     Image.new("RGB", (4, 4), (10, 20, 30)).save(root / "c.jpg", quality=90)
     (root / "empty.png").write_bytes(b"")
@@ -38,7 +32,7 @@ def image_root(tmp_path) -> Path:
     data = (tmp_path / "noisy.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(data[: len(data) // 2])  # cut in the scan data
     (root / "header_cut.jpg").write_bytes(data[:200])  # cut inside the header segments
-    outside = write_png(tmp_path / "outside.png", 3)
+    outside = write_noise_png(tmp_path / "outside.png", 3)
     (root / "escape.png").symlink_to(outside)
     (root / "notes.txt").write_text("ignored: not an image extension")
     return root
@@ -112,7 +106,7 @@ def counted_describe(monkeypatch):
 def _good_root(tmp_path) -> Path:
     root = tmp_path / "root"
     for i, name in enumerate(["a.png", "b.png", "sub/c.png"]):
-        write_png(root / name, i)
+        write_noise_png(root / name, i)
     return root
 
 
@@ -153,10 +147,10 @@ def test_only_changed_files_are_decoded_again(tmp_path, counted_describe, change
         os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
     elif change == "rewrite_content":
         stat = target.stat()
-        write_png(target, 99, size=(7, 7))
+        write_noise_png(target, 99, size=(7, 7))
         os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime: size still differs
     elif change == "add_file":
-        write_png(root / "new.png", 42)
+        write_noise_png(root / "new.png", 42)
     else:
         target.unlink()
 
@@ -172,7 +166,7 @@ def test_only_changed_files_are_decoded_again(tmp_path, counted_describe, change
 def test_previous_row_is_not_reused_for_a_file_that_became_a_bad_symlink(tmp_path, counted_describe):
     root = _good_root(tmp_path)
     first, _ = build_catalog(root, discover_image_files(root))
-    outside = write_png(tmp_path / "outside.png", 5)
+    outside = write_noise_png(tmp_path / "outside.png", 5)
     (root / "b.png").unlink()
     (root / "b.png").symlink_to(outside)
     images, rejected = build_catalog(root, discover_image_files(root), previous=first)

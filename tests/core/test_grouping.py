@@ -15,7 +15,8 @@ from core.collections import INTERCHANGE_COLUMNS, accounting, clean_table, dupli
 from core.grouping import assign_groups, keep_policy_order
 from core.images import image_id_for
 from core.overrides import find_review_file, read_review_file
-from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, Thresholds, compute_uniqueness_scores, find_content_neighbors
+from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, Thresholds, compute_uniqueness_scores
+from core.search.contents import find_content_neighbors
 
 
 def angle_for_distance(distance: float) -> float:

@@ -1,11 +1,23 @@
-"""core.hash_index: the multi-index search returns exactly the exact search's pairs, and each row's
+"""core.search.mih: the multi-index search returns exactly the exact search's pairs, and each row's
 nearest rows within the radius (ties by index), on data built to hit every way a pair can match."""
 import numpy as np
 import pytest
 
-import core.hash_index as hash_index
-from core.hash_index import Substring, plan_substrings, search_hash_neighbors_within
-from core.neighbors import hamming_distances_of_rows, search_hash_neighbors
+import core.search.mih as hash_index
+from core.search.engines import IndexedHamming
+from core.search.exact_hamming import hamming_distances_of_rows, search_hash_neighbors, search_hash_pairs
+from core.search.mih_plan import Substring, plan_substrings
+from core.search.signals import hash_pairs_within
+
+
+def search_within(hashes: np.ndarray, k: int, radius: float, method: str = "auto", **options):
+    """The pairs within `radius` and top-k among them: `index` (multi-index hashing, `options` =
+    plan / workers), `exact`, or `auto` (the engine the chooser takes, as the hash signal does)."""
+    if method == "auto":
+        return hash_pairs_within(hashes, k, int(radius))[0]
+    if method == "exact":
+        return search_hash_pairs(hashes, k, radius)
+    return IndexedHamming(**options).build(hashes).search(k, radius)
 
 
 def flip(value: np.uint64, rng, bits: int, within: range = range(64)) -> np.uint64:
@@ -65,7 +77,7 @@ def reference_topk(hashes: np.ndarray, k: int, radius: float):
 def assert_exact(hashes: np.ndarray, k: int, radius: float, **options):
     """The index search agrees with search_hash_neighbors on pairs, top-k distances within the
     radius, and with the definition (ties by index) on top-k rows. Returns the search."""
-    got = search_hash_neighbors_within(hashes, k, radius, **options)
+    got = search_within(hashes, k, radius, **options)
     exact = search_hash_neighbors(hashes, k, radius)
     np.testing.assert_array_equal(got.pair_left, exact.pair_left)
     np.testing.assert_array_equal(got.pair_right, exact.pair_right)
@@ -126,10 +138,10 @@ def test_every_substring_boundary_is_found_and_a_radius_too_small_misses_it(monk
     for t in range(len(plan)):
         short = tuple(Substring(s.shift, s.bits, s.radius - (i == t), s.slots) for i, s in enumerate(plan))
         with pytest.raises(ValueError):
-            search_hash_neighbors_within(hashes, 4, 10, method="index", plan=short)
+            search_within(hashes, 4, 10, method="index", plan=short)
         # ... and without the check, such a plan loses exactly the pairs only t could find.
-        monkeypatch.setattr(hash_index, "_check_plan", lambda plan, radius: None)
-        missed = search_hash_neighbors_within(hashes, 4, 10, method="index", plan=short)
+        monkeypatch.setattr(hash_index, "check_plan", lambda plan, radius: None)
+        missed = search_within(hashes, 4, 10, method="index", plan=short)
         monkeypatch.undo()
         lost = found - set(zip(missed.pair_left.tolist(), missed.pair_right.tolist()))
         assert {(4 * t, 4 * t + 1), (4 * t + 2, 4 * t + 3)} <= lost
@@ -170,7 +182,7 @@ def test_crowded_buckets_and_pieces(monkeypatch):
     monkeypatch.setattr(hash_index, "OVERFLOW_BLOCK", 32)
     monkeypatch.setattr(hash_index, "CHUNK_PROBES", 256)
     monkeypatch.setattr(hash_index, "CHUNK_CELLS", 256)
-    got = search_hash_neighbors_within(hashes, 16, 10, method="index", plan=plan, workers=2)
+    got = search_within(hashes, 16, 10, method="index", plan=plan, workers=2)
     for field in ("topk_index", "topk_distance", "pair_left", "pair_right", "pair_distance"):
         np.testing.assert_array_equal(getattr(got, field), getattr(expected, field))
 
@@ -199,17 +211,17 @@ def test_tiny_inputs_and_k_beyond_the_rows(rows):
         assert got.topk_index.shape == (rows, max(0, min(5, rows - 1)))
     if rows >= 2:
         assert got.pair_left.tolist()[:1] == [0] and got.pair_right.tolist()[:1] == [1]
-    assert search_hash_neighbors_within(hashes, 0, 10).topk_index.shape == (rows, 0)
+    assert search_within(hashes, 0, 10).topk_index.shape == (rows, 0)
 
 
 def test_threads_auto_and_int64_input_agree():
     hashes = planted(3000, 8, 10, seed=7)
-    one = search_hash_neighbors_within(hashes, 16, 10, method="index", workers=1)
+    one = search_within(hashes, 16, 10, method="index", workers=1)
     for got in (
-        search_hash_neighbors_within(hashes, 16, 10, method="index", workers=3),
-        search_hash_neighbors_within(hashes.view(np.int64), 16, 10, method="index", workers=2),
-        search_hash_neighbors_within(hashes, 16, 10, method="exact"),
-        search_hash_neighbors_within(hashes, 16, 10),
+        search_within(hashes, 16, 10, method="index", workers=3),
+        search_within(hashes.view(np.int64), 16, 10, method="index", workers=2),
+        search_within(hashes, 16, 10, method="exact"),
+        search_within(hashes, 16, 10),
     ):
         for field in ("topk_index", "topk_distance", "pair_left", "pair_right", "pair_distance"):
             np.testing.assert_array_equal(getattr(got, field), getattr(one, field))

@@ -1,7 +1,7 @@
-"""core.neighbors' rotation/flip-invariant Hamming search against its definition, bit by bit."""
+"""core.search.exact_hamming's rotation/flip-invariant Hamming search against its definition, bit by bit."""
 import numpy as np
 
-from core.neighbors import hamming_distances_from, search_hash_neighbors
+from core.search.exact_hamming import hamming_distances_from, search_hash_neighbors
 
 
 def definition(hashes: np.ndarray, i: int, j: int) -> int:

@@ -1,10 +1,13 @@
-"""core.neighbor_cache: a search brought up to date incrementally equals a full search."""
+"""core.search.cache: a search brought up to date incrementally equals a full search."""
 import numpy as np
 import pytest
 
-from core.neighbor_cache import KeyedSearch, update_search
-from core.neighbors import hamming_distances_of_rows, l2_normalize, search_hash_neighbors, search_neighbors
-from core.scoring import HashSignal, find_content_neighbors
+from core.search.cache import KeyedSearch, SearchCache, update_search
+from core.search.contents import find_content_neighbors
+from core.search.engines import ExactCosine, ExactHamming, search_neighbors
+from core.search.exact_hamming import search_hash_neighbors
+from core.search.result import l2_normalize
+from core.search.signals import HashSignal
 
 K = 4
 RADIUS = 0.1
@@ -21,17 +24,11 @@ def content_pool(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return hashes, l2_normalize(vectors)
 
 
+FINGERPRINT = f"cosine k={K} radius={RADIUS!r}"
+
+
 def cosine_update(previous, hashes, vectors):
-    return update_search(
-        previous,
-        hashes,
-        "cosine test",
-        K,
-        RADIUS,
-        full_search=lambda: search_neighbors(vectors, k=K, radius=RADIUS),
-        row_distances=lambda rows: np.clip(1.0 - vectors[rows] @ vectors.T, 0.0, 2.0),
-        pair_distances=lambda left, right: np.clip(1.0 - np.einsum("ij,ij->i", vectors[left], vectors[right]), 0.0, 2.0),
-    )
+    return update_search(previous, hashes, ExactCosine().build(vectors), K, RADIUS)
 
 
 def assert_same_search(incremental, full):
@@ -70,15 +67,7 @@ def test_hash_search_updated_equals_full_search():
     for step in range(4):
         rows = np.array(sorted(present))
         phashes = pool[rows]
-        previous, update = update_search(
-            previous,
-            pool_hashes[rows],
-            "hamming test",
-            K,
-            5,
-            full_search=lambda: search_hash_neighbors(phashes, k=K, radius_bits=5),
-            row_distances=lambda rows: hamming_distances_of_rows(phashes, rows),
-        )
+        previous, update = update_search(previous, pool_hashes[rows], ExactHamming().build(phashes), K, 5)
         assert update.mode == ("full" if step == 0 else "incremental")
         full = search_hash_neighbors(phashes, k=K, radius_bits=5)
         # Integer distances tie, and a tie may be broken differently at the k-th place: compare
@@ -90,12 +79,12 @@ def test_hash_search_updated_equals_full_search():
 def test_new_settings_or_stale_vectors_force_a_full_search(tmp_path):
     hashes, vectors = content_pool(120, 9)
     search, _ = cosine_update(None, hashes, vectors)
-    changed = update_search(search, hashes, "cosine other radius", K, RADIUS, lambda: search_neighbors(vectors, K, RADIUS), lambda rows: None)[1]
+    changed = update_search(search, hashes, ExactCosine().build(vectors), K, 2 * RADIUS)[1]
     assert (changed.mode, changed.reason) == ("full", "search settings changed")
     # The same hashes now carry other vectors (e.g. a table rebuilt under the same name): the
     # sampled re-check notices and the result is the full search's.
     other = l2_normalize(np.random.default_rng(10).standard_normal(vectors.shape))
-    updated, update = cosine_update(KeyedSearch(hashes[:-1], search_neighbors(vectors[:-1], K, RADIUS), "cosine test"), hashes, other)
+    updated, update = cosine_update(KeyedSearch(hashes[:-1], search_neighbors(vectors[:-1], K, RADIUS), FINGERPRINT), hashes, other)
     assert update.mode == "full" and "no longer matches" in update.reason
     assert_same_search(updated.search, search_neighbors(other, k=K, radius=RADIUS))
 
@@ -103,28 +92,33 @@ def test_new_settings_or_stale_vectors_force_a_full_search(tmp_path):
 def test_saved_search_loads_back_and_an_unreadable_file_is_no_cache(tmp_path):
     hashes, vectors = content_pool(50, 4)
     search, _ = cosine_update(None, hashes, vectors)
-    search.save(tmp_path / "cache.npz")
-    loaded = KeyedSearch.load(tmp_path / "cache.npz")
-    assert loaded.fingerprint == "cosine test" and list(loaded.hashes) == list(hashes)
+    SearchCache(tmp_path / "cache.npz").save(search)
+    loaded = SearchCache(tmp_path / "cache.npz").load()
+    assert loaded.fingerprint == FINGERPRINT and list(loaded.hashes) == list(hashes)
     assert_same_search(loaded.search, search.search)
     (tmp_path / "broken.npz").write_bytes(b"not a cache")
-    assert KeyedSearch.load(tmp_path / "broken.npz") is None
-    assert KeyedSearch.load(tmp_path / "missing.npz") is None
+    warnings = []
+    assert SearchCache(tmp_path / "broken.npz", warnings.append).load() is None
+    assert len(warnings) == 1 and "broken.npz" in warnings[0] and not (tmp_path / "broken.npz").exists()
+    assert SearchCache(tmp_path / "missing.npz").load() is None
 
 
-def test_content_neighbors_from_a_previous_run_equal_a_fresh_search():
+def test_content_neighbors_from_a_previous_run_equal_a_fresh_search(tmp_path):
     pool_hashes, pool_vectors = content_pool(300, 7)
     rng = np.random.default_rng(8)
     phashes = {h: rng.integers(0, 2**63, 8, dtype=np.int64) for h in pool_hashes}
     for i in range(0, 60, 2):  # pHash-near pairs whose embeddings are far apart
         phashes[pool_hashes[i + 1]] = phashes[pool_hashes[i]] ^ np.int64(0b111)
     signal = HashSignal(phashes, threshold_bits=10)
-    first = find_content_neighbors(dict(zip(pool_hashes[:250], pool_vectors[:250])), RADIUS, signal)
+    cache = SearchCache(tmp_path / "embedding.npz")
+    first = find_content_neighbors(dict(zip(pool_hashes[:250], pool_vectors[:250])), RADIUS, signal, cache=cache)
+    assert first.updates["embedding"].mode == "full"
     now = dict(zip(pool_hashes[1:280], pool_vectors[1:280]))  # 1 gone, 30 new
-    updated = find_content_neighbors(now, RADIUS, signal, previous=first.searches)
+    updated = find_content_neighbors(now, RADIUS, signal, cache=cache)
     fresh = find_content_neighbors(now, RADIUS, signal)
     assert updated.updates["embedding"].mode == "incremental", updated.updates
-    assert set(updated.searches) == {"embedding"}  # the hash signal, within its cutoff only, is searched in full
+    assert updated.updates["hash"].mode in ("full", "index")  # the hash signal, within its cutoff only, is searched in full
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["embedding.npz"]
     np.testing.assert_array_equal(updated.identical_group, fresh.identical_group)
     np.testing.assert_allclose(updated.nearest_distance, fresh.nearest_distance, atol=1e-6, rtol=0)
     assert updated.pairs.equals(fresh.pairs)

@@ -1,4 +1,4 @@
-"""core.neighbors.search_neighbors: the bf16 candidate path returns the float32 answer exactly.
+"""core.search.engines.search_neighbors: the bf16 candidate path returns the float32 answer exactly.
 
 The float32 path (`precision="fp32"`) is the reference. The bf16 path must give the same top-k
 neighbour sets (ties at the k-th distance aside), the same distances, and the same close pairs, on
@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-import core.neighbors as neighbors
-from core.neighbors import BF16_UNIT_ROUNDOFF, bf16_error_bound, l2_normalize, search_neighbors
+import core.search.bf16 as bf16
+from core.search.bf16 import BF16_UNIT_ROUNDOFF, bf16_error_bound
+from core.search.choose import choose_engine
+from core.search.engines import search_neighbors
+from core.search.result import l2_normalize
 
 K = 16
 RADIUS = 0.1
@@ -62,13 +65,13 @@ def assert_same_answer(found, reference, vectors: np.ndarray) -> int:
 def count_fallback(monkeypatch):
     """Counts the rows the bf16 path could not certify and recomputed in float32."""
     counted = []
-    original = neighbors._search_rows_fp32
+    original = bf16.search_rows_fp32
 
     def counting(vectors, rows_wanted, k, block_cells):
         counted.extend(rows_wanted.tolist())
         return original(vectors, rows_wanted, k, block_cells)
 
-    monkeypatch.setattr(neighbors, "_search_rows_fp32", counting)
+    monkeypatch.setattr(bf16, "search_rows_fp32", counting)
     return counted
 
 
@@ -150,16 +153,17 @@ def test_error_bound_holds_for_every_pair(seed):
     assert (np.abs(bf16_products - fp32_products) - BF16_UNIT_ROUNDOFF * np.abs(bf16_products)).max() < 0.25 * bound
 
 
-def test_precision_is_checked_and_auto_is_exact():
+def test_precision_is_checked_and_the_chosen_precision_is_exact():
     vectors = clustered(rows=500, seed=3)
     with pytest.raises(ValueError, match="precision"):
         search_neighbors(vectors, k=K, radius=RADIUS, precision="fp16")
-    assert_same_answer(search_neighbors(vectors, k=K, radius=RADIUS), search_neighbors(vectors, k=K, radius=RADIUS, precision="fp32"), vectors)
+    chosen = choose_engine("cosine", len(vectors), "exact").engine.build(vectors)
+    assert_same_answer(chosen.search(K, RADIUS), search_neighbors(vectors, k=K, radius=RADIUS, precision="fp32"), vectors)
 
 
 def test_bf16_at_most_is_a_bf16_number_not_above_the_value():
     for value in (0.9, 0.8955, -0.3, -1e-3, 0.0, 1.0, 0.123456789):
-        at_most = neighbors._bf16_at_most(value)
+        at_most = bf16._bf16_at_most(value)
         assert at_most <= value
         assert torch.tensor(at_most).to(torch.bfloat16).float().item() == at_most
         assert torch.tensor(at_most).to(torch.bfloat16).float().item() > value - abs(value) * 2.0**-7 - 1e-30
@@ -170,7 +174,7 @@ def test_reduction_threads_run_the_chunks_between_probes_with_the_faster_count(s
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        chooser = neighbors.ReductionThreads(probe_every=4)
+        chooser = bf16.ReductionThreads(probe_every=4)
         used = []
         for _ in range(12):
             with chooser.timed(columns=10):
@@ -185,7 +189,7 @@ def test_reduction_threads_run_the_chunks_between_probes_with_the_faster_count(s
 
 
 def test_reduction_threads_fixed_count_is_always_used():
-    chooser = neighbors.ReductionThreads(fixed=1, probe_every=4)
+    chooser = bf16.ReductionThreads(fixed=1, probe_every=4)
     used = []
     for _ in range(6):
         with chooser.timed(columns=1):

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from core.neighbors import search_neighbors
+from core.search.engines import search_neighbors
 from core.rotated_copies import (
     INLIER_FRACTION_CUTOFF,
     MIN_INLIERS,
@@ -15,7 +15,7 @@ from core.rotated_copies import (
     turned_black_corners_degrees,
     vouches_for,
 )
-from core.scoring import find_content_neighbors
+from core.search.contents import find_content_neighbors
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for core.scoring and core.neighbors: SPEC.md's uniqueness score, labels and neighbour search.
+"""Tests for core.scoring and core.search: SPEC.md's uniqueness score, labels and neighbour search.
 
 Every vector is hand-made: 2-D unit vectors at chosen angles give exactly known cosine distances
 `d = 1 - cos(angle)`, so each expected uniqueness `d / 2` is written down, not recomputed.
@@ -14,20 +14,19 @@ import pytest
 
 from core.grouping import assign_groups, keep_policy_order
 from core.images import image_id_for
-from core.neighbors import l2_normalize, nearest_outside_group, search_neighbors
 from core.scoring import (
-    IDENTICAL_COSINE_DISTANCE,
     LABEL_DUPLICATE,
     LABEL_NEAR_DUPLICATE,
     LABEL_UNIQUE,
     MIN_NONZERO_UNIQUENESS,
-    NEIGHBORS_PER_ROW,
-    HashSignal,
     Thresholds,
     compute_uniqueness_scores,
-    find_content_neighbors,
     label_for,
 )
+from core.search.contents import IDENTICAL_COSINE_DISTANCE, find_content_neighbors
+from core.search.engines import search_neighbors
+from core.search.result import l2_normalize, nearest_outside_group
+from core.search.signals import NEIGHBORS_PER_ROW, HashSignal
 
 FLOAT32_TOLERANCE = 1e-6  # embeddings are float32: distances carry ~1e-7 of rounding
 

@@ -11,17 +11,12 @@ from core.embedders import (
     build_embedder,
 )
 from resources.embedding_model import EmbeddingModelResource
-
-
-def _photo(name: str) -> Image.Image:
-    from skimage import data
-
-    return Image.fromarray(getattr(data, name)()).convert("RGB")
+from synthetic_images import sample_photo
 
 
 def test_hf_backend_loads_a_saved_vit_through_auto_classes(tiny_vit_dir):
     embedder = HuggingFaceEmbedder(str(tiny_vit_dir))
-    images = [_photo("chelsea"), _photo("coffee"), _photo("chelsea").resize((50, 40))]
+    images = [sample_photo("chelsea"), sample_photo("coffee"), sample_photo("chelsea").resize((50, 40))]
 
     vectors = embedder.embed(images)
 
@@ -32,7 +27,7 @@ def test_hf_backend_loads_a_saved_vit_through_auto_classes(tiny_vit_dir):
 
 
 def test_hf_mean_pooling_differs_from_cls(tiny_vit_dir):
-    image = [_photo("coffee")]
+    image = [sample_photo("coffee")]
     cls = HuggingFaceEmbedder(str(tiny_vit_dir), pooling="cls")
     mean = HuggingFaceEmbedder(str(tiny_vit_dir), pooling="mean")
     assert cls.model_id != mean.model_id
@@ -41,14 +36,14 @@ def test_hf_mean_pooling_differs_from_cls(tiny_vit_dir):
 
 def test_resource_builds_the_configured_embedder(tiny_vit_dir):
     resource = EmbeddingModelResource(backend="hf", model=str(tiny_vit_dir))
-    assert resource.get_embedder().embed([_photo("camera")]).shape == (1, 32)
+    assert resource.get_embedder().embed([sample_photo("camera")]).shape == (1, 32)
 
 
 def test_unavailable_hub_model_fails_with_the_fixes_and_no_fallback(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     embedder = HuggingFaceEmbedder("no-such-org/no-such-model-for-imgdedup-tests")
     with pytest.raises(ModelUnavailableError) as raised:
-        embedder.embed([_photo("coffee")])
+        embedder.embed([sample_photo("coffee")])
     message = str(raised.value)
     assert "--embedder offline" in message and "--model" in message and "network" in message
 
@@ -57,14 +52,14 @@ def test_unreachable_hub_is_detected_without_long_retries(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr("core.embedders._hub_reachable", lambda timeout_s=3.0: False)
     with pytest.raises(ModelUnavailableError, match="cannot be reached"):
-        HuggingFaceEmbedder("no-such-org/no-such-model-for-imgdedup-tests").embed([_photo("coffee")])
+        HuggingFaceEmbedder("no-such-org/no-such-model-for-imgdedup-tests").embed([sample_photo("coffee")])
 
 
 def test_default_hub_vit_when_cached():
     """The real default model, only where it is already cached (this project's CI has no hub)."""
     embedder = HuggingFaceEmbedder(DEFAULT_HF_MODEL)
     try:
-        vectors = embedder.embed([_photo("coffee")])
+        vectors = embedder.embed([sample_photo("coffee")])
     except ModelUnavailableError as exc:
         pytest.skip(f"{DEFAULT_HF_MODEL} is neither cached nor reachable: {str(exc)[:120]}")
     assert vectors.shape == (1, 768)
@@ -77,13 +72,13 @@ def offline_embedder():
 
 @pytest.mark.parametrize(("photo", "imagenet_class", "label"), [("chelsea", 285, "Egyptian cat"), ("coffee", 967, "espresso")], ids=["chelsea-is-a-cat", "coffee-is-espresso"])
 def test_offline_backbone_weights_classify_real_photos(offline_embedder, photo, imagenet_class, label):
-    logits = offline_embedder.logits([_photo(photo)])
+    logits = offline_embedder.logits([sample_photo(photo)])
     assert int(np.argmax(logits[0])) == imagenet_class, f"expected {label}"
 
 
 def test_offline_backbone_embeds_unit_vectors_and_similar_photos_are_closer(offline_embedder):
-    chelsea = _photo("chelsea")
-    vectors = offline_embedder.embed([chelsea, chelsea.resize((chelsea.width // 2, chelsea.height // 2)), _photo("rocket")])
+    chelsea = sample_photo("chelsea")
+    vectors = offline_embedder.embed([chelsea, chelsea.resize((chelsea.width // 2, chelsea.height // 2)), sample_photo("rocket")])
     assert vectors.shape == (3, 1280)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     assert vectors[0] @ vectors[1] > 0.95 > vectors[0] @ vectors[2]
@@ -103,7 +98,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _photos() -> list[Image.Image]:
-    return [_photo(name) for name in ("chelsea", "coffee", "astronaut", "rocket", "camera")]
+    return [sample_photo(name) for name in ("chelsea", "coffee", "astronaut", "rocket", "camera")]
 
 
 @pytest.mark.parametrize("backend", ["hf", "offline"])
@@ -151,32 +146,32 @@ def test_offline_bf16_embeddings_agree_with_fp32_and_still_classify(offline_embe
     # Measured 0.9984-0.9994 on these photos: rounding accumulates through the CNN's ~50 conv + BN
     # layers (fp32 stem/head, autocast or folded BN do not bring it above 0.999; see BENCHMARKS.md).
     assert _cosines(fp32, bf16).min() >= 0.997
-    assert np.argmax(bf16_embedder.logits([_photo("chelsea"), _photo("coffee")]), axis=1).tolist() == [285, 967]
+    assert np.argmax(bf16_embedder.logits([sample_photo("chelsea"), sample_photo("coffee")]), axis=1).tolist() == [285, 967]
 
 
 def test_resource_passes_the_precision_through(tiny_vit_dir):
     resource = EmbeddingModelResource(backend="hf", model=str(tiny_vit_dir), precision="bf16")
     embedder = resource.get_embedder()
     assert embedder.model_id.endswith("#cls@bf16")
-    assert embedder.embed([_photo("camera")]).dtype == np.float32
+    assert embedder.embed([sample_photo("camera")]).dtype == np.float32
     assert EmbeddingModelResource(backend="offline").get_embedder().model_id == EfficientNetLite0Embedder().model_id
 
 
 def test_settings_read_validate_and_apply_the_precision(tmp_path, tiny_vit_dir):
-    from core.settings import Settings
+    from core.settings import Settings, SettingsError
     from definitions import model_id_for, resources_for
 
     assert Settings().precision == "fp32"
     assert Settings.from_env({"IMGDEDUP_PRECISION": "bf16"}).precision == "bf16"
-    problems = Settings(image_root=str(tmp_path), precision="fp16").problems(check_paths=False)
-    assert any("unknown precision 'fp16'" in problem for problem in problems)
+    with pytest.raises(SettingsError, match="unknown precision 'fp16'"):
+        Settings(image_root=str(tmp_path), precision="fp16")
     assert not Settings(image_root=str(tmp_path), precision="bf16").problems(check_paths=False)
 
     settings = Settings(image_root=str(tmp_path), out_dir=str(tmp_path / "out"), embedder="hf", model=str(tiny_vit_dir), precision="bf16")
     resources = resources_for(settings)
     assert resources["embedding_model"].precision == "bf16"
-    # Calibrated thresholds are stored per model id: the policy looks them up under the bf16 id.
-    assert resources["policy"].model_id == model_id_for(settings) == resources["embedding_model"].get_embedder().model_id
+    # Calibrated thresholds are stored per model id: the assets look them up under the vectors' (bf16) id.
+    assert model_id_for(settings) == resources["embedding_model"].get_embedder().model_id
     assert model_id_for(settings).endswith("@bf16")
 
 
@@ -192,8 +187,8 @@ def test_bf16_then_fp32_runs_into_one_out_dir_keep_two_tables(tmp_path, tiny_vit
     images = tmp_path / "images"
     images.mkdir()
     for index, name in enumerate(("chelsea", "coffee", "rocket", "astronaut")):
-        _photo(name).resize((64, 48)).save(images / f"photo{index}.png")
-    _photo("chelsea").resize((64, 48)).save(images / "photo0_copy.png")
+        sample_photo(name).resize((64, 48)).save(images / f"photo{index}.png")
+    sample_photo("chelsea").resize((64, 48)).save(images / "photo0_copy.png")
     # A random tiny ViT finds everything similar: the duplicate-fraction gate is not under test here.
     bf16 = Settings(image_root=str(images), out_dir=str(tmp_path / "out"), embedder="hf", model=str(tiny_vit_dir), precision="bf16", max_duplicate_fraction=1.0)
     fp32 = dataclasses.replace(bf16, precision="fp32")

@@ -40,14 +40,14 @@ def write_intervals(log: Path) -> dict[int, tuple[float, float]]:
 
 
 @pytest.fixture(scope="module")
-def two_runs(photo_folder, tmp_path_factory):
+def two_runs(photo_tiles, tmp_path_factory):
     base = tmp_path_factory.mktemp("concurrent")
-    files = sorted(photo_folder.rglob("*.png"))
+    files = sorted(photo_tiles.rglob("*.png"))
     overlap = len(files) // 5
     half = (len(files) + overlap) // 2
     folders = {
-        "a": copy_subset(files[:half], photo_folder, base / "images-a"),
-        "b": copy_subset(files[-half:], photo_folder, base / "images-b"),  # shares `overlap` files with a
+        "a": copy_subset(files[:half], photo_tiles, base / "images-a"),
+        "b": copy_subset(files[-half:], photo_tiles, base / "images-b"),  # shares `overlap` files with a
     }
     home, uri, log = base / "dagster_home", base / "shared-lancedb", base / "writes.log"
     env = cli_env(home, IMGDEDUP_TEST_WRITE_LOG=str(log), IMGDEDUP_TEST_RENDEZVOUS=str(base / "rendezvous"))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from robustness_support import RUN_FLAGS, run_cli, write_photo_tiles
+from robustness_support import RUN_FLAGS, run_cli
+from synthetic_images import write_photo_tiles
 
 
 @pytest.fixture(scope="module")

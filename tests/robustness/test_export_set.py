@@ -16,7 +16,8 @@ import pytest
 
 from core.export_set import published_run_id
 from core.output_folder import claim_output_folder
-from robustness_support import PROJECT_ROOT, RUN_FLAGS, cli_env, run_cli, write_photo_tiles
+from robustness_support import PROJECT_ROOT, RUN_FLAGS, cli_env, run_cli
+from synthetic_images import write_photo_tiles
 
 EXPORTS = ("uniqueness.csv", "uniqueness.parquet", "duplicates.csv", "clean.csv", "clean.parquet", "rejected.csv", "training_manifest.csv", "report.html")
 

@@ -77,11 +77,11 @@ def instance_facts(dagster_home: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def crash_night(photo_folder, tmp_path_factory):
+def crash_night(photo_tiles, tmp_path_factory):
     """The four runs above, with what was on disk and in the instance after each."""
     base = tmp_path_factory.mktemp("crash")
     out, home = base / "out", base / "dagster_home"
-    args = ["run", "--images", photo_folder, "--out", out, *RUN_FLAGS]
+    args = ["run", "--images", photo_tiles, "--out", out, *RUN_FLAGS]
     stages = {}
 
     killed = kill_when_checkpointed(args, home, out)
@@ -99,14 +99,14 @@ def crash_night(photo_folder, tmp_path_factory):
     runs = sorted(facts.values(), key=lambda run: run["start"])
     catalog = pd.read_parquet(next((out / "state").glob("catalog-*.parquet")))
     n_contents = catalog["pixel_hash"].nunique()  # what gets embedded: one vector per content
-    assert n_contents == len(catalog) == len(list(photo_folder.rglob("*.png")))  # every tile differs
+    assert n_contents == len(catalog) == len(list(photo_tiles.rglob("*.png")))  # every tile differs
     return {"out": out, "n_images": n_contents, "stages": stages, "runs": runs}
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_out(photo_folder, tmp_path_factory) -> Path:
+def uninterrupted_out(photo_tiles, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted") / "out"
-    settings = Settings(image_root=str(photo_folder), out_dir=str(out), embedder="offline", batch_size=4, max_duplicate_fraction=1.0)
+    settings = Settings(image_root=str(photo_tiles), out_dir=str(out), embedder="offline", batch_size=4, max_duplicate_fraction=1.0)
     with dg.instance_for_test() as instance:
         result = build_definitions(settings).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
     assert result.success

@@ -3,7 +3,6 @@ overwritten, nothing is written through a symlink out of --out, and --out inside
 read as input."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +12,8 @@ import pytest
 from core.output_folder import MARKER_NAME, claim_output_folder, escaping_symlinks, output_folder_problems
 from core.settings import Settings
 from definitions import DEDUP_JOB, build_definitions
-from robustness_support import RUN_FLAGS, run_cli, write_photo_tiles
+from robustness_support import RUN_FLAGS, run_cli
+from synthetic_images import write_photo_tiles
 
 
 @pytest.fixture(scope="module")

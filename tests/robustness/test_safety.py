@@ -7,25 +7,18 @@ import stat
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 import cli
 from core.images import DEFAULT_MAX_PIXELS, ImageRejected
-from core.settings import Settings
+from core.settings import Settings, SettingsError
 from definitions import resources_for
 from resources.image_store import ImageStoreResource
 from resources.output_store import OutputStoreResource
+from synthetic_images import write_noise_png
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_png(path: Path, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 # --- Reads stay inside the image root -----------------------------------------------------------
@@ -34,8 +27,8 @@ def write_png(path: Path, seed: int = 0) -> Path:
 @pytest.fixture
 def image_root(tmp_path) -> Path:
     root = tmp_path / "root"
-    write_png(root / "inside.png")
-    write_png(tmp_path / "outside" / "secret.png", seed=1)
+    write_noise_png(root / "inside.png", size=(4, 4))
+    write_noise_png(tmp_path / "outside" / "secret.png", seed=1)
     (root / "escape.png").symlink_to(tmp_path / "outside" / "secret.png")
     (root / "alias.png").symlink_to(root / "inside.png")
     (root / "escape_dir").symlink_to(tmp_path / "outside", target_is_directory=True)
@@ -120,7 +113,8 @@ def test_pixel_limit_is_on_by_default_and_configurable(tmp_path):
     resources = resources_for(Settings(image_root=str(tmp_path), out_dir=str(tmp_path / "out")))
     assert resources["image_store"].max_pixels == DEFAULT_MAX_PIXELS
     assert Settings.from_env({"IMGDEDUP_MAX_PIXELS": "4000000"}).max_pixels == 4_000_000
-    assert any("max_pixels" in problem for problem in Settings(image_root=str(tmp_path), max_pixels=0).problems(check_paths=False))
+    with pytest.raises(SettingsError, match="max_pixels must be positive, got 0"):
+        Settings(image_root=str(tmp_path), max_pixels=0)
 
 
 def test_default_image_store_refuses_an_image_over_the_limit_from_its_header(tmp_path):
@@ -174,7 +168,7 @@ def test_ui_script_binds_to_loopback_unless_told_otherwise(ui_script_with_fake_d
 
 @pytest.fixture
 def images(tmp_path) -> Path:
-    write_png(tmp_path / "images" / "a.png")
+    write_noise_png(tmp_path / "images" / "a.png")
     return tmp_path / "images"
 
 

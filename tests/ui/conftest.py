@@ -7,13 +7,12 @@ import subprocess
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
-from skimage import data as skdata
 
 from core.settings import Settings
 from definitions import DEDUP_JOB, build_definitions
+from synthetic_images import sample_photo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -35,10 +34,6 @@ ORIGINALS = {
 EXPECTED_GROUPS = {"duplicate": 2, "near_duplicate": 2}
 
 
-def _photo(name: str) -> Image.Image:
-    return Image.fromarray(np.asarray(getattr(skdata, name)())).convert("RGB")
-
-
 def write_ui_images(root: Path) -> Path:
     """Write 14 files: 10 distinct photos, an exact byte copy, a lossless re-encode (identical
     pixels), a half-size copy and a brightened copy. 6 of 14 end up labelled (under the default
@@ -46,7 +41,7 @@ def write_ui_images(root: Path) -> Path:
     for name, relative in ORIGINALS.items():
         target = root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        image = _photo(name)
+        image = sample_photo(name)
         if target.suffix == ".jpg":
             image.save(target, format="JPEG", quality=92, subsampling="4:2:0")
         else:

@@ -1,106 +1,30 @@
-"""Exact nearest-neighbour search, streamed in row chunks: cosine distance over L2-normalised
-vectors, and rotation/flip-invariant Hamming distance over perceptual hashes.
-
-Never holds an N x N matrix: each chunk of rows is compared against all rows and reduced to its
-top-k neighbours and its close pairs before the next chunk starts. On CPUs with bf16 matrix units
-the cosine search multiplies in bf16 to pick candidates and decides in float32 (same answer as
-the float32 search; see `_search_neighbors_bf16`).
+"""The bf16 candidate filter of the exact cosine search: on CPUs that multiply bf16 natively, the
+products are computed in bf16 only to choose candidates, under a proven error bound, and every
+distance returned is a float32 dot product; rows it cannot certify are searched again in float32.
+The answer is `core.search.exact_cosine.search_neighbors_fp32`'s (tests/core/test_neighbors.py).
 """
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
-from core.distances import cosine_distance, invariant_hamming_matrix, nearest_first
+from core.distances import cosine_distance, nearest_first
+from core.search.exact_cosine import finish_pairs, search_rows_fp32
+from core.search.result import NeighborSearch
 
-DEFAULT_CHUNK_ROWS = 2048
-MAX_BLOCK_CELLS = 1 << 26
-# bf16 candidate search (see `_search_neighbors_bf16`): candidates kept per row beyond k, entries
+# bf16 candidate search (see `search_neighbors_bf16`): candidates kept per row beyond k, entries
 # per group of the group-max prefilter, and the size below which the float32 path is used.
 BF16_MARGIN = 16
 BF16_GROUP = 16
-BF16_MIN_ROWS = 4096  # from 5k rows up the bf16 path was faster (1.2x at 5k, 1.8x at 10k)
+BF16_MIN_ROWS = 4096  # below this the bf16 set-up (rounding, error bound) outweighs its faster products
 BF16_UNIT_ROUNDOFF = 2.0**-8  # bf16 keeps 8 significant bits: round-to-nearest is within 2^-8
 FP32_UNIT_ROUNDOFF = 2.0**-24
-PRECISIONS = ("auto", "bf16", "fp32")
 # Threads for the bf16 path's reductions (memory-bound, many small ops); None: chosen by timing
-# (`ReductionThreads`). At 100k rows on 2 cores, two threads ran them 1.3x faster than one on an
-# idle machine, and one thread 1.2-1.7x faster than two on a busy one (no waiting at OpenMP
-# barriers for a descheduled thread).
+# (`ReductionThreads`), because the faster count depends on the machine's load.
 REDUCTION_THREADS: int | None = None
 REDUCTION_PROBE_EVERY = 16  # chunks between two timings of each thread count
-
-
-@dataclass(frozen=True)
-class NeighborSearch:
-    """Result of a neighbour search over M rows (cosine distance, bits, or a fused scale).
-
-    Attributes:
-        topk_index: (M, k) int64, nearest other rows, ascending by distance; -1 pads.
-        topk_distance: (M, k) float32 distances, +inf where padded.
-        pair_left, pair_right: (P,) int64 row pairs with left < right whose distance <= radius.
-        pair_distance: (P,) float32 their distances.
-    """
-
-    topk_index: np.ndarray
-    topk_distance: np.ndarray
-    pair_left: np.ndarray
-    pair_right: np.ndarray
-    pair_distance: np.ndarray
-
-
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    """Return float32 rows scaled to unit length (zero rows stay zero)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)
-
-
-def search_neighbors(
-    vectors: np.ndarray,
-    k: int,
-    radius: float,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    *,
-    precision: str = "auto",
-    margin: int = BF16_MARGIN,
-    group: int = BF16_GROUP,
-    block_cells: int = MAX_BLOCK_CELLS,
-) -> NeighborSearch:
-    """Find each row's k nearest other rows and every pair within `radius` (cosine distance).
-
-    Both precisions return the float32 answer. The bf16 path multiplies in bf16 only to choose
-    candidates, under a proven error bound (`bf16_error_bound`); every distance it returns is a
-    float32 dot product, and rows it cannot certify are recomputed in float32.
-
-    Args:
-        vectors: (M, D) L2-normalised float32 rows.
-        k: neighbours kept per row (clipped to M - 1).
-        radius: pairs with `1 - cos <= radius` are returned (cosine distance, in [0, 2]).
-        chunk_rows: rows multiplied at once (at most what fits `block_cells`).
-        precision: "fp32" (float32 products everywhere), "bf16" (bf16 candidates, float32
-            re-rank) or "auto": bf16 when the CPU multiplies bf16 natively and M >= BF16_MIN_ROWS.
-        margin: bf16 path: candidates kept per row beyond k.
-        group: bf16 path: entries per group of the group-max prefilter.
-        block_cells: the similarity block held at once, in float32 cells (256 MiB by default),
-            so that memory stays flat as M grows.
-
-    Returns:
-        NeighborSearch with distances clipped to [0, 2]; top-k ascending by distance, ties by
-        index; pairs sorted by (left, right).
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if precision == "auto":
-        precision = "bf16" if len(vectors) >= BF16_MIN_ROWS and bf16_matmul_is_fast() else "fp32"
-    if precision == "bf16":
-        return _search_neighbors_bf16(vectors, k, radius, chunk_rows, margin, group, block_cells)
-    return _search_neighbors_fp32(vectors, k, radius, chunk_rows, block_cells)
 
 
 def bf16_matmul_is_fast() -> bool:
@@ -123,70 +47,6 @@ def bf16_matmul_is_fast() -> bool:
 
 
 _BF16_FAST: bool | None = None
-
-
-def _search_neighbors_fp32(
-    vectors: np.ndarray, k: int, radius: float, chunk_rows: int, block_cells: int = MAX_BLOCK_CELLS, only: tuple[int, int] | None = None
-) -> NeighborSearch:
-    """The float32 search: each chunk of rows times all rows, reduced by `torch.topk`.
-
-    The reference for the bf16 path, and the path on CPUs without fast bf16. `only=(start, stop)`
-    searches those rows only (benchmarks time it on a sample): other rows keep -1 / inf, and only
-    pairs whose left row is among them are found.
-    """
-    import torch
-
-    rows = vectors.shape[0]
-    k = max(0, min(k, rows - 1))
-    # Bound the similarity block (~256 MiB of float32) so that memory stays flat as M grows.
-    chunk_rows = max(1, min(chunk_rows, block_cells // max(1, rows)))
-    every = torch.from_numpy(vectors)
-    # Pairs are looked for among similarities above this floor, then re-checked exactly as
-    # `1 - s <= radius` in float32, so rounding of the threshold itself cannot drop a pair.
-    min_similarity = 1.0 - radius - 1e-5
-    topk_index = np.full((rows, k), -1, dtype=np.int64)
-    topk_distance = np.full((rows, k), np.inf, dtype=np.float32)
-    lefts, rights = [], []
-    first, last = only if only is not None else (0, rows)
-    with torch.inference_mode():
-        for start in range(first, last, chunk_rows):
-            stop = min(start + chunk_rows, last)
-            local = torch.arange(stop - start)
-            similarity = every[start:stop] @ every.T
-            similarity[local, local + start] = -torch.inf  # a row is not its own neighbour
-            if k:
-                values, index = torch.topk(similarity, k, dim=1, largest=True, sorted=True)
-                topk_index[start:stop], topk_distance[start:stop] = nearest_first(index.numpy(), cosine_distance(values.numpy()))
-                # A row whose k-th neighbour is already outside the radius has all its close pairs
-                # in its top-k; only rows in dense clusters need a scan of the whole block row.
-                in_topk = values[:, -1] < min_similarity
-            else:
-                in_topk = torch.zeros(stop - start, dtype=torch.bool)
-            if k:
-                close = values >= min_similarity
-                close[~in_topk] = False
-                row, position = torch.nonzero(close, as_tuple=True)
-                lefts.append(row.numpy() + start)
-                rights.append(index[row.numpy(), position.numpy()] if len(row) else np.empty(0, np.int64))
-            dense = torch.nonzero(~in_topk).ravel()
-            if len(dense):
-                row, column = torch.nonzero(similarity[dense] >= min_similarity, as_tuple=True)
-                lefts.append(dense[row].numpy() + start)
-                rights.append(column.numpy())
-    return _finish_pairs(vectors, topk_index, topk_distance, lefts, rights, radius)
-
-
-def _finish_pairs(vectors, topk_index, topk_distance, lefts, rights, radius) -> NeighborSearch:
-    """Keep candidate pairs with left < right whose float32 distance is within `radius`."""
-    left = np.concatenate(lefts).astype(np.int64) if lefts else np.empty(0, np.int64)
-    right = np.concatenate(rights).astype(np.int64) if rights else np.empty(0, np.int64)
-    keep = left < right
-    left, right = left[keep], right[keep]
-    distance = cosine_distance(np.einsum("ij,ij->i", vectors[left], vectors[right])).astype(np.float32)
-    within = distance <= radius
-    left, right, distance = left[within], right[within], distance[within]
-    order = np.lexsort((right, left))
-    return NeighborSearch(topk_index, topk_distance, left[order], right[order], distance[order])
 
 
 def bf16_error_bound(vectors: np.ndarray) -> float:
@@ -253,10 +113,10 @@ def _below_bf16(target, bound: float):
         return np.where(np.isneginf(s), -np.inf, s - 1e-6 * (1.0 + np.abs(s)))  # 1e-6 covers float32's rounding of `1 - s`
 
 
-def _search_neighbors_bf16(vectors: np.ndarray, k: int, radius: float, chunk_rows: int, margin: int, group: int, block_cells: int) -> NeighborSearch:
+def search_neighbors_bf16(vectors: np.ndarray, k: int, radius: float, chunk_rows: int, margin: int, group: int, block_cells: int) -> NeighborSearch:
     """The float32 answer, with bf16 products only choosing which float32 products to compute.
 
-    Per chunk of n rows, all rows times the chunk in bf16 (AMX: ~4x float32's rate here) give a
+    Per chunk of n rows, all rows times the chunk in bf16 (AMX multiplies bf16 faster) give a
     (W, n) block, reduced to candidates; every distance returned is a float32 dot product.
     With K = k + margin, per chunk row (a column of the block):
 
@@ -299,7 +159,7 @@ def _search_neighbors_bf16(vectors: np.ndarray, k: int, radius: float, chunk_row
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
             # (W, n): all rows times the chunk's. oneDNN reformats the second operand for its bf16
-            # tiles on every call, so the small one goes there (~1.3-1.7x faster than chunk x all).
+            # tiles on every call, so the small one goes there.
             block = buffer[: width * (stop - start)].view(width, stop - start)
             torch.mm(low, low[start:stop].T, out=block)
             with threads.timed(stop - start):
@@ -329,8 +189,8 @@ def _search_neighbors_bf16(vectors: np.ndarray, k: int, radius: float, chunk_row
         del buffer, block
     uncertain = np.concatenate(uncertain) if uncertain else np.empty(0, np.int64)
     if len(uncertain):
-        topk_index[uncertain], topk_distance[uncertain] = _search_rows_fp32(vectors, uncertain, k, block_cells)
-    return _finish_pairs(vectors, topk_index, topk_distance, lefts, rights, radius)
+        topk_index[uncertain], topk_distance[uncertain] = search_rows_fp32(vectors, uncertain, k, block_cells)
+    return finish_pairs(vectors, topk_index, topk_distance, lefts, rights, radius)
 
 
 class ReductionThreads:
@@ -417,7 +277,7 @@ def _top_groups(block, keep: int, group: int):
 
 
 def _take(matrix, rows):
-    """out[r, j] = matrix[rows[r, j], r]: `index_select` on the flat matrix (~3x faster than `gather`)."""
+    """out[r, j] = matrix[rows[r, j], r]: `index_select` on the flat matrix (faster than `gather`)."""
     import torch
 
     flat = rows * matrix.shape[1] + torch.arange(matrix.shape[1]).unsqueeze(1)
@@ -471,26 +331,6 @@ def _float32_at_most(value) -> np.ndarray:
     return np.where(single > value, np.nextafter(single, np.float32(-np.inf)), single)
 
 
-def _search_rows_fp32(vectors: np.ndarray, rows_wanted: np.ndarray, k: int, block_cells: int):
-    """Top-k of the given rows as the float32 search computes it."""
-    import torch
-
-    rows = vectors.shape[0]
-    every = torch.from_numpy(vectors)
-    chunk = max(1, block_cells // max(1, rows))
-    index_out = np.empty((len(rows_wanted), k), dtype=np.int64)
-    distance_out = np.empty((len(rows_wanted), k), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(rows_wanted), chunk):
-            wanted = torch.from_numpy(rows_wanted[start : start + chunk])
-            similarity = every[wanted] @ every.T
-            similarity[torch.arange(len(wanted)), wanted] = -torch.inf
-            values, index = torch.topk(similarity, k, dim=1, largest=True, sorted=True)
-            found = slice(start, start + len(wanted))
-            index_out[found], distance_out[found] = nearest_first(index.numpy(), cosine_distance(values.numpy()))
-    return index_out, distance_out
-
-
 def _bf16_at_most(value: float) -> float:
     """The largest bf16 number <= value (so that comparing bf16 data with it loses nothing)."""
     single = np.float32(value)
@@ -501,136 +341,3 @@ def _bf16_at_most(value: float) -> float:
     if single < 0 and truncated[0] != bits[0]:
         truncated += np.uint32(0x10000)  # one bf16 step further from zero
     return float(truncated.view(np.float32)[0])
-
-
-def _search(rows: int, k: int, radius: float, chunk_rows: int, distance_block) -> NeighborSearch:
-    """Shared top-k + radius reduction over row chunks of a distance matrix.
-
-    `distance_block(start, stop)` returns the (stop - start, rows) float32 distances of those rows.
-    """
-    k = max(0, min(k, rows - 1))
-    topk_index = np.full((rows, k), -1, dtype=np.int64)
-    topk_distance = np.full((rows, k), np.inf, dtype=np.float32)
-    lefts, rights, dists = [], [], []
-    for start in range(0, rows, chunk_rows):
-        stop = min(start + chunk_rows, rows)
-        distance = distance_block(start, stop)
-        local = np.arange(stop - start)
-        distance[local, local + start] = np.inf  # a row is not its own neighbour
-        if k:
-            part = np.argpartition(distance, k - 1, axis=1)[:, :k] if k < rows else np.argsort(distance, axis=1)[:, :k]
-            topk_index[start:stop], topk_distance[start:stop] = nearest_first(part, np.take_along_axis(distance, part, axis=1))
-        close_row, close_col = np.nonzero(distance <= radius)
-        close_row += start
-        keep = close_row < close_col
-        lefts.append(close_row[keep])
-        rights.append(close_col[keep])
-        dists.append(distance[close_row[keep] - start, close_col[keep]])
-    empty_i, empty_f = np.empty(0, np.int64), np.empty(0, np.float32)
-    return NeighborSearch(
-        topk_index=topk_index,
-        topk_distance=topk_distance,
-        pair_left=np.concatenate(lefts).astype(np.int64) if lefts else empty_i,
-        pair_right=np.concatenate(rights).astype(np.int64) if rights else empty_i,
-        pair_distance=np.concatenate(dists).astype(np.float32) if dists else empty_f,
-    )
-
-
-def merge_searches(searches: list[NeighborSearch], k: int) -> NeighborSearch:
-    """Fuse searches whose distances are already on one scale: a pair's distance is the smallest
-    any search gives it; top-k lists are merged and cut to k."""
-    index = np.concatenate([s.topk_index for s in searches], axis=1)
-    distance = np.concatenate([s.topk_distance for s in searches], axis=1)
-    topk_index, topk_distance = nearest_first(index, distance, max(0, min(k, index.shape[1])))
-    pairs = pd.DataFrame(
-        {
-            "left": np.concatenate([s.pair_left for s in searches]),
-            "right": np.concatenate([s.pair_right for s in searches]),
-            "distance": np.concatenate([s.pair_distance for s in searches]),
-        }
-    ).groupby(["left", "right"], as_index=False, sort=True)["distance"].min()
-    return NeighborSearch(
-        topk_index=topk_index,
-        topk_distance=topk_distance,
-        pair_left=pairs["left"].to_numpy(np.int64),
-        pair_right=pairs["right"].to_numpy(np.int64),
-        pair_distance=pairs["distance"].to_numpy(np.float32),
-    )
-
-
-def scaled(search: NeighborSearch, factor: float) -> NeighborSearch:
-    """The same search with every distance multiplied by `factor` (maps a signal onto a scale)."""
-    return NeighborSearch(search.topk_index, search.topk_distance * np.float32(factor), search.pair_left, search.pair_right, search.pair_distance * np.float32(factor))
-
-
-def cosine_distances_from(vectors: np.ndarray, row: int) -> np.ndarray:
-    """(M,) cosine distances from one row to every row, clipped to [0, 2]."""
-    return cosine_distance(vectors @ vectors[row])
-
-
-def hamming_distances_from(hashes: np.ndarray, row: int) -> np.ndarray:
-    """(M,) rotation/flip-invariant Hamming distances (bits) from one row to every row.
-
-    `hashes` is (M, V) uint64 with the identity variant in column 0; the distance between i and j
-    is the smallest Hamming distance between one's identity hash and any variant of the other,
-    taken both ways so that it is symmetric.
-    """
-    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
-    return invariant_hamming_matrix(hashes[row : row + 1], np.ascontiguousarray(hashes.T))[0]
-
-
-def hamming_distances_of_rows(hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), M) float32 bits from the given rows to every row (as `hamming_distances_from`)."""
-    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
-    return invariant_hamming_matrix(hashes[np.asarray(rows, dtype=np.int64)], np.ascontiguousarray(hashes.T))
-
-
-def search_hash_neighbors(hashes: np.ndarray, k: int, radius_bits: float, max_cells: int = 1 << 24) -> NeighborSearch:
-    """Like `search_neighbors`, with `hamming_distances_from`'s distance in bits.
-
-    Args:
-        hashes: (M, V) uint64, identity variant first.
-        k: neighbours kept per row.
-        radius_bits: pairs within this many bits are returned.
-        max_cells: bound on the (rows x M) block held at once (~14 bytes a cell).
-    """
-    hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
-    rows = hashes.shape[0]
-    chunk_rows = max(1, max_cells // max(1, rows))
-    by_variant = np.ascontiguousarray(hashes.T)
-    return _search(rows, k, radius_bits, chunk_rows, lambda start, stop: invariant_hamming_matrix(hashes[start:stop], by_variant))
-
-
-def nearest_outside_group(row_distances, group_of_row: np.ndarray, search: NeighborSearch) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, the nearest row in a different group, and its distance.
-
-    Uses the top-k lists; rows whose k neighbours all share their group (groups larger than k) are
-    recomputed exactly with `row_distances(row) -> (M,) distances`.
-
-    Returns:
-        (index, distance): (M,) int64 with -1 where no row outside the group exists, and (M,)
-        float32 with +inf there.
-    """
-    rows = len(group_of_row)
-    index = np.full(rows, -1, dtype=np.int64)
-    distance = np.full(rows, np.inf, dtype=np.float32)
-    if rows == 0:
-        return index, distance
-    topk = search.topk_index
-    if topk.shape[1] == 0:  # a single row: nothing outside its group
-        return index, distance
-    valid = topk >= 0
-    other_group = valid & (group_of_row[np.where(valid, topk, 0)] != group_of_row[:, None])
-    has_other = other_group.any(axis=1)
-    first = np.argmax(other_group, axis=1)
-    found = np.nonzero(has_other)[0]
-    index[found] = topk[found, first[found]]
-    distance[found] = search.topk_distance[found, first[found]]
-    group_sizes = np.bincount(group_of_row)
-    needs_exact = np.nonzero(~has_other & (group_sizes[group_of_row] < rows))[0]
-    for row in needs_exact:
-        row_distance = np.array(row_distances(row), dtype=np.float32)
-        row_distance[group_of_row == group_of_row[row]] = np.inf
-        best = int(np.argmin(row_distance))
-        index[row], distance[row] = best, row_distance[best]
-    return index, distance

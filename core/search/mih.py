@@ -1,9 +1,11 @@
 """Sub-quadratic rotation/flip-invariant Hamming search over perceptual hashes: every pair within a
 radius, and each row's nearest rows among those pairs, by multi-index hashing.
 
-`core.neighbors.search_hash_neighbors` compares every row with every row (hours at 1M rows). A
-pHash only counts within its cutoff (SPEC.md, "several signals"), so the pipeline needs only the
-pairs within the radius, and those are found exactly here (`core.scoring.HashSignal`).
+over 400 lines: one algorithm (tables, probes, overflow, pair rules) whose parts share invariants.
+
+The exact search (`core.search.exact_hamming`) compares every row with every row. A pHash only
+counts within its cutoff (SPEC.md, "several signals"), so the pipeline needs only the pairs within
+the radius, and those are found exactly here (`core.search.signals.HashSignal`).
 
 Distance (`core.distances.invariant_hamming`): rows i, j of an (M, V) uint64 array (identity
 variant in column 0) are d(i, j) = min over v of H(id_i, var_v j) and H(var_v i, id_j). So
@@ -12,33 +14,27 @@ identities against the M * V variants (the "entries"). Each row's identity queri
 the other direction of a pair is covered when the other row queries.
 
 Multi-index hashing (pigeonhole): the 64 bits are cut into m disjoint substrings, substring t
-probed within r_t bits with sum(r_t + 1) > r. If H(a, b) <= r, some substring has
-d_t(a, b) <= r_t (otherwise H = sum d_t >= sum(r_t + 1) > r). Per substring, the entries are
-bucketed by their substring key, and each query looks up every key within r_t of its own; every
-entry found is verified with the full 64-bit Hamming distance. Nothing within the radius is
-missed, and every distance returned is exact.
+probed within r_t bits with sum(r_t + 1) > r (`core.search.mih_plan`). If H(a, b) <= r, some
+substring has d_t(a, b) <= r_t (otherwise H = sum d_t >= sum(r_t + 1) > r). Per substring, the
+entries are bucketed by their substring key, and each query looks up every key within r_t of its
+own; every entry found is verified with the full 64-bit Hamming distance. Nothing within the
+radius is missed, and every distance returned is exact.
 
-Layout and speed (numpy only, measured on this 2-core machine; see `plan_substrings`):
+Layout (numpy only):
 
 * a table holds `slots` entries per bucket inline, padded ((2**bits, slots) uint64), so that a
   probe is one row gather, then xor / popcount / compare over long arrays; bucket entries beyond
   `slots` (crowded buckets: clusters of near-identical images) are flagged and read from the
   bucket-sorted entries in bounded pieces, so that a pathological bucket costs time, not memory;
-* queries are sorted by key, so that a run of probes reads the table in key order (2x faster per
-  probe than queries in row order, at 1M rows), and masks by their bits above an L2-sized slice
-  of the table (another 7%);
+* queries are sorted by key, so that a run of probes reads the table in key order, and masks by
+  their bits above an L2-sized slice of the table (cache locality);
 * each (query, entry) match is kept once: only by the first substring that finds it, for the
   entry's first variant within the radius, and, when both rows' identities find the other, only
   on the smaller row's side. So pairs never need a global de-duplication, and memory is bounded by
   the blocks plus the answer itself (which is quadratic in the size of a cluster of copies).
 
-Measured (bench/hash_index.py, radius 10, k 16, 8 variants, 5 % planted copies): 1M rows in 34 s
-on two threads (48 s on one) with ~370 MiB beyond the hashes; 100k in 1.2 s; 10k in 0.14 s
-against 3.6 s for the exact search (30k: 0.3 s against 30 s), with equal answers.
-
-faiss' `IndexBinaryMultiHash.range_search` (C++, hash maps, per-query candidate sets) was
-measured too: 3 tables x 21 bits, nflip 3, 2,000 queries of a 1M x 8 index took 19 s on two
-threads, i.e. ~2.7 hours for 1M queries; not used.
+Timings: BENCHMARKS.md (bench/hash_index.py). faiss' `IndexBinaryMultiHash.range_search` was
+measured too and is far slower for all-pairs queries; not used.
 """
 from __future__ import annotations
 
@@ -47,32 +43,16 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
 
 from core.distances import identity_to_variant_bits
-from core.neighbors import NeighborSearch, search_hash_neighbors
+from core.search.exact_hamming import HASH_BITS, as_hash_matrix, search_hash_pairs, topk_from_pairs
+from core.search.mih_plan import Substring, check_plan, plan_substrings
+from core.search.result import NeighborSearch
 
-HASH_BITS = 64
-MAX_ROWS = 300_000_000  # `_topk_from_pairs` packs (row, bits, row) into one int64: 65 M^2 < 2^63
-MAX_SUBSTRING_BITS = 24  # a table has 2**bits buckets (bucket starts: 4 bytes each)
-MIN_SUBSTRING_BITS = 4
-MAX_TABLE_BYTES = 128 << 20  # inline slots of one table (2 slots at 23 bits, 4 at 22)
-MAX_SLOTS = 64
-# Cost model, ns on this machine (2 cores, one thread; fitted on 1M x 8 random hashes, table by
-# table: bits 18-23, 1-40 slots): a probe (key xor, row gather, crowded flag), an inline slot
-# (gather, xor, popcount, compare), a probe of a crowded bucket (decode and overflow block), an
-# overflow entry, filing an entry / an inline cell, and one variant of a cell of the exact
-# O(M^2) search (`search_hash_neighbors`: ~40 ns a cell at V = 8).
-PROBE_NS = 5.0
-SLOT_NS = 1.6
-CROWDED_NS = 40.0
-OVERFLOW_NS = 4.0
-BUILD_NS = 130.0
-CELL_NS = 2.0
-EXACT_NS_PER_VARIANT = 5.0
+MAX_ROWS = 300_000_000  # `topk_from_pairs` packs (row, bits, row) into one int64: 65 M^2 < 2^63
 # Probe blocks: a block of queries spans about one L2-sized slice of a table, a block of probes
 # holds ~CHUNK_PROBES probes (its buffers stay in L2).
 SLICE_BYTES = 512 << 10
@@ -86,163 +66,49 @@ OVERFLOW_WINDOW = 4  # a crowded bucket's next entries read as one dense block .
 OVERFLOW_BLOCK = 1 << 14  # ... for this many probes at a time
 
 
-@dataclass(frozen=True)
-class Substring:
-    """One table of the index: hash bits [shift, shift + bits), probed within `radius` bits;
-    `slots` entries per bucket are held inline, more are read from the overflow."""
-
-    shift: int
-    bits: int
-    radius: int
-    slots: int
-
-    @property
-    def mask(self) -> int:
-        """The substring's bits in place (for a 64-bit xor)."""
-        return ((1 << self.bits) - 1) << self.shift
-
-
 def search_hash_neighbors_within(
     hashes: np.ndarray,
     k: int,
     radius_bits: float,
     *,
-    method: str = "auto",
     plan: tuple[Substring, ...] | None = None,
     workers: int | None = None,
 ) -> NeighborSearch:
-    """Every pair within `radius_bits` (same distance as search_hash_neighbors) and each row's
-    up-to-k nearest rows among those; sub-quadratic.
+    """Every pair within `radius_bits` and each row's up-to-k nearest rows among those, through
+    the substring tables: the answer of `core.search.exact_hamming.search_hash_pairs`, sub-quadratic.
 
     Args:
         hashes: (M, V) uint64 (or int64 bit patterns), identity variant in column 0.
-        k: neighbours kept per row (clipped to M - 1, as `search_hash_neighbors`).
+        k: neighbours kept per row (clipped to M - 1).
         radius_bits: pairs with distance <= radius_bits are returned.
-        method: "auto" (the index, unless `plan_substrings` estimates the exact search cheaper:
-            small inputs, or a radius too wide for the index), "index" or "exact".
-        plan: the index's substrings (default `plan_substrings`); tests pass their own.
+        plan: the substrings (default `plan_substrings(..., allow_exact=False)`); tests pass their
+            own. A radius of 64 bits or more has no plan (every pair is within it): then the exact
+            search answers.
         workers: threads probing the index (default: the CPU count, at most MAX_WORKERS).
 
     Returns:
-        NeighborSearch: pairs (left < right) sorted by (left, right) with float32 bit distances,
-        exactly those of `search_hash_neighbors(hashes, k, radius_bits)`; top-k: for each row the
-        k nearest rows within the radius, ascending by distance, ties by smaller index, padded
-        with -1 / +inf (shape (M, min(k, M - 1))). Where search_hash_neighbors' top-k entries
-        lie within the radius, their distances are these; its rows can differ only among rows
-        tied at its k-th distance (np.argpartition picks any of them, not the smallest index).
+        NeighborSearch: pairs (left < right) sorted by (left, right) with float32 bit distances;
+        top-k: for each row the k nearest rows within the radius, ascending by distance, ties by
+        smaller index, padded with -1 / +inf (shape (M, min(k, M - 1))).
     """
-    if method not in ("auto", "index", "exact"):
-        raise ValueError(f"method must be 'auto', 'index' or 'exact', got {method!r}")
-    hashes = np.asarray(hashes)
-    hashes = np.ascontiguousarray(hashes.view(np.uint64) if hashes.dtype == np.int64 else hashes, dtype=np.uint64)
-    if hashes.ndim != 2:
-        raise ValueError(f"hashes must be (M, V), got shape {hashes.shape}")
+    hashes = as_hash_matrix(hashes)
     rows, variants = hashes.shape
-    k = max(0, min(k, rows - 1))
     radius = math.floor(min(radius_bits, HASH_BITS))  # distances are whole bits
     if rows > MAX_ROWS:
-        raise ValueError(f"at most {MAX_ROWS} rows")
-    if rows < 2 or radius < 0 or variants == 0:
-        left = right = np.empty(0, np.int64)
-        distance = np.empty(0, np.float32)
-    else:
-        if plan is None and method != "exact":
-            plan = plan_substrings(rows, variants, radius, allow_exact=method == "auto")
-        if method == "exact" or plan is None:
-            exact = search_hash_neighbors(hashes, 0, radius_bits)
-            left, right, distance = exact.pair_left, exact.pair_right, exact.pair_distance
-        else:
-            workers = workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1)
-            left, right, distance = _index_pairs(hashes, radius, plan, max(1, workers))
-    index, dist = _topk_from_pairs(rows, k, left, right, distance)
+        raise ValueError(f"at most {MAX_ROWS} rows, got {rows}; split the hashes")
+    if plan is None and rows >= 2 and radius >= 0 and variants:
+        plan = plan_substrings(rows, variants, radius, allow_exact=False)
+    if plan is None or rows < 2 or radius < 0 or variants == 0:
+        return search_hash_pairs(hashes, k, radius_bits)
+    workers = workers if workers is not None else min(MAX_WORKERS, os.cpu_count() or 1)
+    left, right, distance = _index_pairs(hashes, radius, plan, max(1, workers))
+    index, dist = topk_from_pairs(rows, max(0, min(k, rows - 1)), left, right, distance)
     return NeighborSearch(index, dist, left, right, distance)
-
-
-def plan_substrings(rows: int, variants: int, radius: int, allow_exact: bool = True) -> tuple[Substring, ...] | None:
-    """The cheapest exact substring split for this many rows and variants, or None where the
-    exact O(M^2) search is estimated cheaper (`allow_exact`) or the radius is 64 bits or more.
-
-    Searched: m substrings of 64 bits in total (each MIN..MAX_SUBSTRING_BITS bits), radii with
-    sum(r_t + 1) > radius; per table the number of inline slots minimising the cost model for a
-    Poisson bucket occupancy X (entries / 2**bits on average). A table costs probes (rows x keys
-    within r_t) x (PROBE_NS + SLOT_NS slots + CROWDED_NS P(X > slots) + OVERFLOW_NS
-    E[X - slots; X > slots]), plus filing its entries and cells. Tables add up, so the best split
-    is a shortest path over (bits covered, radius budget left). Real hashes cluster, so buckets
-    are fuller than Poisson; crowded buckets then cost time (not memory) and the plan stays exact.
-    """
-    return _plan(int(rows), int(variants), int(radius), bool(allow_exact))
-
-
-@lru_cache(maxsize=64)
-def _plan(rows: int, variants: int, radius: int, allow_exact: bool) -> tuple[Substring, ...] | None:
-    if radius >= HASH_BITS:
-        return None
-    entries = rows * variants
-    need = radius + 1  # best[b][u]: cheapest tables covering b bits with sum(r_t + 1) >= u
-    tables = {}  # (bits, r_t) -> (estimated ns, slots)
-    for bits in range(MIN_SUBSTRING_BITS, MAX_SUBSTRING_BITS + 1):
-        per_probe, slots = _probe_cost(entries, bits)
-        fixed = entries * BUILD_NS + 2**bits * slots * CELL_NS
-        for r in range(min(bits, radius) + 1):
-            tables[bits, r] = (fixed + rows * _keys_within(bits, r) * per_probe, slots)
-    best = [[math.inf] * (need + 1) for _ in range(HASH_BITS + 1)]
-    best[0][0] = 0.0
-    choice = {}
-    for covered in range(1, HASH_BITS + 1):
-        for budget in range(need + 1):
-            for (bits, r), (cost, slots) in tables.items():
-                if bits <= covered:
-                    cost += best[covered - bits][max(0, budget - r - 1)]
-                    if cost < best[covered][budget]:
-                        best[covered][budget] = cost
-                        choice[covered, budget] = (bits, r, slots)
-    if not math.isfinite(best[HASH_BITS][need]):
-        return None
-    if allow_exact and best[HASH_BITS][need] > EXACT_NS_PER_VARIANT * variants * rows * rows:
-        return None
-    plan, covered, budget = [], HASH_BITS, need
-    while covered:
-        bits, r, slots = choice[covered, budget]
-        plan.append((bits, r, slots))
-        covered, budget = covered - bits, max(0, budget - r - 1)
-    plan.sort(key=lambda part: (-part[0], -part[1]))
-    shifts = np.cumsum([0] + [bits for bits, _, _ in plan[:-1]])
-    return tuple(Substring(int(shift), bits, r, slots) for shift, (bits, r, slots) in zip(shifts, plan))
-
-
-@lru_cache(maxsize=4096)
-def _keys_within(bits: int, radius: int) -> int:
-    return sum(math.comb(bits, d) for d in range(min(bits, radius) + 1))
-
-
-def _probe_cost(entries: int, bits: int) -> tuple[float, int]:
-    """(estimated ns per probe, best inline slots) of a table of `bits`-bit keys."""
-    occupancy = entries / 2.0**bits
-    best, best_slots = math.inf, 1
-    for slots in range(1, MAX_SLOTS + 1):
-        if (2**bits) * slots * 8 > MAX_TABLE_BYTES:
-            break
-        crowded, overflow = _expected_overflow(occupancy, slots)
-        cost = PROBE_NS + SLOT_NS * slots + CROWDED_NS * crowded + OVERFLOW_NS * overflow
-        if cost < best:
-            best, best_slots = cost, slots
-    return best, best_slots
-
-
-def _expected_overflow(occupancy: float, slots: int) -> tuple[float, float]:
-    """(P(X > slots), E[max(0, X - slots)]) for X ~ Poisson(occupancy)."""
-    below = at_most = 0.0
-    p = math.exp(-occupancy)
-    for x in range(slots + 1):
-        below += (slots - x) * p
-        at_most += p
-        p *= occupancy / (x + 1)
-    return max(0.0, 1.0 - at_most), occupancy - slots + below
 
 
 def _index_pairs(hashes: np.ndarray, radius: int, plan: tuple[Substring, ...], workers: int = 1):
     """(left, right, distance) of every pair within `radius`, through the substring tables."""
-    _check_plan(plan, radius)
+    check_plan(plan, radius)
     rows, variants = hashes.shape
     identity = np.ascontiguousarray(hashes[:, 0])
     entries = hashes.reshape(-1)  # entry e is variant e % V of row e // V
@@ -253,20 +119,6 @@ def _index_pairs(hashes: np.ndarray, radius: int, plan: tuple[Substring, ...], w
             kept.add(query_row, entry, number)
         del table
     return kept.result()
-
-
-def _check_plan(plan: tuple[Substring, ...], radius: int) -> None:
-    """Refuse a plan that could miss a pair (or allocate a table beyond MAX_SUBSTRING_BITS)."""
-    covered = np.zeros(HASH_BITS, bool)
-    for sub in plan:
-        if not 1 <= sub.bits <= MAX_SUBSTRING_BITS or sub.shift < 0 or sub.shift + sub.bits > HASH_BITS or sub.radius < 0 or sub.slots < 1:
-            raise ValueError(f"bad substring {sub}")
-        if covered[sub.shift : sub.shift + sub.bits].any():
-            raise ValueError(f"substrings must be disjoint ranges of the 64 bits: {plan}")
-        covered[sub.shift : sub.shift + sub.bits] = True
-    # Bits in no substring can differ freely: the pigeonhole needs every bit covered.
-    if not covered.all() or sum(sub.radius + 1 for sub in plan) <= radius:
-        raise ValueError(f"plan does not guarantee every pair within {radius} bits: {plan}")
 
 
 class _Table:
@@ -316,7 +168,7 @@ class _Table:
         Queries are sorted by key and cut into blocks whose keys span about one SLICE_BYTES slice
         of `inline`; masks are sorted by their bits above the slice, so that a run of probes reads
         few slices. `workers` threads take contiguous runs of blocks (numpy releases the GIL in
-        its loops: 1.4x with two threads on two cores).
+        its loops).
         """
         sub, slots = self.sub, self.sub.slots
         buckets = 1 << sub.bits
@@ -439,26 +291,25 @@ def _in_threads(runs: list, queued: int = 4):
     stop = threading.Event()
     done = object()
 
+    def put(item) -> bool:
+        """Queue `item` (waiting while the queue is full); False once the consumer has stopped."""
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work(run) -> None:
         try:
             for item in run:
-                while not stop.is_set():
-                    try:
-                        results.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
             outcome = done
         except BaseException as error:  # handed to the consumer
             outcome = error
-        while not stop.is_set():
-            try:
-                results.put(outcome, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put(outcome)
 
     threads = [threading.Thread(target=work, args=(run,), daemon=True) for run in runs]
     for thread in threads:
@@ -565,30 +416,3 @@ class _PairSink:
         return left, right, bits.astype(np.float32)
 
 
-def _topk_from_pairs(rows: int, k: int, left: np.ndarray, right: np.ndarray, distance: np.ndarray):
-    """(M, k) nearest rows among each row's pairs: ascending distance, ties by smaller index.
-
-    Each pair is listed under both rows as one int64, (row * 65 + bits) * M + neighbour, sorted
-    in place (16 bytes a pair); the j-th nearest of a row is then at its row's start + j.
-    """
-    index = np.full((rows, k), -1, dtype=np.int64)
-    dist = np.full((rows, k), np.inf, dtype=np.float32)
-    if k == 0 or len(left) == 0:
-        return index, dist
-    pairs = len(left)
-    key = np.empty(2 * pairs, np.int64)
-    for half, (row, other) in enumerate(((left, right), (right, left))):
-        part = key[half * pairs : (half + 1) * pairs]
-        np.multiply(row, HASH_BITS + 1, out=part)
-        part += distance.astype(np.int64)
-        part *= rows
-        part += other
-    key.sort()
-    degree = np.bincount(left, minlength=rows) + np.bincount(right, minlength=rows)
-    start = np.cumsum(degree) - degree
-    for rank in range(k):
-        has = np.flatnonzero(degree > rank)
-        bits, other = np.divmod(key[start[has] + rank] % ((HASH_BITS + 1) * rows), rows)
-        index[has, rank] = other
-        dist[has, rank] = bits.astype(np.float32)
-    return index, dist

@@ -10,18 +10,28 @@ plus the new rows' pairs. Cost per run: O(changed x N) instead of O(N x N).
 A cached search is only reused when its fingerprint (what the distances depend on) matches, and a
 sample of reused rows is searched again and compared, so a stale cache falls back to a full search
 instead of giving wrong answers.
+
+`SearchCache` wraps any engine (`core.search.protocol.NeighborEngine`): it loads the last run's
+search from its file, brings it up to date with the engine's `distances_from` / `pair_distances`
+and saves it back. Nothing of it rides on the scoring result.
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from core.atomic_write import write_atomically
+from core.disposable_cache import read_or_discard
 from core.distances import nearest_first, nearest_first_order
-from core.neighbors import NeighborSearch
+from core.search.protocol import NeighborEngine
+from core.search.result import NeighborSearch
+
+logger = logging.getLogger(__name__)
 
 # Above this fraction of changed rows a full search is about as fast, and simpler.
 MAX_CHANGED_FRACTION = 0.25
@@ -63,24 +73,16 @@ class KeyedSearch:
     @classmethod
     def read(cls, path: str | os.PathLike) -> KeyedSearch:
         """The saved search; raises whatever the file's damage makes numpy raise (a truncated
-        file: zipfile.BadZipFile)."""
+        file: zipfile.BadZipFile). `SearchCache.load` turns that into no cache."""
         with np.load(path, allow_pickle=False) as saved:
             search = NeighborSearch(saved["topk_index"], saved["topk_distance"], saved["pair_left"], saved["pair_right"], saved["pair_distance"])
             return cls(saved["hashes"].astype(object), search, str(saved["fingerprint"]))
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> KeyedSearch | None:
-        """The saved search, or None when there is none or it cannot be read (then search fully)."""
-        try:
-            return cls.read(path)
-        except Exception:  # noqa: BLE001 (a damaged cache of any kind means: search fully)
-            return None
-
 
 @dataclass(frozen=True)
 class SearchUpdate:
-    """How a search was brought up to date: `mode` is `full`, `incremental` or `index` (the
-    indexed search, `core.scoring.find_content_neighbors`), `reason` says why a full or indexed
+    """How a search was brought up to date: `mode` is `full`, `incremental` or `index` (an
+    indexed search, `core.search.choose.EngineChoice.mode`), `reason` says why a full or indexed
     search ran; `searched_rows` rows were searched against all rows."""
 
     mode: str
@@ -88,15 +90,46 @@ class SearchUpdate:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class SearchCache:
+    """A search kept by content hash in one file between runs, for any engine.
+
+    Attributes:
+        path: the cache file (`.npz`); absent or unreadable: the search runs in full.
+        warn: told the name of an unreadable file before it is removed (`read_or_discard`).
+    """
+
+    path: Path
+    warn: Callable[[str], None] = logger.warning
+
+    def load(self) -> KeyedSearch | None:
+        """The saved search, or None (absent, or unreadable: then removed after a warning)."""
+        return read_or_discard(self.path, KeyedSearch.read, self.warn)
+
+    def save(self, search: KeyedSearch) -> None:
+        """Write atomically (a kill never leaves a partial cache)."""
+        search.save(self.path)
+
+    def search(self, engine: NeighborEngine, hashes: np.ndarray, k: int, radius: float) -> tuple[NeighborSearch, SearchUpdate]:
+        """`engine.search(k, radius)` over rows keyed by `hashes`, brought up to date from the
+        saved search where it still holds; the result is saved for the next run."""
+        keyed, update = update_search(self.load(), hashes, engine, k, radius)
+        self.save(keyed)
+        return keyed.search, update
+
+
+def fingerprint_of(engine: NeighborEngine, k: int, radius: float) -> str:
+    """What a cached search's distances depend on (e.g. `cosine k=16 radius=0.1`); the engine's
+    options (bf16 or not) give the same answer and are not part of it."""
+    return f"{engine.signal} k={k} radius={radius!r}"
+
+
 def update_search(
     previous: KeyedSearch | None,
     hashes: np.ndarray,
-    fingerprint: str,
+    engine: NeighborEngine,
     k: int,
     radius: float,
-    full_search: Callable[[], NeighborSearch],
-    row_distances: Callable[[np.ndarray], np.ndarray],
-    pair_distances: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     verify_seed: int = 0,
 ) -> tuple[KeyedSearch, SearchUpdate]:
     """The search over `hashes`, reusing `previous` where it still holds.
@@ -104,17 +137,21 @@ def update_search(
     Args:
         previous: the last run's search, or None.
         hashes: (M,) sorted content hashes of this run.
-        fingerprint: must equal `previous.fingerprint` for it to be reused.
-        k, radius: as in `core.neighbors.search_neighbors` (k is clipped to M - 1).
-        full_search: runs the full search over `hashes` (the reference result).
-        row_distances: rows -> (len(rows), M) float32 distances from those rows to every row.
-        pair_distances: (left, right) -> exact distances, as the full search reports pairs; None
-            takes them from `row_distances`.
+        engine: a built engine over the rows of `hashes` (row i is hashes[i]); its full search is
+            the reference result; `previous` is reused only if its fingerprint (`fingerprint_of`)
+            matches.
+        k, radius: as in `NeighborEngine.search` (k is clipped to M - 1).
         verify_seed: picks the reused rows that are searched again as a check.
 
     Returns:
         (KeyedSearch over `hashes`, SearchUpdate).
     """
+    fingerprint = fingerprint_of(engine, k, radius)
+    row_distances, pair_distances = engine.distances_from, engine.pair_distances
+
+    def full_search() -> NeighborSearch:
+        return engine.search(k, radius)
+
     rows = len(hashes)
     k = max(0, min(k, rows - 1))
     if previous is None:
@@ -166,13 +203,10 @@ def update_search(
     left = [new_of_old[old_pairs.pair_left[keep_pair]]]
     right = [new_of_old[old_pairs.pair_right[keep_pair]]]
     distance = [old_pairs.pair_distance[keep_pair]]
-    block_row, block_column = np.nonzero(distances <= radius + (1e-5 if pair_distances is not None else 0.0))
+    block_row, block_column = np.nonzero(distances <= radius + 1e-5)  # re-checked exactly below
     row = searched[block_row]
     new_left, new_right = np.minimum(row, block_column), np.maximum(row, block_column)
-    if pair_distances is not None:
-        new_distance = np.asarray(pair_distances(new_left, new_right), dtype=np.float32)
-    else:
-        new_distance = distances[block_row, block_column]
+    new_distance = np.asarray(pair_distances(new_left, new_right), dtype=np.float32)
     within = new_distance <= radius
     left.append(new_left[within])
     right.append(new_right[within])

@@ -1,13 +1,13 @@
 """Approximate all-rows nearest-neighbour search for large tables: an IVF index, exact re-rank and
 neighbour-graph refinement.
 
-`core.neighbors.search_neighbors` is exact and O(N^2): fine up to ~100k rows, a day at 1M. This
-module gives the same `NeighborSearch` (per-row top-k ascending, close pairs within a cosine
-radius) in time growing at most as N^1.5 (N^1.1 measured from 100k to 1M rows), with every
+The exact search (`core.search.exact_cosine`) is O(N^2). This module gives the same
+`NeighborSearch` (per-row top-k ascending, close pairs within a cosine radius) in time growing at
+most as N^1.5 (timings: BENCHMARKS.md, "Scoring 1M vectors with an index"), with every
 distance it returns computed exactly in float32 from the original vectors. Steps:
 
-1. read the rows (an (N, D) array, or (keys, vectors) record batches streamed from LanceDB, the
-   store of record) into one L2-normalised float32 (N, D) array: the only full copy held;
+1. read the rows (an (N, D) array, or (keys, vectors) record batches streamed from LanceDB,
+   `core.search.batches`) into one L2-normalised float32 (N, D) array: the only full copy held;
 2. spherical k-means on a sample gives `nlist` centroids; every row's `nprobe` nearest centroids
    are found once (one blocked GEMM pass) and serve both to file the row in its list and as the
    lists its query scans;
@@ -31,17 +31,15 @@ index". faiss-cpu is an optional dependency: `pip install 'imgdedup[scale]'`.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
 from core.distances import cosine_distance
-from core.neighbors import NeighborSearch, l2_normalize, search_neighbors
+from core.search.batches import read_batches, release_free_heap
+from core.search.result import NeighborSearch
 
-# Below this many rows the exact search is both faster than training an index and exact.
-MIN_INDEX_ROWS = 2_000
 # Rows searched and re-ranked at once: faiss' fast scan builds a lookup table per query
 # (D / 4 x 16 floats: 12 KiB at D = 768), so 4,096 queries hold ~50 MiB of tables.
 SEARCH_BLOCK_ROWS = 4_096
@@ -72,7 +70,7 @@ class IvfParameters:
             nearest neighbours in a dense cluster, so the true top-k are looked for among twice as
             many candidates; 48 or 64 did not raise recall@1 on the synthetic set at 1M.
         refine_rounds: neighbour-graph refinement rounds (reverse edges + neighbours of the
-            `refine_fanout` nearest neighbours), ~25 s each at 1M rows. Default 2: at 1M rows
+            `refine_fanout` nearest neighbours), linear in N. Default 2: at 1M rows
             recall@1 was 0.96 after one round and 0.996 after two (0.76 -> 0.98 -> 1.0 from
             the index search at nprobe 12).
         refine_fanout: neighbours whose own neighbours are proposed (fanout^2 candidates per row,
@@ -112,15 +110,13 @@ class IvfParameters:
 
 @dataclass(frozen=True)
 class IndexedSearch(NeighborSearch):
-    """`NeighborSearch` from `search_neighbors_ivf`, with what was read and how.
+    """`NeighborSearch` from `search_neighbors_ivf`, with the keys of what was read.
 
     Attributes:
         keys: (M,) the keys of the rows, in row order, when the input was record batches; else None.
-        stats: engine, the parameters used, seconds per phase, rows scanned exactly for pairs.
     """
 
     keys: np.ndarray | None = None
-    stats: dict = field(default_factory=dict)
 
 
 def faiss_module():
@@ -144,8 +140,8 @@ def search_neighbors_ivf(
     parameters: IvfParameters = IvfParameters(),
 ) -> IndexedSearch:
     """Each row's k nearest other rows and the pairs within `radius` (cosine distance), through an
-    IVF index: the contract of `core.neighbors.search_neighbors`, approximate recall, exact
-    distances.
+    IVF index: the contract of the exact search, approximate recall, exact distances. Below a few
+    thousand rows the exact search is faster (`core.search.choose.choose_engine` takes it there).
 
     Args:
         source: either (N, D) L2-normalised float32 rows (used in place when already float32 and
@@ -160,127 +156,28 @@ def search_neighbors_ivf(
 
     Returns:
         IndexedSearch: topk_index / topk_distance (N, k) ascending (ties by row), -1 / +inf
-        padded; close pairs (left < right) sorted by (left, right), distances exact; keys; stats.
+        padded; close pairs (left < right) sorted by (left, right), distances exact; keys.
+
+    Raises:
+        ValueError: fewer than two rows or k < 1 (nothing to index).
     """
-    started = time.perf_counter()
     keys = None
     if isinstance(source, np.ndarray):
         vectors = np.ascontiguousarray(source, dtype=np.float32)
     else:
         keys, vectors = read_batches(source, rows)
-    stats: dict = {"read_seconds": round(time.perf_counter() - started, 2), "peak_rss_mib_after": {"read": _peak_rss_mib()}}
     count = len(vectors)
     k = max(0, min(k, count - 1))
-    if count < MIN_INDEX_ROWS or k == 0:
-        exact = search_neighbors(vectors, k=k, radius=radius)
-        stats["engine"] = "exact"
-        return IndexedSearch(exact.topk_index, exact.topk_distance, exact.pair_left, exact.pair_right, exact.pair_distance, keys, stats)
+    if k == 0:
+        raise ValueError(f"the indexed search needs k >= 1 and at least 2 rows, got k={k} over {count} rows; use the exact search")
 
     dim = vectors.shape[1]
     params = parameters.for_rows(count, dim, k)
-    stats.update(
-        engine="faiss IVF-PQ fast scan + exact re-rank + graph refinement", rows=count, dim=dim, k=k, nlist=params.nlist,
-        nprobe=params.nprobe, rerank=params.rerank, refine_rounds=params.refine_rounds, refine_fanout=params.refine_fanout,
-        pq_subvectors=params.pq_subvectors, train_rows=params.train_rows,
-    )
-    search = _Search(vectors, k, radius, params, stats)
+    search = _Search(vectors, k, radius, params)
     search.run()
     topk_index, topk_distance, left, right, distance = search.result()
     del search, vectors  # for batches, the only full copy: gone before the int64 copy is made
-    return IndexedSearch(topk_index.astype(np.int64), topk_distance, left, right, distance, keys=keys, stats=stats)
-
-
-def read_batches(batches: Iterable[tuple[object, np.ndarray]], rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate (keys, vectors) batches into (keys, float32 L2-normalised (N, D) vectors).
-
-    With `rows`, the array is allocated once and filled batch by batch (peak: the array plus one
-    batch); more rows than announced is an error.
-    """
-    keys: list[np.ndarray] = []
-    parts: list[np.ndarray] = []
-    vectors = None
-    filled = 0
-    unreleased = 0
-    for batch_keys, batch_vectors in batches:
-        batch = np.asarray(batch_vectors, dtype=np.float32)
-        if batch.ndim != 2:
-            raise ValueError(f"a batch of vectors must be 2-D (rows, dim), got shape {batch.shape}")
-        batch_keys = np.asarray(batch_keys, dtype=object)
-        if len(batch_keys) != len(batch):
-            raise ValueError(f"a batch has {len(batch_keys)} keys for {len(batch)} vectors")
-        keys.append(batch_keys)
-        if rows is None:
-            parts.append(l2_normalize(batch))
-            continue
-        if vectors is None:
-            vectors = np.empty((rows, batch.shape[1]), dtype=np.float32)
-        if filled + len(batch) > rows:
-            raise ValueError(f"the batches hold more than the {rows} rows announced")
-        vectors[filled : filled + len(batch)] = l2_normalize(batch)
-        filled += len(batch)
-        unreleased += batch.nbytes
-        if unreleased >= 64 << 20:
-            # The reader's freed batch buffers stay in the C heap's per-thread arenas (LanceDB's
-            # Rust threads); hand them back so that they do not add to the array's footprint.
-            release_free_heap()
-            unreleased = 0
-    release_free_heap()
-    all_keys = np.concatenate(keys) if keys else np.empty(0, dtype=object)
-    if rows is None:
-        vectors = np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
-    elif vectors is None:
-        vectors = np.empty((0, 0), np.float32)
-    else:
-        vectors = vectors[:filled]
-    return all_keys, vectors
-
-
-def lancedb_batches(table, key_column: str = "pixel_hash", vector_column: str = "vector", batch_rows: int = 8_192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Stream (keys, float32 vectors) batches out of a LanceDB table, in table order.
-
-    Reads `batch_rows` rows per query (offset / limit): at 1M x 768 rows this peaked ~800 MiB
-    lower than one streamed scan (`to_batches`), whose read-ahead buffers stay resident. The table must
-    not change while it is read (rows are addressed by offset in the current version).
-
-    Args:
-        table: a LanceDB table (`lancedb.table.Table`).
-        key_column / vector_column: the key column and the fixed-size-list vector column.
-        batch_rows: rows per batch.
-    """
-    total = table.count_rows()
-    for start in range(0, total, batch_rows):
-        batch = table.search().select([key_column, vector_column]).offset(start).limit(min(batch_rows, total - start)).to_arrow()
-        column = batch.column(vector_column).combine_chunks()
-        values = column.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), column.type.list_size)
-        keys = np.asarray(batch.column(key_column).to_pylist(), dtype=object)
-        del batch, column
-        yield keys, values
-
-
-def release_free_heap() -> None:
-    """Return freed C-heap memory to the OS (glibc `malloc_trim`; a no-op elsewhere)."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-
-            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM = None
-
-
-def _peak_rss_mib() -> int:
-    """This process' peak resident set so far, MiB (0 where getrusage is missing)."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on POSIX
-        return 0
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    return IndexedSearch(topk_index.astype(np.int64), topk_distance, left, right, distance, keys=keys)
 
 
 def _pq_subvectors(dim: int) -> int:
@@ -294,14 +191,13 @@ def _pq_subvectors(dim: int) -> int:
 class _Search:
     """The steps of `search_neighbors_ivf` over one float32 array; state kept between them."""
 
-    def __init__(self, vectors: np.ndarray, k: int, radius: float, params: IvfParameters, stats: dict):
+    def __init__(self, vectors: np.ndarray, k: int, radius: float, params: IvfParameters):
         self.faiss = faiss_module()
         self.vectors = vectors
         self.count, self.dim = vectors.shape
         self.k = k
         self.radius = radius
         self.params = params
-        self.stats = stats
         # Pairs are looked for among similarities above this floor, then re-checked exactly.
         self.min_similarity = np.float32(1.0 - radius - 1e-5)
         self.topk_index = self.topk_distance = None  # allocated once the index is built
@@ -309,21 +205,11 @@ class _Search:
         self.rights: list[np.ndarray] = []
         self.dense: list[np.ndarray] = []
 
-    def _timed(self, name: str, step) -> None:
-        started = time.perf_counter()
-        step()
-        release_free_heap()
-        self.stats[f"{name}_seconds"] = round(time.perf_counter() - started, 2)
-        self.stats.setdefault("peak_rss_mib_after", {})[name] = _peak_rss_mib()
-
     def run(self) -> None:
-        self._timed("kmeans", self._train_centroids)
-        self._timed("assign", self._assign)
-        self._timed("add", self._build_index)
-        self._timed("search", self._search)
-        for round_number in range(self.params.refine_rounds):
-            self._timed(f"refine{round_number + 1}", self._refine)
-        self._timed("dense_scan", self._scan_dense_rows)
+        steps = [self._train_centroids, self._assign, self._build_index, self._search]
+        for step in [*steps, *[self._refine] * self.params.refine_rounds, self._scan_dense_rows]:
+            step()
+            release_free_heap()  # each step's freed temporaries, back to the OS before the next
 
     # Index ---------------------------------------------------------------------------------
 
@@ -359,7 +245,7 @@ class _Search:
         threads = faiss.omp_get_max_threads()
         try:
             # PQ training runs one tiny k-means per sub-quantizer; with several OpenMP threads on
-            # a loaded machine their barriers cost 10-20x the work, so it runs on one thread.
+            # a loaded machine their barriers cost more than the work, so it runs on one thread.
             faiss.omp_set_num_threads(1)
             ivfpq.train(self._sample())
         finally:
@@ -392,13 +278,10 @@ class _Search:
         self.topk_distance = np.full((self.count, self.k), np.inf, dtype=np.float32)
         depth = self.params.rerank
         order = np.argsort(self.probes[:, 0], kind="stable")  # rows grouped by their list
-        search_seconds = 0.0
         for start in range(0, self.count, SEARCH_BLOCK_ROWS):
             rows = order[start : start + SEARCH_BLOCK_ROWS]
             queries = self.vectors[rows]
-            started = time.perf_counter()
             _, found = self.index.search_preassigned(queries, depth + 1, self.probes[rows], None)  # + 1: itself
-            search_seconds += time.perf_counter() - started
             found[found == rows[:, None]] = -1
             similarity = self._inner_products(rows, found, queries)
             self._merge(rows, found, similarity)
@@ -406,7 +289,6 @@ class _Search:
             # candidates; it is scanned exactly at the end.
             close = similarity >= self.min_similarity
             self.dense.append(rows[close.sum(axis=1) >= depth])
-        self.stats["index_search_seconds"] = round(search_seconds, 2)
         del self.index, self.probes, self.quantizer
 
     def _merge(self, rows: np.ndarray, candidates: np.ndarray, similarity: np.ndarray, reverse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
@@ -481,7 +363,6 @@ class _Search:
 
     def _scan_dense_rows(self) -> None:
         dense = np.unique(np.concatenate(self.dense)) if self.dense else np.empty(0, np.int64)
-        self.stats["dense_rows"] = int(len(dense))
         chunk = max(1, DENSE_SCAN_CELLS // max(1, self.count))
         for start in range(0, len(dense), chunk):
             rows = dense[start : start + chunk]

@@ -1,0 +1,97 @@
+"""What every neighbour search returns (`NeighborSearch`), and the operations on results that do
+not depend on the engine that produced them: merging signals on one scale, rescaling, top-k from
+pairs, and the nearest row outside a group."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core.distances import nearest_first
+
+@dataclass(frozen=True)
+class NeighborSearch:
+    """Result of a neighbour search over M rows (cosine distance, bits, or a fused scale).
+
+    Attributes:
+        topk_index: (M, k) int64, nearest other rows, ascending by distance; -1 pads.
+        topk_distance: (M, k) float32 distances, +inf where padded.
+        pair_left, pair_right: (P,) int64 row pairs with left < right whose distance <= radius.
+        pair_distance: (P,) float32 their distances.
+    """
+
+    topk_index: np.ndarray
+    topk_distance: np.ndarray
+    pair_left: np.ndarray
+    pair_right: np.ndarray
+    pair_distance: np.ndarray
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Return float32 rows scaled to unit length (zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms > 0, norms, 1.0)
+
+
+def merge_searches(searches: list[NeighborSearch], k: int) -> NeighborSearch:
+    """Fuse searches whose distances are already on one scale: a pair's distance is the smallest
+    any search gives it; top-k lists are merged and cut to k."""
+    index = np.concatenate([s.topk_index for s in searches], axis=1)
+    distance = np.concatenate([s.topk_distance for s in searches], axis=1)
+    topk_index, topk_distance = nearest_first(index, distance, max(0, min(k, index.shape[1])))
+    pairs = pd.DataFrame(
+        {
+            "left": np.concatenate([s.pair_left for s in searches]),
+            "right": np.concatenate([s.pair_right for s in searches]),
+            "distance": np.concatenate([s.pair_distance for s in searches]),
+        }
+    ).groupby(["left", "right"], as_index=False, sort=True)["distance"].min()
+    return NeighborSearch(
+        topk_index=topk_index,
+        topk_distance=topk_distance,
+        pair_left=pairs["left"].to_numpy(np.int64),
+        pair_right=pairs["right"].to_numpy(np.int64),
+        pair_distance=pairs["distance"].to_numpy(np.float32),
+    )
+
+
+def scaled(search: NeighborSearch, factor: float) -> NeighborSearch:
+    """The same search with every distance multiplied by `factor` (maps a signal onto a scale)."""
+    return NeighborSearch(search.topk_index, search.topk_distance * np.float32(factor), search.pair_left, search.pair_right, search.pair_distance * np.float32(factor))
+
+
+def nearest_outside_group(row_distances, group_of_row: np.ndarray, search: NeighborSearch) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, the nearest row in a different group, and its distance.
+
+    Uses the top-k lists; rows whose k neighbours all share their group (groups larger than k) are
+    recomputed exactly with `row_distances(row) -> (M,) distances`.
+
+    Returns:
+        (index, distance): (M,) int64 with -1 where no row outside the group exists, and (M,)
+        float32 with +inf there.
+    """
+    rows = len(group_of_row)
+    index = np.full(rows, -1, dtype=np.int64)
+    distance = np.full(rows, np.inf, dtype=np.float32)
+    if rows == 0:
+        return index, distance
+    topk = search.topk_index
+    if topk.shape[1] == 0:  # a single row: nothing outside its group
+        return index, distance
+    valid = topk >= 0
+    other_group = valid & (group_of_row[np.where(valid, topk, 0)] != group_of_row[:, None])
+    has_other = other_group.any(axis=1)
+    first = np.argmax(other_group, axis=1)
+    found = np.nonzero(has_other)[0]
+    index[found] = topk[found, first[found]]
+    distance[found] = search.topk_distance[found, first[found]]
+    group_sizes = np.bincount(group_of_row)
+    needs_exact = np.nonzero(~has_other & (group_sizes[group_of_row] < rows))[0]
+    for row in needs_exact:
+        row_distance = np.array(row_distances(row), dtype=np.float32)
+        row_distance[group_of_row == group_of_row[row]] = np.inf
+        best = int(np.argmin(row_distance))
+        index[row], distance[row] = best, row_distance[best]
+    return index, distance
