@@ -3,6 +3,7 @@
 Exit codes: 0 success (every check passed), 1 a blocking check failed or a step failed,
 2 invalid configuration (nothing was run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,10 +66,29 @@ def open_instance():
 # The settings each command takes as flags; names, help, defaults and choices come from `Settings`.
 EMBEDDING_SETTINGS = ("embedder", "model", "pooling", "batch_size", "device", "precision", "runtime")
 RUN_SETTINGS = (
-    "image_root", "out_dir", *EMBEDDING_SETTINGS, "lancedb_uri", "duplicate_threshold", "near_duplicate_threshold", "keep_policy",
-    "near_duplicate_action", "max_duplicate_fraction", "hash_threshold_bits", "max_pixels", "neighbor_search",
+    "image_root",
+    "out_dir",
+    *EMBEDDING_SETTINGS,
+    "lancedb_uri",
+    "duplicate_threshold",
+    "near_duplicate_threshold",
+    "keep_policy",
+    "near_duplicate_action",
+    "max_duplicate_fraction",
+    "hash_threshold_bits",
+    "max_pixels",
+    "neighbor_search",
 )
-CALIBRATE_SETTINGS = ("image_root", "out_dir", *EMBEDDING_SETTINGS, "calibration_sample_size", "calibration_seed", "target_precision", "hash_threshold_bits", "max_pixels")
+CALIBRATE_SETTINGS = (
+    "image_root",
+    "out_dir",
+    *EMBEDDING_SETTINGS,
+    "calibration_sample_size",
+    "calibration_seed",
+    "target_precision",
+    "hash_threshold_bits",
+    "max_pixels",
+)
 
 
 def _flag_value(name: str):
@@ -85,7 +105,9 @@ def _flag_value(name: str):
     return parse
 
 
-def add_setting_argument(parser: argparse.ArgumentParser, name: str, default=None, default_text: str | None = None) -> None:
+def add_setting_argument(
+    parser: argparse.ArgumentParser, name: str, default=None, default_text: str | None = None
+) -> None:
     """The flag of setting `name`, from its `Settings` field: name, help, choices and default.
 
     The flag's own default is None (`default` for a command that chooses another), so that an
@@ -93,11 +115,19 @@ def add_setting_argument(parser: argparse.ArgumentParser, name: str, default=Non
     field, extra = SETTINGS_FIELDS[name], field_extra(name)
     allowed = choices(name)
     shown = default_text or (default if default is not None else field.default)
-    notes = [f"default {shown:g}" if isinstance(shown, float) else f"default {shown}"] if shown is not None and not extra.get("required") else []
+    notes = (
+        [f"default {shown:g}" if isinstance(shown, float) else f"default {shown}"]
+        if shown is not None and not extra.get("required")
+        else []
+    )
     if default is None:  # a command's own default wins over the environment
         notes.append(env_var(name))
     parser.add_argument(
-        cli_flag(name), dest=name, type=_flag_value(name), default=default, required=bool(extra.get("required")),
+        cli_flag(name),
+        dest=name,
+        type=_flag_value(name),
+        default=default,
+        required=bool(extra.get("required")),
         metavar="{" + ",".join(allowed) + "}" if allowed else extra.get("metavar"),
         help=f"{field.description} ({'; '.join(notes)})",
     )
@@ -151,10 +181,14 @@ def release_abandoned_runs(instance) -> list[str]:
     import dagster as dg
 
     released = []
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])):
+    for run in instance.get_runs(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING])
+    ):
         token = run.tags.get(RUN_PROCESS_TAG)
         if token and process_is_gone(token):
-            instance.report_run_failed(run, message=f"the process that executed this run ({token}) ended without finishing it (killed?)")
+            instance.report_run_failed(
+                run, message=f"the process that executed this run ({token}) ended without finishing it (killed?)"
+            )
     storage = instance.event_log_storage
     if storage.supports_global_concurrency_limits:
         for run_id in storage.get_concurrency_run_ids():
@@ -206,13 +240,18 @@ def terminal_logger_definition():
     `tracebacks` (print failures' stack traces)."""
     import dagster as dg
 
-    @dg.logger({"log_level": dg.Field(str, default_value="INFO"), "tracebacks": dg.Field(bool, default_value=False)}, description="imgdedup's terminal log")
+    @dg.logger(
+        {"log_level": dg.Field(str, default_value="INFO"), "tracebacks": dg.Field(bool, default_value=False)},
+        description="imgdedup's terminal log",
+    )
     def terminal_logger(init_context) -> logging.Logger:
         config = init_context.logger_config
         logger = logging.Logger("dagster", level=config["log_level"])
         handler = logging.StreamHandler(sys.stderr)
         fmt, datefmt = "%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"
-        handler.setFormatter(logging.Formatter(fmt, datefmt) if config["tracebacks"] else _WithoutStackTraces(fmt, datefmt))
+        handler.setFormatter(
+            logging.Formatter(fmt, datefmt) if config["tracebacks"] else _WithoutStackTraces(fmt, datefmt)
+        )
         logger.addHandler(handler)
         return logger
 
@@ -227,7 +266,11 @@ def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO
     """
     from definitions import DEDUP_JOB, build_definitions
 
-    job = build_definitions(settings).resolve_job_def(DEDUP_JOB).with_logger_defs({"console": terminal_logger_definition()})
+    job = (
+        build_definitions(settings)
+        .resolve_job_def(DEDUP_JOB)
+        .with_logger_defs({"console": terminal_logger_definition()})
+    )
     with open_instance() as instance:
         warn_if_writes_are_not_serialized(instance)
         release_abandoned_runs(instance)
@@ -256,7 +299,10 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
     evaluations = result.get_asset_check_evaluations()
     failed_checks = [evaluation for evaluation in evaluations if not evaluation.passed]
     for evaluation in failed_checks:
-        print(f"FAILED check {evaluation.asset_key.to_user_string()}:{evaluation.check_name}" + (" (blocking)" if evaluation.blocking else ""))
+        print(
+            f"FAILED check {evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            + (" (blocking)" if evaluation.blocking else "")
+        )
         for key in ("observed_value", "threshold", "unexpected_count", "failed_expectations"):
             value = evaluation.metadata[key].value if key in evaluation.metadata else None
             if value is not None:
@@ -269,7 +315,10 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
         if error is None or error.cls_name in ("DagsterAssetCheckFailedError", "Failure"):
             continue
         cause = error
-        while cause.cause is not None and cause.cls_name in ("DagsterExecutionStepExecutionError", "DagsterUserCodeExecutionError"):
+        while cause.cause is not None and cause.cls_name in (
+            "DagsterExecutionStepExecutionError",
+            "DagsterUserCodeExecutionError",
+        ):
             cause = cause.cause
         failed_steps.append((event.step_key, f"{cause.cls_name}: {cause.message.strip()}"))
         print(f"FAILED step {event.step_key}: {cause.cls_name}: {cause.message.strip()[:2000]}", file=sys.stderr)
@@ -293,13 +342,29 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
         table = pd.read_csv(uniqueness_csv)
         counts = table["label"].value_counts().to_dict()
         removed = int(table["removed"].sum()) if "removed" in table else 0
-        print(f"scored {len(table)} images: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("duplicate", "near_duplicate", "unique")) + f"; {removed} removed")
-    export_names = ("uniqueness.csv", "duplicates.csv", "clean.csv", "rejected.csv", "training_manifest.csv", "report.html")
+        print(
+            f"scored {len(table)} images: "
+            + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("duplicate", "near_duplicate", "unique"))
+            + f"; {removed} removed"
+        )
+    export_names = (
+        "uniqueness.csv",
+        "duplicates.csv",
+        "clean.csv",
+        "rejected.csv",
+        "training_manifest.csv",
+        "report.html",
+    )
     if published != result.run_id:
-        print("this run published no exports" + (f"; the files below are those of the earlier run {published}" if published else ""))
+        print(
+            "this run published no exports"
+            + (f"; the files below are those of the earlier run {published}" if published else "")
+        )
     for name in export_names:
         if published is not None and (out / name).is_file():
-            stale = "" if published == result.run_id else f"  (not written by this run: from the earlier run {published})"
+            stale = (
+                "" if published == result.run_id else f"  (not written by this run: from the earlier run {published})"
+            )
             print(f"  {name:21s} {out / name}{stale}")
     print(f"checks: {len(evaluations) - len(failed_checks)} passed, {len(failed_checks)} failed")
     print(f"dagster run {result.run_id} (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
@@ -321,10 +386,14 @@ def step_seconds_line(run_id: str) -> str | None:
         return None
     stats.sort(key=lambda s: s.start_time)
     total = max(s.end_time for s in stats) - min(s.start_time for s in stats)
-    return f"seconds per step ({total:.1f} s from the first step's start): " + ", ".join(f"{s.step_key} {s.end_time - s.start_time:.1f}" for s in stats)
+    return f"seconds per step ({total:.1f} s from the first step's start): " + ", ".join(
+        f"{s.step_key} {s.end_time - s.start_time:.1f}" for s in stats
+    )
 
 
-def outcome_lines(result, failed_checks: list, failed_steps: list[tuple[str, str]], held_back: list[str], verbose: bool) -> list[str]:
+def outcome_lines(
+    result, failed_checks: list, failed_steps: list[tuple[str, str]], held_back: list[str], verbose: bool
+) -> list[str]:
     """The last lines of a run's summary: its outcome in words."""
     materialized = {event.asset_key.to_user_string(): event for event in result.get_asset_materialization_events()}
     lines = []
@@ -339,17 +408,24 @@ def outcome_lines(result, failed_checks: list, failed_steps: list[tuple[str, str
             if books["discovered"] == 0:
                 from core.images import IMAGE_EXTENSIONS
 
-                lines.append(f"note: no file with an image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}) under --images: is it the right folder?")
+                lines.append(
+                    f"note: no file with an image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}) under --images: is it the right folder?"
+                )
     for evaluation in failed_checks:
         metadata = evaluation.metadata
-        lines.append(f"GATE FAILED: {evaluation.check_name}: {evaluation.description or 'see the check in the Dagster UI'}")
+        lines.append(
+            f"GATE FAILED: {evaluation.check_name}: {evaluation.description or 'see the check in the Dagster UI'}"
+        )
         if "held_back" in metadata:
             lines.append(f"  held back: {metadata['held_back'].value}")
         if "limit_setting" in metadata:
             lines.append(f"  to change the limit: {metadata['limit_setting'].value}")
     for step, message in failed_steps:
         first_line = message.splitlines()[0] if message else ""
-        lines.append(f"STEP FAILED: {step}: {first_line[:500]}" + ("" if verbose else "  (rerun with --verbose for the traceback)"))
+        lines.append(
+            f"STEP FAILED: {step}: {first_line[:500]}"
+            + ("" if verbose else "  (rerun with --verbose for the traceback)")
+        )
     if not failed_checks and not failed_steps and result.success:
         lines.append("OK: every check passed; training_manifest.csv is ready for training")
     elif "training_manifest" in held_back:
@@ -394,7 +470,10 @@ def command_demo(args: argparse.Namespace) -> int:
     # The sample is mostly planted copies, so the raw-data gate (default 0.5) would rightly block
     # it; the demo raises it to show the whole graph. Pass a lower value to see the gate fire.
     settings = Settings.load(
-        image_root=sample["root"], out_dir=str(out / "results"), embedder=args.embedder, max_duplicate_fraction=args.max_duplicate_fraction
+        image_root=sample["root"],
+        out_dir=str(out / "results"),
+        embedder=args.embedder,
+        max_duplicate_fraction=args.max_duplicate_fraction,
     )
     print(f"max_duplicate_fraction for the demo: {settings.max_duplicate_fraction}")
     return summarize(run_pipeline(settings, source="cli-demo"), settings)
@@ -415,7 +494,10 @@ def command_calibrate(args: argparse.Namespace) -> int:
             instance=instance,
             tags={RUN_SOURCE_TAG: "cli-calibrate", RUN_PROCESS_TAG: process_token()},
             raise_on_error=False,
-            run_config={"ops": {"embedding_thresholds": {"config": {"force": args.force}}}, "loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config={
+                "ops": {"embedding_thresholds": {"config": {"force": args.force}}},
+                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+            },
         )
     for event in result.get_step_failure_events():
         error = event.step_failure_data.error
@@ -430,7 +512,9 @@ def command_calibrate(args: argparse.Namespace) -> int:
         f"  estimated precision {record['precision']:.3f} (target {record['target_precision']}), recall {record['recall']:.3f} "
         f"of edited copies; {record['sample_size']} images sampled (seed {record['seed']}), hash_threshold_bits {record['hash_threshold_bits']}"
     )
-    print(f"  stored in {settings.thresholds_file}; `imgdedup run --out {settings.out_dir}` uses it unless --near-duplicate-threshold is given")
+    print(
+        f"  stored in {settings.thresholds_file}; `imgdedup run --out {settings.out_dir}` uses it unless --near-duplicate-threshold is given"
+    )
     print(f"dagster run {result.run_id} (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
     return EXIT_OK
 
@@ -450,7 +534,9 @@ def similar_images(out_dir: Path, path_given: str, k: int) -> list[dict]:
 
     manifest_path = out_dir / "state" / "vectors.json"
     if not manifest_path.exists():
-        raise ValueError(f"no vector table recorded in {out_dir}; run `imgdedup run --images DIR --out {out_dir}` first")
+        raise ValueError(
+            f"no vector table recorded in {out_dir}; run `imgdedup run --images DIR --out {out_dir}` first"
+        )
     manifest = json.loads(manifest_path.read_text())
     images = pd.read_parquet(out_dir / "state" / manifest["catalog"])
     paths_by_hash = images.groupby("pixel_hash")["path"].apply(sorted).to_dict()
@@ -495,8 +581,12 @@ def command_serve_reports(args: argparse.Namespace) -> int:
     from core.report_server import serve_reports
 
     server = serve_reports(args.host, args.port)
-    print(f"serving the reports of imgdedup output folders on http://{args.host}:{args.port}/<absolute path of OUT>/report.html")
-    print(f"  (set IMGDEDUP_REPORT_BASE_URL=http://{args.host}:{args.port} for the Dagster UI's report links; scripts/ui.sh does)")
+    print(
+        f"serving the reports of imgdedup output folders on http://{args.host}:{args.port}/<absolute path of OUT>/report.html"
+    )
+    print(
+        f"  (set IMGDEDUP_REPORT_BASE_URL=http://{args.host}:{args.port} for the Dagster UI's report links; scripts/ui.sh does)"
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -505,34 +595,60 @@ def command_serve_reports(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgdedup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="imgdedup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="materialize the whole graph for a folder")
     for name in RUN_SETTINGS:
         add_setting_argument(run, name)
-    run.add_argument("--verbose", action="store_true", help="print the stack traces of failures (always kept in the Dagster run log)")
+    run.add_argument(
+        "--verbose", action="store_true", help="print the stack traces of failures (always kept in the Dagster run log)"
+    )
     run.set_defaults(handler=command_run, settings_fields=RUN_SETTINGS)
     demo = commands.add_parser("demo", help="build the bundled sample set and run the pipeline on it")
-    demo.add_argument("--out", default=str(PROJECT_ROOT / "demo-output"), help="folder for the sample set (OUT/sample-images) and the results (OUT/results)")
+    demo.add_argument(
+        "--out",
+        default=str(PROJECT_ROOT / "demo-output"),
+        help="folder for the sample set (OUT/sample-images) and the results (OUT/results)",
+    )
     add_setting_argument(demo, "embedder", default="offline", default_text="offline for the demo")
-    add_setting_argument(demo, "max_duplicate_fraction", default=0.95, default_text="0.95 for the demo: the sample is mostly planted copies")
-    demo.add_argument("--sample-only", action="store_true", help="only build the sample folder (OUT/sample-images), as scripts/ui.sh does")
+    add_setting_argument(
+        demo,
+        "max_duplicate_fraction",
+        default=0.95,
+        default_text="0.95 for the demo: the sample is mostly planted copies",
+    )
+    demo.add_argument(
+        "--sample-only",
+        action="store_true",
+        help="only build the sample folder (OUT/sample-images), as scripts/ui.sh does",
+    )
     demo.set_defaults(handler=command_demo)
-    calibrate = commands.add_parser("calibrate", help="choose the near-duplicate threshold for the model from edited copies of a sample (no labels) and store it")
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="choose the near-duplicate threshold for the model from edited copies of a sample (no labels) and store it",
+    )
     for name in CALIBRATE_SETTINGS:
         add_setting_argument(calibrate, name)
-    calibrate.add_argument("--force", action="store_true", help="recalibrate even if this sample was calibrated with these settings")
+    calibrate.add_argument(
+        "--force", action="store_true", help="recalibrate even if this sample was calibrated with these settings"
+    )
     calibrate.set_defaults(handler=command_calibrate, settings_fields=CALIBRATE_SETTINGS)
     similar = commands.add_parser(
         "similar",
         help="print the K images most similar to PATH, from the vector table: a `distance  path` header, then one line per image, "
         "nearest first; the distance is on the uniqueness scale (0 = same picture), so it compares with the thresholds",
     )
-    similar.add_argument("path", help="an image of the run in --out: relative to its image root, or an absolute path inside it")
+    similar.add_argument(
+        "path", help="an image of the run in --out: relative to its image root, or an absolute path inside it"
+    )
     similar.add_argument("--k", type=int, default=5, help="how many images to print (default 5)")
     similar.add_argument("--out", default=".", help="the --out folder of an earlier run (default: current folder)")
     similar.set_defaults(handler=command_similar)
-    reports = commands.add_parser("serve-reports", help="serve the HTML reports on a loopback port, so the Dagster UI's report links open")
+    reports = commands.add_parser(
+        "serve-reports", help="serve the HTML reports on a loopback port, so the Dagster UI's report links open"
+    )
     reports.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     reports.add_argument("--port", type=int, default=3001)
     reports.set_defaults(handler=command_serve_reports)

@@ -1,4 +1,5 @@
 """The single `Definitions` object: assets, checks, resources and the job, for one deployment."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,6 @@ import dagster as dg
 
 from assets.calibration import embedding_thresholds
 from assets.clean_dataset import clean_dataset
-from automation.arrivals import build_arrival_automation
-from automation.maintenance import vector_table_maintenance, weekly_vector_table_maintenance
 from assets.duplicates_collection import collect_duplicates
 from assets.embedding_shards import image_embedding_shards
 from assets.image_embeddings import image_embeddings
@@ -16,6 +15,8 @@ from assets.image_vectors import image_vectors
 from assets.raw_images import discover_raw_images
 from assets.training_manifest import training_manifest
 from assets.uniqueness_scores import score_uniqueness
+from automation.arrivals import build_arrival_automation
+from automation.maintenance import vector_table_maintenance, weekly_vector_table_maintenance
 from checks import all_checks
 from core.embedders import build_embedder
 from core.settings import FIELDS as SETTINGS_FIELDS
@@ -29,7 +30,15 @@ from resources.policy import DedupPolicyResource
 DEDUP_JOB = "dedup_job"
 CALIBRATION_JOB = "calibration_job"
 SHARDED_EMBEDDING_JOB = "sharded_embedding_job"
-ALL_ASSETS = [discover_raw_images, image_embeddings, image_vectors, score_uniqueness, collect_duplicates, clean_dataset, training_manifest]
+ALL_ASSETS = [
+    discover_raw_images,
+    image_embeddings,
+    image_vectors,
+    score_uniqueness,
+    collect_duplicates,
+    clean_dataset,
+    training_manifest,
+]
 # Run on demand, not by dedup_job: scoring reads the stored value, so calibrating never slows a run.
 CALIBRATION_ASSETS = [embedding_thresholds]
 # Run on demand before dedup_job when one machine embeds too slowly: one partition per hash shard,
@@ -40,7 +49,13 @@ SHARDED_ASSETS = [image_embedding_shards]
 def model_id_for(settings: Settings) -> str | None:
     """The id of the model `settings` configure (no weights are loaded), or None when that embedder cannot be built."""
     try:
-        return build_embedder(settings.embedder, settings.model, device=settings.device, pooling=settings.pooling, precision=settings.precision).model_id
+        return build_embedder(
+            settings.embedder,
+            settings.model,
+            device=settings.device,
+            pooling=settings.pooling,
+            precision=settings.precision,
+        ).model_id
     except ValueError:
         return None
 
@@ -50,7 +65,9 @@ def multi_or_in_process_executor_defaulting_to(mode: str) -> dg.ExecutorDefiniti
     when the run config names neither, so launchpad configs written for either keep working."""
     return dg.executor(
         name=f"{mode}_by_default",
-        config_schema=dg.Field(dg.multi_or_in_process_executor.config_schema.as_field().config_type, default_value={mode: {}}),
+        config_schema=dg.Field(
+            dg.multi_or_in_process_executor.config_schema.as_field().config_type, default_value={mode: {}}
+        ),
         requirements=dg.multi_or_in_process_executor.get_requirements,
     )(dg.multi_or_in_process_executor.executor_creation_fn)
 
@@ -89,22 +106,32 @@ def resources_for(settings: Settings) -> dict:
     with `Settings` by name, plus what is derived from them."""
     return {
         # --out (exports, state and the default vector store) may lie under --images: never read as input.
-        "image_store": ImageStoreResource(**shared_settings(settings, ImageStoreResource), excluded_folders=[settings.out_dir]),
+        "image_store": ImageStoreResource(
+            **shared_settings(settings, ImageStoreResource), excluded_folders=[settings.out_dir]
+        ),
         "embedding_model": EmbeddingModelResource(
-            **shared_settings(settings, EmbeddingModelResource), backend=settings.embedder, export_dir=settings.export_dir
+            **shared_settings(settings, EmbeddingModelResource),
+            backend=settings.embedder,
+            export_dir=settings.export_dir,
         ),
         "lancedb": LanceDBResource(uri=settings.vector_store_uri),
         "output_store": OutputStoreResource(out_dir=settings.out_dir, report_base_url=settings.report_base_url or ""),
         # No model id here: the assets look calibrations up under the id of the vectors they read,
         # so a launchpad change to the embedding model (pooling, precision, ...) needs nothing else.
-        "policy": DedupPolicyResource(**shared_settings(settings, DedupPolicyResource), thresholds_file=settings.thresholds_file),
+        "policy": DedupPolicyResource(
+            **shared_settings(settings, DedupPolicyResource), thresholds_file=settings.thresholds_file
+        ),
         # Intermediate tables are pickled under the output folder's state, beside the vector table.
         "io_manager": dg.FilesystemIOManager(base_dir=str(Path(settings.out_dir) / "state" / "assets")),
     }
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    dedup_job = dg.define_asset_job(DEDUP_JOB, selection=dg.AssetSelection.assets(*ALL_ASSETS), description="Materialize the whole dedup graph and run its checks.")
+    dedup_job = dg.define_asset_job(
+        DEDUP_JOB,
+        selection=dg.AssetSelection.assets(*ALL_ASSETS),
+        description="Materialize the whole dedup graph and run its checks.",
+    )
     calibration_job = dg.define_asset_job(
         CALIBRATION_JOB,
         selection=dg.AssetSelection.assets(discover_raw_images, image_embeddings, image_vectors, *CALIBRATION_ASSETS),

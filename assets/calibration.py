@@ -42,7 +42,10 @@ def _histogram(outcome: CalibrationOutcome, hash_threshold_bits: int, model_id: 
     positives, negatives = outcome.pairs.positives, outcome.pairs.negatives
     hash_matched = decided_distances(positives, hash_threshold_bits) == 0.0
     return calibration_histogram_png(
-        positives["distance"], hash_matched & (positives["distance"] > 0), negatives["distance"], outcome.choice.threshold,
+        positives["distance"],
+        hash_matched & (positives["distance"] > 0),
+        negatives["distance"],
+        outcome.choice.threshold,
         title=f"Calibration of {model_id} on {outcome.record['sample_size']} images",
     )
 
@@ -61,20 +64,42 @@ def embedding_thresholds(
 ) -> dg.Output[dict]:
     """The near-duplicate threshold per embedding model, chosen from edited copies of a sample of the raw images."""
     if not policy.thresholds_file:
-        raise ValueError("the policy resource has no thresholds_file, so a calibration could not be used; build resources with resources_for(settings)")
+        raise ValueError(
+            "the policy resource has no thresholds_file, so a calibration could not be used; build resources with resources_for(settings)"
+        )
     embedder = embedding_model.get_embedder()
     model_id = embedder.model_id
     if image_vectors["model_id"] != model_id:
-        raise ValueError(f"the vector table holds {image_vectors['model_id']}, but the configured model is {model_id}; rematerialize image_vectors")
+        raise ValueError(
+            f"the vector table holds {image_vectors['model_id']}, but the configured model is {model_id}; rematerialize image_vectors"
+        )
     sample = sample_rows(raw_images, policy.calibration_sample_size, policy.calibration_seed)
     contents = raw_images.drop_duplicates("pixel_hash").sort_values("pixel_hash", ignore_index=True)
     # The same sample in the same population gives the same answer: no need to embed it again.
     digest = sample_digest([*sample["pixel_hash"], "|", *contents["pixel_hash"]])
     stored = read_calibrations(policy.thresholds_file).get(model_id)
-    parameters = {"seed": policy.calibration_seed, "target_precision": policy.target_precision, "hash_threshold_bits": policy.hash_threshold_bits}
-    if stored and not config.force and stored.get("sample_digest") == digest and all(stored.get(k) == v for k, v in parameters.items()):
-        context.log.info(f"{model_id}: the stored calibration was made on this sample with these settings; reusing it (force=true recalibrates)")
-        return dg.Output(stored, metadata={"model_id": model_id, "near_duplicate_threshold": stored["near_duplicate_threshold"], "reused": True})
+    parameters = {
+        "seed": policy.calibration_seed,
+        "target_precision": policy.target_precision,
+        "hash_threshold_bits": policy.hash_threshold_bits,
+    }
+    if (
+        stored
+        and not config.force
+        and stored.get("sample_digest") == digest
+        and all(stored.get(k) == v for k, v in parameters.items())
+    ):
+        context.log.info(
+            f"{model_id}: the stored calibration was made on this sample with these settings; reusing it (force=true recalibrates)"
+        )
+        return dg.Output(
+            stored,
+            metadata={
+                "model_id": model_id,
+                "near_duplicate_threshold": stored["near_duplicate_threshold"],
+                "reused": True,
+            },
+        )
 
     originals, unreadable = [], {}
     draft = (2 * embedder.input_size, 2 * embedder.input_size)
@@ -90,11 +115,20 @@ def embedding_thresholds(
         hashes=np.stack([np.asarray(p, dtype=np.int64).view(np.uint64) for p in contents["phashes"]]),
         pixel_hashes=contents["pixel_hash"].tolist(),
     )
-    context.log.info(f"{model_id}: calibrating on {len(originals)} sampled images ({len(unreadable)} unreadable) against {len(contents)} contents")
+    context.log.info(
+        f"{model_id}: calibrating on {len(originals)} sampled images ({len(unreadable)} unreadable) against {len(contents)} contents"
+    )
     outcome = calibrate_threshold(
-        [image for _, image in originals], embedder.embed, policy.hash_threshold_bits, policy.target_precision, policy.calibration_seed,
-        min_threshold=policy.duplicate_threshold, image_root=str(image_store.root), pixel_hashes=[h for h, _ in originals],
-        batch_size=embedding_model.batch_size, population=population,
+        [image for _, image in originals],
+        embedder.embed,
+        policy.hash_threshold_bits,
+        policy.target_precision,
+        policy.calibration_seed,
+        min_threshold=policy.duplicate_threshold,
+        image_root=str(image_store.root),
+        pixel_hashes=[h for h, _ in originals],
+        batch_size=embedding_model.batch_size,
+        population=population,
     )
     record = {**outcome.record, "sample_digest": digest}
     write_calibration(policy.thresholds_file, model_id, record)

@@ -23,9 +23,13 @@ def clean_dataset(
     raw_images, rejected_images = withdraw_changed_contents(raw_images, rejected_images, changed)
     if changed:
         output_store.write_table("rejected.csv", rejected_images[["path", "reason", "detail"]])
-        context.log.warning(f"{int((rejected_images['reason'] == CHANGED_REASON).sum())} files changed during the run: rejected as {CHANGED_REASON} (see rejected.csv); the next run catalogues and embeds their new content")
+        context.log.warning(
+            f"{int((rejected_images['reason'] == CHANGED_REASON).sum())} files changed during the run: rejected as {CHANGED_REASON} (see rejected.csv); the next run catalogues and embeds their new content"
+        )
     clean = clean_table(raw_images, duplicate_groups)
-    books = accounting(len(raw_images) + len(rejected_images), len(clean), len(duplicates_collection), len(rejected_images))
+    books = accounting(
+        len(raw_images) + len(rejected_images), len(clean), len(duplicates_collection), len(rejected_images)
+    )
     columns = ["path", "image_id", "pixel_hash", "file_sha256", "width", "height", "bytes"]
     output_store.write_table("clean.csv", clean[columns], run_id=context.run_id)
     output_store.write_table("clean.parquet", clean[columns], run_id=context.run_id)
@@ -34,5 +38,7 @@ def clean_dataset(
     manifest_csv = output_store.root / "clean.csv"
     return dg.Output(
         clean,
-        metadata=table_metadata(clean[columns], accounting=dg.MetadataValue.json(books), export=dg.MetadataValue.path(str(manifest_csv))),
+        metadata=table_metadata(
+            clean[columns], accounting=dg.MetadataValue.json(books), export=dg.MetadataValue.path(str(manifest_csv))
+        ),
     )

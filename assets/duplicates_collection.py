@@ -12,7 +12,6 @@ from assets.metadata import table_metadata, write_export_file
 from core.atomic_write import write_atomically
 from core.collections import duplicates_table, interchange_table
 from core.grouping import assign_groups, keep_policy_order
-from core.scoring import Thresholds
 from core.report import (
     THUMBNAIL_SIZE,
     DuplicatesReport,
@@ -21,6 +20,7 @@ from core.report import (
     report_groups,
     thumbnail_jpeg,
 )
+from core.scoring import Thresholds
 from core.ui_markdown import duplicate_groups_markdown
 from resources.image_store import ImageStoreResource
 from resources.output_store import OutputStoreResource
@@ -36,7 +36,9 @@ UI_PREVIEW_GROUPS = 8
 UI_THUMBNAIL_SIZE = 96
 
 
-def cached_thumbnails(raw_images: pd.DataFrame, image_store: ImageStoreResource, output_store: OutputStoreResource) -> Callable[[str], bytes]:
+def cached_thumbnails(
+    raw_images: pd.DataFrame, image_store: ImageStoreResource, output_store: OutputStoreResource
+) -> Callable[[str], bytes]:
     """path -> report thumbnail (JPEG bytes), cached by content under OUT/state/thumbnails, so a
     rerun only decodes images it has not shown before; JPEGs are decoded at a reduced scale
     (draft), then shrunk to the thumbnail size."""
@@ -78,8 +80,12 @@ def write_duplicates_report(
 
 @dg.multi_asset(
     outs={
-        "duplicate_groups": dg.AssetOut(description="Every scored image with its group, keeper and removal decision (SPEC.md interchange columns first)."),
-        "duplicates_collection": dg.AssetOut(description="Images removed as duplicates, each naming its keeper (duplicate_of) and the reason."),
+        "duplicate_groups": dg.AssetOut(
+            description="Every scored image with its group, keeper and removal decision (SPEC.md interchange columns first)."
+        ),
+        "duplicates_collection": dg.AssetOut(
+            description="Images removed as duplicates, each naming its keeper (duplicate_of) and the reason."
+        ),
     },
     group_name="dedup",
 )
@@ -97,11 +103,17 @@ def collect_duplicates(
     thresholds = policy.thresholds_in_force(image_vectors["model_id"]).thresholds
     pins = image_store.review_pins()
     keep_rank = keep_policy_order(raw_images, policy.keep_policy, pins)
-    groups = assign_groups(uniqueness_scores, near_duplicate_pairs, keep_rank, thresholds, policy.near_duplicate_action, pins)
+    groups = assign_groups(
+        uniqueness_scores, near_duplicate_pairs, keep_rank, thresholds, policy.near_duplicate_action, pins
+    )
     interchange = interchange_table(uniqueness_scores, groups)
     duplicates = duplicates_table(interchange)
     # Into this run's export set; clean_dataset publishes it (top-level names switch together).
-    for name, table in (("uniqueness.csv", interchange), ("uniqueness.parquet", interchange), ("duplicates.csv", duplicates)):
+    for name, table in (
+        ("uniqueness.csv", interchange),
+        ("uniqueness.parquet", interchange),
+        ("duplicates.csv", duplicates),
+    ):
         output_store.write_table(name, table, run_id=context.run_id)
     uniqueness_csv, duplicates_csv = output_store.root / "uniqueness.csv", output_store.root / "duplicates.csv"
 
@@ -113,7 +125,9 @@ def collect_duplicates(
     context.log.info(f"duplicates report: {report.groups_shown} of {report.groups_total} groups, {report_html}")
     if report.thumbnail_errors:
         sample = dict(list(report.thumbnail_errors.items())[:10])
-        context.log.warning(f"{len(report.thumbnail_errors)} thumbnails could not be made (the report shows why), e.g. {sample}")
+        context.log.warning(
+            f"{len(report.thumbnail_errors)} thumbnails could not be made (the report shows why), e.g. {sample}"
+        )
     yield dg.Output(
         interchange,
         output_name="duplicate_groups",

@@ -55,7 +55,9 @@ def image_embedding_shards(
     # Each batch is its own uniquely named file, renamed into place: shards running at the same
     # time never write the same file, and a killed shard leaves only complete batches.
     # A file changed since the catalog is skipped (logged); dedup_job accounts for it.
-    done, elapsed, changed = embed_to_checkpoint(context, todo, embedding_model, verified_image_loader(raw_images, image_store), checkpoint)
+    done, elapsed, changed = embed_to_checkpoint(
+        context, todo, embedding_model, verified_image_loader(raw_images, image_store), checkpoint
+    )
     return dg.MaterializeResult(
         metadata={
             "shard": shard,

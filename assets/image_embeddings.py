@@ -18,7 +18,9 @@ from resources.lancedb import LanceDBResource
 from resources.output_store import OutputStoreResource
 
 
-def embedding_checkpoint(output_store: OutputStoreResource, lancedb: LanceDBResource, model_id: str, warn=None) -> EmbeddingCheckpoint:
+def embedding_checkpoint(
+    output_store: OutputStoreResource, lancedb: LanceDBResource, model_id: str, warn=None
+) -> EmbeddingCheckpoint:
     """The model's checkpoints; `warn` (the step's log) names a damaged shard that is discarded."""
     directory = output_store.state_dir / "embedding-checkpoints" / lancedb.table_name(model_id)
     return EmbeddingCheckpoint(directory, warn) if warn is not None else EmbeddingCheckpoint(directory)
@@ -47,7 +49,11 @@ def verified_image_loader(raw_images: pd.DataFrame, image_store: ImageStoreResou
                 return image_store.load_verified_rgb(candidate, sha, draft)
             except (FileChangedError, FileNotFoundError) as exc:
                 if position == len(candidates) - 1:
-                    raise exc if isinstance(exc, FileChangedError) else FileChangedError(f"{candidate}: the file disappeared since it was catalogued") from exc
+                    raise (
+                        exc
+                        if isinstance(exc, FileChangedError)
+                        else FileChangedError(f"{candidate}: the file disappeared since it was catalogued")
+                    ) from exc
 
     return load
 
@@ -71,9 +77,13 @@ def embed_to_checkpoint(
 
     def leave_for_next_run(pixel_hash: str, error: Exception) -> None:
         changed[pixel_hash] = str(error)
-        context.log.warning(f"not embedded, left for the next run: {error} (its new content is catalogued and embedded then)")
+        context.log.warning(
+            f"not embedded, left for the next run: {error} (its new content is catalogued and embedded then)"
+        )
 
-    for hashes, vectors in embed_in_batches(todo, embedder, load_image, embedding_model.batch_size, on_changed=leave_for_next_run):
+    for hashes, vectors in embed_in_batches(
+        todo, embedder, load_image, embedding_model.batch_size, on_changed=leave_for_next_run
+    ):
         checkpoint.write(hashes, vectors)
         if on_batch is not None:
             on_batch(hashes, vectors)
@@ -118,15 +128,34 @@ def image_embeddings(
     )
 
     done, elapsed, changed = embed_to_checkpoint(
-        context, todo, embedding_model, verified_image_loader(raw_images, image_store), checkpoint, on_batch=lambda hashes, vectors: resumed.update(zip(hashes, vectors))
+        context,
+        todo,
+        embedding_model,
+        verified_image_loader(raw_images, image_store),
+        checkpoint,
+        on_batch=lambda hashes, vectors: resumed.update(zip(hashes, vectors)),
     )
 
     hashes = sorted(resumed)
-    embeddings = pd.DataFrame({"pixel_hash": hashes, "model_id": model_id, "vector": [np.asarray(resumed[h], np.float32) for h in hashes], CHANGED_COLUMN: None})
+    embeddings = pd.DataFrame(
+        {
+            "pixel_hash": hashes,
+            "model_id": model_id,
+            "vector": [np.asarray(resumed[h], np.float32) for h in hashes],
+            CHANGED_COLUMN: None,
+        }
+    )
     if changed:
         # One row per content whose files all changed since the catalog, without a vector: the
         # later stages account for those files as rejected (`changed_during_run`) in this run.
-        withdrawn = pd.DataFrame({"pixel_hash": sorted(changed), "model_id": model_id, "vector": None, CHANGED_COLUMN: [changed[h] for h in sorted(changed)]})
+        withdrawn = pd.DataFrame(
+            {
+                "pixel_hash": sorted(changed),
+                "model_id": model_id,
+                "vector": None,
+                CHANGED_COLUMN: [changed[h] for h in sorted(changed)],
+            }
+        )
         embeddings = pd.concat([embeddings, withdrawn], ignore_index=True)
     return dg.Output(
         embeddings,

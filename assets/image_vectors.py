@@ -24,11 +24,19 @@ def image_vectors(
     """The LanceDB table holding one vector per pixel hash for the configured model."""
     model_id = embedding_model.get_embedder().model_id
     if len(image_embeddings) and set(image_embeddings["model_id"]) != {model_id}:
-        raise ValueError(f"embeddings are from {set(image_embeddings['model_id'])}, but the configured model is {model_id}; rematerialize image_embeddings")
-    changed = image_embeddings[image_embeddings[CHANGED_COLUMN].notna()] if CHANGED_COLUMN in image_embeddings else image_embeddings.iloc[:0]
+        raise ValueError(
+            f"embeddings are from {set(image_embeddings['model_id'])}, but the configured model is {model_id}; rematerialize image_embeddings"
+        )
+    changed = (
+        image_embeddings[image_embeddings[CHANGED_COLUMN].notna()]
+        if CHANGED_COLUMN in image_embeddings
+        else image_embeddings.iloc[:0]
+    )
     image_embeddings = image_embeddings.drop(index=changed.index)
     if len(image_embeddings):
-        table, inserted = lancedb.insert_missing(model_id, image_embeddings["pixel_hash"].tolist(), np.stack(image_embeddings["vector"].to_numpy()))
+        table, inserted = lancedb.insert_missing(
+            model_id, image_embeddings["pixel_hash"].tolist(), np.stack(image_embeddings["vector"].to_numpy())
+        )
     else:
         table, inserted = lancedb.open_vectors(model_id), 0
     # The vectors are now durable in LanceDB, so the per-batch checkpoints can go.
@@ -44,8 +52,13 @@ def image_vectors(
     # Contents that have no vector because their files changed during the run: later stages
     # account for those files as rejected (`withdraw_changed_contents`).
     summary["changed_during_run"] = dict(zip(changed["pixel_hash"], changed[CHANGED_COLUMN]))
-    output_store.write_json("state/vectors.json", {**summary, "catalog": output_store.catalog_name(image_store.root), "image_root": str(image_store.root)})
-    context.log.info(f"inserted {inserted} vectors into {summary['table']} (version {summary['version']}, {summary['rows']} rows)")
+    output_store.write_json(
+        "state/vectors.json",
+        {**summary, "catalog": output_store.catalog_name(image_store.root), "image_root": str(image_store.root)},
+    )
+    context.log.info(
+        f"inserted {inserted} vectors into {summary['table']} (version {summary['version']}, {summary['rows']} rows)"
+    )
     return dg.Output(
         summary,
         metadata={

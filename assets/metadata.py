@@ -40,7 +40,9 @@ def table_metadata(table: pd.DataFrame, preview_rows: int = 10, **extra) -> dict
     return metadata
 
 
-def write_export_file(output_store: OutputStoreResource, file_name: str, data: bytes, run_id: str | None = None) -> Path:
+def write_export_file(
+    output_store: OutputStoreResource, file_name: str, data: bytes, run_id: str | None = None
+) -> Path:
     """Write `data` to `out_dir/file_name` (with `run_id`: into that run's export set) atomically:
     a browser never sees half a file."""
     target = output_store.export_path(run_id, file_name) if run_id else output_store.path_for(file_name)

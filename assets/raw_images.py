@@ -12,12 +12,18 @@ from resources.output_store import OutputStoreResource
 
 @dg.multi_asset(
     outs={
-        "raw_images": dg.AssetOut(description="Every decodable image under the image root: path, size, file and pixel hashes."),
-        "rejected_images": dg.AssetOut(description="Files with an image extension that could not be used, each with a reason."),
+        "raw_images": dg.AssetOut(
+            description="Every decodable image under the image root: path, size, file and pixel hashes."
+        ),
+        "rejected_images": dg.AssetOut(
+            description="Files with an image extension that could not be used, each with a reason."
+        ),
     },
     group_name="dedup",
 )
-def discover_raw_images(context: dg.AssetExecutionContext, image_store: ImageStoreResource, output_store: OutputStoreResource):
+def discover_raw_images(
+    context: dg.AssetExecutionContext, image_store: ImageStoreResource, output_store: OutputStoreResource
+):
     # The previous catalog (per image root) lets a rerun skip decoding files that did not change.
     catalog_path = output_store.state_dir / output_store.catalog_name(image_store.root)
     previous = read_or_discard(catalog_path, pd.read_parquet, context.log.warning)
@@ -51,5 +57,7 @@ def discover_raw_images(context: dg.AssetExecutionContext, image_store: ImageSto
     yield dg.Output(
         rejected,
         output_name="rejected_images",
-        metadata=table_metadata(rejected, reasons=dg.MetadataValue.json(reasons), export=dg.MetadataValue.path(str(rejected_csv))),
+        metadata=table_metadata(
+            rejected, reasons=dg.MetadataValue.json(reasons), export=dg.MetadataValue.path(str(rejected_csv))
+        ),
     )

@@ -41,7 +41,9 @@ def assign_splits(clean: pd.DataFrame, validation_fraction: float) -> pd.DataFra
         ValueError: validation_fraction outside [0, 1].
     """
     if not 0.0 <= validation_fraction <= 1.0:
-        raise ValueError(f"validation_fraction must lie in [0, 1], got {validation_fraction}; set it in the training_manifest config")
+        raise ValueError(
+            f"validation_fraction must lie in [0, 1], got {validation_fraction}; set it in the training_manifest config"
+        )
     manifest = clean.sort_values("path", ignore_index=True)[MANIFEST_COLUMNS[:-1]].copy()
     in_validation = manifest["image_id"].map(split_position) < validation_fraction
     manifest["split"] = in_validation.map({True: SPLIT_VALIDATION, False: SPLIT_TRAIN})
@@ -51,7 +53,10 @@ def assign_splits(clean: pd.DataFrame, validation_fraction: float) -> pd.DataFra
 # In the dedup group so that the group's "Materialize all" in the UI runs the whole dedup_job.
 @dg.asset(group_name="dedup")
 def training_manifest(
-    context: dg.AssetExecutionContext, config: TrainingManifestConfig, clean_dataset: pd.DataFrame, output_store: OutputStoreResource
+    context: dg.AssetExecutionContext,
+    config: TrainingManifestConfig,
+    clean_dataset: pd.DataFrame,
+    output_store: OutputStoreResource,
 ) -> dg.Output[pd.DataFrame]:
     """The images training may use, each assigned to the train or validation split."""
     manifest = assign_splits(clean_dataset, config.validation_fraction)

@@ -7,11 +7,11 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from assets.image_embeddings import path_per_content
 from assets.metadata import png_markdown, table_metadata, write_export_file
 from core.disposable_cache import inputs_digest, result_for_inputs
 from core.grouping import keep_policy_order
 from core.plots import uniqueness_histogram_png
-from assets.image_embeddings import path_per_content
 from core.rotated_copies import RotatedCopySignal
 from core.scoring import LABELS, Thresholds, compute_uniqueness_scores
 from core.search.cache import SearchCache
@@ -21,6 +21,7 @@ from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
 from resources.output_store import OutputStoreResource
 from resources.policy import DedupPolicyResource
+
 
 def rotated_copy_signal(raw_images: pd.DataFrame, image_store: ImageStoreResource) -> RotatedCopySignal:
     """The turned-copy check, reading each content from the file embedded for it."""
@@ -47,7 +48,13 @@ def uniqueness_histogram(uniqueness: pd.Series, thresholds: Thresholds, state_di
     """`uniqueness_histogram_png` of the scores, or the same PNG stored by an earlier run whose
     scores, thresholds and matplotlib were the same (matplotlib's import and drawing are most of
     a no-change rerun's scoring step)."""
-    digest = inputs_digest(HISTOGRAM_FORMAT, version("matplotlib"), uniqueness.to_numpy(dtype="float64"), float(thresholds.duplicate), float(thresholds.near_duplicate))
+    digest = inputs_digest(
+        HISTOGRAM_FORMAT,
+        version("matplotlib"),
+        uniqueness.to_numpy(dtype="float64"),
+        float(thresholds.duplicate),
+        float(thresholds.near_duplicate),
+    )
     png, _ = result_for_inputs(
         state_dir / "figures",
         HISTOGRAM_FILE,
@@ -62,8 +69,12 @@ def uniqueness_histogram(uniqueness: pd.Series, thresholds: Thresholds, state_di
 
 @dg.multi_asset(
     outs={
-        "uniqueness_scores": dg.AssetOut(description="Uniqueness in [0, 1] per image (1 = unique) with its label; copies score exactly 0."),
-        "near_duplicate_pairs": dg.AssetOut(description="Pairs of distinct contents within the near-duplicate threshold (cosine distance)."),
+        "uniqueness_scores": dg.AssetOut(
+            description="Uniqueness in [0, 1] per image (1 = unique) with its label; copies score exactly 0."
+        ),
+        "near_duplicate_pairs": dg.AssetOut(
+            description="Pairs of distinct contents within the near-duplicate threshold (cosine distance)."
+        ),
     },
     # No dependency on `embedding_thresholds`: the calibrated threshold is read from its stored file
     # when one exists (see assets/calibration.py); a dependency on an asset that is only run on
@@ -88,7 +99,9 @@ def score_uniqueness(
     vectors = lancedb.read_content_vectors(image_vectors["model_id"], set(raw_images["pixel_hash"]))
     # The last run's embedding search for this model's table: only new contents (and those that
     # lost a neighbour) are searched again. A cache that does not fit is ignored.
-    cache_file = output_store.state_dir / "neighbor-searches" / f"{lancedb.table_name(image_vectors['model_id'])}-embedding.npz"
+    cache_file = (
+        output_store.state_dir / "neighbor-searches" / f"{lancedb.table_name(image_vectors['model_id'])}-embedding.npz"
+    )
     neighbors = find_content_neighbors(
         vectors,
         radius=thresholds.near_duplicate_cosine_distance,
@@ -98,7 +111,8 @@ def score_uniqueness(
         rotated_copy_signal=rotated_copy_signal(raw_images, image_store) if policy.check_turned_copies else None,
     )
     search_modes = {
-        signal: f"{u.mode}, {u.searched_rows} of {len(neighbors.pixel_hashes)} contents searched" + (f" ({u.reason})" if u.reason else "")
+        signal: f"{u.mode}, {u.searched_rows} of {len(neighbors.pixel_hashes)} contents searched"
+        + (f" ({u.reason})" if u.reason else "")
         for signal, u in neighbors.updates.items()
     }
     context.log.info("neighbour search: " + "; ".join(f"{signal} {mode}" for signal, mode in search_modes.items()))
@@ -111,7 +125,9 @@ def score_uniqueness(
         f"Thresholds in force ({image_vectors['model_id']}): `duplicate` uniqueness ≤ {thresholds.duplicate:g} < "
         f"`near_duplicate` ≤ {thresholds.near_duplicate:g} < `unique`; near-duplicate threshold {in_force.describe()}."
     )
-    lowest = scores.sort_values(["uniqueness", "path"]).head(LOWEST_ROWS)[["path", "uniqueness", "label", "nearest_path"]]
+    lowest = scores.sort_values(["uniqueness", "path"]).head(LOWEST_ROWS)[
+        ["path", "uniqueness", "label", "nearest_path"]
+    ]
     histogram = uniqueness_histogram(scores["uniqueness"], thresholds, output_store.state_dir, context.log.warning)
     write_export_file(output_store, HISTOGRAM_FILE, histogram, run_id=context.run_id)
     histogram_png = output_store.root / HISTOGRAM_FILE  # published with the rest of the set
@@ -125,7 +141,13 @@ def score_uniqueness(
             label_histogram=dg.MetadataValue.md(label_histogram_markdown(scores["uniqueness"], thresholds)),
             label_counts=dg.MetadataValue.json(counts),
             **{f"{label}_count": dg.MetadataValue.int(int(counts[label])) for label in LABELS},
-            thresholds=dg.MetadataValue.json({"duplicate": thresholds.duplicate, "near_duplicate": thresholds.near_duplicate, "near_duplicate_source": in_force.source}),
+            thresholds=dg.MetadataValue.json(
+                {
+                    "duplicate": thresholds.duplicate,
+                    "near_duplicate": thresholds.near_duplicate,
+                    "near_duplicate_source": in_force.source,
+                }
+            ),
             near_duplicate_threshold=dg.MetadataValue.float(float(thresholds.near_duplicate)),
             near_duplicate_threshold_source=dg.MetadataValue.text(in_force.describe()),
             model_id=image_vectors["model_id"],

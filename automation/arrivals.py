@@ -5,6 +5,7 @@ The listing fingerprint (paths, sizes, mtimes) is the cursor and the run's tag, 
 of the folder is never processed twice, and any change (new, changed or removed file) is picked up.
 The run itself only decodes changed files and embeds new content (catalog and vector reuse).
 """
+
 import dagster as dg
 
 from core.catalog import listing_fingerprint
@@ -22,7 +23,9 @@ def _run_request(fingerprint: str, trigger: str) -> dg.RunRequest:
     return dg.RunRequest(run_key=f"listing-{fingerprint}", tags={LISTING_TAG: fingerprint, TRIGGER_TAG: trigger})
 
 
-def build_arrival_automation(job_name: str, cron_schedule: str = "0 2 * * *") -> tuple[dg.SensorDefinition, dg.ScheduleDefinition]:
+def build_arrival_automation(
+    job_name: str, cron_schedule: str = "0 2 * * *"
+) -> tuple[dg.SensorDefinition, dg.ScheduleDefinition]:
     """The arrival sensor and the catch-up schedule (`cron_schedule`, nightly at 02:00 by default)
     for `job_name`."""
 

@@ -1,4 +1,5 @@
 """Vector-table maintenance: compaction and cleanup as their own scheduled job."""
+
 import dagster as dg
 
 from resources.lancedb import WRITER_POOL, LanceDBResource

@@ -18,6 +18,7 @@ Relations (`relation` column, reduced to a category by `bench/quality.py`):
 - `off-centre crop`: 75-85 % of each side, anchored at a random corner;
 - `text overlay`: a caption band covering 5-10 % of the image, at a random height.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,13 @@ from bench.hard_negatives import fit, photo  # noqa: E402
 # Distinct pictures only: skimage.data.cat() is chelsea again.
 PICTURES = ("astronaut", "rocket", "coffee", "chelsea", "camera", "immunohistochemistry")
 SIDE = 448  # longer side of every original
-RELATIONS = ("small rotation, black corners", "small rotation, inner crop", "arbitrary rotation, black corners", "off-centre crop", "text overlay")
+RELATIONS = (
+    "small rotation, black corners",
+    "small rotation, inner crop",
+    "arbitrary rotation, black corners",
+    "off-centre crop",
+    "text overlay",
+)
 
 
 def _signed(rng: np.random.Generator, low: float, high: float) -> float:
@@ -74,11 +81,19 @@ def text_overlay(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def edited_copies(rng: np.random.Generator, original: Image.Image):
     small = _signed(rng, 1.0, 10.0)
-    yield "small-rotation-black-corners", original.rotate(small, resample=Image.Resampling.BICUBIC), f"small rotation, black corners: {small:.1f} deg"
+    yield (
+        "small-rotation-black-corners",
+        original.rotate(small, resample=Image.Resampling.BICUBIC),
+        f"small rotation, black corners: {small:.1f} deg",
+    )
     cropped = _signed(rng, 1.0, 10.0)
     yield "small-rotation-inner-crop", inner_crop(original, cropped), f"small rotation, inner crop: {cropped:.1f} deg"
     large = _signed(rng, 20.0, 45.0)
-    yield "arbitrary-rotation-black-corners", original.rotate(large, resample=Image.Resampling.BICUBIC), f"arbitrary rotation, black corners: {large:.1f} deg"
+    yield (
+        "arbitrary-rotation-black-corners",
+        original.rotate(large, resample=Image.Resampling.BICUBIC),
+        f"arbitrary rotation, black corners: {large:.1f} deg",
+    )
     yield "off-centre-crop", off_centre_crop(original, rng), "off-centre crop, 75-85 % of each side"
     yield "text-overlay", text_overlay(original, rng), "text overlay, 5-10 % of the image"
 

@@ -30,6 +30,7 @@ Measures, in one process (ratios are what to compare; the machine is shared and 
 
 Prints one line per figure and ends with one line of JSON holding every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,7 +123,9 @@ def build_vit(attn: str):
     return ViTModel(config, add_pooling_layer=False).eval()
 
 
-def forward_rate(model, batch: torch.Tensor, repeats: int, flops: float, grad_mode: str = "inference") -> tuple[float, float]:
+def forward_rate(
+    model, batch: torch.Tensor, repeats: int, flops: float, grad_mode: str = "inference"
+) -> tuple[float, float]:
     def run():
         if grad_mode == "inference":
             with torch.inference_mode():
@@ -153,7 +156,11 @@ def bench_vit(args, roofline_gflops: float) -> None:
             rate, fraction = forward_rate(lambda x: model(pixel_values=x), batch, args.repeats, flops, grad_mode)
         finally:
             torch.set_num_threads(previous)
-        report(f"vit_{name}_images_per_s", round(rate, 3), f"{rate:.3f} images/s = {fraction:.0%} of the fp32 roofline (paired)")
+        report(
+            f"vit_{name}_images_per_s",
+            round(rate, 3),
+            f"{rate:.3f} images/s = {fraction:.0%} of the fp32 roofline (paired)",
+        )
         FIGURES[f"vit_{name}_roofline_fraction"] = round(fraction, 3)
         return rate
 
@@ -181,7 +188,9 @@ def bench_cnn(args, roofline_gflops: float) -> None:
     model = embedder._model
     features = lambda x: model.forward_head(model.forward_features(x), pre_logits=True)  # noqa: E731
     flops = count_flops(features, torch.randn(1, 3, 224, 224))
-    report("cnn_gflop_per_image", round(flops / 1e9, 3), f"{flops / 1e9:.3f} GFLOP per 224x224 image (EfficientNet-Lite0)")
+    report(
+        "cnn_gflop_per_image", round(flops / 1e9, 3), f"{flops / 1e9:.3f} GFLOP per 224x224 image (EfficientNet-Lite0)"
+    )
     roof = roofline_gflops * 1e9 / flops
     report("cnn_roofline_images_per_s", round(roof, 1), f"{roof:.1f} images/s at {roofline_gflops:.1f} GFLOP/s")
 
@@ -194,11 +203,21 @@ def bench_cnn(args, roofline_gflops: float) -> None:
             batch = torch.randn(batch_size, 3, 224, 224).to(dtype)
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            rate, fraction = forward_rate(lambda x: net.forward_head(net.forward_features(x), pre_logits=True), batch, args.repeats, flops, grad_mode)
+            rate, fraction = forward_rate(
+                lambda x: net.forward_head(net.forward_features(x), pre_logits=True),
+                batch,
+                args.repeats,
+                flops,
+                grad_mode,
+            )
         finally:
             torch.set_num_threads(previous)
             model.float().to(memory_format=torch.contiguous_format)
-        report(f"cnn_{name}_images_per_s", round(rate, 1), f"{rate:.1f} images/s = {fraction:.0%} of the fp32 roofline (paired)")
+        report(
+            f"cnn_{name}_images_per_s",
+            round(rate, 1),
+            f"{rate:.1f} images/s = {fraction:.0%} of the fp32 roofline (paired)",
+        )
         FIGURES[f"cnn_{name}_roofline_fraction"] = round(fraction, 3)
 
     measure("plain_grad_bs1", 1, grad_mode="grad")
@@ -237,7 +256,11 @@ def _decode(path_and_draft):
 def bench_decode(paths: list[Path], repeats: int) -> None:
     megapixels = np.mean([np.prod(Image.open(p).size) for p in paths]) / 1e6
     size_mb = np.mean([p.stat().st_size for p in paths]) / 1e6
-    report("decode_megapixels", round(float(megapixels), 1), f"{megapixels:.1f} MP, {size_mb:.1f} MB per JPEG, {len(paths)} files")
+    report(
+        "decode_megapixels",
+        round(float(megapixels), 1),
+        f"{megapixels:.1f} MP, {size_mb:.1f} MB per JPEG, {len(paths)} files",
+    )
     for draft_name, draft in (("full", None), ("draft224", (224, 224))):
         work = [(p, draft) for p in paths]
         rate = median_rate(lambda: [_decode(w) for w in work], len(work), repeats)
@@ -267,11 +290,17 @@ def bench_stage(paths: list[Path], repeats: int, vit_dir: Path) -> None:
 
             def run():
                 out.clear()
-                out.extend(v for _, v in embed_in_batches(by_hash, embedder, loader, batch_size, decode_workers=workers))
+                out.extend(
+                    v for _, v in embed_in_batches(by_hash, embedder, loader, batch_size, decode_workers=workers)
+                )
 
             rate = median_rate(run, len(by_hash), repeats)
             results[mode] = np.concatenate(out)
-            report(f"stage_{name}_{mode}_images_per_s", round(rate, 2), f"{rate:.2f} images/s (12 MP JPEGs, draft decode, batch {batch_size})")
+            report(
+                f"stage_{name}_{mode}_images_per_s",
+                round(rate, 2),
+                f"{rate:.2f} images/s (12 MP JPEGs, draft decode, batch {batch_size})",
+            )
         same = float(np.abs(results["serial"] - results["overlapped"]).max())
         report(f"stage_{name}_overlap_max_abs_difference", same, f"{same:g} (overlapped vs serial embeddings)")
 
@@ -280,7 +309,10 @@ def _photos(count: int) -> list[Image.Image]:
     """`count` distinct in-memory RGB photos (scikit-image's, 300-640 px, rotated per index)."""
     from skimage import data
 
-    base = [Image.fromarray(a).convert("RGB") for a in (data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.camera())]
+    base = [
+        Image.fromarray(a).convert("RGB")
+        for a in (data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.camera())
+    ]
     return [base[i % len(base)].rotate(i * 3, resample=Image.Resampling.BILINEAR) for i in range(count)]
 
 
@@ -297,7 +329,9 @@ def bench_precision(args, vit_dir: Path) -> None:
         embedders = {precision: build(precision) for precision in ("fp32", "bf16")}
 
         def run(embedder):
-            return np.concatenate([v for _, v in embed_in_batches(by_key, embedder, lambda path, draft: by_path[path], batch_size)])
+            return np.concatenate(
+                [v for _, v in embed_in_batches(by_key, embedder, lambda path, draft: by_path[path], batch_size)]
+            )
 
         vectors = {precision: run(embedder) for precision, embedder in embedders.items()}  # warm-up: loads the weights
         if name == "vit":
@@ -305,7 +339,9 @@ def bench_precision(args, vit_dir: Path) -> None:
             flops = count_flops(lambda x: model(pixel_values=x), torch.randn(1, 3, 224, 224))
         else:
             model = embedders["fp32"]._model
-            flops = count_flops(lambda x: model.forward_head(model.forward_features(x), pre_logits=True), torch.randn(1, 3, 224, 224))
+            flops = count_flops(
+                lambda x: model.forward_head(model.forward_features(x), pre_logits=True), torch.randn(1, 3, 224, 224)
+            )
         rates, fractions, speedups = {"fp32": [], "bf16": []}, {"fp32": [], "bf16": []}, []
         for _ in range(args.repeats):
             for precision, embedder in embedders.items():
@@ -319,24 +355,43 @@ def bench_precision(args, vit_dir: Path) -> None:
         for precision in ("fp32", "bf16"):
             key = f"precision_{name}_{precision}_bs{batch_size}"
             rate, fraction = statistics.median(rates[precision]), statistics.median(fractions[precision])
-            report(f"{key}_images_per_s", round(rate, 3), f"{rate:.3f} images/s = {fraction:.0%} of the fp32 roofline "
-                   f"(embed_in_batches, paired, median of {args.repeats}; {flops / 1e9:.3f} GFLOP/image)")
+            report(
+                f"{key}_images_per_s",
+                round(rate, 3),
+                f"{rate:.3f} images/s = {fraction:.0%} of the fp32 roofline "
+                f"(embed_in_batches, paired, median of {args.repeats}; {flops / 1e9:.3f} GFLOP/image)",
+            )
             FIGURES[f"{key}_roofline_fraction"] = round(fraction, 3)
             FIGURES[f"{key}_roofline_fractions_all"] = [round(f, 3) for f in fractions[precision]]
         speedup = statistics.median(speedups)
-        report(f"precision_{name}_bf16_speedup", round(speedup, 2), f"{speedup:.2f}x bf16 over fp32 (median of per-repeat ratios {[round(x, 2) for x in speedups]})")
+        report(
+            f"precision_{name}_bf16_speedup",
+            round(speedup, 2),
+            f"{speedup:.2f}x bf16 over fp32 (median of per-repeat ratios {[round(x, 2) for x in speedups]})",
+        )
         cosine = float(np.sum(vectors["fp32"] * vectors["bf16"], axis=1).min())
-        report(f"precision_{name}_bf16_min_cosine_vs_fp32", round(cosine, 5), f"{cosine:.5f} over {len(photos)} photos ({embedders['bf16'].model_id})")
+        report(
+            f"precision_{name}_bf16_min_cosine_vs_fp32",
+            round(cosine, 5),
+            f"{cosine:.5f} over {len(photos)} photos ({embedders['bf16'].model_id})",
+        )
         if name == "vit":
             # The HF preprocessing inside `embed` is on the measured path: its share, and that of
             # transformers' PIL backend (not used by the embedder; outputs differ by <= 1 grey level).
             from transformers import AutoImageProcessor
 
-            processors = (("default", embedders["fp32"]._loaded[0]), ("pil_backend", AutoImageProcessor.from_pretrained(str(vit_dir), backend="pil")))
+            processors = (
+                ("default", embedders["fp32"]._loaded[0]),
+                ("pil_backend", AutoImageProcessor.from_pretrained(str(vit_dir), backend="pil")),
+            )
             for label, processor in processors:
                 batch = photos[:batch_size]
                 ms = 1000 / median_rate(lambda: processor(images=batch, return_tensors="pt"), len(batch), args.repeats)
-                report(f"precision_vit_processor_{label}_ms_per_image", round(ms, 1), f"{ms:.1f} ms/image ({type(processor).__name__}, batch {batch_size})")
+                report(
+                    f"precision_vit_processor_{label}_ms_per_image",
+                    round(ms, 1),
+                    f"{ms:.1f} ms/image ({type(processor).__name__}, batch {batch_size})",
+                )
 
 
 def bench_bf16_agreement() -> None:
@@ -358,8 +413,16 @@ def bench_bf16_agreement() -> None:
     d32, d16 = 1 - fp32 @ fp32.T, 1 - bf16 @ bf16.T
     upper = torch.triu(torch.ones_like(d32, dtype=torch.bool), diagonal=1)
     flips = int(((d32 <= near) != (d16 <= near))[upper].sum())
-    report("cnn_bf16_min_cosine_vs_fp32", round(cosine.min().item(), 5), f"{cosine.min().item():.5f} over {len(images)} benchmark images")
-    report("cnn_bf16_pair_decisions_flipped", flips, f"{flips} of {int(upper.sum())} pairs change side of the 0.05 threshold")
+    report(
+        "cnn_bf16_min_cosine_vs_fp32",
+        round(cosine.min().item(), 5),
+        f"{cosine.min().item():.5f} over {len(images)} benchmark images",
+    )
+    report(
+        "cnn_bf16_pair_decisions_flipped",
+        flips,
+        f"{flips} of {int(upper.sum())} pairs change side of the 0.05 threshold",
+    )
 
 
 def main() -> int:
@@ -370,7 +433,9 @@ def main() -> int:
     parser.add_argument("--cnn-batch-sizes", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "imgdedup-bench-embedding"))
     parser.add_argument("--precision-vit-batch", type=int, default=8, help="ViT-B/16 batch of the fp32-vs-bf16 figures")
-    parser.add_argument("--precision-cnn-batch", type=int, default=32, help="offline backbone batch of the fp32-vs-bf16 figures")
+    parser.add_argument(
+        "--precision-cnn-batch", type=int, default=32, help="offline backbone batch of the fp32-vs-bf16 figures"
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["vit", "cnn", "decode", "stage", "precision", "bf16"])
     args = parser.parse_args()
     report("torch_threads", torch.get_num_threads(), f"{torch.get_num_threads()} (os.cpu_count() = {os.cpu_count()})")
@@ -383,8 +448,16 @@ def main() -> int:
     if "cnn" not in args.skip:
         bench_cnn(args, gflops_before)
     gflops_after = matmul_gflops()
-    report("matmul_fp32_gflops_before", round(gflops_before, 1), f"{gflops_before:.1f} GFLOP/s (fp32, measured first; roofline used above)")
-    report("matmul_fp32_gflops_after", round(gflops_after, 1), f"{gflops_after:.1f} GFLOP/s (fp32, measured after the models: noise check)")
+    report(
+        "matmul_fp32_gflops_before",
+        round(gflops_before, 1),
+        f"{gflops_before:.1f} GFLOP/s (fp32, measured first; roofline used above)",
+    )
+    report(
+        "matmul_fp32_gflops_after",
+        round(gflops_after, 1),
+        f"{gflops_after:.1f} GFLOP/s (fp32, measured after the models: noise check)",
+    )
     out = Path(args.out)
     vit_dir = out / "vit-b16-random"
     if not (vit_dir / "config.json").exists():

@@ -17,6 +17,7 @@ round-robin rounds after one warm-up:
     5af01aa (once for the content-pixel count, once for the pHashes' trim).
 Prints one line per figure and ends with one line of JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
+from runtimes import stage_files  # noqa: E402
+
 from core.embedders import build_embedder, embed_in_batches  # noqa: E402
 from core.images import (  # noqa: E402
     content_pixel_count,
@@ -47,7 +50,6 @@ from core.images import (  # noqa: E402
     pixel_hash,
     trim_uniform_borders,
 )
-from runtimes import stage_files  # noqa: E402
 
 
 def describe_with_two_trims(path) -> tuple:
@@ -55,7 +57,14 @@ def describe_with_two_trims(path) -> tuple:
     with open_image(path) as probe:
         mode, frames = probe.mode, getattr(probe, "n_frames", 1)
     rgb = load_rgb(path)
-    return rgb.size, pixel_hash(rgb), content_pixel_count(rgb), mode, frames, tuple(dihedral_phashes(rgb).view("int64").tolist())
+    return (
+        rgb.size,
+        pixel_hash(rgb),
+        content_pixel_count(rgb),
+        mode,
+        frames,
+        tuple(dihedral_phashes(rgb).view("int64").tolist()),
+    )
 
 
 def main() -> None:
@@ -88,7 +97,10 @@ def main() -> None:
             "full_decode_2_threads": (lambda: list(pool.map(lambda p: load_rgb(p), paths)), len(paths)),
             "embed_decoded": (lambda: [embedder.embed(batch) for batch in batches], len(paths)),
             "stage_overlapped": (lambda: list(embed_in_batches(files, embedder, load, args.batch)), len(paths)),
-            "stage_serial": (lambda: list(embed_in_batches(files, embedder, load, args.batch, decode_workers=0)), len(paths)),
+            "stage_serial": (
+                lambda: list(embed_in_batches(files, embedder, load, args.batch, decode_workers=0)),
+                len(paths),
+            ),
             "catalog_describe_1_thread": (lambda: [describe_image(p) for p in paths], len(paths)),
             "catalog_describe_two_trims_1_thread": (lambda: [describe_with_two_trims(p) for p in paths], len(paths)),
         }
@@ -104,7 +116,9 @@ def main() -> None:
                 rates[name].append(items / (time.perf_counter() - started))
         pool.shutdown()
         figures = {name: round(statistics.median(values), 1) for name, values in rates.items()}
-        figures.update(runtime=embedder.runtime_in_use, images=args.images, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
+        figures.update(
+            runtime=embedder.runtime_in_use, images=args.images, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY")
+        )
         for name, values in rates.items():
             print(f"{name:36} {statistics.median(values):7.1f} img/s", flush=True)
     print(json.dumps(figures, sort_keys=True))

@@ -1,5 +1,6 @@
 """What the generated benchmark sets share: a `manifest.csv` row per image in the shared sets'
 format, the `groups.json` ground truth, and the command line that writes a set."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,13 +13,25 @@ from pathlib import Path
 from PIL import Image
 
 
-def manifest_row(out: Path, path: str, image: Image.Image, group: str, relation: str, image_format: str, **extra) -> dict:
+def manifest_row(
+    out: Path, path: str, image: Image.Image, group: str, relation: str, image_format: str, **extra
+) -> dict:
     """The manifest row of `image`, already saved at `out / path`, in ../shared/bench's columns."""
     payload = (out / path).read_bytes()
     return {
-        "path": path, "group": group, "relation": relation, **extra, "bytes": len(payload),
-        "md5": hashlib.md5(payload).hexdigest(), "format": image_format, "width": image.width, "height": image.height,
-        "mode": image.mode, "exif_orientation": 1, "decodable": "yes", "same_bytes_as": "",
+        "path": path,
+        "group": group,
+        "relation": relation,
+        **extra,
+        "bytes": len(payload),
+        "md5": hashlib.md5(payload).hexdigest(),
+        "format": image_format,
+        "width": image.width,
+        "height": image.height,
+        "mode": image.mode,
+        "exif_orientation": 1,
+        "decodable": "yes",
+        "same_bytes_as": "",
     }
 
 

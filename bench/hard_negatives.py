@@ -26,6 +26,7 @@ Categories (`category` column of manifest.csv):
   picture, not a scene's other photographs (threatexchange-pdq's ground truth groups such shots;
   the pipeline does not pair them there, 0 of 6, on purpose).
 """
+
 from __future__ import annotations
 
 import sys
@@ -50,8 +51,16 @@ POINT_SYMMETRIC = ("retina", "colorwheel", "coins", "moon", "immunohistochemistr
 TEXTURES = ("brick", "grass", "gravel", "hubble_deep_field")
 MIRROR_SYMMETRIC = ("astronaut", "rocket", "coffee", "camera", "chelsea", "horse")
 FLAT_COLOURS = {
-    "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255), "black": (0, 0, 0),
-    "grey": (128, 128, 128), "yellow": (255, 255, 0), "cyan": (0, 255, 255), "magenta": (255, 0, 255), "navy": (0, 0, 128),
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "grey": (128, 128, 128),
+    "yellow": (255, 255, 0),
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+    "navy": (0, 0, 128),
 }
 SIDE = 224  # pixels on the longer side of every written image (the embedders' input size)
 TEXTURE_CROPS = 4
@@ -71,10 +80,20 @@ def photo(name: str) -> Image.Image:
 
 def fit(image: Image.Image, side: int = SIDE) -> Image.Image:
     scale = side / max(image.size)
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS)
+    return image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS
+    )
 
 
-def jittered_box(rng: np.random.Generator, left: float, top: float, width: float, height: float, size: tuple[int, int], jitter: float = 0.04) -> tuple[int, int, int, int]:
+def jittered_box(
+    rng: np.random.Generator,
+    left: float,
+    top: float,
+    width: float,
+    height: float,
+    size: tuple[int, int],
+    jitter: float = 0.04,
+) -> tuple[int, int, int, int]:
     """A box given in fractions of `size`, moved by up to `jitter` of each side (kept inside)."""
     w, h = size
     dx, dy = rng.uniform(-jitter, jitter, 2)
@@ -88,8 +107,17 @@ def opposite_crops(rng: np.random.Generator):
     than a quarter each, so that the crops do not share an edge)."""
     for name in POINT_SYMMETRIC:
         image = photo(name)
-        for label, (left, top) in {"top-left": (0.02, 0.02), "bottom-right": (0.53, 0.53), "top-right": (0.53, 0.02), "bottom-left": (0.02, 0.53)}.items():
-            yield f"{name}-{label}", fit(image.crop(jittered_box(rng, left, top, 0.45, 0.45, image.size, 0.02))), f"{name}: {label} quarter"
+        for label, (left, top) in {
+            "top-left": (0.02, 0.02),
+            "bottom-right": (0.53, 0.53),
+            "top-right": (0.53, 0.02),
+            "bottom-left": (0.02, 0.53),
+        }.items():
+            yield (
+                f"{name}-{label}",
+                fit(image.crop(jittered_box(rng, left, top, 0.45, 0.45, image.size, 0.02))),
+                f"{name}: {label} quarter",
+            )
 
 
 def texture_crops(rng: np.random.Generator):
@@ -106,7 +134,11 @@ def mirror_halves(rng: np.random.Generator):
     for name in MIRROR_SYMMETRIC:
         image = photo(name)
         for label, left in {"left": 0.02, "right": 0.53}.items():
-            yield f"{name}-{label}-half", fit(image.crop(jittered_box(rng, left, 0.05, 0.45, 0.9, image.size, 0.02))), f"{name}: {label} half"
+            yield (
+                f"{name}-{label}-half",
+                fit(image.crop(jittered_box(rng, left, 0.05, 0.45, 0.9, image.size, 0.02))),
+                f"{name}: {label} half",
+            )
 
 
 def flat_colours(rng: np.random.Generator):

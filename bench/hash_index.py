@@ -23,6 +23,7 @@ and whether the pairs are equal and the top-k agree within the radius (entry by 
 that the exact search may pick other rows among ties at the k-th distance). Prints one line per
 figure and ends with one line of JSON holding every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,16 @@ def dihedral_permutations() -> np.ndarray:
     """(8, 64): variant v's bit p is bit DIHEDRAL[v, p] of the identity (bits as an 8 x 8 grid,
     row-major from the least significant bit), identity first."""
     grid = np.arange(64).reshape(8, 8)
-    views = [grid, np.rot90(grid, 1), np.rot90(grid, 2), np.rot90(grid, 3), grid[:, ::-1], grid[::-1, :], grid.T, np.rot90(grid, 2).T]
+    views = [
+        grid,
+        np.rot90(grid, 1),
+        np.rot90(grid, 2),
+        np.rot90(grid, 3),
+        grid[:, ::-1],
+        grid[::-1, :],
+        grid.T,
+        np.rot90(grid, 2).T,
+    ]
     return np.array([view.reshape(-1) for view in views])
 
 
@@ -89,9 +99,11 @@ def synthetic_hashes(rows: int, seed: int = 1) -> np.ndarray:
     identity = rng.integers(0, 2**64, rows, dtype=np.uint64, endpoint=False)
     copies = rng.choice(rows, int(rows * COPY_FRACTION), replace=False)
     sources = rng.integers(0, rows, len(copies))
-    turned = variants_of(identity[sources])[np.arange(len(copies)), np.where(rng.random(len(copies)) < 0.5, rng.integers(1, 8, len(copies)), 0)]
+    turned = variants_of(identity[sources])[
+        np.arange(len(copies)), np.where(rng.random(len(copies)) < 0.5, rng.integers(1, 8, len(copies)), 0)
+    ]
     identity[copies] = turned ^ random_flips(rng, len(copies), MAX_COPY_BITS)
-    for cluster in range(CLUSTERS if rows >= 10 * CLUSTERS * CLUSTER_ROWS else 0):
+    for _cluster in range(CLUSTERS if rows >= 10 * CLUSTERS * CLUSTER_ROWS else 0):
         members = rng.choice(rows, CLUSTER_ROWS, replace=False)
         identity[members] = identity[members[0]] ^ random_flips(rng, CLUSTER_ROWS, CLUSTER_BITS)
         identity[members[:CLUSTER_DUPLICATES]] = identity[members[0]]
@@ -101,7 +113,9 @@ def synthetic_hashes(rows: int, seed: int = 1) -> np.ndarray:
 def agree(got, exact, radius: float) -> dict:
     """Pairs equal; top-k equal to the exact search's within the radius (rows at the k-th
     distance of a row with k neighbours within the radius: distances only)."""
-    pairs = all(np.array_equal(getattr(got, f), getattr(exact, f)) for f in ("pair_left", "pair_right", "pair_distance"))
+    pairs = all(
+        np.array_equal(getattr(got, f), getattr(exact, f)) for f in ("pair_left", "pair_right", "pair_distance")
+    )
     within = exact.topk_distance <= radius
     distances = np.array_equal(got.topk_distance, np.where(within, exact.topk_distance, np.float32(np.inf)))
     full = within.all(axis=1, keepdims=True)  # k neighbours within the radius: ties at the k-th are free
@@ -117,7 +131,11 @@ def run_one(rows: int, radius: float, k: int, exact_max_rows: int, workers: int 
 
     started = time.perf_counter()
     hashes = synthetic_hashes(rows, seed)
-    result = {"rows": rows, "generate_s": round(time.perf_counter() - started, 2), "rss_before_search_mib": round(current_rss_mib(), 1)}
+    result = {
+        "rows": rows,
+        "generate_s": round(time.perf_counter() - started, 2),
+        "rss_before_search_mib": round(current_rss_mib(), 1),
+    }
     plan = plan_substrings(rows, hashes.shape[1], int(radius))
     result["plan"] = "exact" if plan is None else " ".join(f"{s.bits}b/r{s.radius}/s{s.slots}" for s in plan)
     result["workers"] = workers if workers is not None else min(8, os.cpu_count() or 1)
@@ -151,7 +169,21 @@ def main() -> None:
         return
     figures = {"radius_bits": args.radius, "k": args.k, "variants": "dihedral bit permutations", "sizes": []}
     for rows in args.rows:
-        command = [sys.executable, __file__, "--one", "--rows", str(rows), "--radius", str(args.radius), "--k", str(args.k), "--exact-max-rows", str(args.exact_max_rows), "--seed", str(args.seed)]
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            "--rows",
+            str(rows),
+            "--radius",
+            str(args.radius),
+            "--k",
+            str(args.k),
+            "--exact-max-rows",
+            str(args.exact_max_rows),
+            "--seed",
+            str(args.seed),
+        ]
         if args.workers is not None:
             command += ["--workers", str(args.workers)]
         child = subprocess.run(command, capture_output=True, text=True)

@@ -8,6 +8,7 @@ ones) and the same --out is run again (incremental); (3) a full run of the final
 fresh --out. Prints wall times, images embedded per run, whether the incremental result equals the
 full one, and ends with one line of JSON.
 """
+
 import argparse
 import json
 import shutil
@@ -25,7 +26,18 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from core.settings import Settings  # noqa: E402
 from definitions import DEDUP_JOB, build_definitions  # noqa: E402
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "coins", "camera", "immunohistochemistry", "hubble_deep_field", "moon", "clock")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "coins",
+    "camera",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "moon",
+    "clock",
+)
 
 
 def synthetic_photos(count: int, seed: int) -> list[Image.Image]:
@@ -50,15 +62,23 @@ STEP_TIMES: dict[str, dict[str, float]] = {}
 
 def run(settings: Settings, instance, name: str) -> tuple[float, int]:
     started = time.perf_counter()
-    result = build_definitions(settings).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
+    result = (
+        build_definitions(settings)
+        .resolve_job_def(DEDUP_JOB)
+        .execute_in_process(instance=instance, raise_on_error=False)
+    )
     seconds = time.perf_counter() - started
     if not result.success:
         raise SystemExit(f"run failed: {[e.message for e in result.all_events if e.is_failure]}")
     # Where the time goes, per step (asset or check), in seconds.
     STEP_TIMES[name] = {
-        e.step_key: round(e.event_specific_data.duration_ms / 1000, 2) for e in result.all_events if e.event_type_value == "STEP_SUCCESS"
+        e.step_key: round(e.event_specific_data.duration_ms / 1000, 2)
+        for e in result.all_events
+        if e.event_type_value == "STEP_SUCCESS"
     }
-    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "image_embeddings"]
+    (event,) = [
+        e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == "image_embeddings"
+    ]
     return seconds, int(event.materialization.metadata["embedded_this_run"].value)
 
 
@@ -97,7 +117,9 @@ def main() -> int:
         noop_seconds, noop_embedded = run(settings("incremental"), instance, "no_change")
         rerun_seconds, rerun_embedded = run(settings("full-rerun"), instance, "full_rerun")
     equal = comparable(work / "incremental").equals(comparable(work / "full-rerun")) or bool(
-        np.allclose(comparable(work / "incremental")["uniqueness"], comparable(work / "full-rerun")["uniqueness"], atol=1e-6)
+        np.allclose(
+            comparable(work / "incremental")["uniqueness"], comparable(work / "full-rerun")["uniqueness"], atol=1e-6
+        )
     )
     figures = {
         "images": args.images,
@@ -107,7 +129,12 @@ def main() -> int:
         "no_change_run_s": round(noop_seconds, 1),
         "full_rerun_s": round(rerun_seconds, 1),
         "incremental_vs_full_rerun": round(incremental_seconds / rerun_seconds, 4),
-        "embedded": {"first_full": full_embedded, "incremental": incremental_embedded, "no_change": noop_embedded, "full_rerun": rerun_embedded},
+        "embedded": {
+            "first_full": full_embedded,
+            "incremental": incremental_embedded,
+            "no_change": noop_embedded,
+            "full_rerun": rerun_embedded,
+        },
         "incremental_equals_full_rerun": bool(equal),
         "step_seconds": STEP_TIMES,
     }

@@ -14,6 +14,7 @@ group is a singleton. Wall time covers the method's whole run on the folder (our
 `imgdedup run` subprocess, model load included). Prints one line per set and method and ends with
 one line of JSON holding every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,11 @@ HASH_METHODS = ("PHash", "DHash", "AHash", "WHash")
 
 
 def image_paths(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def write_groups(paths: list[str], duplicates_of: dict[str, set[str]], out_csv: Path) -> None:
@@ -55,7 +60,15 @@ def write_groups(paths: list[str], duplicates_of: dict[str, set[str]], out_csv: 
         for path in paths:
             keeper = leader.get(path)
             removed = keeper is not None and keeper != path
-            writer.writerow([path, 0.0 if removed else 1.0, "duplicate" if removed else "unique", keeper or "", keeper if removed else ""])
+            writer.writerow(
+                [
+                    path,
+                    0.0 if removed else 1.0,
+                    "duplicate" if removed else "unique",
+                    keeper or "",
+                    keeper if removed else "",
+                ]
+            )
 
 
 def symmetric(pairs) -> dict[str, set[str]]:
@@ -67,8 +80,25 @@ def symmetric(pairs) -> dict[str, set[str]]:
 
 
 def run_ours(folder: Path, out: Path) -> Path:
-    run = subprocess.run([sys.executable, "-m", "cli", "run", "--images", str(folder), "--out", str(out), "--embedder", "offline", "--max-duplicate-fraction", "1.0"],
-                         cwd=PROJECT_ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "run",
+            "--images",
+            str(folder),
+            "--out",
+            str(out),
+            "--embedder",
+            "offline",
+            "--max-duplicate-fraction",
+            "1.0",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
     if run.returncode not in (0, 1):
         raise RuntimeError(f"imgdedup run failed ({run.returncode}): {run.stderr[-2000:]}")
     return out / "uniqueness.csv"
@@ -115,7 +145,11 @@ def _pillow_opens(path: Path) -> bool:
 
 
 def evaluate(csv_path: Path, folder: Path) -> dict:
-    scored = subprocess.run([sys.executable, str(BENCH / "evaluate.py"), str(csv_path), str(folder), "--json"], capture_output=True, text=True)
+    scored = subprocess.run(
+        [sys.executable, str(BENCH / "evaluate.py"), str(csv_path), str(folder), "--json"],
+        capture_output=True,
+        text=True,
+    )
     if not scored.stdout.strip():
         raise RuntimeError(f"evaluate.py failed on {csv_path}: {scored.stderr[-1000:]}")
     return json.loads(scored.stdout)
@@ -127,7 +161,11 @@ def main() -> int:
     parser.add_argument("--sets", nargs="+", default=list(SETS))
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the peers log every unreadable file; evaluate.py counts them
-    methods = {"imgdedup (offline)": run_ours, **{f"imagededup {m}": (lambda f, o, m=m: run_imagededup(m, f, o)) for m in HASH_METHODS}, "cleanvision exact+near": run_cleanvision}
+    methods = {
+        "imgdedup (offline)": run_ours,
+        **{f"imagededup {m}": (lambda f, o, m=m: run_imagededup(m, f, o)) for m in HASH_METHODS},
+        "cleanvision exact+near": run_cleanvision,
+    }
     figures: dict = {}
     for name in args.sets:
         folder = BENCH / "data" / name
@@ -140,9 +178,23 @@ def main() -> int:
             result = evaluate(csv_path, folder)
             figures[name][method] = {
                 "seconds": round(seconds, 2),
-                **{k: result[k] for k in ("images_scored", "images_missing", "pair_precision", "pair_recall", "pair_f1", "groups_left_with_exactly_one", "singletons_removed")},
+                **{
+                    k: result[k]
+                    for k in (
+                        "images_scored",
+                        "images_missing",
+                        "pair_precision",
+                        "pair_recall",
+                        "pair_f1",
+                        "groups_left_with_exactly_one",
+                        "singletons_removed",
+                    )
+                },
             }
-            print(f"{name:22s} {method:24s} P {result['pair_precision']:.3f}  R {result['pair_recall']:.3f}  F1 {result['pair_f1']:.3f}  {seconds:6.2f} s", flush=True)
+            print(
+                f"{name:22s} {method:24s} P {result['pair_precision']:.3f}  R {result['pair_recall']:.3f}  F1 {result['pair_f1']:.3f}  {seconds:6.2f} s",
+                flush=True,
+            )
     print(json.dumps(figures))
     return 0
 

@@ -34,6 +34,7 @@ once-per-run cost is reported apart, like the model load), over every decodable 
 
 Prints one line per set, the per-relation table, and ends with one line of JSON holding every figure.
 """
+
 import argparse
 import csv
 import itertools
@@ -102,7 +103,9 @@ def category_precision(dataset: Path, uniqueness_csv: Path) -> dict[str, dict]:
     for row in rows:
         if row.get("group_id"):
             by_group[row["group_id"]].append(row["path"])
-    table = {name: {"predicted_pairs": 0, "false_pairs": 0, "wrongly_removed": 0} for name in sorted(set(category.values()))}
+    table = {
+        name: {"predicted_pairs": 0, "false_pairs": 0, "wrongly_removed": 0} for name in sorted(set(category.values()))
+    }
     for members in by_group.values():
         for a, b in itertools.combinations(sorted(members), 2):
             name = category[a] if category[a] == category[b] else "across categories"
@@ -155,7 +158,9 @@ def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32,
     embedder.embed([load_rgb(next(iter(by_hash.values())))])  # load the weights outside the timing
     started = time.perf_counter()
     vectors = {}
-    for hashes, rows in embed_in_batches(by_hash, embedder, lambda path, draft: load_rgb(path, draft_size=draft), batch_size):
+    for hashes, rows in embed_in_batches(
+        by_hash, embedder, lambda path, draft: load_rgb(path, draft_size=draft), batch_size
+    ):
         vectors.update(zip(hashes, rows))
     embed_seconds = time.perf_counter() - started
     # The turned-copy check as scoring runs it: contents just beyond the default radius are
@@ -180,7 +185,8 @@ def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32,
     warm_up_seconds = time.perf_counter() - started
     started = time.perf_counter()
     RotatedCopySignal(lambda pixel_hash, draft: load_rgb(by_hash[pixel_hash], draft_size=draft)).vouched_matches(
-        content.hashes, search, np.arange(len(content.hashes)), radius)
+        content.hashes, search, np.arange(len(content.hashes)), radius
+    )
     turned_seconds = time.perf_counter() - started
     # Identical contents are embedded once; the cost is per image of the set, as a user pays it.
     per_100 = 100.0 / len(paths)
@@ -198,14 +204,27 @@ def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedder", default="offline")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="forward-pass precision of the embedder (default fp32)")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="forward-pass precision of the embedder (default fp32)",
+    )
     parser.add_argument("--out", default="/tmp/imgdedup-bench")
     threshold = parser.add_mutually_exclusive_group()
-    threshold.add_argument("--calibrate", action="store_true", help="calibrate the threshold on each set before its run")
-    threshold.add_argument("--near-duplicate-threshold", type=float, default=None, help="pin one threshold for every set")
+    threshold.add_argument(
+        "--calibrate", action="store_true", help="calibrate the threshold on each set before its run"
+    )
+    threshold.add_argument(
+        "--near-duplicate-threshold", type=float, default=None, help="pin one threshold for every set"
+    )
     parser.add_argument("--no-cost", action="store_true", help="skip the cost measurement")
-    parser.add_argument("--hard-negative-seed", type=int, default=0, help="seed of the generated hard-negative set (default 0)")
-    parser.add_argument("--edited-copies-seed", type=int, default=0, help="seed of the generated set of missed edits (default 0)")
+    parser.add_argument(
+        "--hard-negative-seed", type=int, default=0, help="seed of the generated hard-negative set (default 0)"
+    )
+    parser.add_argument(
+        "--edited-copies-seed", type=int, default=0, help="seed of the generated set of missed edits (default 0)"
+    )
     args = parser.parse_args()
     from bench.hard_negatives import write_hard_negatives
 
@@ -217,7 +236,10 @@ def main() -> int:
     edited = f"edited-copies-seed{args.edited_copies_seed}"
     edited_data = Path(args.out) / "edited-copies-data" / edited
     write_edited_copies(edited_data, args.edited_copies_seed)
-    datasets = {name: BENCH / "data" / name for name in SETS} | {edited: edited_data, hard_negatives: hard_negative_data}
+    datasets = {name: BENCH / "data" / name for name in SETS} | {
+        edited: edited_data,
+        hard_negatives: hard_negative_data,
+    }
     figures = {}
     relations = {}
     categories = {}
@@ -226,23 +248,81 @@ def main() -> int:
         started = time.perf_counter()
         calibrated = None
         if args.calibrate:
-            calibration = subprocess.run([sys.executable, "-m", "cli", "calibrate", "--images", str(data), "--out", str(out), "--embedder", args.embedder, "--precision", args.precision, "--force"],
-                                         cwd=PROJECT_ROOT, capture_output=True, text=True)
+            calibration = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cli",
+                    "calibrate",
+                    "--images",
+                    str(data),
+                    "--out",
+                    str(out),
+                    "--embedder",
+                    args.embedder,
+                    "--precision",
+                    args.precision,
+                    "--force",
+                ],
+                cwd=PROJECT_ROOT,
+                capture_output=True,
+                text=True,
+            )
             if calibration.returncode != 0:
                 print(calibration.stdout[-2000:], calibration.stderr[-2000:], file=sys.stderr)
                 return calibration.returncode
             calibrated = json.loads((out / "state" / "thresholds.json").read_text())["models"]
-        pinned = ["--near-duplicate-threshold", str(args.near_duplicate_threshold)] if args.near_duplicate_threshold is not None else []
-        run = subprocess.run([sys.executable, "-m", "cli", "run", "--images", str(data), "--out", str(out), "--embedder", args.embedder, "--precision", args.precision, "--max-duplicate-fraction", "1.0", *pinned],
-                             cwd=PROJECT_ROOT, capture_output=True, text=True)
+        pinned = (
+            ["--near-duplicate-threshold", str(args.near_duplicate_threshold)]
+            if args.near_duplicate_threshold is not None
+            else []
+        )
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "run",
+                "--images",
+                str(data),
+                "--out",
+                str(out),
+                "--embedder",
+                args.embedder,
+                "--precision",
+                args.precision,
+                "--max-duplicate-fraction",
+                "1.0",
+                *pinned,
+            ],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - started
         if run.returncode not in (0, 1):
             print(run.stderr[-2000:], file=sys.stderr)
             return run.returncode
-        scored = subprocess.run([sys.executable, str(BENCH / "evaluate.py"), str(out / "uniqueness.csv"), str(data), "--json"],
-                                capture_output=True, text=True, check=True)
+        scored = subprocess.run(
+            [sys.executable, str(BENCH / "evaluate.py"), str(out / "uniqueness.csv"), str(data), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         result = json.loads(scored.stdout)
-        figures[name] = {k: result[k] for k in ("images_scored", "images_missing", "pair_precision", "pair_recall", "pair_f1", "groups_left_with_exactly_one", "groups_with_copies", "singletons_removed")}
+        figures[name] = {
+            k: result[k]
+            for k in (
+                "images_scored",
+                "images_missing",
+                "pair_precision",
+                "pair_recall",
+                "pair_f1",
+                "groups_left_with_exactly_one",
+                "groups_with_copies",
+                "singletons_removed",
+            )
+        }
         figures[name]["seconds"] = round(seconds, 1)
         if calibrated:
             figures[name]["calibrated_threshold"] = next(iter(calibrated.values()))["near_duplicate_threshold"]
@@ -256,8 +336,10 @@ def main() -> int:
         threshold_note = f"  T {figures[name]['calibrated_threshold']:.4f}" if calibrated else ""
         if "cost" in figures[name]:
             cost += f", of which the turned-copy check {figures[name]['cost']['turned_copy_check_s_per_100']:.2f} s"
-        print(f"{name:24s} P {result['pair_precision']:.3f}  R {result['pair_recall']:.3f}  F1 {result['pair_f1']:.3f}  "
-              f"missing {result['images_missing']}{threshold_note}  ({seconds:.1f} s, incl. model load{cost})")
+        print(
+            f"{name:24s} P {result['pair_precision']:.3f}  R {result['pair_recall']:.3f}  F1 {result['pair_f1']:.3f}  "
+            f"missing {result['images_missing']}{threshold_note}  ({seconds:.1f} s, incl. model load{cost})"
+        )
     print("\nrecall by relation (true pairs found / true pairs):")
     for name, table in relations.items():
         for relation, row in table.items():
@@ -265,9 +347,24 @@ def main() -> int:
     print("\nhard negatives by category (P; false pairs / predicted pairs; images wrongly removed):")
     for name, table in categories.items():
         for category, row in table.items():
-            print(f"  {name:24s} {category:28s} P {row['precision']:.3f}  {row['false_pairs']:3d} / {row['predicted_pairs']:<3d}  removed {row['wrongly_removed']}")
-    print(json.dumps({"embedder": args.embedder, "precision": args.precision, "calibrate": args.calibrate, "near_duplicate_threshold": args.near_duplicate_threshold,
-                      "hard_negative_seed": args.hard_negative_seed, "edited_copies_seed": args.edited_copies_seed, "sets": figures, "relations": relations, "hard_negative_categories": categories}))
+            print(
+                f"  {name:24s} {category:28s} P {row['precision']:.3f}  {row['false_pairs']:3d} / {row['predicted_pairs']:<3d}  removed {row['wrongly_removed']}"
+            )
+    print(
+        json.dumps(
+            {
+                "embedder": args.embedder,
+                "precision": args.precision,
+                "calibrate": args.calibrate,
+                "near_duplicate_threshold": args.near_duplicate_threshold,
+                "hard_negative_seed": args.hard_negative_seed,
+                "edited_copies_seed": args.edited_copies_seed,
+                "sets": figures,
+                "relations": relations,
+                "hard_negative_categories": categories,
+            }
+        )
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ a before/after shares the machine's load; the JSON line then holds one summary p
 CPU seconds (user + system, the process and its children) are printed beside the wall time: on a
 shared machine they move less with the load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,16 +59,37 @@ def copy_images(source: Path, count: int, images: Path) -> list[Path]:
 
 def run_once(images: Path, out: Path, project: Path) -> dict:
     """One `imgdedup run` in a fresh process: wall seconds, per-step seconds, modules imported."""
-    command = [sys.executable, "-c", PROBE.format(heavy=HEAVY_MODULES), "run", "--images", str(images), "--out", str(out), "--embedder", "offline"]
+    command = [
+        sys.executable,
+        "-c",
+        PROBE.format(heavy=HEAVY_MODULES),
+        "run",
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--embedder",
+        "offline",
+    ]
     started, cpu_before = time.perf_counter(), _children_cpu_seconds()
-    finished = subprocess.run(command, cwd=project, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(project), "DAGSTER_HOME": str(out.parent / "dagster_home")})
+    finished = subprocess.run(
+        command,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(project), "DAGSTER_HOME": str(out.parent / "dagster_home")},
+    )
     wall, cpu = time.perf_counter() - started, _children_cpu_seconds() - cpu_before
     if finished.returncode != 0:
-        raise SystemExit(f"imgdedup run failed (exit {finished.returncode}):\n{finished.stdout}\n{finished.stderr[-4000:]}")
+        raise SystemExit(
+            f"imgdedup run failed (exit {finished.returncode}):\n{finished.stdout}\n{finished.stderr[-4000:]}"
+        )
     line = next(line for line in finished.stdout.splitlines() if line.startswith("seconds per step"))
     from_first_step = float(re.search(r"\(([\d.]+) s from the first step's start\)", line).group(1))
     steps = {name: float(seconds) for name, seconds in re.findall(r"(\w+) ([\d.]+)(?:,|$)", line.split(": ", 1)[1])}
-    imported = next((line.split(": ", 1)[1].split() for line in finished.stderr.splitlines() if line.startswith("imported: ")), [])
+    imported = next(
+        (line.split(": ", 1)[1].split() for line in finished.stderr.splitlines() if line.startswith("imported: ")), []
+    )
     return {"wall_s": wall, "cpu_s": cpu, "steps_s": from_first_step, "per_step": steps, "imported": imported}
 
 
@@ -98,7 +120,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--work", default="/tmp/imgdedup-rerun")
     parser.add_argument("--source", default=str(DEFAULT_SOURCE))
-    parser.add_argument("--project", nargs="+", default=[str(PROJECT_ROOT)], help="checkouts whose cli.py runs, in turns (default: this one)")
+    parser.add_argument(
+        "--project",
+        nargs="+",
+        default=[str(PROJECT_ROOT)],
+        help="checkouts whose cli.py runs, in turns (default: this one)",
+    )
     args = parser.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)

@@ -28,6 +28,7 @@ from spinning, so the runtimes sharing this process do not take cores from each 
 
 Prints one line per figure and ends with one line of JSON holding every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,7 +88,11 @@ def static_batch_openvino(folder: Path, batch: int, threads: int):
     core = ov.Core()
     model = core.read_model(str(folder / "model.xml"))
     model.reshape({model.inputs[0]: ov.PartialShape([batch, *list(model.inputs[0].partial_shape)[1:]])})
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    compiled = core.compile_model(
+        model,
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"},
+    )
     request = compiled.create_infer_request()
     return lambda pixels: torch.from_numpy(np.array(request.infer({0: pixels.numpy()})[compiled.outputs[0]], copy=True))
 
@@ -107,12 +112,20 @@ def spinning_onnxruntime(folder: Path, threads: int):
 def bench_model(name: str, make_embedder, batch: int, repeats: int, export_dir: Path) -> None:
     images = photos(batch)
     embedders = {runtime: make_embedder(runtime) for runtime in RUNTIMES}
-    pixels = embedders["torch"]._pixels(images) if hasattr(embedders["torch"], "_pixels") else embedders["torch"].preprocess(images)
+    pixels = (
+        embedders["torch"]._pixels(images)
+        if hasattr(embedders["torch"], "_pixels")
+        else embedders["torch"].preprocess(images)
+    )
     for runtime, embedder in embedders.items():
         started = time.perf_counter()
-        embedder._features  # export (first time) + compile
+        embedder._features  # noqa: B018  (the property exports (first time) and compiles)
         if runtime != "torch":
-            report(f"{name}.{runtime}.export_and_compile_s", round(time.perf_counter() - started, 2), f"{time.perf_counter() - started:.1f} s once per model id")
+            report(
+                f"{name}.{runtime}.export_and_compile_s",
+                round(time.perf_counter() - started, 2),
+                f"{time.perf_counter() - started:.1f} s once per model id",
+            )
         if embedder.runtime != runtime:
             raise RuntimeError(f"{runtime} did not load: {embedder.runtime_in_use}")
     reference = embedders["torch"].embed(images)
@@ -126,15 +139,27 @@ def bench_model(name: str, make_embedder, batch: int, repeats: int, export_dir: 
         folder = export_folder(export_dir, "openvino", embedders["openvino"].model_id)
         static = static_batch_openvino(folder, batch, torch.get_num_threads())
         forward["openvino_static_batch"] = lambda: static(pixels)
-        spinning = spinning_onnxruntime(export_folder(export_dir, "onnxruntime", embedders["onnxruntime"].model_id), torch.get_num_threads())
+        spinning = spinning_onnxruntime(
+            export_folder(export_dir, "onnxruntime", embedders["onnxruntime"].model_id), torch.get_num_threads()
+        )
         forward["onnxruntime_spinning"] = lambda: spinning(pixels)
     rates = round_robin_rates(forward, batch, repeats)
     for runtime, rate in rates.items():
-        report(f"{name}.{runtime}.forward_img_s", round(rate, 2), f"{rate:7.1f} img/s forward, {rate / rates['torch']:.2f}x torch eager")
+        report(
+            f"{name}.{runtime}.forward_img_s",
+            round(rate, 2),
+            f"{rate:7.1f} img/s forward, {rate / rates['torch']:.2f}x torch eager",
+        )
         FIGURES[f"{name}.{runtime}.forward_ratio_vs_torch"] = round(rate / rates["torch"], 2)
-    whole = round_robin_rates({runtime: (lambda e=embedder: e.embed(images)) for runtime, embedder in embedders.items()}, batch, repeats)
+    whole = round_robin_rates(
+        {runtime: (lambda e=embedder: e.embed(images)) for runtime, embedder in embedders.items()}, batch, repeats
+    )
     for runtime, rate in whole.items():
-        report(f"{name}.{runtime}.embed_img_s", round(rate, 2), f"{rate:7.1f} img/s through embed(), {rate / whole['torch']:.2f}x torch eager")
+        report(
+            f"{name}.{runtime}.embed_img_s",
+            round(rate, 2),
+            f"{rate:7.1f} img/s through embed(), {rate / whole['torch']:.2f}x torch eager",
+        )
         FIGURES[f"{name}.{runtime}.embed_ratio_vs_torch"] = round(rate / whole["torch"], 2)
 
 
@@ -162,12 +187,20 @@ def bench_stage(count: int, batch: int, repeats: int, scratch: Path, export_dir:
     files = stage_files(scratch / "stage-photos", count)
     embedders = {runtime: EfficientNetLite0Embedder(runtime=runtime, export_dir=export_dir) for runtime in RUNTIMES}
     calls = {
-        runtime: (lambda e=embedder: [v for _, v in embed_in_batches(files, e, lambda path, draft: load_rgb(path, draft_size=draft), batch)])
+        runtime: (
+            lambda e=embedder: [
+                v for _, v in embed_in_batches(files, e, lambda path, draft: load_rgb(path, draft_size=draft), batch)
+            ]
+        )
         for runtime, embedder in embedders.items()
     }
     rates = round_robin_rates(calls, count, repeats)
     for runtime, rate in rates.items():
-        report(f"stage.efficientnet_lite0.{runtime}.img_s", round(rate, 2), f"{rate:7.1f} img/s decode + embed ({count} 1280x960 JPEGs), {rate / rates['torch']:.2f}x torch eager")
+        report(
+            f"stage.efficientnet_lite0.{runtime}.img_s",
+            round(rate, 2),
+            f"{rate:7.1f} img/s decode + embed ({count} 1280x960 JPEGs), {rate / rates['torch']:.2f}x torch eager",
+        )
         FIGURES[f"stage.efficientnet_lite0.{runtime}.ratio_vs_torch"] = round(rate / rates["torch"], 2)
 
 
@@ -176,7 +209,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cnn-batch", type=int, default=32)
     parser.add_argument("--vit-batch", type=int, default=8)
-    parser.add_argument("--stage-images", type=int, default=192, help="JPEGs for the embedding-stage figure (0 skips it)")
+    parser.add_argument(
+        "--stage-images", type=int, default=192, help="JPEGs for the embedding-stage figure (0 skips it)"
+    )
     parser.add_argument("--skip-models", action="store_true", help="only the embedding-stage figure")
     args = parser.parse_args()
 
@@ -190,7 +225,13 @@ def main() -> None:
         if args.skip_models:
             print(json.dumps(FIGURES, sort_keys=True))
             return
-        bench_model("efficientnet_lite0", lambda runtime: EfficientNetLite0Embedder(runtime=runtime, export_dir=export_dir), args.cnn_batch, args.repeats, export_dir)
+        bench_model(
+            "efficientnet_lite0",
+            lambda runtime: EfficientNetLite0Embedder(runtime=runtime, export_dir=export_dir),
+            args.cnn_batch,
+            args.repeats,
+            export_dir,
+        )
 
         from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
@@ -198,7 +239,13 @@ def main() -> None:
         vit_dir = Path(scratch) / "vit-b16"
         ViTModel(ViTConfig()).save_pretrained(vit_dir)
         ViTImageProcessor().save_pretrained(vit_dir)
-        bench_model("vit_b16", lambda runtime: HuggingFaceEmbedder(str(vit_dir), runtime=runtime, export_dir=export_dir), args.vit_batch, args.repeats, export_dir)
+        bench_model(
+            "vit_b16",
+            lambda runtime: HuggingFaceEmbedder(str(vit_dir), runtime=runtime, export_dir=export_dir),
+            args.vit_batch,
+            args.repeats,
+            export_dir,
+        )
     print(json.dumps(FIGURES, sort_keys=True))
 
 

@@ -23,6 +23,7 @@ Figures (each size runs in its own subprocess, so peak RSS is that size's own):
 faiss-cpu is the `scale` extra (`pip install 'imgdedup[scale]'`; also in `dev`).
 Prints one line per figure and ends with one line of JSON holding every figure.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,9 @@ def synthetic_vectors(rows: int, seed: int = 0) -> np.ndarray:
     """(rows, 768) float32 unit rows: clusters plus planted exact copies and near duplicates."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((max(1, rows // 20), DIMENSIONS)).astype(np.float32)
-    vectors = centres[rng.integers(0, len(centres), rows)] + 0.6 * rng.standard_normal((rows, DIMENSIONS)).astype(np.float32)
+    vectors = centres[rng.integers(0, len(centres), rows)] + 0.6 * rng.standard_normal((rows, DIMENSIONS)).astype(
+        np.float32
+    )
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     copies = rng.choice(rows, size=(int(rows * 0.02), 2), replace=False) if rows >= 50 else np.empty((0, 2), int)
     vectors[copies[:, 1]] = vectors[copies[:, 0]]
@@ -82,7 +85,9 @@ def float32_rows(vectors: np.ndarray, k: int, radius: float, first: int, last: i
             similarity[local, local + start] = -torch.inf
             if k:
                 values, index = torch.topk(similarity, k, dim=1, largest=True, sorted=True)
-                topk_index[start:stop], topk_distance[start:stop] = nearest_first(index.numpy(), np.clip(1.0 - values.numpy(), 0.0, 2.0))
+                topk_index[start:stop], topk_distance[start:stop] = nearest_first(
+                    index.numpy(), np.clip(1.0 - values.numpy(), 0.0, 2.0)
+                )
             row, column = torch.nonzero(similarity >= 1.0 - radius - 1e-5, as_tuple=True)
             lefts.append(row.numpy() + start)
             rights.append(column.numpy())
@@ -115,7 +120,10 @@ def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max:
     if rows <= reference_max or rows <= 6 * chunk:
         spans = [(0, rows)]
     else:
-        spans = [(start, min(start + 2 * chunk, rows)) for start in (0, rows // 2 // chunk * chunk, (rows - 2 * chunk) // chunk * chunk)]
+        spans = [
+            (start, min(start + 2 * chunk, rows))
+            for start in (0, rows // 2 // chunk * chunk, (rows - 2 * chunk) // chunk * chunk)
+        ]
     fp32_seconds, sampled, topk_ties, topk_equal, pairs_equal, distance_diff = 0.0, 0, 0, True, True, 0.0
     for first, last in spans:
         started = time.perf_counter()
@@ -123,7 +131,9 @@ def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max:
         fp32_seconds += time.perf_counter() - started
         sampled += last - first
         a, b = new.topk_index[first:last], old.topk_index[first:last]
-        distance_diff = max(distance_diff, float(np.abs(new.topk_distance[first:last] - old.topk_distance[first:last]).max(initial=0.0)))
+        distance_diff = max(
+            distance_diff, float(np.abs(new.topk_distance[first:last] - old.topk_distance[first:last]).max(initial=0.0))
+        )
         for row in np.nonzero((np.sort(a, axis=1) != np.sort(b, axis=1)).any(axis=1))[0]:
             # Sets may differ only by rows tied at the k-th distance.
             differing = sorted(set(a[row].tolist()) ^ set(b[row].tolist()))
@@ -182,15 +192,28 @@ def run_one(rows: int, reference_max: int) -> dict:
         "labels": scores["label"].value_counts().to_dict(),
     }
     # find_content_neighbors normalises again; the vectors are unit rows already.
-    result.update(compare_with_fp32(vectors, NEIGHBORS_PER_ROW, thresholds.near_duplicate_cosine_distance, reference_max))
+    result.update(
+        compare_with_fp32(vectors, NEIGHBORS_PER_ROW, thresholds.near_duplicate_cosine_distance, reference_max)
+    )
     return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--reference-max", type=int, default=20_000, help="largest size at which the float32 path runs on all rows (above: on a sample)")
-    parser.add_argument("--index-rows", type=int, nargs="+", default=[100_000], help="sizes run through the index (bench/scoring_index.py); 0 skips")
+    parser.add_argument(
+        "--reference-max",
+        type=int,
+        default=20_000,
+        help="largest size at which the float32 path runs on all rows (above: on a sample)",
+    )
+    parser.add_argument(
+        "--index-rows",
+        type=int,
+        nargs="+",
+        default=[100_000],
+        help="sizes run through the index (bench/scoring_index.py); 0 skips",
+    )
     parser.add_argument("--index-queries", type=int, default=1000)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -199,19 +222,33 @@ def main() -> int:
         return 0
     figures = {"exact": {}}
     for rows in args.sizes:
-        child = subprocess.run([sys.executable, __file__, "--one", str(rows), "--reference-max", str(args.reference_max)], capture_output=True, text=True, check=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--one", str(rows), "--reference-max", str(args.reference_max)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         result = json.loads(child.stdout.strip().splitlines()[-1])
         figures["exact"][str(rows)] = result
-        scaled = "" if result["search_fp32_timed_rows"] == rows else f", scaled from {result['search_fp32_timed_rows']:,d} rows"
+        scaled = (
+            ""
+            if result["search_fp32_timed_rows"] == rows
+            else f", scaled from {result['search_fp32_timed_rows']:,d} rows"
+        )
         extra = (
             f"; search {result['search_path']} {result['search_new_seconds']} s vs float32 {result['search_fp32_seconds']} s{scaled} "
             f"({result['search_speedup']}x), same top-k {result['exact_topk_equal']} ({result['topk_rows_differing_by_ties']} rows differ by ties), "
             f"same pairs {result['exact_pairs_equal']}"
         )
-        print(f"exact {rows:>8,d} rows: {result['seconds']:7.2f} s (search {result['search_seconds']} s), peak RSS {result['peak_rss_mib']:.0f} MiB{extra}", flush=True)
+        print(
+            f"exact {rows:>8,d} rows: {result['seconds']:7.2f} s (search {result['search_seconds']} s), peak RSS {result['peak_rss_mib']:.0f} MiB{extra}",
+            flush=True,
+        )
     if len(args.sizes) >= 2:
         small, large = args.sizes[0], args.sizes[-1]
-        exponent = np.log(figures["exact"][str(large)]["seconds"] / figures["exact"][str(small)]["seconds"]) / np.log(large / small)
+        exponent = np.log(figures["exact"][str(large)]["seconds"] / figures["exact"][str(small)]["seconds"]) / np.log(
+            large / small
+        )
         figures["exact_time_growth_exponent"] = round(float(exponent), 2)
         extrapolated = figures["exact"][str(large)]["seconds"] * (1e6 / large) ** 2
         figures["exact_1m_extrapolated_seconds"] = round(float(extrapolated), 0)

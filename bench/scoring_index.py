@@ -31,6 +31,7 @@ Recall@1 counts a row as found when its neighbour is the exact one (`strict`), o
 top-1 distance (`tie_aware`: a near duplicate of an exactly copied row has two neighbours at one
 distance). Prints one line per step and ends with one line of JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,7 +97,11 @@ def write_table(uri: str, rows: int) -> dict:
         else:
             table.add(data)
         del data, vectors
-    return {"rows": table.count_rows(), "seconds": round(time.perf_counter() - started, 1), "peak_rss_mib": round(peak_rss_mib())}
+    return {
+        "rows": table.count_rows(),
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
 
 
 def sample_rows(rows: int, queries: int) -> np.ndarray:
@@ -155,11 +160,15 @@ def exact_distances(table, queries: np.ndarray, found: np.ndarray) -> np.ndarray
     wanted = np.unique(found[found >= 0])
     vectors = read_rows(table, wanted)
     position = np.searchsorted(wanted, np.maximum(found, 0))
-    distance = cosine_distance(np.einsum("qd,qkd->qk", queries, vectors[np.minimum(position, len(wanted) - 1)])).astype(np.float32)
+    distance = cosine_distance(np.einsum("qd,qkd->qk", queries, vectors[np.minimum(position, len(wanted) - 1)])).astype(
+        np.float32
+    )
     return np.where(found >= 0, distance, np.inf).astype(np.float32)
 
 
-def recall_figures(sample: np.ndarray, truth: dict, found_index: np.ndarray, found_distance: np.ndarray, found_pairs: dict | None) -> dict:
+def recall_figures(
+    sample: np.ndarray, truth: dict, found_index: np.ndarray, found_distance: np.ndarray, found_pairs: dict | None
+) -> dict:
     """Recall@1 (strict / tie-aware), recall@k, top-1 distance error where the neighbour matches,
     and close-pair recall, over the sampled rows."""
     top1 = found_index[:, 0]
@@ -171,7 +180,11 @@ def recall_figures(sample: np.ndarray, truth: dict, found_index: np.ndarray, fou
         "recall_at_1": round(float(tie_aware.mean()), 4),
         "recall_at_1_strict": round(float(strict.mean()), 4),
         f"recall_at_{k}": round(float(at_k), 4),
-        "top1_distance_max_error_where_matched": float(np.abs(found_distance[strict, 0] - truth["top_distance"][strict, 0]).max()) if strict.any() else None,
+        "top1_distance_max_error_where_matched": float(
+            np.abs(found_distance[strict, 0] - truth["top_distance"][strict, 0]).max()
+        )
+        if strict.any()
+        else None,
     }
     if found_pairs is not None:
         expected = sum(len(v) for v in truth["pairs"].values())
@@ -195,7 +208,9 @@ def run_faiss(uri: str, rows: int, queries: int) -> dict:
     read = time.perf_counter()
     result = search_neighbors_ivf(vectors, k=NEIGHBORS, radius=RADIUS)
     del vectors
-    result = IndexedSearch(result.topk_index, result.topk_distance, result.pair_left, result.pair_right, result.pair_distance, keys)
+    result = IndexedSearch(
+        result.topk_index, result.topk_distance, result.pair_left, result.pair_right, result.pair_distance, keys
+    )
     finished = time.perf_counter()
     search_rss = peak_rss_mib()
     figures = {
@@ -210,7 +225,12 @@ def run_faiss(uri: str, rows: int, queries: int) -> dict:
         "peak_rss_mib": round(search_rss),
         "import_rss_mib": round(baseline),
     }
-    keys_ok = bool(result.keys is not None and len(result.keys) == count and result.keys[0] == key_for(0) and result.keys[-1] == key_for(count - 1))
+    keys_ok = bool(
+        result.keys is not None
+        and len(result.keys) == count
+        and result.keys[0] == key_for(0)
+        and result.keys[-1] == key_for(count - 1)
+    )
     sample = sample_rows(count, queries)
     topk_index, topk_distance = result.topk_index[sample], result.topk_distance[sample]
     in_sample = np.isin(result.pair_left, sample) | np.isin(result.pair_right, sample)
@@ -245,8 +265,14 @@ def run_exact(uri: str, rows: int, queries: int) -> dict:
     read = time.perf_counter()
     search_neighbors(vectors, k=NEIGHBORS, radius=RADIUS)
     finished = time.perf_counter()
-    return {"engine": "exact", "rows": len(vectors), "read_seconds": round(read - started, 1), "search_seconds": round(finished - read, 1),
-            "total_seconds": round(finished - started, 1), "peak_rss_mib": round(peak_rss_mib())}
+    return {
+        "engine": "exact",
+        "rows": len(vectors),
+        "read_seconds": round(read - started, 1),
+        "search_seconds": round(finished - read, 1),
+        "total_seconds": round(finished - started, 1),
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
 
 
 def synthetic_phashes(rows: int, seed: int = 3) -> np.ndarray:
@@ -331,7 +357,9 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
     figures.update(
         sampled_contents=int(len(sample)),
         nearest_equal_fraction=round(float(np.mean(np.abs(found - exact) <= 1e-6)), 4),
-        nearest_equal_fraction_within_radius=round(float(np.mean(np.abs(found[close] - exact[close]) <= 1e-6)), 4) if close.any() else None,
+        nearest_equal_fraction_within_radius=round(float(np.mean(np.abs(found[close] - exact[close]) <= 1e-6)), 4)
+        if close.any()
+        else None,
         sampled_within_radius=int(close.sum()),
         nearest_never_below_exact=bool((found >= exact - 1e-6).all()),
         labels_equal_fraction=round(float(np.mean((found <= RADIUS) == close)), 4),
@@ -355,12 +383,22 @@ def run_lancedb(uri: str, rows: int, queries: int) -> dict:
     configs = (
         # Given more than our index gets (4x the probes, 2x the re-rank depth): LanceDB has no
         # graph refinement, so this is what it needs to come near the same recall.
-        ("IVF_PQ", {"num_partitions": params.nlist, "num_sub_vectors": DIMENSIONS // 8}, {"nprobes": 4 * params.nprobe, "refine_factor": 2 * refine}),
-        ("IVF_HNSW_SQ", {"num_partitions": max(1, params.nlist // 16)}, {"nprobes": max(1, params.nlist // 64), "ef": 4 * params.rerank}),
+        (
+            "IVF_PQ",
+            {"num_partitions": params.nlist, "num_sub_vectors": DIMENSIONS // 8},
+            {"nprobes": 4 * params.nprobe, "refine_factor": 2 * refine},
+        ),
+        (
+            "IVF_HNSW_SQ",
+            {"num_partitions": max(1, params.nlist // 16)},
+            {"nprobes": max(1, params.nlist // 64), "ef": 4 * params.rerank},
+        ),
     )
     for index_type, build_options, query_options in configs:
         started = time.perf_counter()
-        table.create_index(metric="cosine", vector_column_name="vector", index_type=index_type, replace=True, **build_options)
+        table.create_index(
+            metric="cosine", vector_column_name="vector", index_type=index_type, replace=True, **build_options
+        )
         built = time.perf_counter()
         found_index = np.full((len(sample), NEIGHBORS), -1, np.int64)
         found_distance = np.full((len(sample), NEIGHBORS), np.inf, np.float32)
@@ -393,7 +431,9 @@ def run_lancedb(uri: str, rows: int, queries: int) -> dict:
         # distances of the neighbours they name.
         exact = exact_distances(table, truth["queries"], found_index)
         named = found_index >= 0
-        entry["lancedb_distance_max_error"] = float(np.abs(found_distance[named] - exact[named]).max()) if named.any() else None
+        entry["lancedb_distance_max_error"] = (
+            float(np.abs(found_distance[named] - exact[named]).max()) if named.any() else None
+        )
         entry.update(recall_figures(sample, truth, found_index, exact, None))
         figures[index_type] = entry
     figures["peak_rss_mib"] = round(peak_rss_mib())
@@ -402,8 +442,22 @@ def run_lancedb(uri: str, rows: int, queries: int) -> dict:
 
 def child(step: str, uri: str, rows: int, queries: int, stage_engine: str = "auto") -> dict:
     process = subprocess.run(
-        [sys.executable, __file__, "--step", step, "--uri", uri, "--rows", str(rows), "--queries", str(queries), "--stage-engine", stage_engine],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            __file__,
+            "--step",
+            step,
+            "--uri",
+            uri,
+            "--rows",
+            str(rows),
+            "--queries",
+            str(queries),
+            "--stage-engine",
+            stage_engine,
+        ],
+        capture_output=True,
+        text=True,
     )
     if process.returncode:
         raise RuntimeError(f"step {step} at {rows} rows failed:\n{process.stderr[-3000:]}")
@@ -411,8 +465,14 @@ def child(step: str, uri: str, rows: int, queries: int, stage_engine: str = "aut
 
 
 def run_index_sizes(
-    sizes: list[int], queries: int = 1000, lancedb_max_rows: int = 100_000, lancedb_queries: int = 1000, workdir: Path | None = None, exact_max_rows: int = 100_000,
-    skip: list[str] = (), stage_engine: str = "auto",
+    sizes: list[int],
+    queries: int = 1000,
+    lancedb_max_rows: int = 100_000,
+    lancedb_queries: int = 1000,
+    workdir: Path | None = None,
+    exact_max_rows: int = 100_000,
+    skip: list[str] = (),
+    stage_engine: str = "auto",
 ) -> dict:
     """Every figure for every size (each step in its own subprocess), and the growth exponents."""
     figures: dict = {"sizes": {}}
@@ -420,7 +480,10 @@ def run_index_sizes(
         for rows in sizes:
             uri = str(Path(directory) / f"db_{rows}")
             entry = {"write": child("write", uri, rows, queries)}
-            print(f"index {rows:>9,d} rows: wrote the LanceDB table in {entry['write']['seconds']} s (peak RSS {entry['write']['peak_rss_mib']} MiB)", flush=True)
+            print(
+                f"index {rows:>9,d} rows: wrote the LanceDB table in {entry['write']['seconds']} s (peak RSS {entry['write']['peak_rss_mib']} MiB)",
+                flush=True,
+            )
             if "stage" not in skip:
                 entry["stage"] = child("stage", uri, rows, queries, stage_engine)
                 g = entry["stage"]
@@ -446,7 +509,10 @@ def run_index_sizes(
             if rows <= exact_max_rows and "exact" not in skip:
                 entry["exact"] = child("exact", uri, rows, queries)
                 e = entry["exact"]
-                print(f"index {rows:>9,d} rows: exact search_neighbors {e['total_seconds']} s (read {e['read_seconds']}), peak RSS {e['peak_rss_mib']} MiB", flush=True)
+                print(
+                    f"index {rows:>9,d} rows: exact search_neighbors {e['total_seconds']} s (read {e['read_seconds']}), peak RSS {e['peak_rss_mib']} MiB",
+                    flush=True,
+                )
             if rows <= lancedb_max_rows and "lancedb" not in skip:
                 entry["lancedb"] = child("lancedb", uri, rows, lancedb_queries)
                 for name in ("IVF_PQ", "IVF_HNSW_SQ"):
@@ -463,7 +529,10 @@ def run_index_sizes(
     if len(measured) >= 2:
         growth = {}
         for small, large in zip(measured, measured[1:]):
-            ratio = figures["sizes"][str(large)]["faiss"]["total_seconds"] / figures["sizes"][str(small)]["faiss"]["total_seconds"]
+            ratio = (
+                figures["sizes"][str(large)]["faiss"]["total_seconds"]
+                / figures["sizes"][str(small)]["faiss"]["total_seconds"]
+            )
             growth[f"{small}->{large}"] = round(math.log(ratio) / math.log(large / small), 2)
         figures["faiss_time_growth_exponent"] = growth
         print(f"faiss time grows as N^x with x = {growth}", flush=True)
@@ -480,12 +549,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=1000, help="sampled rows checked against exact search")
-    parser.add_argument("--lancedb-max-rows", type=int, default=100_000, help="largest N also run with LanceDB's own index")
+    parser.add_argument(
+        "--lancedb-max-rows", type=int, default=100_000, help="largest N also run with LanceDB's own index"
+    )
     parser.add_argument("--lancedb-queries", type=int, default=1000)
-    parser.add_argument("--exact-max-rows", type=int, default=100_000, help="largest N also run with the exact search (core.search.exact_cosine)")
-    parser.add_argument("--workdir", type=Path, help="where the temporary LanceDB tables go (default: the system temp dir)")
-    parser.add_argument("--stage-engine", default="auto", choices=["auto", "exact", "index"], help="--neighbor-search of the stage step")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["faiss", "exact", "lancedb", "stage"], help="steps not to run")
+    parser.add_argument(
+        "--exact-max-rows",
+        type=int,
+        default=100_000,
+        help="largest N also run with the exact search (core.search.exact_cosine)",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="where the temporary LanceDB tables go (default: the system temp dir)"
+    )
+    parser.add_argument(
+        "--stage-engine", default="auto", choices=["auto", "exact", "index"], help="--neighbor-search of the stage step"
+    )
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["faiss", "exact", "lancedb", "stage"], help="steps not to run"
+    )
     parser.add_argument("--step", choices=["write", "faiss", "exact", "lancedb", "stage"], help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -494,9 +576,22 @@ def main() -> int:
             print(json.dumps(run_stage(args.uri, args.rows[0], args.queries, args.stage_engine)))
             return 0
         run = {"write": write_table, "faiss": run_faiss, "exact": run_exact, "lancedb": run_lancedb}[args.step]
-        print(json.dumps(run(args.uri, args.rows[0]) if args.step == "write" else run(args.uri, args.rows[0], args.queries)))
+        print(
+            json.dumps(
+                run(args.uri, args.rows[0]) if args.step == "write" else run(args.uri, args.rows[0], args.queries)
+            )
+        )
         return 0
-    figures = run_index_sizes(args.rows, args.queries, args.lancedb_max_rows, args.lancedb_queries, args.workdir, args.exact_max_rows, args.skip, args.stage_engine)
+    figures = run_index_sizes(
+        args.rows,
+        args.queries,
+        args.lancedb_max_rows,
+        args.lancedb_queries,
+        args.workdir,
+        args.exact_max_rows,
+        args.skip,
+        args.stage_engine,
+    )
     print(json.dumps(figures))
     return 0
 

@@ -13,6 +13,7 @@ Usage:
 DIR: a set written by `bench/hard_negatives.py` (default: generated with seed 0 in a temporary
 folder). Prints one line per set and a JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,15 @@ NEAR_DUPLICATE = 0.05
 
 
 def turned_distances(data: Path, embedder) -> dict:
-    from core.images import DIHEDRAL_TRANSPOSES, ImageRejected, dihedral_phashes, discover_image_files, informative_phashes, load_rgb, trim_uniform_borders
+    from core.images import (
+        DIHEDRAL_TRANSPOSES,
+        ImageRejected,
+        dihedral_phashes,
+        discover_image_files,
+        informative_phashes,
+        load_rgb,
+        trim_uniform_borders,
+    )
     from core.search.result import l2_normalize
 
     groups = json.loads((data / "groups.json").read_text())
@@ -56,11 +65,18 @@ def turned_distances(data: Path, embedder) -> dict:
         if min(forward.min(), backward.min()) > CUTOFF_BITS or (1.0 - vectors[a] @ vectors[b]) / 2.0 <= NEAR_DUPLICATE:
             continue
         # H(id_a, variant v of b) small: a looks like b turned by transpose v (and the reverse).
-        anchor, moved, variant = (a, b, int(forward.argmin())) if forward.min() <= backward.min() else (b, a, int(backward.argmin()))
+        anchor, moved, variant = (
+            (a, b, int(forward.argmin())) if forward.min() <= backward.min() else (b, a, int(backward.argmin()))
+        )
         turned = images[moved] if variant == 0 else images[moved].transpose(DIHEDRAL_TRANSPOSES[variant])
         distance = float((1.0 - vectors[anchor] @ l2_normalize(embedder.embed([turned]))[0]) / 2.0)
         (true if a in truth and truth.get(a) == truth.get(b) else false).append(round(distance, 3))
-    return {"true_pairs": len(true), "true_max": max(true, default=None), "false_pairs": len(false), "false": sorted(false)}
+    return {
+        "true_pairs": len(true),
+        "true_max": max(true, default=None),
+        "false_pairs": len(false),
+        "false": sorted(false),
+    }
 
 
 def main() -> int:
@@ -80,7 +96,9 @@ def main() -> int:
         figures = {name: turned_distances(BENCH / "data" / name, embedder) for name in SETS}
         figures["hard-negatives"] = turned_distances(hard_negatives, embedder)
     for name, row in figures.items():
-        print(f"{name:22s} true pairs {row['true_pairs']:4d} (turned distance max {row['true_max']})  false pairs {row['false_pairs']:3d}: {row['false']}")
+        print(
+            f"{name:22s} true pairs {row['true_pairs']:4d} (turned distance max {row['true_max']})  false pairs {row['false_pairs']:3d}: {row['false']}"
+        )
     print(json.dumps(figures))
     return 0
 

@@ -21,6 +21,7 @@ Ends with one JSON line: per tool seconds, images/s, ratio to imgdedup, pair P/R
 planted truth, and peak RSS (imgdedup: the subprocess's; the peers: this process's high-water mark
 after them, which includes the generator, so it is an upper bound).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import evaluate, run_cleanvision, run_imagededup  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SOURCE_PHOTOS = ("astronaut", "cat", "chelsea", "coffee", "colorwheel", "hubble_deep_field", "immunohistochemistry", "retina", "rocket")
+SOURCE_PHOTOS = (
+    "astronaut",
+    "cat",
+    "chelsea",
+    "coffee",
+    "colorwheel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "rocket",
+)
 TILE = 112
 TILES_PER_PHOTO = 16
 EDITS = ("copy", "jpeg", "resize", "crop", "rotate90", "mirror", "brighter", "overlay")
@@ -64,7 +75,9 @@ def distinct_tiles() -> list[tuple[str, Image.Image]]:
             for top in range(0, photo.height - TILE + 1, TILE)
             for left in range(0, photo.width - TILE + 1, TILE)
         ]
-        informative = [box for box in boxes if np.asarray(photo.crop(box).convert("L")).std() > 8.0]  # flat tiles are not pictures
+        informative = [
+            box for box in boxes if np.asarray(photo.crop(box).convert("L")).std() > 8.0
+        ]  # flat tiles are not pictures
         step = max(1, len(informative) // TILES_PER_PHOTO)
         for box in informative[::step][:TILES_PER_PHOTO]:
             tiles.append((name, photo.crop(box).resize((256, 256), Image.Resampling.BICUBIC)))
@@ -124,7 +137,20 @@ def run_imgdedup(folder: Path, out: Path, dagster_home: Path) -> tuple[Path, flo
     """
     dagster_home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
-    command = [sys.executable, "-m", "cli", "run", "--images", str(folder), "--out", str(out), "--embedder", "offline", "--max-duplicate-fraction", "1.0"]
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "run",
+        "--images",
+        str(folder),
+        "--out",
+        str(out),
+        "--embedder",
+        "offline",
+        "--max-duplicate-fraction",
+        "1.0",
+    ]
     run = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
     if run.returncode not in (0, 1):
         raise RuntimeError(f"imgdedup run failed ({run.returncode}): {run.stderr[-3000:]}")
@@ -148,7 +174,10 @@ def main() -> int:
     started = time.perf_counter()
     csv_path, peak = run_imgdedup(folder, work / "imgdedup-out", work / "dagster_home")
     figures["imgdedup"] = {"seconds": time.perf_counter() - started, "peak_rss_mib": round(peak), "csv": csv_path}
-    for name, run in (("cleanvision", run_cleanvision), ("imagededup_phash", lambda f, o: run_imagededup("PHash", f, o))):
+    for name, run in (
+        ("cleanvision", run_cleanvision),
+        ("imagededup_phash", lambda f, o: run_imagededup("PHash", f, o)),
+    ):
         started = time.perf_counter()
         csv_path = run(folder, work / name)
         figures[name] = {"seconds": time.perf_counter() - started, "csv": csv_path}
@@ -163,8 +192,11 @@ def main() -> int:
             imgdedup_time_ratio=round(ours / tool["seconds"], 2),
             **{k: scored[k] for k in ("pair_precision", "pair_recall", "pair_f1")},
         )
-        print(f"{name:18s} {tool['seconds']:8.1f} s  {tool['images_per_s']:7.1f} img/s  imgdedup/this {tool['imgdedup_time_ratio']:5.2f}  "
-              f"P {tool['pair_precision']:.3f} R {tool['pair_recall']:.3f} F1 {tool['pair_f1']:.3f}", flush=True)
+        print(
+            f"{name:18s} {tool['seconds']:8.1f} s  {tool['images_per_s']:7.1f} img/s  imgdedup/this {tool['imgdedup_time_ratio']:5.2f}  "
+            f"P {tool['pair_precision']:.3f} R {tool['pair_recall']:.3f} F1 {tool['pair_f1']:.3f}",
+            flush=True,
+        )
     print(json.dumps(figures))
     return 0
 

@@ -1,4 +1,5 @@
 """Asset checks (Great Expectations suites inside Dagster checks); one module per checked asset."""
+
 from __future__ import annotations
 
 from checks.clean_dataset import CLEAN_DATASET_CHECKS

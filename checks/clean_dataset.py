@@ -44,10 +44,17 @@ def no_duplicate_pairs_suite(duplicate_threshold: float, with_closest_pair: bool
             exists, and GX fails a minimum over no values).
     """
     gxe = gx_expectations()
-    per_content = gxe.ExpectColumnValuesToBeBetween(column="nearest_uniqueness_distance", min_value=duplicate_threshold, strict_min=True)
+    per_content = gxe.ExpectColumnValuesToBeBetween(
+        column="nearest_uniqueness_distance", min_value=duplicate_threshold, strict_min=True
+    )
     if not with_closest_pair:
         return [per_content]
-    return [gxe.ExpectColumnMinToBeBetween(column="nearest_uniqueness_distance", min_value=duplicate_threshold, strict_min=True), per_content]
+    return [
+        gxe.ExpectColumnMinToBeBetween(
+            column="nearest_uniqueness_distance", min_value=duplicate_threshold, strict_min=True
+        ),
+        per_content,
+    ]
 
 
 def accounting_suite(discovered: int) -> list:
@@ -60,11 +67,17 @@ def accounting_suite(discovered: int) -> list:
 
 
 def clean_dataset_unique_pixel_hash(clean_dataset: pd.DataFrame) -> dg.AssetCheckResult:
-    return run_expectations(clean_dataset, unique_pixel_hash_suite(), suite_name="clean_dataset_unique_pixel_hash", id_columns=("path",))
+    return run_expectations(
+        clean_dataset, unique_pixel_hash_suite(), suite_name="clean_dataset_unique_pixel_hash", id_columns=("path",)
+    )
 
 
 def nearest_kept_contents_digest(
-    clean: pd.DataFrame, vectors: ContentVectors, hash_signal: HashSignal | None, near_duplicate_cosine_distance: float, engine: str
+    clean: pd.DataFrame,
+    vectors: ContentVectors,
+    hash_signal: HashSignal | None,
+    near_duplicate_cosine_distance: float,
+    engine: str,
 ) -> str:
     """`inputs_digest` of everything `nearest_kept_contents` reads: the kept contents and their
     first paths, their vectors as read from the vector table, their pHashes and the signal's cutoff,
@@ -87,7 +100,11 @@ def nearest_kept_contents_digest(
 
 
 def clean_dataset_no_duplicate_pairs(
-    clean_dataset: pd.DataFrame, image_vectors: dict, lancedb: LanceDBResource, policy: DedupPolicyResource, state_dir: Path | None = None
+    clean_dataset: pd.DataFrame,
+    image_vectors: dict,
+    lancedb: LanceDBResource,
+    policy: DedupPolicyResource,
+    state_dir: Path | None = None,
 ) -> dg.AssetCheckResult:
     """The check on the kept contents' nearest neighbours. With `state_dir`, the nearest-content
     table of an earlier run is reused when every input it came from (vectors read from the table
@@ -102,7 +119,9 @@ def clean_dataset_no_duplicate_pairs(
     if state_dir is None:
         nearest, reused = search(), False
     else:
-        digest = nearest_kept_contents_digest(clean_dataset, vectors, hash_signal, cosine_radius, policy.neighbor_search)
+        digest = nearest_kept_contents_digest(
+            clean_dataset, vectors, hash_signal, cosine_radius, policy.neighbor_search
+        )
         nearest, reused = result_for_inputs(
             Path(state_dir) / NEAREST_TABLES_FOLDER,
             "clean_dataset_nearest.parquet",
@@ -114,20 +133,27 @@ def clean_dataset_no_duplicate_pairs(
         )
     return run_expectations(
         nearest,
-        no_duplicate_pairs_suite(policy.duplicate_threshold, with_closest_pair=bool(nearest["nearest_uniqueness_distance"].notna().any())),
+        no_duplicate_pairs_suite(
+            policy.duplicate_threshold, with_closest_pair=bool(nearest["nearest_uniqueness_distance"].notna().any())
+        ),
         suite_name="clean_dataset_no_duplicate_pairs",
         id_columns=("path", "nearest_path"),
         extra_metadata={
             "kept_contents": dg.MetadataValue.int(len(nearest)),
             "duplicate_threshold": dg.MetadataValue.float(policy.duplicate_threshold),
             "vector_table": dg.MetadataValue.text(lancedb.table_name(image_vectors["model_id"])),
-            "nearest_search": dg.MetadataValue.text("reused: vectors, pHashes, paths and settings as in an earlier run" if reused else "searched"),
+            "nearest_search": dg.MetadataValue.text(
+                "reused: vectors, pHashes, paths and settings as in an earlier run" if reused else "searched"
+            ),
         },
     )
 
 
 def clean_dataset_accounting(
-    clean_dataset: pd.DataFrame, raw_images: pd.DataFrame, rejected_images: pd.DataFrame, duplicates_collection: pd.DataFrame
+    clean_dataset: pd.DataFrame,
+    raw_images: pd.DataFrame,
+    rejected_images: pd.DataFrame,
+    duplicates_collection: pd.DataFrame,
 ) -> dg.AssetCheckResult:
     counts = accounting_counts(raw_images, rejected_images, duplicates_collection, clean_dataset)
     placements = collection_placements(raw_images, rejected_images, duplicates_collection, clean_dataset)
@@ -149,7 +175,9 @@ def duplicate_fraction_suite(max_duplicate_fraction: float) -> list:
     return [gxe.ExpectColumnMeanToBeBetween(column="removed", min_value=0.0, max_value=max_duplicate_fraction)]
 
 
-def clean_dataset_duplicate_fraction(raw_images: pd.DataFrame, duplicates_collection: pd.DataFrame, policy: DedupPolicyResource) -> dg.AssetCheckResult:
+def clean_dataset_duplicate_fraction(
+    raw_images: pd.DataFrame, duplicates_collection: pd.DataFrame, policy: DedupPolicyResource
+) -> dg.AssetCheckResult:
     flags = removal_flags(raw_images, duplicates_collection)
     removed = int(flags["removed"].sum())
     limit = policy.max_duplicate_fraction
@@ -160,13 +188,27 @@ def clean_dataset_duplicate_fraction(raw_images: pd.DataFrame, duplicates_collec
     }
     if flags.empty:
         # 0 of 0 images: no fraction exists, and nothing was removed wrongly.
-        return dg.AssetCheckResult(passed=True, metadata={**counts, "observed_value": dg.MetadataValue.null()}, description="no decodable images")
+        return dg.AssetCheckResult(
+            passed=True,
+            metadata={**counts, "observed_value": dg.MetadataValue.null()},
+            description="no decodable images",
+        )
     fraction = removed / len(flags)
     if removed:
-        counts["removed_sample"] = dg.MetadataValue.json(flags.loc[flags["removed"] == 1, "path"].head(REMOVED_SAMPLE_SIZE).tolist())
+        counts["removed_sample"] = dg.MetadataValue.json(
+            flags.loc[flags["removed"] == 1, "path"].head(REMOVED_SAMPLE_SIZE).tolist()
+        )
     comparison = "above" if fraction > limit else "within"
-    description = f"removed {removed} of {len(flags)} decodable images: fraction {fraction:.3f}, {comparison} the limit {limit:g}"
-    return run_expectations(flags, duplicate_fraction_suite(limit), suite_name="clean_dataset_duplicate_fraction", extra_metadata=counts, description=description)
+    description = (
+        f"removed {removed} of {len(flags)} decodable images: fraction {fraction:.3f}, {comparison} the limit {limit:g}"
+    )
+    return run_expectations(
+        flags,
+        duplicate_fraction_suite(limit),
+        suite_name="clean_dataset_duplicate_fraction",
+        extra_metadata=counts,
+        description=description,
+    )
 
 
 # Check name -> what it verifies, and the assets it reads besides clean_dataset.
@@ -192,7 +234,9 @@ READS = {
     # Each rule is its own blocking check in the UI; one step runs them, as a step costs more
     # than the rules themselves.
     specs=[
-        dg.AssetCheckSpec(name, asset="clean_dataset", blocking=True, description=DESCRIPTIONS[name], additional_deps=READS[name])
+        dg.AssetCheckSpec(
+            name, asset="clean_dataset", blocking=True, description=DESCRIPTIONS[name], additional_deps=READS[name]
+        )
         for name in DESCRIPTIONS
     ],
     ins={
@@ -213,11 +257,17 @@ def clean_dataset_checks(
     output_store: OutputStoreResource,
     policy: DedupPolicyResource,
 ):
-    raw_images, rejected_images = withdraw_changed_contents(raw_images, rejected_images, image_vectors.get("changed_during_run", {}))
+    raw_images, rejected_images = withdraw_changed_contents(
+        raw_images, rejected_images, image_vectors.get("changed_during_run", {})
+    )
     results = {
         "clean_dataset_unique_pixel_hash": clean_dataset_unique_pixel_hash(clean_dataset),
-        "clean_dataset_no_duplicate_pairs": clean_dataset_no_duplicate_pairs(clean_dataset, image_vectors, lancedb, policy, output_store.state_dir),
-        "clean_dataset_accounting": clean_dataset_accounting(clean_dataset, raw_images, rejected_images, duplicates_collection),
+        "clean_dataset_no_duplicate_pairs": clean_dataset_no_duplicate_pairs(
+            clean_dataset, image_vectors, lancedb, policy, output_store.state_dir
+        ),
+        "clean_dataset_accounting": clean_dataset_accounting(
+            clean_dataset, raw_images, rejected_images, duplicates_collection
+        ),
         "clean_dataset_duplicate_fraction": clean_dataset_duplicate_fraction(raw_images, duplicates_collection, policy),
     }
     named = [with_gate_metadata(result, name, "clean_dataset") for name, result in results.items()]

@@ -5,6 +5,7 @@ The check results carry it as metadata (`held_back`, `limit_setting`), which the
 step then fails with the same text, so the Dagster run's failure says it too, not only the check's
 page.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,7 +20,10 @@ HELD_BACK = {
     "clean_dataset": "training_manifest (training); the dedup results and exports are written",
 }
 # Check name -> the policy field (a `Settings` field) whose value is the check's limit.
-LIMIT_SETTINGS = {"clean_dataset_duplicate_fraction": "max_duplicate_fraction", "clean_dataset_no_duplicate_pairs": "duplicate_threshold"}
+LIMIT_SETTINGS = {
+    "clean_dataset_duplicate_fraction": "max_duplicate_fraction",
+    "clean_dataset_no_duplicate_pairs": "duplicate_threshold",
+}
 
 
 def limit_setting_text(check_name: str) -> str | None:
@@ -38,7 +42,9 @@ def with_gate_metadata(result: dg.AssetCheckResult, check_name: str, asset: str)
         metadata["held_back"] = dg.MetadataValue.text(HELD_BACK[asset])
         if (setting := limit_setting_text(check_name)) is not None:
             metadata["limit_setting"] = dg.MetadataValue.text(setting)
-    return dg.AssetCheckResult(check_name=check_name, asset_key=asset, passed=result.passed, metadata=metadata, description=result.description)
+    return dg.AssetCheckResult(
+        check_name=check_name, asset_key=asset, passed=result.passed, metadata=metadata, description=result.description
+    )
 
 
 def gate_failure_message(results: Sequence[dg.AssetCheckResult]) -> str | None:

@@ -4,6 +4,7 @@ GX is imported inside the functions, never at module import: it takes seconds to
 code location must load fast. Every validation runs in its own ephemeral context, so nothing is
 written to disk and no state is shared between checks or runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -121,7 +122,9 @@ def _outcome(result, sample_size: int) -> ExpectationOutcome:
         observed = _plain(details["observed_value"])
     else:
         observed = int(unexpected_count) if unexpected_count is not None else None
-    sample = details.get("partial_unexpected_index_list") or [{"value": v} for v in details.get("partial_unexpected_list") or []]
+    sample = details.get("partial_unexpected_index_list") or [
+        {"value": v} for v in details.get("partial_unexpected_list") or []
+    ]
     return ExpectationOutcome(
         label=label,
         success=bool(result.success),
@@ -160,7 +163,9 @@ def _plain(value):
     return str(value)
 
 
-def check_result_from_outcomes(outcomes: Sequence[ExpectationOutcome], extra_metadata: dict | None = None, description: str | None = None) -> dg.AssetCheckResult:
+def check_result_from_outcomes(
+    outcomes: Sequence[ExpectationOutcome], extra_metadata: dict | None = None, description: str | None = None
+) -> dg.AssetCheckResult:
     """Translate expectation outcomes into one `AssetCheckResult` (passed = every expectation held).
 
     Metadata: `observed_value`, `threshold` and `unexpected_count` (for a single expectation the
@@ -174,8 +179,12 @@ def check_result_from_outcomes(outcomes: Sequence[ExpectationOutcome], extra_met
     single = len(outcomes) == 1
     counts = [o.unexpected_count for o in outcomes if o.unexpected_count is not None]
     metadata = {
-        "observed_value": _metadata_value(outcomes[0].observed_value if single else {o.label: o.observed_value for o in outcomes}),
-        "threshold": _metadata_value((outcomes[0].threshold if single else {o.label: o.threshold for o in outcomes if o.threshold}) or None),
+        "observed_value": _metadata_value(
+            outcomes[0].observed_value if single else {o.label: o.observed_value for o in outcomes}
+        ),
+        "threshold": _metadata_value(
+            (outcomes[0].threshold if single else {o.label: o.threshold for o in outcomes if o.threshold}) or None
+        ),
         "unexpected_count": dg.MetadataValue.int(sum(counts)) if counts else dg.MetadataValue.null(),
         "failed_expectations": dg.MetadataValue.json([o.label for o in outcomes if not o.success]),
         "expectations": dg.MetadataValue.md(_expectations_markdown(outcomes)),
@@ -186,7 +195,11 @@ def check_result_from_outcomes(outcomes: Sequence[ExpectationOutcome], extra_met
     metadata.update(extra_metadata or {})
     failed = [o for o in outcomes if not o.success]
     if description is None and failed:
-        description = "; ".join(f"{o.label} failed: observed {json.dumps(o.observed_value, default=str)}" + (f", expected {json.dumps(o.threshold, default=str)}" if o.threshold else "") for o in failed)
+        description = "; ".join(
+            f"{o.label} failed: observed {json.dumps(o.observed_value, default=str)}"
+            + (f", expected {json.dumps(o.threshold, default=str)}" if o.threshold else "")
+            for o in failed
+        )
     return dg.AssetCheckResult(passed=not failed, metadata=metadata, description=description)
 
 
@@ -229,5 +242,7 @@ def run_expectations(
     description: str | None = None,
 ) -> dg.AssetCheckResult:
     """`validate_table` then `check_result_from_outcomes`: the one call a check function makes."""
-    outcomes = validate_table(table, expectations, suite_name=suite_name, id_columns=id_columns, sample_size=sample_size)
+    outcomes = validate_table(
+        table, expectations, suite_name=suite_name, id_columns=id_columns, sample_size=sample_size
+    )
     return check_result_from_outcomes(outcomes, extra_metadata=extra_metadata, description=description)

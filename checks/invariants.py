@@ -3,6 +3,7 @@
 No Dagster, LanceDB or Great Expectations here: each function takes DataFrames (and vectors) and
 returns a new DataFrame in which every row must satisfy one simple expectation.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,7 +28,9 @@ def identical_group_zero_counts(scores: pd.DataFrame) -> pd.DataFrame:
         zeros_minus_expected (`zeros - (N - 1)`, 0 when the rule holds).
     """
     grouped = scores.assign(_zero=scores["uniqueness"].eq(0.0)).groupby("identical_group", dropna=False, sort=True)
-    table = grouped.agg(rows=("_zero", "size"), identical_group_size=("identical_group_size", "max"), zeros=("_zero", "sum")).reset_index()
+    table = grouped.agg(
+        rows=("_zero", "size"), identical_group_size=("identical_group_size", "max"), zeros=("_zero", "sum")
+    ).reset_index()
     table["rows"] = table["rows"].astype("int64")
     table["zeros"] = table["zeros"].astype("int64")
     table["zeros_minus_expected"] = table["zeros"] - (table["rows"] - 1)
@@ -106,9 +109,15 @@ def nearest_kept_contents(
         vectors = ContentVectors(vectors.hashes[keep], vectors.matrix[keep])
         contents = contents.reset_index(drop=True)
     if contents.empty:
-        return contents.assign(nearest_path=pd.Series(dtype=object), nearest_cosine_distance=pd.Series(dtype="float64"), nearest_uniqueness_distance=pd.Series(dtype="float64"))
+        return contents.assign(
+            nearest_path=pd.Series(dtype=object),
+            nearest_cosine_distance=pd.Series(dtype="float64"),
+            nearest_uniqueness_distance=pd.Series(dtype="float64"),
+        )
     # Every content its own group: a different content at any distance, even 0, is its nearest.
-    found = find_content_neighbors(vectors, near_duplicate_cosine_distance, hash_signal, engine=engine, group_identical=False)
+    found = find_content_neighbors(
+        vectors, near_duplicate_cosine_distance, hash_signal, engine=engine, group_identical=False
+    )
     nearest = found.nearest_row
     distance = found.nearest_distance.astype(np.float64)
     paths = contents["path"].to_numpy(dtype=object)
@@ -119,7 +128,9 @@ def nearest_kept_contents(
     ).sort_values("path", ignore_index=True)
 
 
-def collection_placements(raw_images: pd.DataFrame, rejected_images: pd.DataFrame, duplicates: pd.DataFrame, clean: pd.DataFrame) -> pd.DataFrame:
+def collection_placements(
+    raw_images: pd.DataFrame, rejected_images: pd.DataFrame, duplicates: pd.DataFrame, clean: pd.DataFrame
+) -> pd.DataFrame:
     """How many collections each image landed in, against whether it was discovered.
 
     SPEC.md: `clean + duplicates + rejected == discovered`, every file in exactly one. Discovered
@@ -135,7 +146,9 @@ def collection_placements(raw_images: pd.DataFrame, rejected_images: pd.DataFram
     """
     discovered = pd.concat([raw_images[["image_id", "path"]], rejected_images[["image_id", "path"]]])
     collections = {"in_clean": clean, "in_duplicates": duplicates, "in_rejected": rejected_images}
-    everything = pd.concat([discovered, *(t[["image_id", "path"]] for t in collections.values())]).drop_duplicates("image_id")
+    everything = pd.concat([discovered, *(t[["image_id", "path"]] for t in collections.values())]).drop_duplicates(
+        "image_id"
+    )
     table = everything.set_index("image_id")
     table["discovered"] = table.index.isin(discovered["image_id"]).astype("int64")
     for column, collection in collections.items():
@@ -144,7 +157,9 @@ def collection_placements(raw_images: pd.DataFrame, rejected_images: pd.DataFram
     return table.reset_index().sort_values(["path", "image_id"], ignore_index=True)
 
 
-def accounting_counts(raw_images: pd.DataFrame, rejected_images: pd.DataFrame, duplicates: pd.DataFrame, clean: pd.DataFrame) -> dict:
+def accounting_counts(
+    raw_images: pd.DataFrame, rejected_images: pd.DataFrame, duplicates: pd.DataFrame, clean: pd.DataFrame
+) -> dict:
     """The row counts in SPEC.md's invariant: {discovered, clean, duplicates, rejected, placed}."""
     return {
         "discovered": len(raw_images) + len(rejected_images),

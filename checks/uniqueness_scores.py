@@ -38,15 +38,24 @@ def identical_group_zeros_suite() -> list:
 
 
 def uniqueness_scores_one_row_per_image(uniqueness_scores: pd.DataFrame) -> dg.AssetCheckResult:
-    return run_expectations(uniqueness_scores, one_row_per_image_suite(), suite_name="uniqueness_scores_one_row_per_image", id_columns=ID_COLUMNS)
+    return run_expectations(
+        uniqueness_scores,
+        one_row_per_image_suite(),
+        suite_name="uniqueness_scores_one_row_per_image",
+        id_columns=ID_COLUMNS,
+    )
 
 
 def uniqueness_scores_no_nulls(uniqueness_scores: pd.DataFrame) -> dg.AssetCheckResult:
-    return run_expectations(uniqueness_scores, no_nulls_suite(), suite_name="uniqueness_scores_no_nulls", id_columns=ID_COLUMNS)
+    return run_expectations(
+        uniqueness_scores, no_nulls_suite(), suite_name="uniqueness_scores_no_nulls", id_columns=ID_COLUMNS
+    )
 
 
 def uniqueness_scores_in_range(uniqueness_scores: pd.DataFrame) -> dg.AssetCheckResult:
-    return run_expectations(uniqueness_scores, score_range_suite(), suite_name="uniqueness_scores_in_range", id_columns=ID_COLUMNS)
+    return run_expectations(
+        uniqueness_scores, score_range_suite(), suite_name="uniqueness_scores_in_range", id_columns=ID_COLUMNS
+    )
 
 
 def uniqueness_scores_identical_group_zeros(uniqueness_scores: pd.DataFrame) -> dg.AssetCheckResult:
@@ -56,7 +65,10 @@ def uniqueness_scores_identical_group_zeros(uniqueness_scores: pd.DataFrame) -> 
         identical_group_zeros_suite(),
         suite_name="uniqueness_scores_identical_group_zeros",
         id_columns=("identical_group", "rows", "zeros"),
-        extra_metadata={"identical_groups": dg.MetadataValue.int(len(groups)), "groups_with_copies": dg.MetadataValue.int(int((groups["rows"] > 1).sum()))},
+        extra_metadata={
+            "identical_groups": dg.MetadataValue.int(len(groups)),
+            "groups_with_copies": dg.MetadataValue.int(int((groups["rows"] > 1).sum())),
+        },
     )
 
 
@@ -64,17 +76,28 @@ def uniqueness_scores_identical_group_zeros(uniqueness_scores: pd.DataFrame) -> 
 # step because they read the same table, and a step costs more than these expectations do.
 RULES = {
     "uniqueness_scores_one_row_per_image": (uniqueness_scores_one_row_per_image, "Exactly one row per image id."),
-    "uniqueness_scores_no_nulls": (uniqueness_scores_no_nulls, "No nulls in image_id, path, identical_group, uniqueness or label."),
+    "uniqueness_scores_no_nulls": (
+        uniqueness_scores_no_nulls,
+        "No nulls in image_id, path, identical_group, uniqueness or label.",
+    ),
     "uniqueness_scores_in_range": (uniqueness_scores_in_range, "Every uniqueness score lies in [0, 1]."),
-    "uniqueness_scores_identical_group_zeros": (uniqueness_scores_identical_group_zeros, "Each identical group of N images has exactly N-1 scores of exactly 0."),
+    "uniqueness_scores_identical_group_zeros": (
+        uniqueness_scores_identical_group_zeros,
+        "Each identical group of N images has exactly N-1 scores of exactly 0.",
+    ),
 }
 
 
 @dg.multi_asset_check(
-    specs=[dg.AssetCheckSpec(name, asset="uniqueness_scores", blocking=True, description=description) for name, (_, description) in RULES.items()],
+    specs=[
+        dg.AssetCheckSpec(name, asset="uniqueness_scores", blocking=True, description=description)
+        for name, (_, description) in RULES.items()
+    ],
 )
 def uniqueness_scores_checks(uniqueness_scores: pd.DataFrame):
-    named = [with_gate_metadata(rule(uniqueness_scores), name, "uniqueness_scores") for name, (rule, _) in RULES.items()]
+    named = [
+        with_gate_metadata(rule(uniqueness_scores), name, "uniqueness_scores") for name, (rule, _) in RULES.items()
+    ]
     yield from named
     raise_if_any_failed(named)
 

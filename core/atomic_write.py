@@ -1,5 +1,6 @@
 """The one way files are written here: into a temporary file beside the target, then renamed onto
 it, so that a reader (or a run killed mid-write) never sees half a file."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def write_atomically(target: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def write_atomically(target: str | os.PathLike, write: Callable[[str], object]) -> Path:
     """`write(temporary path)`, then rename it onto `target`.
 
     The temporary name is unique (concurrent writers of one target never share it) and hidden

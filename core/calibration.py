@@ -15,6 +15,7 @@ the source's (within H bits) or whose pixels are identical are left out of the n
 Every distance here is on the uniqueness scale (half the cosine distance), like the thresholds.
 Nothing here imports Dagster.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,7 +23,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +31,13 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from core.atomic_write import write_atomically
+from core.distances import cosine_distance, invariant_hamming, to_uniqueness
 from core.images import (
     dihedral_phashes,
     informative_phashes,
     pixel_hash,
     trim_uniform_borders,
 )
-from core.distances import cosine_distance, invariant_hamming, to_uniqueness
 from core.search.result import l2_normalize
 
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.05  # SPEC.md's default (cosine similarity 0.9), used until calibrated
@@ -55,6 +56,7 @@ class CalibrationError(ValueError):
 
 # --- edits --------------------------------------------------------------------------------------
 
+
 def _recompress(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=int(rng.integers(20, 41)))
@@ -65,7 +67,9 @@ def _recompress(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def _downscale(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     factor = float(rng.uniform(0.15, 0.35))
-    return image.resize((max(16, round(image.width * factor)), max(16, round(image.height * factor))), Image.Resampling.BICUBIC)
+    return image.resize(
+        (max(16, round(image.width * factor)), max(16, round(image.height * factor))), Image.Resampling.BICUBIC
+    )
 
 
 def _crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -89,7 +93,9 @@ def _contrast(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def _rotate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    return image.transpose((Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)[int(rng.integers(0, 3))])
+    return image.transpose(
+        (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)[int(rng.integers(0, 3))]
+    )
 
 
 def _flip(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -132,7 +138,9 @@ EDITS: tuple[tuple[str, Edit], ...] = (
 EDIT_NAMES = tuple(name for name, _ in EDITS)
 
 
-def edited_copies(image: Image.Image, seed: int, edits: Sequence[tuple[str, Edit]] = EDITS) -> list[tuple[str, Image.Image]]:
+def edited_copies(
+    image: Image.Image, seed: int, edits: Sequence[tuple[str, Edit]] = EDITS
+) -> list[tuple[str, Image.Image]]:
     """One edited copy of `image` per edit, deterministic for a given seed.
 
     Args:
@@ -148,6 +156,7 @@ def edited_copies(image: Image.Image, seed: int, edits: Sequence[tuple[str, Edit
 
 
 # --- distances ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CalibrationPairs:
@@ -237,14 +246,19 @@ def measure_calibration_pairs(
     """
     count = len(originals)
     if count < MIN_ORIGINALS:
-        raise CalibrationError(f"calibration needs at least {MIN_ORIGINALS} distinct images, got {count}; point it at a folder with more images")
+        raise CalibrationError(
+            f"calibration needs at least {MIN_ORIGINALS} distinct images, got {count}; point it at a folder with more images"
+        )
     if original_pixel_hashes is None:
         original_pixel_hashes = [pixel_hash(image) for image in originals]
     images, source, edit_name = [], [], []
     for index, original in enumerate(originals):
         if max_side is not None and max(original.size) > max_side:
             scale = max_side / max(original.size)
-            original = original.resize((max(1, round(original.width * scale)), max(1, round(original.height * scale))), Image.Resampling.BICUBIC)
+            original = original.resize(
+                (max(1, round(original.width * scale)), max(1, round(original.height * scale))),
+                Image.Resampling.BICUBIC,
+            )
         images.append(original)
         source.append(index)
         edit_name.append("")
@@ -254,7 +268,14 @@ def measure_calibration_pairs(
             edit_name.append(name)
     is_original = np.array([name == "" for name in edit_name])
     trimmed = [trim_uniform_borders(image) for image in images]
-    vectors = l2_normalize(np.concatenate([np.asarray(embed(trimmed[start : start + batch_size]), np.float32) for start in range(0, len(trimmed), batch_size)]))
+    vectors = l2_normalize(
+        np.concatenate(
+            [
+                np.asarray(embed(trimmed[start : start + batch_size]), np.float32)
+                for start in range(0, len(trimmed), batch_size)
+            ]
+        )
+    )
     phashes = np.stack([np.asarray(hashes(image), dtype=np.uint64) for image in images])
     original_rows = np.nonzero(is_original)[0]
     if population is None:
@@ -272,32 +293,55 @@ def measure_calibration_pairs(
             bits = vouching_hamming(phashes[row], pop_hashes)
             same |= (bits >= 0) & (bits <= hash_threshold_bits)
         same_content.append(same)
-    excluded = [(i, int(j)) for i, same in enumerate(same_content) for j in np.nonzero(same)[0] if pop_pixels[j] != original_pixel_hashes[i]]
+    excluded = [
+        (i, int(j))
+        for i, same in enumerate(same_content)
+        for j in np.nonzero(same)[0]
+        if pop_pixels[j] != original_pixel_hashes[i]
+    ]
 
     positive_rows, negative_rows = [], []
     for row in range(len(images)):
         src = int(source[row])
         if not is_original[row]:
             origin = original_rows[src]
-            positive_rows.append({
-                "source": src, "edit": edit_name[row],
-                "distance": float(to_uniqueness(cosine_distance(vectors[origin] @ vectors[row]))),
-                "hash_bits": int(vouching_hamming(phashes[row], phashes[origin : origin + 1])[0]),
-            })
+            positive_rows.append(
+                {
+                    "source": src,
+                    "edit": edit_name[row],
+                    "distance": float(to_uniqueness(cosine_distance(vectors[origin] @ vectors[row]))),
+                    "hash_bits": int(vouching_hamming(phashes[row], phashes[origin : origin + 1])[0]),
+                }
+            )
         eligible = ~same_content[src]
         if not eligible.any():
-            negative_rows.append({"source": src, "edit": edit_name[row], "nearest": -1, "distance": np.inf, "hash_bits": -1})
+            negative_rows.append(
+                {"source": src, "edit": edit_name[row], "nearest": -1, "distance": np.inf, "hash_bits": -1}
+            )
             continue
         distance = to_uniqueness(cosine_distance(pop_vectors @ vectors[row]))
         bits = vouching_hamming(phashes[row], pop_hashes)
-        matched = eligible & (bits >= 0) & (bits <= hash_threshold_bits) if hash_threshold_bits > 0 else np.zeros(len(eligible), dtype=bool)
+        matched = (
+            eligible & (bits >= 0) & (bits <= hash_threshold_bits)
+            if hash_threshold_bits > 0
+            else np.zeros(len(eligible), dtype=bool)
+        )
         candidates = np.nonzero(matched if matched.any() else eligible)[0]
         nearest = int(candidates[np.argmin(distance[candidates])])
-        negative_rows.append({"source": src, "edit": edit_name[row], "nearest": nearest, "distance": float(distance[nearest]), "hash_bits": int(bits[nearest])})
+        negative_rows.append(
+            {
+                "source": src,
+                "edit": edit_name[row],
+                "nearest": nearest,
+                "distance": float(distance[nearest]),
+                "hash_bits": int(bits[nearest]),
+            }
+        )
     return CalibrationPairs(pd.DataFrame(positive_rows), pd.DataFrame(negative_rows), excluded)
 
 
 # --- selection ----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ThresholdChoice:
@@ -424,7 +468,11 @@ def sample_rows(table: pd.DataFrame, sample_size: int, seed: int, key: str = "pi
     """
     if sample_size <= 0:
         raise CalibrationError(f"sample size must be positive, got {sample_size}")
-    distinct = table.sort_values(["path", key] if "path" in table else [key]).drop_duplicates(key).sort_values(key, ignore_index=True)
+    distinct = (
+        table.sort_values(["path", key] if "path" in table else [key])
+        .drop_duplicates(key)
+        .sort_values(key, ignore_index=True)
+    )
     if len(distinct) <= sample_size:
         return distinct
     chosen = np.sort(np.random.default_rng(seed).choice(len(distinct), size=sample_size, replace=False))
@@ -433,22 +481,37 @@ def sample_rows(table: pd.DataFrame, sample_size: int, seed: int, key: str = "pi
 
 # --- storage ------------------------------------------------------------------------------------
 
-def calibration_record(choice: ThresholdChoice, pairs: CalibrationPairs, sample_size: int, seed: int, hash_threshold_bits: int, image_root: str) -> dict:
+
+def calibration_record(
+    choice: ThresholdChoice,
+    pairs: CalibrationPairs,
+    sample_size: int,
+    seed: int,
+    hash_threshold_bits: int,
+    image_root: str,
+) -> dict:
     """What is stored per model id: the threshold, how it was obtained, and when."""
     per_edit = (
         pairs.positives.assign(decided=decided_distances(pairs.positives, hash_threshold_bits))
-        .groupby("edit")["decided"].apply(lambda d: float(np.mean(d <= choice.threshold))).round(4).to_dict()
+        .groupby("edit")["decided"]
+        .apply(lambda d: float(np.mean(d <= choice.threshold)))
+        .round(4)
+        .to_dict()
     )
     return {
         "near_duplicate_threshold": round(choice.threshold, 6),
-        **{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(choice).items() if k != "threshold"},
+        **{
+            k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+            for k, v in asdict(choice).items()
+            if k != "threshold"
+        },
         "recall_per_edit": per_edit,
         "sample_size": sample_size,
         "seed": seed,
         "hash_threshold_bits": hash_threshold_bits,
         "excluded_own_duplicates": len(pairs.excluded),
         "image_root": image_root,
-        "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "calibrated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -467,7 +530,9 @@ def read_calibrations(path: str | os.PathLike) -> dict[str, dict]:
         if not isinstance(models, dict):
             raise TypeError("'models' is not an object")
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not a thresholds file ({type(exc).__name__}: {exc}); delete it and recalibrate") from exc
+        raise ValueError(
+            f"{path} is not a thresholds file ({type(exc).__name__}: {exc}); delete it and recalibrate"
+        ) from exc
     return models
 
 
@@ -492,6 +557,7 @@ def calibrated_threshold(path: str | os.PathLike, model_id: str | None) -> tuple
 
 
 # --- one calibration, end to end ----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CalibrationOutcome:
@@ -542,7 +608,13 @@ def calibrate_threshold(
         CalibrationError: too few images, or the target precision cannot be reached.
     """
     pairs = measure_calibration_pairs(
-        originals, embed, hash_threshold_bits, seed=seed, batch_size=batch_size, population=population, original_pixel_hashes=pixel_hashes
+        originals,
+        embed,
+        hash_threshold_bits,
+        seed=seed,
+        batch_size=batch_size,
+        population=population,
+        original_pixel_hashes=pixel_hashes,
     )
     choice = choose_threshold(pairs, hash_threshold_bits, target_precision, min_threshold=min_threshold)
     record = calibration_record(choice, pairs, len(originals), seed, hash_threshold_bits, image_root)

@@ -3,6 +3,7 @@
 Files whose path, size and mtime match the previous catalog are not decoded again, so a rerun on an
 unchanged folder only lists and stats it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,13 +16,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.images import DiscoveredFile, ImageRejected, describe_image, image_id_for, import_decoding_modules, printable_path
+from core.images import (
+    DiscoveredFile,
+    ImageRejected,
+    describe_image,
+    image_id_for,
+    import_decoding_modules,
+    printable_path,
+)
 
 logger = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = [
-    "image_id", "path", "bytes", "mtime_ns", "first_seen", "file_sha256", "width", "height",
-    "content_pixels", "pixel_hash", "source_mode", "frames", "phashes",
+    "image_id",
+    "path",
+    "bytes",
+    "mtime_ns",
+    "first_seen",
+    "file_sha256",
+    "width",
+    "height",
+    "content_pixels",
+    "pixel_hash",
+    "source_mode",
+    "frames",
+    "phashes",
 ]
 REJECTED_COLUMNS = ["image_id", "path", "bytes", "reason", "detail"]
 
@@ -36,7 +55,12 @@ def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int) -> di
         # Discovery checked symlinks; a file swapped for one since then must not be read either.
         target = full.resolve()
         if not target.is_relative_to(root.resolve()):
-            return {**base, "bytes": None, "reason": "symlink_outside_root", "detail": f"became a link to {target} after the folder was listed"[:500]}
+            return {
+                **base,
+                "bytes": None,
+                "reason": "symlink_outside_root",
+                "detail": f"became a link to {target} after the folder was listed"[:500],
+            }
     except RuntimeError as exc:  # a symlink loop (resolve raises it)
         return {**base, "bytes": None, "reason": "symlink_loop", "detail": str(exc)[:500]}
     except OSError:
@@ -56,7 +80,12 @@ def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int) -> di
     except PermissionError as exc:
         return {**base, "bytes": _size_or_none(full), "reason": "unreadable", "detail": str(exc)[:500]}
     except OSError as exc:
-        return {**base, "bytes": _size_or_none(full), "reason": "read_error", "detail": f"{type(exc).__name__}: {exc}"[:500]}
+        return {
+            **base,
+            "bytes": _size_or_none(full),
+            "reason": "read_error",
+            "detail": f"{type(exc).__name__}: {exc}"[:500],
+        }
     return {
         **base,
         "bytes": stat.st_size,

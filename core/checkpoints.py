@@ -1,5 +1,6 @@
 """Embedding checkpoints: each finished batch is written to disk before the next starts, so a
 killed run resumes without re-embedding finished batches."""
+
 from __future__ import annotations
 
 import logging
@@ -34,9 +35,14 @@ class EmbeddingCheckpoint:
         self.directory.mkdir(parents=True, exist_ok=True)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         table = pa.table(
-            {"pixel_hash": pa.array(hashes, pa.string()), "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])}
+            {
+                "pixel_hash": pa.array(hashes, pa.string()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+            }
         )
-        return write_atomically(self.directory / f"batch-{uuid.uuid4().hex}.parquet", lambda temporary: pq.write_table(table, temporary))
+        return write_atomically(
+            self.directory / f"batch-{uuid.uuid4().hex}.parquet", lambda temporary: pq.write_table(table, temporary)
+        )
 
     def shards(self) -> list[Path]:
         return sorted(self.directory.glob("batch-*.parquet")) if self.directory.is_dir() else []

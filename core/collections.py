@@ -1,4 +1,5 @@
 """The collections a run produces: interchange export, Duplicates, clean dataset, accounting."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -10,7 +11,9 @@ CHANGED_COLUMN = "changed_during_run"
 CHANGED_REASON = "changed_during_run"
 
 
-def withdraw_changed_contents(raw_images: pd.DataFrame, rejected_images: pd.DataFrame, changed: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def withdraw_changed_contents(
+    raw_images: pd.DataFrame, rejected_images: pd.DataFrame, changed: dict[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Move the images whose content could not be embedded because their files changed during the
     run from the images to the rejected files (reason `changed_during_run`), so every discovered
     file stays in exactly one collection; the next run catalogues their new content.
@@ -29,7 +32,9 @@ def withdraw_changed_contents(raw_images: pd.DataFrame, rejected_images: pd.Data
     withdrawn = raw_images.loc[moved, ["image_id", "path", "bytes"]].assign(
         reason=CHANGED_REASON, detail=raw_images.loc[moved, "pixel_hash"].map(changed).str.slice(0, 500)
     )
-    rejected = pd.concat([rejected_images, withdrawn.astype({"bytes": "Int64"})], ignore_index=True).sort_values("path", ignore_index=True)
+    rejected = pd.concat([rejected_images, withdrawn.astype({"bytes": "Int64"})], ignore_index=True).sort_values(
+        "path", ignore_index=True
+    )
     return raw_images[~moved].reset_index(drop=True), rejected
 
 
@@ -40,7 +45,10 @@ def interchange_table(scores: pd.DataFrame, groups: pd.DataFrame) -> pd.DataFram
     `duplicate_of`); the rest explain each row (relation, reason, group_keeper, nearest_path).
     """
     table = scores[["image_id", "path", "uniqueness", "label", "nearest_path", "identical_group_size"]].merge(
-        groups[["image_id", "group_id", "duplicate_of", "group_keeper", "relation", "removed", "reason"]], on="image_id", how="left", validate="one_to_one"
+        groups[["image_id", "group_id", "duplicate_of", "group_keeper", "relation", "removed", "reason"]],
+        on="image_id",
+        how="left",
+        validate="one_to_one",
     )
     extra = [c for c in table.columns if c not in INTERCHANGE_COLUMNS]
     return table[INTERCHANGE_COLUMNS + extra].sort_values(["uniqueness", "path"], ignore_index=True)

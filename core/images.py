@@ -2,6 +2,7 @@
 
 Everything here works on plain paths and returns plain values; nothing imports Dagster.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,7 +25,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", 
 # What Pillow's decoders raise on malformed data (they are not consistent about it).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError)
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: beyond this a file is treated as a decompression bomb.
-
 
 
 def _pillow_limits_for_this_tool() -> None:
@@ -101,7 +101,9 @@ def image_id_for(relative_path: str) -> str:
     return hashlib.sha1(relative_path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def discover_image_files(image_root: str | os.PathLike, excluded_folders: Sequence[str | os.PathLike] = ()) -> list[DiscoveredFile]:
+def discover_image_files(
+    image_root: str | os.PathLike, excluded_folders: Sequence[str | os.PathLike] = ()
+) -> list[DiscoveredFile]:
     """List every file with an image extension under `image_root`, sorted by relative path.
 
     Directories are walked without following symlinks (no loops, no escapes). A symlinked file is
@@ -118,7 +120,9 @@ def discover_image_files(image_root: str | os.PathLike, excluded_folders: Sequen
     """
     root = Path(image_root)
     if not root.is_dir():
-        raise ValueError(f"image root {str(root)!r} is not an existing directory; pass the folder that holds the images")
+        raise ValueError(
+            f"image root {str(root)!r} is not an existing directory; pass the folder that holds the images"
+        )
     resolved_root = root.resolve()
     found: list[DiscoveredFile] = []
 
@@ -126,11 +130,15 @@ def discover_image_files(image_root: str | os.PathLike, excluded_folders: Sequen
         folder = Path(error.filename) if error.filename else root
         relative = printable_path(folder.relative_to(root).as_posix()) + "/"
         logger.warning("cannot list %s: %s; the folder is reported as rejected", folder, error)
-        found.append(DiscoveredFile(relative, "unreadable_folder", f"{type(error).__name__}: {error.strerror or error}"))
+        found.append(
+            DiscoveredFile(relative, "unreadable_folder", f"{type(error).__name__}: {error.strerror or error}")
+        )
 
     excluded = {Path(folder).resolve() for folder in excluded_folders}
     for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable, followlinks=False):
-        dirnames[:] = sorted(name for name in dirnames if not excluded or (Path(dirpath) / name).resolve() not in excluded)
+        dirnames[:] = sorted(
+            name for name in dirnames if not excluded or (Path(dirpath) / name).resolve() not in excluded
+        )
         for name in sorted(filenames):
             if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
@@ -138,7 +146,13 @@ def discover_image_files(image_root: str | os.PathLike, excluded_folders: Sequen
             relative = PurePosixPath(full.relative_to(root).as_posix()).as_posix()
             shown = printable_path(relative)
             if shown != relative:
-                found.append(DiscoveredFile(shown, "non_utf8_name", "the file name is not valid UTF-8; rename it (e.g. `convmv -f latin1 -t utf8`)"))
+                found.append(
+                    DiscoveredFile(
+                        shown,
+                        "non_utf8_name",
+                        "the file name is not valid UTF-8; rename it (e.g. `convmv -f latin1 -t utf8`)",
+                    )
+                )
                 continue
             rejection, detail = _rejection_for_entry(full, resolved_root)
             found.append(DiscoveredFile(relative, rejection, detail))
@@ -167,7 +181,10 @@ def _rejection_for_entry(full: Path, resolved_root: Path) -> tuple[str | None, s
         if full.is_symlink():
             target = full.resolve(strict=False)
             if not target.is_relative_to(resolved_root):
-                return "symlink_outside_root", f"points to {printable_path(str(target))}, outside the image root; copy the file in instead"
+                return (
+                    "symlink_outside_root",
+                    f"points to {printable_path(str(target))}, outside the image root; copy the file in instead",
+                )
             if not target.exists():
                 return "broken_symlink", f"points to {printable_path(str(target))}, which does not exist"
         mode = full.stat().st_mode
@@ -185,7 +202,13 @@ def _rejection_for_entry(full: Path, resolved_root: Path) -> tuple[str | None, s
 
 
 def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+    for test, kind in (
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
         if test(mode):
             return kind
     return "special file"
@@ -213,7 +236,9 @@ def read_verified_bytes(path: str | os.PathLike, expected_sha256: str) -> bytes:
     with open(path, "rb") as handle:
         data = handle.read()
     if hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise FileChangedError(f"{path}: the file changed since it was catalogued (its SHA-256 is no longer {expected_sha256[:12]}…)")
+        raise FileChangedError(
+            f"{path}: the file changed since it was catalogued (its SHA-256 is no longer {expected_sha256[:12]}…)"
+        )
     return data
 
 
@@ -291,7 +316,9 @@ def content_pixel_count(rgb: Image.Image, tolerance: int = 12, *, box: tuple[int
     return inside if turned is None else round(inside * (1.0 - turned[1]))
 
 
-def trim_uniform_borders(rgb: Image.Image, tolerance: int = 12, *, box: tuple[int, int, int, int] | None = None) -> Image.Image:
+def trim_uniform_borders(
+    rgb: Image.Image, tolerance: int = 12, *, box: tuple[int, int, int, int] | None = None
+) -> Image.Image:
     """The image without its uniform (letterbox) borders; the image itself when it has none.
     `box`: the image's `content_box` at `tolerance`, when already computed."""
     box = content_box(rgb, tolerance) if box is None else box
@@ -334,7 +361,11 @@ def dihedral_phashes(rgb: Image.Image, *, box: tuple[int, int, int, int] | None 
     """
     import imagehash
 
-    grid = trim_uniform_borders(rgb, box=box).convert("L").resize((PHASH_INPUT_SIDE, PHASH_INPUT_SIDE), Image.Resampling.LANCZOS)
+    grid = (
+        trim_uniform_borders(rgb, box=box)
+        .convert("L")
+        .resize((PHASH_INPUT_SIDE, PHASH_INPUT_SIDE), Image.Resampling.LANCZOS)
+    )
     if float(np.asarray(grid, dtype=np.float64).std()) < FLAT_GRID_MAX_GREY_STD:
         return np.zeros(len(DIHEDRAL_TRANSPOSES), dtype=np.uint64)
     bits = [imagehash.phash(grid if t is None else grid.transpose(t)).hash.flatten() for t in DIHEDRAL_TRANSPOSES]
@@ -384,7 +415,9 @@ def open_image(path: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
         try:
             image = Image.open(io.BytesIO(path.data) if isinstance(path, FileBytes) else path)
         except UnidentifiedImageError as exc:
-            raise ImageRejected("not_an_image", f"cannot identify image file {os.fspath(_source_path(path))!r}") from exc
+            raise ImageRejected(
+                "not_an_image", f"cannot identify image file {os.fspath(_source_path(path))!r}"
+            ) from exc
         except DECODE_ERRORS as exc:  # e.g. a JPEG cut inside its header
             _reraise_io_error(exc)
             reason = "truncated" if "truncated" in str(exc).lower() else "decode_error"
@@ -397,7 +430,9 @@ def open_image(path: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     return image
 
 
-def load_rgb(path: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None) -> Image.Image:
+def load_rgb(
+    path: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
     """Decode an image file to an EXIF-oriented RGB image (first frame of animations).
 
     Args:
@@ -421,7 +456,7 @@ def load_rgb(path: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size
             return to_rgb(oriented)
     except ImageRejected:
         raise
-    except (Image.DecompressionBombError,) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageRejected("too_many_pixels", str(exc)) from exc
     except DECODE_ERRORS as exc:
         _reraise_io_error(exc)
@@ -430,7 +465,12 @@ def load_rgb(path: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size
         raise ImageRejected(reason, f"{type(exc).__name__}: {message}") from exc
 
 
-def load_verified_rgb(path: str | os.PathLike, expected_sha256: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: tuple[int, int] | None = None) -> Image.Image:
+def load_verified_rgb(
+    path: str | os.PathLike,
+    expected_sha256: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
     """`load_rgb` of the file, decoded from bytes whose SHA-256 is `expected_sha256`.
 
     Raises:
@@ -440,7 +480,9 @@ def load_verified_rgb(path: str | os.PathLike, expected_sha256: str, max_pixels:
     return load_rgb(FileBytes(path, read_verified_bytes(path, expected_sha256)), max_pixels, draft_size)
 
 
-def describe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> DecodedImage:
+def describe_image(
+    path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None
+) -> DecodedImage:
     """Decode one file and return its size, pixel hash and content-pixel count.
 
     Args:
@@ -459,7 +501,9 @@ def describe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS
             frames = getattr(probe, "n_frames", 1)  # walks the file: a truncated animation fails here
         except DECODE_ERRORS as exc:
             _reraise_io_error(exc)
-            raise ImageRejected("truncated" if "truncated" in str(exc) else "decode_error", f"{type(exc).__name__}: {exc}") from exc
+            raise ImageRejected(
+                "truncated" if "truncated" in str(exc) else "decode_error", f"{type(exc).__name__}: {exc}"
+            ) from exc
     rgb = load_rgb(source, max_pixels)
     box = content_box(rgb)  # once: the content-pixel count and the pHashes both trim to it
     return DecodedImage(

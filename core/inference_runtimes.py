@@ -6,6 +6,7 @@ cache folder (deleting it only costs a re-export) and compiled for the CPU. The 
 computes in fp32, so its vectors equal torch's (tests/resources/test_runtimes.py) and the model id,
 vector tables and calibrated thresholds stay the same whichever runtime ran.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,7 +59,9 @@ def resolve_runtime(runtime: str, device: str, precision: str) -> str:
     if device != "cpu" or precision != "fp32":
         if runtime == "auto":
             return "torch"
-        raise ValueError(f"runtime {runtime!r} runs fp32 on the CPU only (got device {device!r}, precision {precision!r}); use --runtime torch or auto")
+        raise ValueError(
+            f"runtime {runtime!r} runs fp32 on the CPU only (got device {device!r}, precision {precision!r}); use --runtime torch or auto"
+        )
     if runtime == "auto":
         return next((name for name in CPU_RUNTIMES_FASTEST_FIRST if runtime_installed(name)), "torch")
     if not runtime_installed(runtime):
@@ -80,7 +83,9 @@ def export_folder(cache_root: str | os.PathLike, runtime: str, model_id: str) ->
     return Path(cache_root) / runtime / f"{readable}-{key}"
 
 
-def load_feature_function(runtime: str, module, example, model_id: str, cache_root: str | os.PathLike, threads: int) -> FeatureFunction:
+def load_feature_function(
+    runtime: str, module, example, model_id: str, cache_root: str | os.PathLike, threads: int
+) -> FeatureFunction:
     """Export `module` (on first use for this model id) and compile it with `runtime`.
 
     Args:
@@ -102,7 +107,12 @@ def load_feature_function(runtime: str, module, example, model_id: str, cache_ro
     try:
         return compile_for(folder, threads)
     except Exception as exc:  # a corrupt cached export is a cache: discarded and made again
-        logger.warning("the exported model in %s cannot be loaded (%s: %s); discarding it and exporting again", folder, type(exc).__name__, exc)
+        logger.warning(
+            "the exported model in %s cannot be loaded (%s: %s); discarding it and exporting again",
+            folder,
+            type(exc).__name__,
+            exc,
+        )
         shutil.rmtree(folder, ignore_errors=True)
         _export(runtime, module, example, folder)
         return compile_for(folder, threads)
@@ -139,8 +149,14 @@ def _export_onnx(module, example, path: Path) -> None:
     with torch.inference_mode(False), torch.no_grad():
         # The TorchScript-based exporter: it needs no extra package, and the batch axis is dynamic.
         torch.onnx.export(
-            module, (example,), str(path), input_names=["pixels"], output_names=["features"],
-            dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}}, opset_version=17, dynamo=False,
+            module,
+            (example,),
+            str(path),
+            input_names=["pixels"],
+            output_names=["features"],
+            dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
         )
 
 

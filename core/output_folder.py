@@ -5,6 +5,7 @@ Anything else there (a user's `clean.csv`, a planted `state/thumbnails -> /elsew
 configuration error found before any work, so nothing of the user's is overwritten and nothing is
 written outside `--out`.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,9 @@ def output_folder_problems(out_dir: str | os.PathLike) -> list[str]:
     if escaping:
         link, target = escaping[0]
         more = f" (and {len(escaping) - 1} more)" if len(escaping) > 1 else ""
-        return [f"output folder {str(out)!r} holds a symlink {str(link)!r} to {str(target)!r}, outside it{more}: remove it; imgdedup writes only inside --out"]
+        return [
+            f"output folder {str(out)!r} holds a symlink {str(link)!r} to {str(target)!r}, outside it{more}: remove it; imgdedup writes only inside --out"
+        ]
     return []
 
 

@@ -1,4 +1,5 @@
 """Human overrides: a review file that pins images to `keep` or `remove` (SPEC.md)."""
+
 from __future__ import annotations
 
 import csv
@@ -37,7 +38,11 @@ def read_review_file(path: str | Path | None) -> dict[str, str]:
             rows = [(r.get("path", ""), r.get("decision", "")) for r in csv.DictReader(f)]
     else:
         loaded = yaml.safe_load(path.read_text()) or {}
-        rows = list(loaded.items()) if isinstance(loaded, dict) else [(r.get("path", ""), r.get("decision", "")) for r in loaded]
+        rows = (
+            list(loaded.items())
+            if isinstance(loaded, dict)
+            else [(r.get("path", ""), r.get("decision", "")) for r in loaded]
+        )
     pins = {}
     for relative, decision in rows:
         decision = str(decision).strip().lower()

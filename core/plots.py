@@ -3,6 +3,7 @@
 Figures are built on `matplotlib.figure.Figure` directly (not pyplot), so no global figure state
 or GUI backend is involved and the functions are safe to call from any thread.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,7 +21,11 @@ LABEL_COLORS = {LABEL_DUPLICATE: "#d62728", LABEL_NEAR_DUPLICATE: "#ff7f0e", LAB
 
 
 def _labels_of(values: np.ndarray, thresholds: Thresholds) -> np.ndarray:
-    return np.where(values <= thresholds.duplicate, LABEL_DUPLICATE, np.where(values <= thresholds.near_duplicate, LABEL_NEAR_DUPLICATE, LABEL_UNIQUE))
+    return np.where(
+        values <= thresholds.duplicate,
+        LABEL_DUPLICATE,
+        np.where(values <= thresholds.near_duplicate, LABEL_NEAR_DUPLICATE, LABEL_UNIQUE),
+    )
 
 
 def histogram_bin_edges(thresholds: Thresholds) -> np.ndarray:
@@ -75,10 +80,14 @@ def uniqueness_histogram_png(uniqueness: Sequence[float], thresholds: Thresholds
         chosen = labels == label
         counts = np.bincount(bin_of[chosen & ~low], minlength=len(edges) - 1).astype(float)
         # One filled step patch per label (not a Rectangle per bin): drawing is most of the cost.
-        main.stairs(bottom_main + counts, edges, baseline=bottom_main.copy(), fill=True, color=LABEL_COLORS[label], linewidth=0)
+        main.stairs(
+            bottom_main + counts, edges, baseline=bottom_main.copy(), fill=True, color=LABEL_COLORS[label], linewidth=0
+        )
         bottom_main += counts
         copies = float(np.count_nonzero(chosen & low))
-        left.bar([0], [copies], bottom=[bottom_left], width=0.8, color=LABEL_COLORS[label], edgecolor="white", linewidth=0.4)
+        left.bar(
+            [0], [copies], bottom=[bottom_left], width=0.8, color=LABEL_COLORS[label], edgecolor="white", linewidth=0.4
+        )
         bottom_left += copies
 
     main.set_xscale("log")
@@ -88,8 +97,15 @@ def uniqueness_histogram_png(uniqueness: Sequence[float], thresholds: Thresholds
         if HISTOGRAM_LOG_FLOOR < value <= 1.0:
             main.axvline(value, color="black", linestyle="--", linewidth=1.0)
             main.annotate(
-                f"{name} ≤ {value:g}", xy=(value, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -3),
-                textcoords="offset points", ha="right", va="top", rotation=90, fontsize=8,
+                f"{name} ≤ {value:g}",
+                xy=(value, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(-3, -3),
+                textcoords="offset points",
+                ha="right",
+                va="top",
+                rotation=90,
+                fontsize=8,
             )
     left.set_xticks([0], [f"≤{HISTOGRAM_LOG_FLOOR:g}\n(copies)"], fontsize=8)
     left.set_xlim(-0.6, 0.6)
@@ -101,7 +117,9 @@ def uniqueness_histogram_png(uniqueness: Sequence[float], thresholds: Thresholds
     counts_by_label = {label: int(np.count_nonzero(labels == label)) for label in LABELS}
     main.legend(
         handles=[Patch(color=LABEL_COLORS[label], label=f"{label} ({counts_by_label[label]})") for label in LABELS],
-        loc="upper left", fontsize=8, frameon=False,
+        loc="upper left",
+        fontsize=8,
+        frameon=False,
     )
     figure.suptitle(title or f"Uniqueness of {len(values)} images (1 = unique)", fontsize=10)
 
@@ -150,15 +168,45 @@ def calibration_histogram_png(
     figure = Figure(figsize=(7.5, 3.3), dpi=100, layout="constrained")
     axes = figure.subplots()
     copy_counts = [np.histogram(copies[~hashed], edges)[0], np.histogram(copies[hashed], edges)[0]]
-    axes.bar(edges[:-1], copy_counts[0], width=np.diff(edges), align="edge", color=CALIBRATION_COLORS["copy"], alpha=0.8,
-             label=f"edited copy vs its source ({int(np.count_nonzero(~hashed))})")
-    axes.bar(edges[:-1], copy_counts[1], width=np.diff(edges), bottom=copy_counts[0], align="edge", color=CALIBRATION_COLORS["copy_hash"], alpha=0.8,
-             label=f"… already matched by pHash ({int(np.count_nonzero(hashed))})")
-    axes.step(edges, np.append(np.histogram(others, edges)[0], 0), where="post", color=CALIBRATION_COLORS["other"], linewidth=1.6,
-              label=f"nearest different original ({len(others)})")
+    axes.bar(
+        edges[:-1],
+        copy_counts[0],
+        width=np.diff(edges),
+        align="edge",
+        color=CALIBRATION_COLORS["copy"],
+        alpha=0.8,
+        label=f"edited copy vs its source ({int(np.count_nonzero(~hashed))})",
+    )
+    axes.bar(
+        edges[:-1],
+        copy_counts[1],
+        width=np.diff(edges),
+        bottom=copy_counts[0],
+        align="edge",
+        color=CALIBRATION_COLORS["copy_hash"],
+        alpha=0.8,
+        label=f"… already matched by pHash ({int(np.count_nonzero(hashed))})",
+    )
+    axes.step(
+        edges,
+        np.append(np.histogram(others, edges)[0], 0),
+        where="post",
+        color=CALIBRATION_COLORS["other"],
+        linewidth=1.6,
+        label=f"nearest different original ({len(others)})",
+    )
     axes.axvline(threshold, color="black", linestyle="--", linewidth=1.0)
-    axes.annotate(f"near-duplicate ≤ {threshold:.4g}", xy=(threshold, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -3),
-                  textcoords="offset points", ha="right", va="top", rotation=90, fontsize=8)
+    axes.annotate(
+        f"near-duplicate ≤ {threshold:.4g}",
+        xy=(threshold, 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(-3, -3),
+        textcoords="offset points",
+        ha="right",
+        va="top",
+        rotation=90,
+        fontsize=8,
+    )
     axes.set_xscale("log")
     axes.set_xlim(CALIBRATION_LOG_FLOOR, 1.0)
     axes.set_xlabel("embedding distance (uniqueness scale: half the cosine distance; log)")

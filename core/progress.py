@@ -1,4 +1,5 @@
 """Progress messages for long loops (embedding): done / total, throughput and ETA."""
+
 from __future__ import annotations
 
 PROGRESS_INTERVAL_S = 10.0
@@ -14,7 +15,9 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def progress_message(done: int, total: int, elapsed_s: float, unit: str = "images", warmup: tuple[int, float] | None = None) -> str:
+def progress_message(
+    done: int, total: int, elapsed_s: float, unit: str = "images", warmup: tuple[int, float] | None = None
+) -> str:
     """One progress line, e.g. `embedded 64/1000 images (6%), 12.5 images/s, ETA 1 min 15 s`.
 
     Args:
@@ -42,7 +45,9 @@ def progress_message(done: int, total: int, elapsed_s: float, unit: str = "image
     return f"embedded {done}/{total} {unit}{percent}, {rate:.1f} {unit}/s, {remaining}"
 
 
-def should_report(now_s: float, last_reported_s: float | None, done: int, total: int, interval_s: float = PROGRESS_INTERVAL_S) -> bool:
+def should_report(
+    now_s: float, last_reported_s: float | None, done: int, total: int, interval_s: float = PROGRESS_INTERVAL_S
+) -> bool:
     """Report the first step, the last one, and otherwise at most once every `interval_s` seconds.
 
     Args:

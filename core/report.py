@@ -4,6 +4,7 @@ group side by side, so a person can check what will be removed before training u
 The page needs no server and no network: thumbnails are inlined as base64 JPEG, the CSS and the
 few lines of script are inline, and a Content-Security-Policy forbids every external fetch.
 """
+
 from __future__ import annotations
 
 import base64
@@ -110,8 +111,22 @@ def report_groups(interchange: pd.DataFrame, images: pd.DataFrame) -> list[Repor
     # One pass over plain columns: a pandas groupby + itertuples per group cost ~3 ms a group.
     members_by_group: dict[str, list[ReportImage]] = {}
     relations_by_group: dict[str, set[str]] = {}
-    columns = ("group_id", "path", "width", "height", "bytes", "uniqueness", "label", "group_keeper", "removed", "reason", "relation")
-    for group_id, path, width, height, size, uniqueness, label, keeper, removed, reason, relation in zip(*(grouped[c].tolist() for c in columns)):
+    columns = (
+        "group_id",
+        "path",
+        "width",
+        "height",
+        "bytes",
+        "uniqueness",
+        "label",
+        "group_keeper",
+        "removed",
+        "reason",
+        "relation",
+    )
+    for group_id, path, width, height, size, uniqueness, label, keeper, removed, reason, relation in zip(
+        *(grouped[c].tolist() for c in columns)
+    ):
         is_keeper = path == keeper
         members_by_group.setdefault(group_id, []).append(
             ReportImage(
@@ -197,7 +212,9 @@ def render_duplicates_report(
     """
     shown = groups if max_groups is None else groups[:max_groups]
     errors: dict[str, str] = {}
-    sections = [_render_group(index, group, thumbnail, errors, max_members) for index, group in enumerate(shown, start=1)]
+    sections = [
+        _render_group(index, group, thumbnail, errors, max_members) for index, group in enumerate(shown, start=1)
+    ]
     counts = {label: sum(g.label == label for g in shown) for label in GROUP_LABELS}
     removed = sum(m.decision == DECISION_REMOVE for g in shown for m in g.members)
 
@@ -208,7 +225,8 @@ def render_duplicates_report(
     }
     fact_items = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in facts.items())
     options = [f'<option value="all">all groups ({len(shown)})</option>'] + [
-        f'<option value="{html.escape(label)}">{html.escape(label)} ({counts[label]})</option>' for label in GROUP_LABELS
+        f'<option value="{html.escape(label)}">{html.escape(label)} ({counts[label]})</option>'
+        for label in GROUP_LABELS
     ]
     cut_note = (
         f'<p class="note">Showing the {len(shown)} groups with the lowest uniqueness of {len(groups)}; '
@@ -233,7 +251,13 @@ def render_duplicates_report(
     return DuplicatesReport(html=page, groups_shown=len(shown), groups_total=len(groups), thumbnail_errors=errors)
 
 
-def _render_group(index: int, group: ReportGroup, thumbnail: Callable[[str], bytes], errors: dict[str, str], max_members: int | None = None) -> str:
+def _render_group(
+    index: int,
+    group: ReportGroup,
+    thumbnail: Callable[[str], bytes],
+    errors: dict[str, str],
+    max_members: int | None = None,
+) -> str:
     members = group.members if max_members is None else group.members[:max_members]
     cards = "".join(_render_card(member, thumbnail, errors) for member in members)
     if len(members) < len(group.members):

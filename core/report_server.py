@@ -5,6 +5,7 @@ It serves only the report files of output folders (`report.html`, `uniqueness_hi
 named by their absolute path, and only where the folder has the pipeline's `state/` beside them:
 nothing else on the machine is reachable through it.
 """
+
 from __future__ import annotations
 
 import http.server

@@ -11,11 +11,12 @@ Cost: one corner test on a small draft decode for contents whose nearest embeddi
 just beyond the near-duplicate radius (most unique photos fail it at their 4 corner pixels), and a
 feature match only for the few contents with turned black corners.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -87,7 +88,9 @@ def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
     from skimage.transform import hough_line, hough_line_peaks
 
     last_x, last_y = rgb.width - 1, rgb.height - 1
-    if rgb.mode == "RGB" and not any(max(rgb.getpixel(xy)) <= BLACK_MAX_LEVEL for xy in ((0, 0), (last_x, 0), (0, last_y), (last_x, last_y))):
+    if rgb.mode == "RGB" and not any(
+        max(rgb.getpixel(xy)) <= BLACK_MAX_LEVEL for xy in ((0, 0), (last_x, 0), (0, last_y), (last_x, last_y))
+    ):
         return None  # the common case, decided without scaling the image
     pixels = np.asarray(_scaled_down(rgb.convert("RGB"), CORNER_TEST_SIDE))
     black = pixels.max(axis=2) <= BLACK_MAX_LEVEL
@@ -105,14 +108,20 @@ def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
     if edge_pixels < 8:
         return None
     accumulator, angles, distances = hough_line(edge, np.deg2rad(np.arange(-90.0, 90.0, 0.25)))
-    votes, peak_angles, peak_distances = hough_line_peaks(accumulator, angles, distances, num_peaks=8, threshold=0.25 * accumulator.max())
+    votes, peak_angles, peak_distances = hough_line_peaks(
+        accumulator, angles, distances, num_peaks=8, threshold=0.25 * accumulator.max()
+    )
     if len(votes) == 0:
         return None
     turn = _reduced_degrees(float(np.rad2deg(peak_angles[int(np.argmax(votes))])))
     # The lines at that turn (either side of the corner), and the share of the edge on them.
     along = np.abs([_reduced_degrees(float(np.rad2deg(a)) - turn) for a in peak_angles]) <= 1.5
     rows, columns = np.nonzero(edge)
-    offsets = np.abs(np.outer(columns, np.cos(peak_angles[along])) + np.outer(rows, np.sin(peak_angles[along])) - peak_distances[along])
+    offsets = np.abs(
+        np.outer(columns, np.cos(peak_angles[along]))
+        + np.outer(rows, np.sin(peak_angles[along]))
+        - peak_distances[along]
+    )
     if (offsets.min(axis=1) <= EDGE_TOLERANCE_PIXELS).mean() < MIN_STRAIGHT_EDGE_FRACTION:
         return None
     return None if abs(turn) < MIN_TURN_DEGREES else (turn, float(fill.mean()))
@@ -166,8 +175,14 @@ def similarity_match(first, second) -> SimilarityMatch:
         return SimilarityMatch(0, len(pairs), 0.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "No inliers found": answered as 0 inliers
-        model, inliers = ransac((keys_a[pairs[:, 0]][:, ::-1], keys_b[pairs[:, 1]][:, ::-1]), SimilarityTransform,
-                                min_samples=3, residual_threshold=2, max_trials=RANSAC_TRIALS, rng=0)
+        model, inliers = ransac(
+            (keys_a[pairs[:, 0]][:, ::-1], keys_b[pairs[:, 1]][:, ::-1]),
+            SimilarityTransform,
+            min_samples=3,
+            residual_threshold=2,
+            max_trials=RANSAC_TRIALS,
+            rng=0,
+        )
     if not model or inliers is None:  # a failed estimation is falsy
         return SimilarityMatch(0, len(pairs), 0.0)
     return SimilarityMatch(int(inliers.sum()), len(pairs), _reduced_degrees(float(np.rad2deg(model.rotation))))
@@ -176,8 +191,15 @@ def similarity_match(first, second) -> SimilarityMatch:
 def vouches_for(match: SimilarityMatch, corner_degrees: float) -> bool:
     """Whether a feature match proves a turned copy: enough inliers, within the cutoff, and a
     transform turned by the corners' angle (either direction: which image is the copy is unknown)."""
-    disagreement = min(abs(_reduced_degrees(match.turn_degrees - corner_degrees)), abs(_reduced_degrees(match.turn_degrees + corner_degrees)))
-    return match.inliers >= MIN_INLIERS and match.inlier_fraction >= INLIER_FRACTION_CUTOFF and disagreement <= MAX_ANGLE_DISAGREEMENT_DEGREES
+    disagreement = min(
+        abs(_reduced_degrees(match.turn_degrees - corner_degrees)),
+        abs(_reduced_degrees(match.turn_degrees + corner_degrees)),
+    )
+    return (
+        match.inliers >= MIN_INLIERS
+        and match.inlier_fraction >= INLIER_FRACTION_CUTOFF
+        and disagreement <= MAX_ANGLE_DISAGREEMENT_DEGREES
+    )
 
 
 def signal_distance(match: SimilarityMatch, radius: float) -> float:
@@ -204,7 +226,9 @@ class RotatedCopySignal:
         except (ImageRejected, OSError):
             return None
 
-    def vouched_matches(self, pixel_hashes: np.ndarray, embedding: NeighborSearch, group: np.ndarray, radius: float) -> tuple[NeighborSearch, int]:
+    def vouched_matches(
+        self, pixel_hashes: np.ndarray, embedding: NeighborSearch, group: np.ndarray, radius: float
+    ) -> tuple[NeighborSearch, int]:
         """The pairs this signal vouches for, on the cosine scale, and how many contents were
         tested for turned corners.
 
@@ -216,7 +240,11 @@ class RotatedCopySignal:
         """
         topk_index, topk_distance = embedding.topk_index, embedding.topk_distance
         outside = (topk_index >= 0) & (group[np.maximum(topk_index, 0)] != group[:, None])
-        nearest = np.where(outside, topk_distance, np.inf).min(axis=1) if topk_index.shape[1] else np.full(len(pixel_hashes), np.inf)
+        nearest = (
+            np.where(outside, topk_distance, np.inf).min(axis=1)
+            if topk_index.shape[1]
+            else np.full(len(pixel_hashes), np.inf)
+        )
         candidates = np.flatnonzero((nearest > radius) & (nearest <= CANDIDATE_MAX_COSINE_DISTANCE))
         # JPEGs decode at 1/2-1/8 scale for the corner test (a straight edge needs few pixels).
         draft = (CORNER_TEST_SIDE // 2, CORNER_TEST_SIDE // 2)

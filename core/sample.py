@@ -7,6 +7,7 @@ the pipeline over the folder can be checked against a known answer.
 Everything is written deterministically: fixed encoder settings, no timestamps or other metadata,
 so building the sample twice gives byte-identical files.
 """
+
 from __future__ import annotations
 
 import os
@@ -126,7 +127,7 @@ def _crop_90_percent(image: Image.Image) -> Image.Image:
     Each side keeps sqrt(0.9) of its length; the window is anchored a little away from the top-left
     so both the left/top and right/bottom edges lose something.
     """
-    keep = 0.9 ** 0.5
+    keep = 0.9**0.5
     width, height = round(image.width * keep), round(image.height * keep)
     left, top = round((image.width - width) * 0.3), round((image.height - height) * 0.7)
     return image.crop((left, top, left + width, top + height))
@@ -144,15 +145,35 @@ _COPIES: tuple[_DerivedSpec, ...] = (
     # Same base name as its original in another folder: a path-only dedup would miss it.
     (RELATION_EXACT_COPY, "originals/astronaut.png", "copies/backup/2019/astronaut.png", None, {}),
     # A different zlib level changes the bytes while the decoded pixels stay identical.
-    (RELATION_PNG_REENCODE, "originals/astronaut.png", "copies/export/astronaut_reencoded.png", _unchanged,
-     {"png_compress_level": 1}),
-    (RELATION_FORMAT_CHANGE, "originals/science/immunohistochemistry.png", "copies/export/immunohistochemistry.jpg",
-     _unchanged, {}),
-    (RELATION_JPEG_RECOMPRESS, "originals/rocket.jpg", "copies/phone/rocket_q60.jpg", _unchanged,
-     {"quality": RECOMPRESS_QUALITY}),
+    (
+        RELATION_PNG_REENCODE,
+        "originals/astronaut.png",
+        "copies/export/astronaut_reencoded.png",
+        _unchanged,
+        {"png_compress_level": 1},
+    ),
+    (
+        RELATION_FORMAT_CHANGE,
+        "originals/science/immunohistochemistry.png",
+        "copies/export/immunohistochemistry.jpg",
+        _unchanged,
+        {},
+    ),
+    (
+        RELATION_JPEG_RECOMPRESS,
+        "originals/rocket.jpg",
+        "copies/phone/rocket_q60.jpg",
+        _unchanged,
+        {"quality": RECOMPRESS_QUALITY},
+    ),
     (RELATION_RESIZED, "originals/animals/chelsea.jpg", "copies/phone/chelsea_half.jpg", _resize_half, {}),
-    (RELATION_THUMBNAIL, "originals/science/hubble_deep_field.jpg", "copies/thumbs/hubble_deep_field_thumb.jpg",
-     _thumbnail, {"quality": THUMBNAIL_QUALITY}),
+    (
+        RELATION_THUMBNAIL,
+        "originals/science/hubble_deep_field.jpg",
+        "copies/thumbs/hubble_deep_field_thumb.jpg",
+        _thumbnail,
+        {"quality": THUMBNAIL_QUALITY},
+    ),
     (RELATION_CROPPED, "originals/camera.jpg", "copies/edited/camera_crop.jpg", _crop_90_percent, {}),
     (RELATION_BRIGHTENED, "originals/coins.png", "copies/edited/coins_bright.png", _brighten, {}),
 )

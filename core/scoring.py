@@ -5,6 +5,7 @@ identical group; every other image scores half the cosine distance to its neares
 its identical group, floored at 1e-9. The neighbours come from `core.search` (which engine ran,
 and whether a cache was reused, is none of this module's business).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,7 +80,9 @@ def compute_uniqueness_scores(
     row_of_hash = {h: i for i, h in enumerate(neighbors.pixel_hashes)}
     missing = set(images["pixel_hash"]) - set(row_of_hash)
     if missing:
-        raise ValueError(f"{len(missing)} pixel hashes have no embedding (e.g. {sorted(missing)[:3]}); embed them before scoring")
+        raise ValueError(
+            f"{len(missing)} pixel hashes have no embedding (e.g. {sorted(missing)[:3]}); embed them before scoring"
+        )
     scores = images[["image_id", "path", "pixel_hash"]].copy()
     content_row = scores["pixel_hash"].map(row_of_hash).to_numpy(np.int64)
     group_row = neighbors.identical_group[content_row]
@@ -99,6 +102,8 @@ def compute_uniqueness_scores(
     # The nearest image outside the group: its keeper, so that the name is stable across runs.
     keeper_path_by_group = scores[is_keeper].set_index("identical_group")["path"]
     nearest_rows = neighbors.nearest_row[content_row]
-    nearest_groups = np.where(nearest_rows >= 0, neighbors.pixel_hashes[neighbors.identical_group[np.maximum(nearest_rows, 0)]], None)
+    nearest_groups = np.where(
+        nearest_rows >= 0, neighbors.pixel_hashes[neighbors.identical_group[np.maximum(nearest_rows, 0)]], None
+    )
     scores["nearest_path"] = [keeper_path_by_group.get(g) if has else None for g, has in zip(nearest_groups, has_other)]
     return scores.drop(columns="_rank").sort_values("path", ignore_index=True)

@@ -7,6 +7,7 @@ Each field carries its type (`Literal` choices, bounds), default and description
 these, `resources/` take their field definitions from `setting()`, and `definitions.resources_for`
 builds the resources from one `Settings`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,7 +106,8 @@ class Settings:
     """
 
     image_root: str = Field(
-        str(PROJECT_ROOT / "demo-output" / "sample-images"), description="folder of images (walked recursively)",
+        str(PROJECT_ROOT / "demo-output" / "sample-images"),
+        description="folder of images (walked recursively)",
         json_schema_extra=_cli("--images", "DIR", required=True, path=True),
     )
     out_dir: str = Field(
@@ -114,34 +116,62 @@ class Settings:
         json_schema_extra=_cli("--out", "DIR", required=True, path=True),
     )
     embedder: Embedder = Field("hf", description="hf (transformers model) or offline (pip-shipped EfficientNet-Lite0)")
-    model: str | None = Field(None, description="hub id or local model directory for --embedder hf (default google/vit-base-patch16-224-in21k)",
-                              json_schema_extra=_cli(metavar="ID_OR_DIR"))
-    pooling: Pooling = Field("cls", description="token pooling of hf models: cls (first token of the last hidden state) or mean; its own model id")
-    lancedb_uri: str | None = Field(None, description="vector store URI (default OUT/state/lancedb)", json_schema_extra=_cli(metavar="URI"))
-    duplicate_threshold: float = Field(1e-4, description="uniqueness at or below which an image is a `duplicate`", json_schema_extra=_cli(metavar="U"))
+    model: str | None = Field(
+        None,
+        description="hub id or local model directory for --embedder hf (default google/vit-base-patch16-224-in21k)",
+        json_schema_extra=_cli(metavar="ID_OR_DIR"),
+    )
+    pooling: Pooling = Field(
+        "cls",
+        description="token pooling of hf models: cls (first token of the last hidden state) or mean; its own model id",
+    )
+    lancedb_uri: str | None = Field(
+        None, description="vector store URI (default OUT/state/lancedb)", json_schema_extra=_cli(metavar="URI")
+    )
+    duplicate_threshold: float = Field(
+        1e-4, description="uniqueness at or below which an image is a `duplicate`", json_schema_extra=_cli(metavar="U")
+    )
     near_duplicate_threshold: float | None = Field(
-        None, json_schema_extra=_cli(metavar="U"),
+        None,
+        json_schema_extra=_cli(metavar="U"),
         description=(
             f"uniqueness at or below which an image is a `near_duplicate`; unset: the value calibrated for the model, "
             f"else {DEFAULT_NEAR_DUPLICATE_THRESHOLD:g} = cosine 0.9. Setting it pins it"
         ),
     )
-    keep_policy: KeepPolicy = Field("resolution", description="which image of a group is kept: resolution (most content pixels), first_seen or path")
-    near_duplicate_action: NearDuplicateAction = Field("remove", description="remove near-duplicates, or review: keep them in the clean set and list them")
+    keep_policy: KeepPolicy = Field(
+        "resolution", description="which image of a group is kept: resolution (most content pixels), first_seen or path"
+    )
+    near_duplicate_action: NearDuplicateAction = Field(
+        "remove", description="remove near-duplicates, or review: keep them in the clean set and list them"
+    )
     max_duplicate_fraction: float = Field(
-        0.5, ge=0.0, le=1.0, json_schema_extra=_cli(metavar="F"),
+        0.5,
+        ge=0.0,
+        le=1.0,
+        json_schema_extra=_cli(metavar="F"),
         description="training gate: at most this share of the decodable images may be removed, else training_manifest is held back",
     )
     hash_threshold_bits: int = Field(
-        10, ge=0, le=32, json_schema_extra=_cli(metavar="BITS"),
+        10,
+        ge=0,
+        le=32,
+        json_schema_extra=_cli(metavar="BITS"),
         description="pHash bits at the near-duplicate threshold, fused with the embedding distance (0 = embedding only)",
     )
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decoded-size limit: larger images are rejected as decompression bombs",
-                            json_schema_extra=_cli(metavar="N"))
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        gt=0,
+        description="decoded-size limit: larger images are rejected as decompression bombs",
+        json_schema_extra=_cli(metavar="N"),
+    )
     batch_size: int = Field(32, gt=0, description="images per forward pass", json_schema_extra=_cli(metavar="N"))
-    device: Device = Field("cpu", description="torch device: cpu, cuda, cuda:N or mps", json_schema_extra=_cli(metavar="DEVICE"))
+    device: Device = Field(
+        "cpu", description="torch device: cpu, cuda, cuda:N or mps", json_schema_extra=_cli(metavar="DEVICE")
+    )
     precision: Precision = Field(
-        DEFAULT_PRECISION, description="forward-pass precision: fp32 or bf16 (faster on CPUs with AMX; its own model id (`...@bf16`) and vector table)"
+        DEFAULT_PRECISION,
+        description="forward-pass precision: fp32 or bf16 (faster on CPUs with AMX; its own model id (`...@bf16`) and vector table)",
     )
     runtime: Runtime = Field(
         DEFAULT_RUNTIME,
@@ -151,12 +181,22 @@ class Settings:
         ),
     )
     calibration_sample_size: int = Field(
-        DEFAULT_SAMPLE_SIZE, ge=MIN_ORIGINALS, description="distinct images sampled to calibrate the near-duplicate threshold",
+        DEFAULT_SAMPLE_SIZE,
+        ge=MIN_ORIGINALS,
+        description="distinct images sampled to calibrate the near-duplicate threshold",
         json_schema_extra=_cli("--sample", "N"),
     )
-    calibration_seed: int = Field(DEFAULT_SEED, description="seed of the calibration sample and of its edits", json_schema_extra=_cli("--seed", "N"))
+    calibration_seed: int = Field(
+        DEFAULT_SEED,
+        description="seed of the calibration sample and of its edits",
+        json_schema_extra=_cli("--seed", "N"),
+    )
     target_precision: float = Field(
-        DEFAULT_TARGET_PRECISION, gt=0.0, le=1.0, description="estimated pair precision the calibrated threshold reaches", json_schema_extra=_cli(metavar="P")
+        DEFAULT_TARGET_PRECISION,
+        gt=0.0,
+        le=1.0,
+        description="estimated pair precision the calibrated threshold reaches",
+        json_schema_extra=_cli(metavar="P"),
     )
     neighbor_search: NeighborSearch = Field(
         "auto",
@@ -167,30 +207,38 @@ class Settings:
     )
     # Settings of the Dagster deployment only: no command has a flag for them.
     report_base_url: str | None = Field(
-        None, json_schema_extra=_NO_FLAG,
+        None,
+        json_schema_extra=_NO_FLAG,
         description="where `imgdedup serve-reports` listens (e.g. http://127.0.0.1:3001), so that the UI's report links open; unset: no link",
     )
     dedup_schedule_cron: CronString = Field(
-        "0 2 * * *", json_schema_extra=_NO_FLAG, description="when nightly_dedup_schedule (once switched on) catches up with the folder (5-field cron)"
+        "0 2 * * *",
+        json_schema_extra=_NO_FLAG,
+        description="when nightly_dedup_schedule (once switched on) catches up with the folder (5-field cron)",
     )
     executor: Executor = Field(
-        "in_process", json_schema_extra=_NO_FLAG,
+        "in_process",
+        json_schema_extra=_NO_FLAG,
         description="where a launched run's steps execute: in_process, multiprocess (a process per step) or celery (deploy/README.md)",
     )
     celery_broker_url: str | None = Field(
-        None, json_schema_extra=_NO_FLAG, description="the Celery broker for executor celery (the URL the workers read from deploy/celery.yaml)"
+        None,
+        json_schema_extra=_NO_FLAG,
+        description="the Celery broker for executor celery (the URL the workers read from deploy/celery.yaml)",
     )
-    celery_backend_url: str | None = Field(None, json_schema_extra=_NO_FLAG, description="the Celery result backend for executor celery")
+    celery_backend_url: str | None = Field(
+        None, json_schema_extra=_NO_FLAG, description="the Celery result backend for executor celery"
+    )
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Settings":
+    def _consistent(self) -> Settings:
         if self.embedder == "offline" and self.model:
             raise ValueError("--model applies to the hf embedder only; drop it or use --embedder hf")
-        self.thresholds  # raises for thresholds out of order
+        self.thresholds  # noqa: B018  (the property raises for thresholds out of order)
         return self
 
     @classmethod
-    def load(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+    def load(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """The settings from the environment (`IMGDEDUP_<FIELD>`; unset or empty = default) with
         the non-None `overrides` (flags) winning, validated once.
 
@@ -203,14 +251,18 @@ class Settings:
         try:
             return cls(**values)
         except SettingsError as exc:
-            sources = {name: f"{env_var(name)}={raw!r}" for name, raw in from_env.items() if name not in overrides or overrides[name] is None}
+            sources = {
+                name: f"{env_var(name)}={raw!r}"
+                for name, raw in from_env.items()
+                if name not in overrides or overrides[name] is None
+            }
             raise SettingsError(explain(exc.validation_error, values, sources), exc.validation_error) from None
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         return cls.load(environ)
 
-    def with_overrides(self, **changes: Any) -> "Settings":
+    def with_overrides(self, **changes: Any) -> Settings:
         """A validated copy with the given non-None values replaced."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -232,7 +284,9 @@ class Settings:
     def thresholds(self) -> Thresholds:
         """The thresholds as configured (an unpinned near-duplicate threshold shows as the default;
         the value in force may be a calibrated one, see `DedupPolicyResource.thresholds_in_force`)."""
-        near = DEFAULT_NEAR_DUPLICATE_THRESHOLD if self.near_duplicate_threshold is None else self.near_duplicate_threshold
+        near = (
+            DEFAULT_NEAR_DUPLICATE_THRESHOLD if self.near_duplicate_threshold is None else self.near_duplicate_threshold
+        )
         return Thresholds(self.duplicate_threshold, near)
 
     def problems(self, check_paths: bool = True) -> list[str]:
@@ -240,7 +294,9 @@ class Settings:
         what to fix (empty = fine): missing folders, absent devices or runtimes, Celery's needs."""
         problems = []
         if check_paths and not Path(self.image_root).is_dir():
-            problems.append(f"image root {self.image_root!r} does not exist or is not a folder: pass --images DIR / set IMGDEDUP_IMAGE_ROOT")
+            problems.append(
+                f"image root {self.image_root!r} does not exist or is not a folder: pass --images DIR / set IMGDEDUP_IMAGE_ROOT"
+            )
         try:
             resolve_runtime(self.runtime, self.device, self.precision)
         except ValueError as exc:
@@ -379,13 +435,20 @@ def _explain_one(name: str, value: Any, error: dict, given: str) -> str:
 
 def _bounds(name: str) -> str:
     """The bounds of a numeric field in words: `within [0, 1]`, `within (0, 1]`, `positive`, `at least 4`."""
-    limits = {key: getattr(bound, key) for bound in FIELDS[name].metadata for key in ("ge", "gt", "le", "lt") if getattr(bound, key, None) is not None}
+    limits = {
+        key: getattr(bound, key)
+        for bound in FIELDS[name].metadata
+        for key in ("ge", "gt", "le", "lt")
+        if getattr(bound, key, None) is not None
+    }
     low = ("[", limits["ge"]) if "ge" in limits else ("(", limits["gt"]) if "gt" in limits else None
     high = ("]", limits["le"]) if "le" in limits else (")", limits["lt"]) if "lt" in limits else None
     if low and high:
         return f"within {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
     if low:
-        return "positive" if low == ("(", 0) else f"at least {low[1]:g}" if low[0] == "[" else f"greater than {low[1]:g}"
+        return (
+            "positive" if low == ("(", 0) else f"at least {low[1]:g}" if low[0] == "[" else f"greater than {low[1]:g}"
+        )
     return f"at most {high[1]:g}" if high[0] == "]" else f"less than {high[1]:g}"
 
 
@@ -396,7 +459,11 @@ def _device_problem(device: str) -> str | None:
     import torch
 
     backend = device.split(":")[0]
-    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available, "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available()}[backend]()
+    available = {
+        "cuda": torch.cuda.is_available,
+        "mps": torch.backends.mps.is_available,
+        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+    }[backend]()
     return None if available else f"device {device!r} is not available on this machine: use cpu (IMGDEDUP_DEVICE)"
 
 

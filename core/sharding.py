@@ -3,6 +3,7 @@
 Each vector depends only on its own image, so embedding the shards separately (in any order, on
 any machine) and merging them by pixel hash gives the same vectors as one unsharded pass.
 """
+
 from __future__ import annotations
 
 # One shard per hex digit: SHA-256 hex digests spread contents evenly over them.
@@ -13,7 +14,9 @@ def shard_of(pixel_hash: str) -> str:
     """The shard key of one content: the first character of its (lower-case hex) pixel hash."""
     key = pixel_hash[:1]
     if key not in SHARD_KEYS:
-        raise ValueError(f"pixel hash {pixel_hash!r} does not start with a lower-case hex digit, so it belongs to no shard")
+        raise ValueError(
+            f"pixel hash {pixel_hash!r} does not start with a lower-case hex digit, so it belongs to no shard"
+        )
     return key
 
 

@@ -6,6 +6,7 @@ first) and the duplicate groups, with inline thumbnails, sit one click away. Eve
 as inline code (`markdown_literal`), so a file name shows literally: it can add no image, link,
 HTML or table cell of its own.
 """
+
 from __future__ import annotations
 
 import base64
@@ -60,7 +61,10 @@ def markdown_table(table: pd.DataFrame) -> str:
     `![x](https://…).jpg` or `a|b.jpg` shows literally, in its own cell."""
     header = "| " + " | ".join(markdown_text(str(column)) for column in table.columns) + " |"
     separator = "|" + "---|" * len(table.columns)
-    rows = ["| " + " | ".join(markdown_cell(value) for value in row) + " |" for row in table.itertuples(index=False, name=None)]
+    rows = [
+        "| " + " | ".join(markdown_cell(value) for value in row) + " |"
+        for row in table.itertuples(index=False, name=None)
+    ]
     return "\n".join([header, separator, *rows])
 
 
@@ -69,7 +73,9 @@ def label_histogram_markdown(uniqueness: Sequence[float], thresholds: Thresholds
     values = np.asarray(uniqueness, dtype=float)
     counts = {
         f"{LABEL_DUPLICATE} (≤ {thresholds.duplicate:g})": int((values <= thresholds.duplicate).sum()),
-        f"{LABEL_NEAR_DUPLICATE} (≤ {thresholds.near_duplicate:g})": int(((values > thresholds.duplicate) & (values <= thresholds.near_duplicate)).sum()),
+        f"{LABEL_NEAR_DUPLICATE} (≤ {thresholds.near_duplicate:g})": int(
+            ((values > thresholds.duplicate) & (values <= thresholds.near_duplicate)).sum()
+        ),
         f"{LABEL_UNIQUE}": int((values > thresholds.near_duplicate).sum()),
     }
     largest = max(counts.values(), default=0) or 1
@@ -77,7 +83,9 @@ def label_histogram_markdown(uniqueness: Sequence[float], thresholds: Thresholds
     return "\n".join(["| label (uniqueness) | images | |", "|---|---:|---|", *rows])
 
 
-def duplicate_groups_markdown(groups: Sequence[ReportGroup], thumbnail: Callable[[str], bytes], max_members: int = 4) -> str:
+def duplicate_groups_markdown(
+    groups: Sequence[ReportGroup], thumbnail: Callable[[str], bytes], max_members: int = 4
+) -> str:
     """The groups side by side: per group a table of thumbnails (keeper first), paths, decisions,
     scores and reasons. `thumbnail(path)` returns JPEG bytes; a failure shows as text."""
     sections = []
@@ -93,6 +101,19 @@ def duplicate_groups_markdown(groups: Sequence[ReportGroup], thumbnail: Callable
             paths.append(markdown_literal(member.path))
             decisions.append(f"**{member.decision}** · {member.uniqueness:.3g} · {markdown_literal(member.reason)}")
         more = len(group.members) - len(shown)
-        title = f"**{index}. {group.label}, {len(group.members)} images**" + (f" ({more} more in the HTML report)" if more > 0 else "")
-        sections.append("\n".join([title, "", "| " + " | ".join(images) + " |", "|" + "---|" * len(shown), "| " + " | ".join(paths) + " |", "| " + " | ".join(decisions) + " |"]))
+        title = f"**{index}. {group.label}, {len(group.members)} images**" + (
+            f" ({more} more in the HTML report)" if more > 0 else ""
+        )
+        sections.append(
+            "\n".join(
+                [
+                    title,
+                    "",
+                    "| " + " | ".join(images) + " |",
+                    "|" + "---|" * len(shown),
+                    "| " + " | ".join(paths) + " |",
+                    "| " + " | ".join(decisions) + " |",
+                ]
+            )
+        )
     return "\n\n".join(sections) if sections else "No duplicate groups."

@@ -41,5 +41,11 @@ class EmbeddingModelResource(dg.ConfigurableResource):
 
     def _build(self) -> Embedder:
         return build_embedder(
-            self.backend, self.model, device=self.device, pooling=self.pooling, precision=self.precision, runtime=self.runtime, export_dir=self.export_dir
+            self.backend,
+            self.model,
+            device=self.device,
+            pooling=self.pooling,
+            precision=self.precision,
+            runtime=self.runtime,
+            export_dir=self.export_dir,
         )

@@ -48,7 +48,9 @@ class ImageStoreResource(dg.ConfigurableResource):
     def load_rgb(self, relative_path: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
         return load_rgb(self.resolve(relative_path), self.max_pixels, draft_size)
 
-    def load_verified_rgb(self, relative_path: str, expected_sha256: str, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    def load_verified_rgb(
+        self, relative_path: str, expected_sha256: str, draft_size: tuple[int, int] | None = None
+    ) -> Image.Image:
         """`load_rgb` from bytes verified to be the catalogued ones (raises FileChangedError otherwise)."""
         return load_verified_rgb(self.resolve(relative_path), expected_sha256, self.max_pixels, draft_size)
 

@@ -7,11 +7,10 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from core.search.batches import lancedb_batches, release_free_heap
 from core.distances import to_uniqueness
-from core.search.result import l2_normalize
+from core.search.batches import lancedb_batches, release_free_heap
 from core.search.contents import ContentVectors
-
+from core.search.result import l2_normalize
 
 # The Dagster concurrency pool of every step that writes a vector table (limit 1 in dagster.yaml):
 # LanceDB does not detect two concurrent merge_inserts of the same new key, so unserialised writers
@@ -79,7 +78,11 @@ class LanceDBResource(dg.ConfigurableResource):
         rerun never duplicates a row). Returns (table, rows inserted)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         schema = pa.schema(
-            [("pixel_hash", pa.string()), ("model_id", pa.string()), ("vector", pa.list_(pa.float32(), vectors.shape[1]))],
+            [
+                ("pixel_hash", pa.string()),
+                ("model_id", pa.string()),
+                ("vector", pa.list_(pa.float32(), vectors.shape[1])),
+            ],
             metadata={"model_id": model_id},
         )
         db = self.connect()
@@ -105,7 +108,9 @@ class LanceDBResource(dg.ConfigurableResource):
         arrow = table.to_arrow().select(["pixel_hash", "model_id", "vector"])
         stored_models = set(arrow.column("model_id").unique().to_pylist())
         if stored_models - {model_id}:
-            raise ValueError(f"table {table.name} mixes models {sorted(stored_models)}; refusing to compare their vectors")
+            raise ValueError(
+                f"table {table.name} mixes models {sorted(stored_models)}; refusing to compare their vectors"
+            )
         keys = arrow.column("pixel_hash").to_pylist()
         matrix = arrow.column("vector").combine_chunks().flatten().to_numpy().reshape(len(keys), -1)
         return {h: matrix[i] for i, h in enumerate(keys) if h in hashes}
@@ -125,7 +130,9 @@ class LanceDBResource(dg.ConfigurableResource):
         labels = table.search().select(["pixel_hash", "model_id"]).limit(max(1, total)).to_arrow()
         stored_models = set(labels.column("model_id").unique().to_pylist())
         if stored_models - {model_id}:
-            raise ValueError(f"table {table.name} mixes models {sorted(stored_models)}; refusing to compare their vectors")
+            raise ValueError(
+                f"table {table.name} mixes models {sorted(stored_models)}; refusing to compare their vectors"
+            )
         wanted = sorted(hashes.intersection(labels.column("pixel_hash").to_pylist()))
         del labels
         dims = table.schema.field("vector").type.list_size
@@ -143,12 +150,16 @@ class LanceDBResource(dg.ConfigurableResource):
             matrix[positions[found]] = l2_normalize(batch_vectors[found])
             filled[positions[found]] = True
         if not filled.all():  # a zero row would pass for a vector at distance 1 from everything
-            raise ValueError(f"{int((~filled).sum())} vectors listed in {table.name} were not read back (e.g. {wanted[int(np.argmin(filled))][:12]}); rerun")
+            raise ValueError(
+                f"{int((~filled).sum())} vectors listed in {table.name} were not read back (e.g. {wanted[int(np.argmin(filled))][:12]}); rerun"
+            )
         # LanceDB's freed read buffers stay in the C heap's arenas unless handed back.
         release_free_heap()
         return ContentVectors(np.array(wanted, dtype=object), matrix)
 
-    def nearest_paths(self, model_id: str, pixel_hash: str, paths_by_hash: dict[str, list[str]], k: int, exclude_path: str) -> list[dict]:
+    def nearest_paths(
+        self, model_id: str, pixel_hash: str, paths_by_hash: dict[str, list[str]], k: int, exclude_path: str
+    ) -> list[dict]:
         """The k images nearest to the content `pixel_hash`, by LanceDB cosine search.
 
         Returns:
@@ -162,10 +173,18 @@ class LanceDBResource(dg.ConfigurableResource):
         if not row:
             raise ValueError(f"content {pixel_hash[:12]} has no vector in {table.name}")
         wanted = k + sum(len(p) for p in paths_by_hash.values()) if len(paths_by_hash) < 1000 else 4 * k + 10
-        hits = table.search(np.asarray(row[0]["vector"], np.float32)).metric("cosine").select(["pixel_hash", "_distance"]).limit(wanted).to_list()
+        hits = (
+            table.search(np.asarray(row[0]["vector"], np.float32))
+            .metric("cosine")
+            .select(["pixel_hash", "_distance"])
+            .limit(wanted)
+            .to_list()
+        )
         results = []
         for hit in hits:
             for path in paths_by_hash.get(hit["pixel_hash"], []):
                 if path != exclude_path:
-                    results.append({"path": path, "uniqueness_distance": to_uniqueness(max(0.0, float(hit["_distance"])))})
+                    results.append(
+                        {"path": path, "uniqueness_distance": to_uniqueness(max(0.0, float(hit["_distance"])))}
+                    )
         return results[:k]

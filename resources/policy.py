@@ -1,4 +1,5 @@
 """Dedup policy: thresholds, keep policy and what happens to near-duplicates."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -94,16 +95,22 @@ class DedupPolicyResource(dg.ConfigurableResource):
         """
         model_id = model_id or self.model_id
         if self.near_duplicate_threshold is not None:
-            return ThresholdsInForce(Thresholds(self.duplicate_threshold, self.near_duplicate_threshold), SOURCE_PINNED, model_id=model_id)
+            return ThresholdsInForce(
+                Thresholds(self.duplicate_threshold, self.near_duplicate_threshold), SOURCE_PINNED, model_id=model_id
+            )
         stored = calibrated_threshold(self.thresholds_file, model_id) if self.thresholds_file else None
         if stored is not None:
             value, record = stored
             try:
                 thresholds = Thresholds(self.duplicate_threshold, value)
             except ValueError as exc:
-                raise ValueError(f"the threshold calibrated for {model_id} in {self.thresholds_file} does not fit the duplicate threshold: {exc}") from exc
+                raise ValueError(
+                    f"the threshold calibrated for {model_id} in {self.thresholds_file} does not fit the duplicate threshold: {exc}"
+                ) from exc
             return ThresholdsInForce(thresholds, SOURCE_CALIBRATED, model_id=model_id, calibration=record)
-        return ThresholdsInForce(Thresholds(self.duplicate_threshold, DEFAULT_NEAR_DUPLICATE_THRESHOLD), SOURCE_DEFAULT, model_id=model_id)
+        return ThresholdsInForce(
+            Thresholds(self.duplicate_threshold, DEFAULT_NEAR_DUPLICATE_THRESHOLD), SOURCE_DEFAULT, model_id=model_id
+        )
 
     @property
     def thresholds(self) -> Thresholds:

@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python -m pytest tests/ui && .venv/bin/python scripts/docs_screenshots.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,7 +18,9 @@ MAX_BYTES = 300_000
 def shrink(source: Path, target: Path) -> int:
     """Write `source` as a 256-colour PNG (screenshots are mostly flat colour); returns its size."""
     with Image.open(source) as image:
-        palette = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG)
+        palette = image.convert("RGB").quantize(
+            colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     palette.save(target, format="PNG", optimize=True)
     return target.stat().st_size
@@ -26,7 +29,10 @@ def shrink(source: Path, target: Path) -> int:
 def main() -> int:
     missing = [name for name in SCREENSHOTS if not (PROJECT_ROOT / "test-artifacts" / name).is_file()]
     if missing:
-        print(f"missing in test-artifacts/: {', '.join(missing)}; run `.venv/bin/python -m pytest tests/ui` first", file=sys.stderr)
+        print(
+            f"missing in test-artifacts/: {', '.join(missing)}; run `.venv/bin/python -m pytest tests/ui` first",
+            file=sys.stderr,
+        )
         return 1
     for source_name, target_name in SCREENSHOTS.items():
         target = PROJECT_ROOT / "docs" / target_name

@@ -1,5 +1,6 @@
 """Shared fixtures: the public benchmark data, a tiny saved ViT, a folder of distinct photo tiles
 (image helpers for tests: synthetic_images.py)."""
+
 import os
 from pathlib import Path
 
@@ -17,7 +18,13 @@ BENCH_DATA = PROJECT_ROOT.parent / "shared" / "bench" / "data"
 # two. Every test outside these files runs a pipeline, a server, a browser or another process,
 # and is marked `slow` here (CI runs everything), so a new test of that kind is slow by default;
 # a slow test among the fast files carries `@pytest.mark.slow` itself.
-FAST_TEST_PATHS = ("tests/core/", "tests/checks/test_check_logic.py", "tests/resources/test_lancedb.py", "tests/test_definitions.py")
+FAST_TEST_PATHS = (
+    "tests/core/",
+    "tests/checks/test_check_logic.py",
+    "tests/resources/test_lancedb.py",
+    "tests/test_definitions.py",
+    "tests/test_code_quality.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,8 +49,13 @@ def tiny_vit_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     config = ViTConfig(
-        image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
     )
     directory = tmp_path_factory.mktemp("tiny-vit")
     ViTModel(config).save_pretrained(directory)

@@ -4,6 +4,7 @@ tiles cut from them, and tiny random-noise PNGs for tests of file handling.
 
 Importable from every test module: `tests/` is on `sys.path` through its conftest.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,16 @@ import numpy as np
 from PIL import Image
 
 # scikit-image's colour sample photos, in the order tiles are cut from them.
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "colorwheel", "retina")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "colorwheel",
+    "retina",
+)
 TILE_GRID = 3  # 3 x 3 tiles per photo
 TILE_SIDE = 64
 

@@ -1,4 +1,5 @@
 """The `imgdedup` command-line contract: flags, output files and exit codes."""
+
 import os
 import shutil
 import subprocess
@@ -14,7 +15,14 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 def imgdedup(*args, dagster_home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
-    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *map(str, args)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +100,9 @@ def test_bad_config_fails_fast_with_exit_2(cli_run, tmp_path, extra, message):
 
 
 def test_missing_image_root_fails_fast(tmp_path):
-    completed = imgdedup("run", "--images", tmp_path / "nope", "--out", tmp_path / "out", "--embedder", "offline", dagster_home=tmp_path)
+    completed = imgdedup(
+        "run", "--images", tmp_path / "nope", "--out", tmp_path / "out", "--embedder", "offline", dagster_home=tmp_path
+    )
     assert completed.returncode == 2 and "does not exist" in completed.stderr
 
 
@@ -104,7 +114,12 @@ def test_precision_flag_is_parsed_into_the_settings(tmp_path):
     assert settings_from_args(run).precision == "bf16"
     default = parser.parse_args(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out")])
     assert settings_from_args(default).precision == "fp32"
-    assert parser.parse_args(["calibrate", "--images", str(tmp_path), "--out", str(tmp_path), "--precision", "bf16"]).precision == "bf16"
+    assert (
+        parser.parse_args(
+            ["calibrate", "--images", str(tmp_path), "--out", str(tmp_path), "--precision", "bf16"]
+        ).precision
+        == "bf16"
+    )
 
 
 def test_neighbor_search_flag_and_environment_reach_the_policy(tmp_path, monkeypatch):
@@ -113,17 +128,38 @@ def test_neighbor_search_flag_and_environment_reach_the_policy(tmp_path, monkeyp
     from definitions import resources_for
 
     parser = build_parser()
-    run = parser.parse_args(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--neighbor-search", "index"])
+    run = parser.parse_args(
+        ["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--neighbor-search", "index"]
+    )
     assert resources_for(settings_from_args(run))["policy"].neighbor_search == "index"
-    assert settings_from_args(parser.parse_args(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out")])).neighbor_search == "auto"
+    assert (
+        settings_from_args(
+            parser.parse_args(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out")])
+        ).neighbor_search
+        == "auto"
+    )
     assert Settings.from_env({"IMGDEDUP_NEIGHBOR_SEARCH": "exact"}).neighbor_search == "exact"
-    with pytest.raises(SettingsError, match="unknown neighbor search 'nearest': use one of auto, exact, index .*IMGDEDUP_NEIGHBOR_SEARCH"):
+    with pytest.raises(
+        SettingsError,
+        match="unknown neighbor search 'nearest': use one of auto, exact, index .*IMGDEDUP_NEIGHBOR_SEARCH",
+    ):
         Settings(image_root=str(tmp_path), neighbor_search="nearest")
 
 
 def test_unknown_precision_fails_fast_with_exit_2(cli_run, tmp_path):
     _, images, _, home = cli_run
-    completed = imgdedup("run", "--images", images, "--out", tmp_path / "out", "--embedder", "offline", "--precision", "fp16", dagster_home=home)
+    completed = imgdedup(
+        "run",
+        "--images",
+        images,
+        "--out",
+        tmp_path / "out",
+        "--embedder",
+        "offline",
+        "--precision",
+        "fp16",
+        dagster_home=home,
+    )
     assert completed.returncode == 2 and "invalid choice: 'fp16'" in completed.stderr
     assert not (tmp_path / "out").exists()
 
@@ -133,7 +169,9 @@ def test_run_with_bf16_precision_uses_its_own_model_id(cli_run, tmp_path):
 
     _, images, _, home = cli_run
     out = tmp_path / "out"
-    completed = imgdedup("run", "--images", images, "--out", out, "--embedder", "offline", "--precision", "bf16", dagster_home=home)
+    completed = imgdedup(
+        "run", "--images", images, "--out", out, "--embedder", "offline", "--precision", "bf16", dagster_home=home
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     manifest = json.loads((out / "state" / "vectors.json").read_text())
     assert manifest["model_id"].endswith("@bf16")
@@ -155,15 +193,39 @@ CONFIG_ERRORS = {
     "default_model_offline": ([], {"HF_HUB_OFFLINE": "1"}, "Fix it with one of"),
     "missing_model_folder": (["--model", "/nonexistent/saved-vit"], {}, "no such directory"),
     "garbage_model_folder": (["--model", "GARBAGE"], {}, "is not a loadable model folder"),
-    "batch_size_not_a_number": (["--embedder", "offline"], {"IMGDEDUP_BATCH_SIZE": "abc"}, "IMGDEDUP_BATCH_SIZE='abc' is not a whole number"),
-    "max_pixels_in_float_notation": (["--embedder", "offline"], {"IMGDEDUP_MAX_PIXELS": "1e9"}, "IMGDEDUP_MAX_PIXELS='1e9' is not a whole number"),
-    "hash_bits_fractional": (["--embedder", "offline"], {"IMGDEDUP_HASH_THRESHOLD_BITS": "1.5"}, "IMGDEDUP_HASH_THRESHOLD_BITS='1.5' is not a whole number"),
+    "batch_size_not_a_number": (
+        ["--embedder", "offline"],
+        {"IMGDEDUP_BATCH_SIZE": "abc"},
+        "IMGDEDUP_BATCH_SIZE='abc' is not a whole number",
+    ),
+    "max_pixels_in_float_notation": (
+        ["--embedder", "offline"],
+        {"IMGDEDUP_MAX_PIXELS": "1e9"},
+        "IMGDEDUP_MAX_PIXELS='1e9' is not a whole number",
+    ),
+    "hash_bits_fractional": (
+        ["--embedder", "offline"],
+        {"IMGDEDUP_HASH_THRESHOLD_BITS": "1.5"},
+        "IMGDEDUP_HASH_THRESHOLD_BITS='1.5' is not a whole number",
+    ),
     "unknown_device": (["--embedder", "offline"], {"IMGDEDUP_DEVICE": "nonsense"}, "unknown device 'nonsense'"),
     "unknown_executor": (["--embedder", "offline"], {"IMGDEDUP_EXECUTOR": "dask"}, "unknown executor 'dask'"),
-    "celery_without_broker": (["--embedder", "offline"], {"IMGDEDUP_EXECUTOR": "celery"}, "set IMGDEDUP_CELERY_BROKER_URL"),
+    "celery_without_broker": (
+        ["--embedder", "offline"],
+        {"IMGDEDUP_EXECUTOR": "celery"},
+        "set IMGDEDUP_CELERY_BROKER_URL",
+    ),
     "unknown_runtime": (["--embedder", "offline"], {"IMGDEDUP_RUNTIME": "tensorrt"}, "unknown runtime 'tensorrt'"),
-    "cpu_runtime_at_bf16": (["--embedder", "offline", "--runtime", "openvino", "--precision", "bf16"], {}, "runs fp32 on the CPU only"),
-    "schedule_not_cron": (["--embedder", "offline"], {"IMGDEDUP_DEDUP_SCHEDULE_CRON": "nightly"}, "'nightly' is not a 5-field cron string"),
+    "cpu_runtime_at_bf16": (
+        ["--embedder", "offline", "--runtime", "openvino", "--precision", "bf16"],
+        {},
+        "runs fp32 on the CPU only",
+    ),
+    "schedule_not_cron": (
+        ["--embedder", "offline"],
+        {"IMGDEDUP_DEDUP_SCHEDULE_CRON": "nightly"},
+        "'nightly' is not a 5-field cron string",
+    ),
 }
 
 
@@ -178,7 +240,11 @@ def test_configuration_errors_exit_2_in_one_line_before_any_work(case, garbage_m
     env.update(environment, DAGSTER_HOME=str(home))
     completed = subprocess.run(
         [sys.executable, "-m", "cli", "run", "--images", str(images), "--out", str(out), *extra],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 2, completed.stderr[-2000:]
     assert message in completed.stderr
@@ -208,12 +274,30 @@ def test_a_rerun_with_nothing_changed_writes_the_same_exports_without_the_model_
     exports are the same."""
     first, images, out, _ = cli_run
     assert first.returncode == 0, first.stderr[-3000:]
-    exports = ("uniqueness.csv", "duplicates.csv", "clean.csv", "rejected.csv", "training_manifest.csv", "uniqueness_histogram.png")
+    exports = (
+        "uniqueness.csv",
+        "duplicates.csv",
+        "clean.csv",
+        "rejected.csv",
+        "training_manifest.csv",
+        "uniqueness_histogram.png",
+    )
     before = {name: (out / name).read_bytes() for name in exports}
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    command = [sys.executable, "-c", IMPORT_PROBE, "run", "--images", str(images), "--out", str(out), "--embedder", "offline"]
+    command = [
+        sys.executable,
+        "-c",
+        IMPORT_PROBE,
+        "run",
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--embedder",
+        "offline",
+    ]
     rerun = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert rerun.stdout.splitlines()[-1] == "imported:"

@@ -1,13 +1,22 @@
 """The one `Definitions` object loads, and its graph is the one the README describes (what
 `dg check defs` would do for a package-shaped project)."""
+
 import dagster as dg
 
 import definitions
 from definitions import CALIBRATION_JOB, DEDUP_JOB
 
 DEDUP_ASSETS = {
-    "raw_images", "rejected_images", "image_embeddings", "image_vectors", "uniqueness_scores", "near_duplicate_pairs",
-    "duplicate_groups", "duplicates_collection", "clean_dataset", "training_manifest",
+    "raw_images",
+    "rejected_images",
+    "image_embeddings",
+    "image_vectors",
+    "uniqueness_scores",
+    "near_duplicate_pairs",
+    "duplicate_groups",
+    "duplicates_collection",
+    "clean_dataset",
+    "training_manifest",
 }
 
 
@@ -19,7 +28,9 @@ def test_the_dedup_group_is_the_whole_chain_up_to_the_training_manifest():
     graph = definitions.defs.resolve_asset_graph()
     in_group = {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).group_name == "dedup"}
     assert in_group == DEDUP_ASSETS
-    job_assets = {key.to_user_string() for key in definitions.defs.resolve_job_def(DEDUP_JOB).asset_layer.selected_asset_keys}
+    job_assets = {
+        key.to_user_string() for key in definitions.defs.resolve_job_def(DEDUP_JOB).asset_layer.selected_asset_keys
+    }
     assert job_assets == DEDUP_ASSETS
 
 

@@ -1,5 +1,6 @@
 """Vectors read from record batches (e.g. streamed out of LanceDB, the store of record) into one
 L2-normalised float32 array, the only full copy an indexed search holds."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -9,7 +10,9 @@ import numpy as np
 from core.search.result import l2_normalize
 
 
-def read_batches(batches: Iterable[tuple[object, np.ndarray]], rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_batches(
+    batches: Iterable[tuple[object, np.ndarray]], rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate (keys, vectors) batches into (keys, float32 L2-normalised (N, D) vectors).
 
     With `rows`, the array is allocated once and filled batch by batch (peak: the array plus one
@@ -54,7 +57,9 @@ def read_batches(batches: Iterable[tuple[object, np.ndarray]], rows: int | None 
     return all_keys, vectors
 
 
-def lancedb_batches(table, key_column: str = "pixel_hash", vector_column: str = "vector", batch_rows: int = 8_192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def lancedb_batches(
+    table, key_column: str = "pixel_hash", vector_column: str = "vector", batch_rows: int = 8_192
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Stream (keys, float32 vectors) batches out of a LanceDB table, in table order.
 
     Reads `batch_rows` rows per query (offset / limit): at 1M x 768 rows this peaked ~800 MiB
@@ -68,7 +73,13 @@ def lancedb_batches(table, key_column: str = "pixel_hash", vector_column: str = 
     """
     total = table.count_rows()
     for start in range(0, total, batch_rows):
-        batch = table.search().select([key_column, vector_column]).offset(start).limit(min(batch_rows, total - start)).to_arrow()
+        batch = (
+            table.search()
+            .select([key_column, vector_column])
+            .offset(start)
+            .limit(min(batch_rows, total - start))
+            .to_arrow()
+        )
         column = batch.column(vector_column).combine_chunks()
         values = column.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), column.type.list_size)
         keys = np.asarray(batch.column(key_column).to_pylist(), dtype=object)
@@ -88,4 +99,6 @@ def release_free_heap() -> None:
             _MALLOC_TRIM = False
     if _MALLOC_TRIM:
         _MALLOC_TRIM(0)
+
+
 _MALLOC_TRIM = None

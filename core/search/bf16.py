@@ -3,6 +3,7 @@ products are computed in bf16 only to choose candidates, under a proven error bo
 distance returned is a float32 dot product; rows it cannot certify are searched again in float32.
 The answer is `core.search.exact_cosine.search_neighbors_fp32`'s (tests/core/test_neighbors.py).
 """
+
 from __future__ import annotations
 
 import time
@@ -110,10 +111,14 @@ def _below_bf16(target, bound: float):
     reach = np.asarray(target, dtype=np.float64) - bound
     s = np.where(reach >= 0, reach / (1.0 + BF16_UNIT_ROUNDOFF), reach / (1.0 - BF16_UNIT_ROUNDOFF))
     with np.errstate(invalid="ignore"):
-        return np.where(np.isneginf(s), -np.inf, s - 1e-6 * (1.0 + np.abs(s)))  # 1e-6 covers float32's rounding of `1 - s`
+        return np.where(
+            np.isneginf(s), -np.inf, s - 1e-6 * (1.0 + np.abs(s))
+        )  # 1e-6 covers float32's rounding of `1 - s`
 
 
-def search_neighbors_bf16(vectors: np.ndarray, k: int, radius: float, chunk_rows: int, margin: int, group: int, block_cells: int) -> NeighborSearch:
+def search_neighbors_bf16(
+    vectors: np.ndarray, k: int, radius: float, chunk_rows: int, margin: int, group: int, block_cells: int
+) -> NeighborSearch:
     """The float32 answer, with bf16 products only choosing which float32 products to compute.
 
     Per chunk of n rows, all rows times the chunk in bf16 (AMX multiplies bf16 faster) give a
@@ -284,7 +289,16 @@ def _take(matrix, rows):
     return matrix.reshape(-1).index_select(0, flat.view(-1)).view(rows.shape)
 
 
-def _rerank(every, start: int, columns: np.ndarray, values: np.ndarray, reach: np.ndarray, k: int, most: int, rows_at_once: int = 128):
+def _rerank(
+    every,
+    start: int,
+    columns: np.ndarray,
+    values: np.ndarray,
+    reach: np.ndarray,
+    k: int,
+    most: int,
+    rows_at_once: int = 128,
+):
     """float32 top-k of rows start.. among their candidates with bf16 value >= reach (per row).
 
     A row's candidates form one (c, D) x (D, 1) product of a batched matmul: the same float32 sums

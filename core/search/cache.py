@@ -15,6 +15,7 @@ instead of giving wrong answers.
 search from its file, brings it up to date with the engine's `distances_from` / `pair_distances`
 and saves it back. Nothing of it rides on the scoring result.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,6 +56,7 @@ class KeyedSearch:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file, then rename): a kill never leaves a partial cache."""
+
         def write(temporary: str) -> None:
             with open(temporary, "wb") as handle:  # a handle: np.savez would append .npz to a name
                 np.savez(
@@ -75,7 +77,13 @@ class KeyedSearch:
         """The saved search; raises whatever the file's damage makes numpy raise (a truncated
         file: zipfile.BadZipFile). `SearchCache.load` turns that into no cache."""
         with np.load(path, allow_pickle=False) as saved:
-            search = NeighborSearch(saved["topk_index"], saved["topk_distance"], saved["pair_left"], saved["pair_right"], saved["pair_distance"])
+            search = NeighborSearch(
+                saved["topk_index"],
+                saved["topk_distance"],
+                saved["pair_left"],
+                saved["pair_right"],
+                saved["pair_distance"],
+            )
             return cls(saved["hashes"].astype(object), search, str(saved["fingerprint"]))
 
 
@@ -110,7 +118,9 @@ class SearchCache:
         """Write atomically (a kill never leaves a partial cache)."""
         search.save(self.path)
 
-    def search(self, engine: NeighborEngine, hashes: np.ndarray, k: int, radius: float) -> tuple[NeighborSearch, SearchUpdate]:
+    def search(
+        self, engine: NeighborEngine, hashes: np.ndarray, k: int, radius: float
+    ) -> tuple[NeighborSearch, SearchUpdate]:
         """`engine.search(k, radius)` over rows keyed by `hashes`, brought up to date from the
         saved search where it still holds; the result is saved for the next run."""
         keyed, update = update_search(self.load(), hashes, engine, k, radius)
@@ -173,9 +183,13 @@ def update_search(
     added = np.nonzero(old_rows < 0)[0]
     searched = np.union1d(added, dirty)
     if len(searched) > MAX_CHANGED_FRACTION * rows:
-        return KeyedSearch(hashes, full_search(), fingerprint), SearchUpdate("full", rows, f"{len(searched)} of {rows} rows changed")
+        return KeyedSearch(hashes, full_search(), fingerprint), SearchUpdate(
+            "full", rows, f"{len(searched)} of {rows} rows changed"
+        )
 
-    distances = np.array(row_distances(searched), dtype=np.float32) if len(searched) else np.empty((0, rows), np.float32)
+    distances = (
+        np.array(row_distances(searched), dtype=np.float32) if len(searched) else np.empty((0, rows), np.float32)
+    )
     distances[np.arange(len(searched)), searched] = np.inf  # a row is not its own neighbour
 
     topk_index = np.full((rows, k), -1, dtype=np.int64)
@@ -187,7 +201,9 @@ def update_search(
         # Reused rows: old top-k (re-indexed; -1 and +inf pad) merged with the distances to new rows.
         reused = old_topk[old_rows[clean]]
         reused_index = np.where(reused >= 0, new_of_old[np.maximum(reused, 0)], -1)
-        reused_distance = np.where(reused >= 0, previous.search.topk_distance[old_rows[clean]], np.inf).astype(np.float32)
+        reused_distance = np.where(reused >= 0, previous.search.topk_distance[old_rows[clean]], np.inf).astype(
+            np.float32
+        )
         added_position = np.searchsorted(searched, added)
         candidates = np.concatenate([reused_index, np.broadcast_to(added, (len(clean), len(added)))], axis=1)
         candidate_distance = np.concatenate([reused_distance, distances[added_position][:, clean].T], axis=1)
@@ -220,7 +236,9 @@ def update_search(
     search = NeighborSearch(topk_index, topk_distance, left[first], right[first], distance[first])
 
     if not _verified(search, row_distances, clean, verify_seed):
-        return KeyedSearch(hashes, full_search(), fingerprint), SearchUpdate("full", rows, "the previous search no longer matches the vectors")
+        return KeyedSearch(hashes, full_search(), fingerprint), SearchUpdate(
+            "full", rows, "the previous search no longer matches the vectors"
+        )
     return KeyedSearch(hashes, search, fingerprint), SearchUpdate("incremental", len(searched))
 
 

@@ -9,6 +9,7 @@ Perceptual hashes (`hamming`): only the pairs within the cutoff count (SPEC.md),
 Hamming engines find exactly; the multi-index search is taken where its plan is estimated cheaper,
 whatever the setting.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -71,7 +72,11 @@ def choose_engine(
     if signal == "hamming":
         plan = plan_substrings(rows, variants, radius_bits) if rows > 1 else None
         reason = f"pairs within {radius_bits} bits of {rows} contents with an informative hash"
-        return EngineChoice(IndexedHamming(plan=plan), reason, "index") if plan is not None else EngineChoice(ExactHamming(), reason, "full")
+        return (
+            EngineChoice(IndexedHamming(plan=plan), reason, "index")
+            if plan is not None
+            else EngineChoice(ExactHamming(), reason, "full")
+        )
     if signal != "cosine":
         raise ValueError(f"unknown signal {signal!r}: use cosine (embeddings) or hamming (perceptual hashes)")
     engine, reason = _cosine_setting(setting, rows, index_available, min_contents)
@@ -82,7 +87,9 @@ def choose_engine(
     return EngineChoice(IndexedCosine(), reason, "index")
 
 
-def _cosine_setting(setting: str, contents: int, index_available: bool | None, min_contents: int | None) -> tuple[str, str]:
+def _cosine_setting(
+    setting: str, contents: int, index_available: bool | None, min_contents: int | None
+) -> tuple[str, str]:
     """(`exact` or `index`, why) for the embedding search over `contents` rows.
 
     `auto` takes the index from `min_contents` contents up when it is available, else the exact
@@ -98,8 +105,13 @@ def _cosine_setting(setting: str, contents: int, index_available: bool | None, m
         return "exact", f"auto: {contents} contents < {min_contents}"
     if not (faiss_installed() if index_available is None else index_available):
         if setting == "index":
-            raise ImportError("neighbor_search=index needs faiss-cpu: pip install 'imgdedup[scale]' (or choose neighbor_search=exact)")
-        return "exact", f"auto: {contents} contents, but faiss-cpu is not installed (pip install 'imgdedup[scale]' for the index)"
+            raise ImportError(
+                "neighbor_search=index needs faiss-cpu: pip install 'imgdedup[scale]' (or choose neighbor_search=exact)"
+            )
+        return (
+            "exact",
+            f"auto: {contents} contents, but faiss-cpu is not installed (pip install 'imgdedup[scale]' for the index)",
+        )
     return "index", "configured" if setting == "index" else f"auto: {contents} contents >= {min_contents}"
 
 

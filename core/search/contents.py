@@ -6,6 +6,7 @@ perceptual hash vouches for the pair (within its cutoff, both hashes informative
 distance mapped so that its cutoff equals the near-duplicate radius (`core.search.signals`); and
 where the turned-copy check proves a copy (`core.rotated_copies`), its distance.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -44,7 +45,7 @@ class ContentVectors:
             raise ValueError(f"{len(self.hashes)} hashes for {len(self.matrix)} vectors")
 
     @classmethod
-    def from_mapping(cls, vectors_by_hash: Mapping[str, np.ndarray] | pd.Series) -> "ContentVectors":
+    def from_mapping(cls, vectors_by_hash: Mapping[str, np.ndarray] | pd.Series) -> ContentVectors:
         """Sort by hash, stack and L2-normalise (any float dtype)."""
         hashes = np.array(sorted(vectors_by_hash.keys()), dtype=object)
         if len(hashes) == 0:
@@ -120,7 +121,13 @@ def find_content_neighbors(
     hashes, matrix = vectors.hashes, vectors.matrix
     if len(hashes) == 0:
         empty = np.empty(0, np.int64)
-        return ContentNeighbors(hashes, empty, empty, np.empty(0, np.float32), pd.DataFrame({"left": empty, "right": empty, "distance": np.empty(0, np.float32)}))
+        return ContentNeighbors(
+            hashes,
+            empty,
+            empty,
+            np.empty(0, np.float32),
+            pd.DataFrame({"left": empty, "right": empty, "distance": np.empty(0, np.float32)}),
+        )
     radius = max(radius, IDENTICAL_COSINE_DISTANCE)
     updates = {}
     choice = choose_engine("cosine", len(hashes), engine)
@@ -130,10 +137,14 @@ def find_content_neighbors(
     else:
         embedding_search = embedding.search(NEIGHBORS_PER_ROW, radius)
         mode = "full" if choice.mode == "exact" else choice.mode
-        updates["embedding"] = SearchUpdate(mode, len(hashes), choice.reason if mode == "index" else "no previous search")
+        updates["embedding"] = SearchUpdate(
+            mode, len(hashes), choice.reason if mode == "index" else "no previous search"
+        )
     identical = embedding_search.pair_distance < IDENTICAL_COSINE_DISTANCE
     if group_identical:
-        group = identical_groups(len(hashes), embedding_search.pair_left[identical], embedding_search.pair_right[identical])
+        group = identical_groups(
+            len(hashes), embedding_search.pair_left[identical], embedding_search.pair_right[identical]
+        )
     else:
         group = np.arange(len(hashes), dtype=np.int64)
 
@@ -147,7 +158,11 @@ def find_content_neighbors(
         distance_rules.append(lambda row: hash_signal.vouched_distances_from(phashes, informative, row, radius))
     if rotated_copy_signal is not None:
         turned_matches, tested = rotated_copy_signal.vouched_matches(hashes, embedding_search, group, radius)
-        updates["rotated_copy"] = SearchUpdate("full", tested, f"{len(turned_matches.pair_left)} turned copies proven among {tested} contents just beyond the radius")
+        updates["rotated_copy"] = SearchUpdate(
+            "full",
+            tested,
+            f"{len(turned_matches.pair_left)} turned copies proven among {tested} contents just beyond the radius",
+        )
         searches.append(turned_matches)
         distance_rules.append(lambda row: turned_vouched_distances_from(turned_matches, row))
     search = merge_searches(searches, k=NEIGHBORS_PER_ROW) if len(searches) > 1 else embedding_search

@@ -3,6 +3,7 @@ embeddings, exact and indexed (multi-index hashing) Hamming search over perceptu
 
 Each is a frozen dataclass: its options first, then `build(rows)` returns a copy holding the rows.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.distances import invariant_hamming
-from core.search.exact_cosine import DEFAULT_CHUNK_ROWS, MAX_BLOCK_CELLS, cosine_distances_from, cosine_pair_distances, search_neighbors_fp32
+from core.search.exact_cosine import (
+    DEFAULT_CHUNK_ROWS,
+    MAX_BLOCK_CELLS,
+    cosine_distances_from,
+    cosine_pair_distances,
+    search_neighbors_fp32,
+)
 from core.search.exact_hamming import as_hash_matrix, hamming_distances_of_rows, search_hash_neighbors
 from core.search.result import NeighborSearch
 

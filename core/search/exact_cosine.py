@@ -2,6 +2,7 @@
 rows is compared against all rows and reduced to its top-k and its close pairs before the next
 chunk starts (as faiss' contrib/exhaustive_search.py does over batches). The reference answer of
 every cosine engine; the bf16 candidate filter (`core.search.bf16`) returns exactly this."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,9 @@ DEFAULT_CHUNK_ROWS = 2048
 MAX_BLOCK_CELLS = 1 << 26
 
 
-def search_neighbors_fp32(vectors: np.ndarray, k: int, radius: float, chunk_rows: int = DEFAULT_CHUNK_ROWS, block_cells: int = MAX_BLOCK_CELLS) -> NeighborSearch:
+def search_neighbors_fp32(
+    vectors: np.ndarray, k: int, radius: float, chunk_rows: int = DEFAULT_CHUNK_ROWS, block_cells: int = MAX_BLOCK_CELLS
+) -> NeighborSearch:
     """Each row's k nearest other rows and every pair within `radius` (cosine distance), float32.
 
     Args:
@@ -49,7 +52,9 @@ def search_neighbors_fp32(vectors: np.ndarray, k: int, radius: float, chunk_rows
             similarity[local, local + start] = -torch.inf  # a row is not its own neighbour
             if k:
                 values, index = torch.topk(similarity, k, dim=1, largest=True, sorted=True)
-                topk_index[start:stop], topk_distance[start:stop] = nearest_first(index.numpy(), cosine_distance(values.numpy()))
+                topk_index[start:stop], topk_distance[start:stop] = nearest_first(
+                    index.numpy(), cosine_distance(values.numpy())
+                )
                 # A row whose k-th neighbour is already outside the radius has all its close pairs
                 # in its top-k; only rows in dense clusters need a scan of the whole block row.
                 in_topk = values[:, -1] < min_similarity

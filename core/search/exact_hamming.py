@@ -5,6 +5,7 @@ the distance between two rows is `core.distances.invariant_hamming` (the smalles
 between one's identity and any variant of the other, both ways). O(M^2): the multi-index search
 (`core.search.mih`) finds the pairs within a radius exactly in less time from a few thousand rows.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +14,7 @@ from core.distances import invariant_hamming_matrix, nearest_first
 from core.search.result import NeighborSearch
 
 HASH_BITS = 64
+
 
 def _search(rows: int, k: int, radius: float, chunk_rows: int, distance_block) -> NeighborSearch:
     """Top-k + radius reduction over row chunks of a distance matrix.
@@ -30,7 +32,9 @@ def _search(rows: int, k: int, radius: float, chunk_rows: int, distance_block) -
         distance[local, local + start] = np.inf  # a row is not its own neighbour
         if k:
             part = np.argpartition(distance, k - 1, axis=1)[:, :k] if k < rows else np.argsort(distance, axis=1)[:, :k]
-            topk_index[start:stop], topk_distance[start:stop] = nearest_first(part, np.take_along_axis(distance, part, axis=1))
+            topk_index[start:stop], topk_distance[start:stop] = nearest_first(
+                part, np.take_along_axis(distance, part, axis=1)
+            )
         close_row, close_col = np.nonzero(distance <= radius)
         close_row += start
         keep = close_row < close_col
@@ -114,7 +118,9 @@ def search_hash_neighbors(hashes: np.ndarray, k: int, radius_bits: float, max_ce
     rows = hashes.shape[0]
     chunk_rows = max(1, max_cells // max(1, rows))
     by_variant = np.ascontiguousarray(hashes.T)
-    return _search(rows, k, radius_bits, chunk_rows, lambda start, stop: invariant_hamming_matrix(hashes[start:stop], by_variant))
+    return _search(
+        rows, k, radius_bits, chunk_rows, lambda start, stop: invariant_hamming_matrix(hashes[start:stop], by_variant)
+    )
 
 
 def topk_from_pairs(rows: int, k: int, left: np.ndarray, right: np.ndarray, distance: np.ndarray):

@@ -28,6 +28,7 @@ Approximation: a true neighbour is missed only when neither the index search nor
 proposes it; everything returned is exact. Figures: BENCHMARKS.md, "Scoring 1M vectors with an
 index". faiss-cpu is an optional dependency: `pip install 'imgdedup[scale]'`.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,7 +93,7 @@ class IvfParameters:
     kmeans_iterations: int = 8
     seed: int = 0
 
-    def for_rows(self, rows: int, dim: int, k: int) -> "IvfParameters":
+    def for_rows(self, rows: int, dim: int, k: int) -> IvfParameters:
         """These parameters with every `None` replaced by its default for `rows` x `dim` rows."""
         nlist = self.nlist or max(1, min(int(round(2 * math.sqrt(rows))), rows // 16))
         return IvfParameters(
@@ -169,7 +170,9 @@ def search_neighbors_ivf(
     count = len(vectors)
     k = max(0, min(k, count - 1))
     if k == 0:
-        raise ValueError(f"the indexed search needs k >= 1 and at least 2 rows, got k={k} over {count} rows; use the exact search")
+        raise ValueError(
+            f"the indexed search needs k >= 1 and at least 2 rows, got k={k} over {count} rows; use the exact search"
+        )
 
     dim = vectors.shape[1]
     params = parameters.for_rows(count, dim, k)
@@ -220,7 +223,11 @@ class _Search:
     def _train_centroids(self) -> None:
         faiss, params = self.faiss, self.params
         kmeans = faiss.Kmeans(
-            self.dim, params.nlist, niter=params.kmeans_iterations, seed=params.seed, spherical=True,
+            self.dim,
+            params.nlist,
+            niter=params.kmeans_iterations,
+            seed=params.seed,
+            spherical=True,
             max_points_per_centroid=params.train_rows // params.nlist + 1,  # use the whole sample
             min_points_per_centroid=1,
         )
@@ -240,7 +247,9 @@ class _Search:
         if self.dim % params.pq_subvectors:
             raise ValueError(f"pq_subvectors={params.pq_subvectors} does not divide the vector dimension {self.dim}")
         # Filled through IndexIVFPQ, which takes precomputed lists, then packed for fast scan.
-        ivfpq = faiss.IndexIVFPQ(self.quantizer, self.dim, params.nlist, params.pq_subvectors, 4, faiss.METRIC_INNER_PRODUCT)
+        ivfpq = faiss.IndexIVFPQ(
+            self.quantizer, self.dim, params.nlist, params.pq_subvectors, 4, faiss.METRIC_INNER_PRODUCT
+        )
         ivfpq.by_residual = False  # codes of the vectors themselves: one lookup table per query
         threads = faiss.omp_get_max_threads()
         try:
@@ -263,13 +272,23 @@ class _Search:
 
     # Search --------------------------------------------------------------------------------
 
-    def _inner_products(self, rows: np.ndarray, candidates: np.ndarray, queries: np.ndarray | None = None) -> np.ndarray:
+    def _inner_products(
+        self, rows: np.ndarray, candidates: np.ndarray, queries: np.ndarray | None = None
+    ) -> np.ndarray:
         """(len(rows), c) exact float32 <row, candidate>, read in place; -inf where candidate < 0."""
         candidates = np.ascontiguousarray(candidates, dtype=np.int64)
         queries = np.ascontiguousarray(self.vectors[rows]) if queries is None else queries
         out = np.empty(candidates.shape, dtype=np.float32)
         f = self.faiss
-        f.fvec_inner_products_by_idx(f.swig_ptr(out), f.swig_ptr(queries), f.swig_ptr(self.vectors), f.swig_ptr(candidates), self.dim, len(rows), candidates.shape[1])
+        f.fvec_inner_products_by_idx(
+            f.swig_ptr(out),
+            f.swig_ptr(queries),
+            f.swig_ptr(self.vectors),
+            f.swig_ptr(candidates),
+            self.dim,
+            len(rows),
+            candidates.shape[1],
+        )
         return out
 
     def _search(self) -> None:
@@ -291,7 +310,13 @@ class _Search:
             self.dense.append(rows[close.sum(axis=1) >= depth])
         del self.index, self.probes, self.quantizer
 
-    def _merge(self, rows: np.ndarray, candidates: np.ndarray, similarity: np.ndarray, reverse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+    def _merge(
+        self,
+        rows: np.ndarray,
+        candidates: np.ndarray,
+        similarity: np.ndarray,
+        reverse: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         """Fold exact candidates into the rows' top-k (rows unique), and keep the close pairs.
 
         Args:

@@ -36,6 +36,7 @@ Layout (numpy only):
 Timings: BENCHMARKS.md (bench/hash_index.py). faiss' `IndexBinaryMultiHash.range_search` was
 measured too and is far slower for all-pairs queries; not used.
 """
+
 from __future__ import annotations
 
 import math
@@ -185,7 +186,9 @@ class _Table:
         runs = [self._probe(queries, masks, part, block, chunk_probes, radius) for part in parts if part]
         yield from (runs[0] if len(runs) == 1 else _in_threads(runs))
 
-    def _probe(self, queries: "_Queries", masks: np.ndarray, blocks: list[int], block: int, chunk_probes: int, radius: int):
+    def _probe(
+        self, queries: _Queries, masks: np.ndarray, blocks: list[int], block: int, chunk_probes: int, radius: int
+    ):
         """`matches` for the query blocks starting at `blocks`."""
         slots, variants = self.sub.slots, self.variants
         per_chunk = max(1, chunk_probes // block)
@@ -247,7 +250,7 @@ class _Table:
         if spilled:
             yield from self._overflow(queries, _concat(spill_query), _concat(spill_key), radius)
 
-    def _overflow(self, queries: "_Queries", query_at: np.ndarray, key: np.ndarray, radius: int):
+    def _overflow(self, queries: _Queries, query_at: np.ndarray, key: np.ndarray, radius: int):
         """Matches among crowded buckets' entries beyond the inline slots: the next OVERFLOW_WINDOW
         entries of each as one dense (window, probes) block, the rest (very crowded buckets only)
         BATCH_ENTRIES at a time."""
@@ -414,5 +417,3 @@ class _PairSink:
         del packed
         left, right = np.divmod(pair, len(self.hashes))
         return left, right, bits.astype(np.float32)
-
-

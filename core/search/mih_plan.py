@@ -1,6 +1,7 @@
 """The plan of a multi-index Hamming search (`core.search.mih`): how the 64 hash bits are cut into
 substrings, each probed within a few bits, so that no pair within the radius is missed and the
 estimated cost is least; None where the exact search is estimated cheaper. Pure arithmetic."""
+
 from __future__ import annotations
 
 import math
@@ -131,7 +132,13 @@ def check_plan(plan: tuple[Substring, ...], radius: int) -> None:
     """Refuse a plan that could miss a pair (or allocate a table beyond MAX_SUBSTRING_BITS)."""
     covered = np.zeros(HASH_BITS, bool)
     for sub in plan:
-        if not 1 <= sub.bits <= MAX_SUBSTRING_BITS or sub.shift < 0 or sub.shift + sub.bits > HASH_BITS or sub.radius < 0 or sub.slots < 1:
+        if (
+            not 1 <= sub.bits <= MAX_SUBSTRING_BITS
+            or sub.shift < 0
+            or sub.shift + sub.bits > HASH_BITS
+            or sub.radius < 0
+            or sub.slots < 1
+        ):
             raise ValueError(f"bad substring {sub}")
         if covered[sub.shift : sub.shift + sub.bits].any():
             raise ValueError(f"substrings must be disjoint ranges of the 64 bits: {plan}")

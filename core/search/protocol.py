@@ -4,6 +4,7 @@ An engine is an immutable value: configured first (`ExactCosine(precision="bf16"
 `build(rows)` returns a copy that holds the rows to search. Callers never know which engine runs:
 `core.search.choose.choose_engine` picks one, `core.search.cache.SearchCache` wraps any of them.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -24,7 +25,8 @@ class NeighborEngine(Protocol):
             (the indexed cosine engine: nearly every neighbour, every distance exact).
     """
 
-    signal: str
+    @property
+    def signal(self) -> str: ...
 
     def build(self, rows: np.ndarray) -> NeighborEngine:
         """A copy of this engine over `rows`: (M, D) float32 L2-normalised vectors (cosine) or

@@ -1,6 +1,7 @@
 """What every neighbour search returns (`NeighborSearch`), and the operations on results that do
 not depend on the engine that produced them: merging signals on one scale, rescaling, top-k from
 pairs, and the nearest row outside a group."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from core.distances import nearest_first
+
 
 @dataclass(frozen=True)
 class NeighborSearch:
@@ -41,13 +43,17 @@ def merge_searches(searches: list[NeighborSearch], k: int) -> NeighborSearch:
     index = np.concatenate([s.topk_index for s in searches], axis=1)
     distance = np.concatenate([s.topk_distance for s in searches], axis=1)
     topk_index, topk_distance = nearest_first(index, distance, max(0, min(k, index.shape[1])))
-    pairs = pd.DataFrame(
-        {
-            "left": np.concatenate([s.pair_left for s in searches]),
-            "right": np.concatenate([s.pair_right for s in searches]),
-            "distance": np.concatenate([s.pair_distance for s in searches]),
-        }
-    ).groupby(["left", "right"], as_index=False, sort=True)["distance"].min()
+    pairs = (
+        pd.DataFrame(
+            {
+                "left": np.concatenate([s.pair_left for s in searches]),
+                "right": np.concatenate([s.pair_right for s in searches]),
+                "distance": np.concatenate([s.pair_distance for s in searches]),
+            }
+        )
+        .groupby(["left", "right"], as_index=False, sort=True)["distance"]
+        .min()
+    )
     return NeighborSearch(
         topk_index=topk_index,
         topk_distance=topk_distance,
@@ -59,10 +65,18 @@ def merge_searches(searches: list[NeighborSearch], k: int) -> NeighborSearch:
 
 def scaled(search: NeighborSearch, factor: float) -> NeighborSearch:
     """The same search with every distance multiplied by `factor` (maps a signal onto a scale)."""
-    return NeighborSearch(search.topk_index, search.topk_distance * np.float32(factor), search.pair_left, search.pair_right, search.pair_distance * np.float32(factor))
+    return NeighborSearch(
+        search.topk_index,
+        search.topk_distance * np.float32(factor),
+        search.pair_left,
+        search.pair_right,
+        search.pair_distance * np.float32(factor),
+    )
 
 
-def nearest_outside_group(row_distances, group_of_row: np.ndarray, search: NeighborSearch) -> tuple[np.ndarray, np.ndarray]:
+def nearest_outside_group(
+    row_distances, group_of_row: np.ndarray, search: NeighborSearch
+) -> tuple[np.ndarray, np.ndarray]:
     """For each row, the nearest row in a different group, and its distance.
 
     Uses the top-k lists; rows whose k neighbours all share their group (groups larger than k) are

@@ -1,6 +1,7 @@
 """The perceptual-hash signal beside the embedding (SPEC.md, "several signals"): which pairs it
 vouches for and at what distance on the cosine scale. Fused with the embedding and the turned-copy
 signal (`core.rotated_copies`) by `core.search.contents.find_content_neighbors`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,7 +46,9 @@ class HashSignal:
         """Linear map of bits onto the cosine scale: `threshold_bits` lands on the threshold."""
         return near_duplicate_cosine_distance / self.threshold_bits
 
-    def vouched_matches(self, phashes: np.ndarray, radius: float, k: int = NEIGHBORS_PER_ROW) -> tuple[NeighborSearch, SearchUpdate]:
+    def vouched_matches(
+        self, phashes: np.ndarray, radius: float, k: int = NEIGHBORS_PER_ROW
+    ) -> tuple[NeighborSearch, SearchUpdate]:
         """The pairs this signal vouches for, on the cosine scale, and how they were searched.
 
         Args:
@@ -71,7 +74,9 @@ class HashSignal:
         matches = NeighborSearch(index, distance, rows[found.pair_left], rows[found.pair_right], found.pair_distance)
         return scaled(matches, self.bits_to_cosine(radius)), update
 
-    def vouched_distances_from(self, phashes: np.ndarray, informative: np.ndarray, row: int, radius: float) -> np.ndarray:
+    def vouched_distances_from(
+        self, phashes: np.ndarray, informative: np.ndarray, row: int, radius: float
+    ) -> np.ndarray:
         """(M,) float32 cosine-scale distances this signal gives from one row to every row: the
         mapped bits where within `threshold_bits` and both rows are informative, else +inf."""
         bits = hamming_distances_from(phashes, row)
@@ -79,7 +84,9 @@ class HashSignal:
         return np.where(vouched, bits * np.float32(self.bits_to_cosine(radius)), np.float32(np.inf)).astype(np.float32)
 
 
-def hash_pairs_within(hashes: np.ndarray, k: int, threshold_bits: int, workers: int | None = None) -> tuple[NeighborSearch, EngineChoice]:
+def hash_pairs_within(
+    hashes: np.ndarray, k: int, threshold_bits: int, workers: int | None = None
+) -> tuple[NeighborSearch, EngineChoice]:
     """The pairs within `threshold_bits` (bits) and each row's up to k nearest among them, through
     the Hamming engine the chooser takes for this size, and that choice. Both engines find the
     same pairs; the top-k lists are built from the pairs (ties by index), so they agree too.
@@ -91,7 +98,13 @@ def hash_pairs_within(hashes: np.ndarray, k: int, threshold_bits: int, workers: 
         workers: threads of the multi-index search (None: the CPU count, capped).
     """
     choice = choose_engine("hamming", len(hashes), variants=hashes.shape[1], radius_bits=threshold_bits)
-    engine = dataclasses.replace(choice.engine, workers=workers) if isinstance(choice.engine, IndexedHamming) else choice.engine
+    engine = (
+        dataclasses.replace(choice.engine, workers=workers)
+        if isinstance(choice.engine, IndexedHamming)
+        else choice.engine
+    )
     found = engine.build(hashes).search(0, threshold_bits)
-    index, distance = topk_from_pairs(len(hashes), max(0, min(k, len(hashes) - 1)), found.pair_left, found.pair_right, found.pair_distance)
+    index, distance = topk_from_pairs(
+        len(hashes), max(0, min(k, len(hashes) - 1)), found.pair_left, found.pair_right, found.pair_distance
+    )
     return NeighborSearch(index, distance, found.pair_left, found.pair_right, found.pair_distance), choice

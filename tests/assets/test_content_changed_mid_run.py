@@ -4,6 +4,7 @@ Its new pixels' vector must never be stored under the old pixel hash: the file i
 `changed_during_run` for this run (every file still in exactly one collection), and the next run,
 with the original put back, embeds the original's pixels for real.
 """
+
 import shutil
 
 import dagster as dg
@@ -11,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from assets.raw_images import discover_raw_images
 from core.embedders import EfficientNetLite0Embedder
 from core.images import load_rgb, pixel_hash
 from core.settings import Settings
-from assets.raw_images import discover_raw_images
 from definitions import ALL_ASSETS, resources_for
 from resources.lancedb import LanceDBResource
 
@@ -40,7 +41,9 @@ def test_a_file_replaced_between_catalog_and_embedding_never_gets_the_new_pixels
     swapped = images / "photo-0.jpg"
     original_bytes = swapped.read_bytes()
     original_hash = pixel_hash(load_rgb(swapped))
-    settings = Settings(image_root=str(images), out_dir=str(tmp_path / "out"), embedder="offline", max_duplicate_fraction=1.0)
+    settings = Settings(
+        image_root=str(images), out_dir=str(tmp_path / "out"), embedder="offline", max_duplicate_fraction=1.0
+    )
     embedder = EfficientNetLite0Embedder()
     resources = resources_for(settings)
 
@@ -48,7 +51,12 @@ def test_a_file_replaced_between_catalog_and_embedding_never_gets_the_new_pixels
         catalog = dg.materialize(ALL_ASSETS, resources=resources, instance=instance, selection=[discover_raw_images])
         assert catalog.success
         shutil.copy(other_photo, swapped)  # the file changes after it was catalogued
-        rest = dg.materialize(ALL_ASSETS, resources=resources, instance=instance, selection=dg.AssetSelection.all() - dg.AssetSelection.assets(discover_raw_images))
+        rest = dg.materialize(
+            ALL_ASSETS,
+            resources=resources,
+            instance=instance,
+            selection=dg.AssetSelection.all() - dg.AssetSelection.assets(discover_raw_images),
+        )
         assert rest.success
 
         # Nothing is stored under the catalogued hash: the file's bytes are not the ones hashed.

@@ -1,5 +1,6 @@
 """The calibration asset and CLI on real components (offline backbone, LanceDB in tmp), and how
 scoring picks the threshold in force: pinned, else calibrated for the model, else the default."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,18 +13,19 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from PIL import Image
+from synthetic_images import sample_photo
 
 from core.calibration import write_calibration
 from core.settings import Settings
 from definitions import ALL_ASSETS, CALIBRATION_JOB, DEDUP_JOB, build_definitions, model_id_for, resources_for
 from resources.policy import SOURCE_CALIBRATED, SOURCE_DEFAULT, SOURCE_PINNED, DedupPolicyResource
-from synthetic_images import sample_photo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins")
 
 
 # --- which threshold is in force (no run needed) --------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "pinned, stored, model, expected, source",
@@ -38,7 +40,9 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immu
 def test_threshold_in_force(tmp_path, pinned, stored, model, expected, source):
     thresholds_file = tmp_path / "thresholds.json"
     if stored is not None:
-        write_calibration(thresholds_file, "m", {"near_duplicate_threshold": stored, "sample_size": 50, "target_precision": 0.99})
+        write_calibration(
+            thresholds_file, "m", {"near_duplicate_threshold": stored, "sample_size": 50, "target_precision": 0.99}
+        )
     policy = DedupPolicyResource(near_duplicate_threshold=pinned, thresholds_file=str(thresholds_file), model_id=model)
     in_force = policy.thresholds_in_force()
     assert (in_force.thresholds.near_duplicate, in_force.source) == (expected, source)
@@ -47,9 +51,16 @@ def test_threshold_in_force(tmp_path, pinned, stored, model, expected, source):
 
 
 def test_a_calibrated_threshold_is_described_with_its_calibration(tmp_path):
-    record = {"near_duplicate_threshold": 0.0731, "sample_size": 50, "target_precision": 0.99, "calibrated_at": "2026-12-05T15:00:00Z"}
+    record = {
+        "near_duplicate_threshold": 0.0731,
+        "sample_size": 50,
+        "target_precision": 0.99,
+        "calibrated_at": "2026-12-05T15:00:00Z",
+    }
     write_calibration(tmp_path / "t.json", "m", record)
-    described = DedupPolicyResource(thresholds_file=str(tmp_path / "t.json"), model_id="m").thresholds_in_force().describe()
+    described = (
+        DedupPolicyResource(thresholds_file=str(tmp_path / "t.json"), model_id="m").thresholds_in_force().describe()
+    )
     assert described == "0.0731 (calibrated for m on 50 images at target precision 0.99, 2026-12-05T15:00:00Z)"
 
 
@@ -71,6 +82,7 @@ def test_settings_leave_the_threshold_unpinned_unless_set():
 
 # --- real runs ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("calibration-images")
@@ -84,14 +96,21 @@ def photo_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def calibrated(photo_folder, tmp_path_factory):
-    settings = Settings(image_root=str(photo_folder), out_dir=str(tmp_path_factory.mktemp("calibration-out")), embedder="offline", max_duplicate_fraction=1.0)
+    settings = Settings(
+        image_root=str(photo_folder),
+        out_dir=str(tmp_path_factory.mktemp("calibration-out")),
+        embedder="offline",
+        max_duplicate_fraction=1.0,
+    )
     with dg.instance_for_test() as instance:
         definitions = build_definitions(settings)
         calibration = definitions.resolve_job_def(CALIBRATION_JOB).execute_in_process(instance=instance)
         again = definitions.resolve_job_def(CALIBRATION_JOB).execute_in_process(instance=instance)
         scoring = definitions.resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
         pinned_settings = dataclasses.replace(settings, near_duplicate_threshold=0.05)
-        pinned = dg.materialize(ALL_ASSETS, resources=resources_for(pinned_settings), instance=instance, raise_on_error=False)
+        pinned = dg.materialize(
+            ALL_ASSETS, resources=resources_for(pinned_settings), instance=instance, raise_on_error=False
+        )
     return settings, calibration, again, scoring, pinned
 
 
@@ -125,8 +144,12 @@ def test_scoring_uses_the_calibrated_threshold_and_shows_it(calibrated):
     settings, _, _, scoring, _ = calibrated
     assert scoring.success
     # dedup_job never calibrates: the stored value is read.
-    assert "embedding_thresholds" not in {e.asset_key.to_user_string() for e in scoring.get_asset_materialization_events()}
-    stored = json.loads(Path(settings.thresholds_file).read_text())["models"][model_id_for(settings)]["near_duplicate_threshold"]
+    assert "embedding_thresholds" not in {
+        e.asset_key.to_user_string() for e in scoring.get_asset_materialization_events()
+    }
+    stored = json.loads(Path(settings.thresholds_file).read_text())["models"][model_id_for(settings)][
+        "near_duplicate_threshold"
+    ]
     metadata = metadata_of(scoring, "uniqueness_scores")
     assert metadata["near_duplicate_threshold"].value == pytest.approx(stored)
     assert metadata["thresholds"].value["near_duplicate_source"] == SOURCE_CALIBRATED
@@ -144,11 +167,43 @@ def test_a_pinned_threshold_wins_over_the_calibrated_one(calibrated):
 def test_cli_calibrate_prints_and_stores_the_threshold(photo_folder, tmp_path):
     out, home = tmp_path / "out", tmp_path / "home"
     home.mkdir()
-    command = [sys.executable, "-m", "cli", "calibrate", "--images", str(photo_folder), "--out", str(out), "--embedder", "offline", "--sample", "6"]
-    completed = subprocess.run(command, cwd=PROJECT_ROOT, env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "calibrate",
+        "--images",
+        str(photo_folder),
+        "--out",
+        str(out),
+        "--embedder",
+        "offline",
+        "--sample",
+        "6",
+    ]
+    completed = subprocess.run(
+        command,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    record = json.loads((out / "state" / "thresholds.json").read_text())["models"][model_id_for(Settings(embedder="offline"))]
-    assert f"near-duplicate threshold for {model_id_for(Settings(embedder='offline'))}: {record['near_duplicate_threshold']:g}" in completed.stdout
+    record = json.loads((out / "state" / "thresholds.json").read_text())["models"][
+        model_id_for(Settings(embedder="offline"))
+    ]
+    assert (
+        f"near-duplicate threshold for {model_id_for(Settings(embedder='offline'))}: {record['near_duplicate_threshold']:g}"
+        in completed.stdout
+    )
     assert record["sample_size"] == 6
-    bad = subprocess.run([*command[:-2], "--target-precision", "1.5"], cwd=PROJECT_ROOT, env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(
+        [*command[:-2], "--target-precision", "1.5"],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode == 2 and "target_precision must be within (0, 1]" in bad.stderr

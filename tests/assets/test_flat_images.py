@@ -2,6 +2,7 @@
 PNGs): the perceptual hash only vouches for a match within its cutoff and never counts on flat
 images, so those are decided by the embedding and pixel identity alone, and every score that the
 hash does not vouch for is the embedding's nearest distance."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,13 @@ from core.settings import Settings
 from definitions import DEDUP_JOB, build_definitions
 
 FLOAT32_TOLERANCE = 1e-6
-SOLID_COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255), "black": (0, 0, 0)}
+SOLID_COLOURS = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+}
 
 
 def grey_gradient(width: int, height: int) -> Image.Image:
@@ -38,7 +45,11 @@ def run_pipeline(images: dict[str, Image.Image], root: Path) -> pd.DataFrame:
     # Flat images of one colour at two sizes are near-duplicates by embedding: not the point here.
     settings = Settings(image_root=str(folder), out_dir=str(out), embedder="offline", max_duplicate_fraction=1.0)
     with dg.instance_for_test() as instance:
-        result = build_definitions(settings).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        result = (
+            build_definitions(settings)
+            .resolve_job_def(DEDUP_JOB)
+            .execute_in_process(instance=instance, raise_on_error=False)
+        )
     assert result.success, [event.step_failure_data.error.message[:500] for event in result.get_step_failure_events()]
     scores = pd.read_csv(out / "uniqueness.csv", keep_default_na=False).set_index("path")
     db = lancedb.connect(settings.vector_store_uri)
@@ -67,11 +78,15 @@ def test_solid_colours_are_never_duplicates_of_each_other(solid_colours):
 
 
 def test_solid_colours_score_their_embedding_distance(solid_colours):
-    np.testing.assert_allclose(solid_colours["uniqueness"], solid_colours["embedding_uniqueness"], atol=FLOAT32_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        solid_colours["uniqueness"], solid_colours["embedding_uniqueness"], atol=FLOAT32_TOLERANCE, rtol=0
+    )
 
 
 def test_a_red_dot_is_not_a_duplicate_of_a_long_grey_gradient(tmp_path):
-    scores = run_pipeline({"dot": Image.new("RGB", (1, 1), (255, 0, 0)), "gradient": grey_gradient(30000, 30)}, tmp_path)
+    scores = run_pipeline(
+        {"dot": Image.new("RGB", (1, 1), (255, 0, 0)), "gradient": grey_gradient(30000, 30)}, tmp_path
+    )
     assert (scores["label"] == LABEL_UNIQUE).all(), scores[["uniqueness", "label"]]
     assert scores["group_id"].eq("").all()
     np.testing.assert_allclose(scores["uniqueness"], scores["embedding_uniqueness"], atol=FLOAT32_TOLERANCE, rtol=0)

@@ -1,4 +1,5 @@
 """Whole-graph runs on real components: Dagster, LanceDB in tmp, the offline backbone, real files."""
+
 import dataclasses
 import importlib.util
 import json
@@ -19,7 +20,11 @@ IDEALO = "idealo-imagededup"
 
 
 def run_job(settings: Settings, instance: dg.DagsterInstance):
-    return build_definitions(settings).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
+    return (
+        build_definitions(settings)
+        .resolve_job_def(DEDUP_JOB)
+        .execute_in_process(instance=instance, raise_on_error=False)
+    )
 
 
 def materialization_metadata(result, asset_name: str) -> dict:
@@ -39,7 +44,9 @@ def idealo_run(bench_data, tmp_path_factory):
     """One real `materialize` of every asset on the shared idealo folder, then a second run."""
     out = tmp_path_factory.mktemp("idealo-out")
     # The benchmark folder is mostly copies by design; its duplicate-fraction gate would block it.
-    settings = Settings(image_root=str(bench_data / IDEALO), out_dir=str(out), embedder="offline", max_duplicate_fraction=1.0)
+    settings = Settings(
+        image_root=str(bench_data / IDEALO), out_dir=str(out), embedder="offline", max_duplicate_fraction=1.0
+    )
     with dg.instance_for_test() as instance:
         first = dg.materialize(ALL_ASSETS, resources=resources_for(settings), instance=instance)
         second = run_job(settings, instance)
@@ -98,7 +105,10 @@ def test_the_turned_copies_with_black_corners_join_their_original(idealo_run):
     are ~27 pHash bits away; the turned-copy check (core/rotated_copies.py) proves them."""
     settings, first, _ = idealo_run
     scores = pd.read_csv(f"{settings.out_dir}/uniqueness.csv").set_index("path")
-    turned = ["tests/data/mixed_images/ukbench00120_rotation.jpg", "tests/data/mixed_nested_images/lvl1/lvl2a/ukbench00120_rotation.jpg"]
+    turned = [
+        "tests/data/mixed_images/ukbench00120_rotation.jpg",
+        "tests/data/mixed_nested_images/lvl1/lvl2a/ukbench00120_rotation.jpg",
+    ]
     original = "tests/data/base_images/ukbench00120.jpg"
     assert scores.loc[turned, "group_id"].eq(scores.loc[original, "group_id"]).all()
     assert scores.loc[turned, "removed"].all()
@@ -141,7 +151,13 @@ def test_hf_backend_runs_the_whole_graph_and_models_never_share_a_table(tmp_path
     images = tmp_path / "images"
     _write_images(images)
     # A random tiny ViT finds everything similar: the duplicate-fraction gate is not under test here.
-    hf = Settings(image_root=str(images), out_dir=str(tmp_path / "out"), embedder="hf", model=str(tiny_vit_dir), max_duplicate_fraction=1.0)
+    hf = Settings(
+        image_root=str(images),
+        out_dir=str(tmp_path / "out"),
+        embedder="hf",
+        model=str(tiny_vit_dir),
+        max_duplicate_fraction=1.0,
+    )
     with dg.instance_for_test() as instance:
         first = run_job(hf, instance)
         second = run_job(dataclasses.replace(hf, embedder="offline", model=None), instance)
@@ -164,7 +180,9 @@ def test_index_search_gives_the_exact_labels_and_groups(idealo_run, tmp_path):
     """neighbor_search=index through the whole graph (the index path of the scoring stage and of
     the clean-set check), reusing the exact run's vector table: same labels, groups and keepers."""
     settings, first, _ = idealo_run
-    indexed = dataclasses.replace(settings, out_dir=str(tmp_path / "out"), lancedb_uri=settings.vector_store_uri, neighbor_search="index")
+    indexed = dataclasses.replace(
+        settings, out_dir=str(tmp_path / "out"), lancedb_uri=settings.vector_store_uri, neighbor_search="index"
+    )
     with dg.instance_for_test() as instance:
         result = run_job(indexed, instance)
     assert result.success
@@ -201,9 +219,17 @@ def test_the_embedding_model_config_alone_decides_the_model_id(tmp_path, tiny_vi
     model id of its own to contradict it, and the run's vectors carry the new id."""
     images = tmp_path / "images"
     _write_images(images)
-    settings = Settings(image_root=str(images), out_dir=str(tmp_path / "out"), embedder="hf", model=str(tiny_vit_dir), max_duplicate_fraction=1.0)
+    settings = Settings(
+        image_root=str(images),
+        out_dir=str(tmp_path / "out"),
+        embedder="hf",
+        model=str(tiny_vit_dir),
+        max_duplicate_fraction=1.0,
+    )
     job = build_definitions(settings).resolve_job_def(DEDUP_JOB)
-    launchpad = {"resources": {"embedding_model": {"config": {"backend": "hf", "model": str(tiny_vit_dir), "pooling": "mean"}}}}
+    launchpad = {
+        "resources": {"embedding_model": {"config": {"backend": "hf", "model": str(tiny_vit_dir), "pooling": "mean"}}}
+    }
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=launchpad)
     assert result.success, [event.step_failure_data.error.message for event in result.get_step_failure_events()]

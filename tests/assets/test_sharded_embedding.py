@@ -1,6 +1,7 @@
 """Sharded embedding: the 16 partitions of `sharded_embedding_job`, two of them as concurrent
 `dagster asset materialize` processes, then `dedup_job`, give the same vector table and the same
 exports as one unsharded `dedup_job` on the same folder."""
+
 import dataclasses
 import json
 import math
@@ -34,7 +35,11 @@ def materialization_metadata(result, asset_name: str) -> dict:
 
 def failures(result) -> list[str]:
     """What failed in a run: step errors and failed checks, for assertion messages."""
-    steps = [f"{e.step_key}: {e.step_failure_data.error.message.strip()[:1000]}" for e in result.get_step_failure_events() if e.step_failure_data.error]
+    steps = [
+        f"{e.step_key}: {e.step_failure_data.error.message.strip()[:1000]}"
+        for e in result.get_step_failure_events()
+        if e.step_failure_data.error
+    ]
     return steps + [f"check {c.check_name} failed" for c in result.get_asset_check_evaluations() if not c.passed]
 
 
@@ -44,7 +49,10 @@ def checkpoint_dir(settings: Settings) -> Path:
 
 def checkpoint_files(settings: Settings) -> dict[str, list[str]]:
     """Checkpoint file name -> the pixel hashes it holds; every file must read as complete Parquet."""
-    return {path.name: pq.read_table(path).column("pixel_hash").to_pylist() for path in EmbeddingCheckpoint(checkpoint_dir(settings)).shards()}
+    return {
+        path.name: pq.read_table(path).column("pixel_hash").to_pylist()
+        for path in EmbeddingCheckpoint(checkpoint_dir(settings)).shards()
+    }
 
 
 def distinct_hashes(settings: Settings) -> set[str]:
@@ -59,11 +67,19 @@ def vector_table(settings: Settings) -> pd.DataFrame:
     return frame.set_index("pixel_hash").sort_index()
 
 
-def materialize_shards_in_processes(settings: Settings, shards: list[str], dagster_home: Path) -> list[subprocess.CompletedProcess]:
+def materialize_shards_in_processes(
+    settings: Settings, shards: list[str], dagster_home: Path
+) -> list[subprocess.CompletedProcess]:
     """`dagster asset materialize ... --partition K` for each shard, all started at once."""
     # The processes read `definitions.py`'s settings from the environment: every field of these.
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    env.update({ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name)) for f in dataclasses.fields(settings) if getattr(settings, f.name) is not None})
+    env.update(
+        {
+            ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name))
+            for f in dataclasses.fields(settings)
+            if getattr(settings, f.name) is not None
+        }
+    )
     assert Settings.from_env(env) == settings
     env["DAGSTER_HOME"] = str(dagster_home)
     dagster_home.mkdir(parents=True, exist_ok=True)
@@ -72,11 +88,26 @@ def materialize_shards_in_processes(settings: Settings, shards: list[str], dagst
     processes = [
         subprocess.Popen(
             [
-                sys.executable, "-m", "dagster", "asset", "materialize", "-f", "definitions.py", "--select", "image_embedding_shards", "--partition", shard,
+                sys.executable,
+                "-m",
+                "dagster",
+                "asset",
+                "materialize",
+                "-f",
+                "definitions.py",
+                "--select",
+                "image_embedding_shards",
+                "--partition",
+                shard,
                 # The step in the command's own process: one Python start-up (torch import) per shard, not two.
-                "--config-json", json.dumps({"execution": {"config": {"in_process": {}}}}),
+                "--config-json",
+                json.dumps({"execution": {"config": {"in_process": {}}}}),
             ],
-            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for shard in shards
     ]
@@ -94,7 +125,9 @@ def runs(tmp_path_factory):
     images = base / "images"
     build_sample_set(images)
     # The sample is mostly planted copies by design; its duplicate-fraction gate would block it.
-    unsharded = Settings(image_root=str(images), out_dir=str(base / "unsharded"), embedder="offline", max_duplicate_fraction=1.0)
+    unsharded = Settings(
+        image_root=str(images), out_dir=str(base / "unsharded"), embedder="offline", max_duplicate_fraction=1.0
+    )
     # Batches of one in the sharded run: the most checkpoint files, written by the most writers.
     sharded = dataclasses.replace(unsharded, out_dir=str(base / "sharded"), batch_size=1)
     found: dict = {"sharded": sharded, "unsharded": unsharded}
@@ -118,13 +151,23 @@ def runs(tmp_path_factory):
                 result = shard_job.execute_in_process(partition_key=key, instance=instance)
                 found["shard_metadata"][key] = materialization_metadata(result, "image_embedding_shards")
         # Running a finished shard again embeds nothing: what a rerun after a kill skips.
-        found["shard_again"] = materialization_metadata(shard_job.execute_in_process(partition_key=concurrent[0], instance=instance), "image_embedding_shards")
+        found["shard_again"] = materialization_metadata(
+            shard_job.execute_in_process(partition_key=concurrent[0], instance=instance), "image_embedding_shards"
+        )
         found["before_dedup"] = checkpoint_files(sharded)
         # What a shard killed inside `checkpoint.write` leaves: a temporary file, never a batch.
         (checkpoint_dir(sharded) / ".batch-killed.parquet.tmp").write_bytes(b"PAR1 half a parquet file")
 
-        found["sharded_dedup"] = build_definitions(sharded).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
-        found["unsharded_dedup"] = build_definitions(unsharded).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        found["sharded_dedup"] = (
+            build_definitions(sharded)
+            .resolve_job_def(DEDUP_JOB)
+            .execute_in_process(instance=instance, raise_on_error=False)
+        )
+        found["unsharded_dedup"] = (
+            build_definitions(unsharded)
+            .resolve_job_def(DEDUP_JOB)
+            .execute_in_process(instance=instance, raise_on_error=False)
+        )
     return found
 
 
@@ -199,7 +242,9 @@ def test_a_finished_shard_run_again_embeds_nothing(runs):
     again = runs["shard_again"]
     assert again["shard"] == runs["concurrent"][0]
     assert again["embedded_this_run"] == 0
-    assert again["skipped_already_checkpointed"] == again["contents_in_shard"] == len(runs["by_shard"][again["shard"]]) > 0
+    assert (
+        again["skipped_already_checkpointed"] == again["contents_in_shard"] == len(runs["by_shard"][again["shard"]]) > 0
+    )
 
 
 def test_dedup_after_the_shards_embeds_nothing_and_inserts_every_shard(runs):

@@ -1,4 +1,5 @@
 """Incremental dedup: the arrival sensor, and incremental runs equal to a full run."""
+
 import random
 import shutil
 
@@ -21,7 +22,9 @@ def sensor_for(settings: Settings):
 
 
 def evaluate(sensor, instance, image_root, cursor):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"image_store": ImageStoreResource(image_root=str(image_root))})
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"image_store": ImageStoreResource(image_root=str(image_root))}
+    )
     result = sensor(context)
     return result, context.cursor
 
@@ -50,9 +53,15 @@ SEARCH_MODES: list[dict] = []
 
 
 def _run(settings, instance):
-    result = build_definitions(settings).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
+    result = (
+        build_definitions(settings)
+        .resolve_job_def(DEDUP_JOB)
+        .execute_in_process(instance=instance, raise_on_error=False)
+    )
     assert result.success
-    metadata = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    metadata = {
+        e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()
+    }
     SEARCH_MODES.append(metadata["uniqueness_scores"]["neighbor_search"].value)
     return metadata["image_embeddings"]["embedded_this_run"].value
 
@@ -75,7 +84,9 @@ def test_incremental_runs_equal_a_full_run(tmp_path, seed, monkeypatch):
     cuts = sorted(rng.sample(range(1, len(files)), 3))
     batches = [files[a:b] for a, b in zip([0, *cuts], [*cuts, len(files)])]
     images = tmp_path / "images"
-    incremental = Settings(image_root=str(images), out_dir=str(tmp_path / "incremental"), embedder="offline", max_duplicate_fraction=1.0)
+    incremental = Settings(
+        image_root=str(images), out_dir=str(tmp_path / "incremental"), embedder="offline", max_duplicate_fraction=1.0
+    )
 
     with dg.instance_for_test() as instance:
         seen_contents: set[str] = set()
@@ -86,22 +97,30 @@ def test_incremental_runs_equal_a_full_run(tmp_path, seed, monkeypatch):
             if number == 2:  # one deletion and one content change under the same path
                 (images / batches[0][0]).unlink()
                 changed = images / batches[0][1]
-                Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(changed, format="PNG")
+                Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(
+                    changed, format="PNG"
+                )
             embedded = _run(incremental, instance)
             current = set(pd.read_csv(tmp_path / "incremental" / "clean.csv")["pixel_hash"]) | set()
             catalog = pd.read_parquet(next((tmp_path / "incremental" / "state").glob("catalog-*.parquet")))
             new_contents = set(catalog["pixel_hash"]) - seen_contents
-            assert embedded == len(new_contents), f"batch {number} embedded {embedded}, expected only the new {len(new_contents)}"
+            assert embedded == len(new_contents), (
+                f"batch {number} embedded {embedded}, expected only the new {len(new_contents)}"
+            )
             seen_contents |= set(catalog["pixel_hash"])
             assert current  # the clean set is never empty here
 
         assert _run(incremental, instance) == 0  # nothing new: nothing embedded
         # The embedding search is updated in place; the pHash search (pairs within its cutoff only) runs in full.
         assert all(modes["embedding"].startswith("incremental") for modes in SEARCH_MODES[1:]), SEARCH_MODES
-        full = Settings(image_root=str(images), out_dir=str(tmp_path / "full"), embedder="offline", max_duplicate_fraction=1.0)
+        full = Settings(
+            image_root=str(images), out_dir=str(tmp_path / "full"), embedder="offline", max_duplicate_fraction=1.0
+        )
         _run(full, instance)
 
-    pd.testing.assert_frame_equal(_comparable(tmp_path / "incremental"), _comparable(tmp_path / "full"), check_exact=False, atol=1e-6)
+    pd.testing.assert_frame_equal(
+        _comparable(tmp_path / "incremental"), _comparable(tmp_path / "full"), check_exact=False, atol=1e-6
+    )
 
 
 def test_vector_table_maintenance_compacts(tmp_path):

@@ -1,5 +1,6 @@
 """The generated set of missed edits (`bench/edited_copies.py`) is seedable and in the shared sets'
 format: same seed, same files; one ground-truth group per picture, every relation in it."""
+
 from __future__ import annotations
 
 import csv
@@ -32,6 +33,8 @@ def test_one_group_per_picture_with_every_relation_reported_by_its_own_category(
     with open(tmp_path / "manifest.csv", newline="") as handle:
         manifest = list(csv.DictReader(handle))
     assert sorted(groups) == sorted(PICTURES) and all(len(members) == 1 + len(RELATIONS) for members in groups.values())
-    assert sorted(row["path"] for row in manifest) == sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.jpg"))
+    assert sorted(row["path"] for row in manifest) == sorted(
+        str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.jpg")
+    )
     categories = {relation_category(row["relation"]) for row in manifest}
     assert len(categories) == 1 + len(RELATIONS) and not any(c.startswith("other") for c in categories)

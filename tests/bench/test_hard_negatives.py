@@ -1,5 +1,6 @@
 """The generated hard-negative set (`bench/hard_negatives.py`) is seedable and in the shared sets'
 format: same seed, same files; every image its own ground-truth group."""
+
 from __future__ import annotations
 
 import csv

@@ -1,12 +1,12 @@
 """The checks' plain logic on planted tables: the derived tables, the GX translation, the checks
 called directly (with a real LanceDB in tmp), and the training split they gate."""
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from assets.training_manifest import SPLIT_TRAIN, SPLIT_VALIDATION, assign_splits
-from checks.clean_dataset import clean_dataset_no_duplicate_pairs
-from checks.clean_dataset import clean_dataset_duplicate_fraction
+from checks.clean_dataset import clean_dataset_duplicate_fraction, clean_dataset_no_duplicate_pairs
 from checks.gx import check_result_from_outcomes, gx_expectations, validate_table
 from checks.invariants import collection_placements, identical_group_zero_counts, nearest_kept_contents, removal_flags
 from checks.uniqueness_scores import uniqueness_scores_identical_group_zeros
@@ -38,7 +38,9 @@ def test_identical_group_zero_counts(rows, zeros_minus_expected):
 
 
 def test_zeros_check_fails_on_a_planted_table_and_names_the_group():
-    result = uniqueness_scores_identical_group_zeros(uniqueness_scores=scores_table([("a", "g1", 0.0), ("a2", "g1", 0.0), ("b", "g2", 0.4)]))
+    result = uniqueness_scores_identical_group_zeros(
+        uniqueness_scores=scores_table([("a", "g1", 0.0), ("a2", "g1", 0.0), ("b", "g2", 0.4)])
+    )
     assert not result.passed
     assert result.metadata["observed_value"].value["expect_column_values_to_be_in_set(zeros_minus_expected)"] == 1
     assert "g1" in result.metadata["unexpected_sample"].value and "g2" not in result.metadata["unexpected_sample"].value
@@ -48,7 +50,9 @@ def test_zeros_check_catches_a_stated_group_size_that_disagrees_with_the_rows():
     table = scores_table([("a", "g1", 0.3), ("a2", "g1", 0.0)]).assign(identical_group_size=3)
     result = uniqueness_scores_identical_group_zeros(uniqueness_scores=table)
     assert not result.passed
-    assert result.metadata["failed_expectations"].value == ["expect_column_pair_values_to_be_equal(identical_group_size, rows)"]
+    assert result.metadata["failed_expectations"].value == [
+        "expect_column_pair_values_to_be_equal(identical_group_size, rows)"
+    ]
 
 
 def test_removal_flags_count_removed_images_not_keepers():
@@ -60,14 +64,22 @@ def test_removal_flags_count_removed_images_not_keepers():
 
 
 def test_two_near_duplicates_give_a_fraction_of_one_half():
-    result = clean_dataset_duplicate_fraction(pd.DataFrame({"path": ["a", "b"]}), pd.DataFrame({"path": ["b"]}), DedupPolicyResource(max_duplicate_fraction=0.5))
+    result = clean_dataset_duplicate_fraction(
+        pd.DataFrame({"path": ["a", "b"]}),
+        pd.DataFrame({"path": ["b"]}),
+        DedupPolicyResource(max_duplicate_fraction=0.5),
+    )
     assert result.passed and result.metadata["observed_value"].value == 0.5
 
 
-@pytest.mark.parametrize(("max_fraction", "passed"), [(0.5, True), (0.49, False)], ids=["at-threshold", "above-threshold"])
+@pytest.mark.parametrize(
+    ("max_fraction", "passed"), [(0.5, True), (0.49, False)], ids=["at-threshold", "above-threshold"]
+)
 def test_duplicate_fraction_check_compares_with_the_policy(max_fraction, passed):
     raw = pd.DataFrame({"path": list("abcd")})
-    result = clean_dataset_duplicate_fraction(raw, pd.DataFrame({"path": ["a", "c"]}), DedupPolicyResource(max_duplicate_fraction=max_fraction))
+    result = clean_dataset_duplicate_fraction(
+        raw, pd.DataFrame({"path": ["a", "c"]}), DedupPolicyResource(max_duplicate_fraction=max_fraction)
+    )
     assert result.passed is passed
     assert result.metadata["observed_value"].value == 0.5
     assert result.metadata["threshold"].value == {"min_value": 0.0, "max_value": max_fraction}
@@ -76,7 +88,9 @@ def test_duplicate_fraction_check_compares_with_the_policy(max_fraction, passed)
 
 
 def test_duplicate_fraction_check_passes_when_nothing_was_decodable():
-    result = clean_dataset_duplicate_fraction(pd.DataFrame({"path": []}), pd.DataFrame({"path": []}), DedupPolicyResource())
+    result = clean_dataset_duplicate_fraction(
+        pd.DataFrame({"path": []}), pd.DataFrame({"path": []}), DedupPolicyResource()
+    )
     assert result.passed and result.metadata["observed_value"].value is None
 
 
@@ -102,18 +116,28 @@ def vector_table(tmp_path) -> LanceDBResource:
 def far_apart_phashes(count: int) -> list[list[int]]:
     """Random 64-bit pHash variants per content: ~32 bits apart, far beyond the hash threshold."""
     rng = np.random.default_rng(0)
-    return [rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, 8, dtype=np.int64).tolist() for _ in range(count)]
+    return [
+        rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, 8, dtype=np.int64).tolist() for _ in range(count)
+    ]
 
 
 @pytest.mark.parametrize(
-    ("hashes", "passed"), [(["h1", "h3"], True), (["h1", "h2", "h3"], False), (["h1"], True)], ids=["apart", "close-pair", "single-content"]
+    ("hashes", "passed"),
+    [(["h1", "h3"], True), (["h1", "h2", "h3"], False), (["h1"], True)],
+    ids=["apart", "close-pair", "single-content"],
 )
 def test_no_duplicate_pairs_check_reads_the_vector_table(vector_table, hashes, passed):
-    clean = pd.DataFrame({"path": [f"{h}.png" for h in hashes], "pixel_hash": hashes, "phashes": far_apart_phashes(len(hashes))})
-    result = clean_dataset_no_duplicate_pairs(clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource())
+    clean = pd.DataFrame(
+        {"path": [f"{h}.png" for h in hashes], "pixel_hash": hashes, "phashes": far_apart_phashes(len(hashes))}
+    )
+    result = clean_dataset_no_duplicate_pairs(
+        clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource()
+    )
     assert result.passed is passed
     if not passed:
-        closest = result.metadata["observed_value"].value["expect_column_min_to_be_between(nearest_uniqueness_distance)"]
+        closest = result.metadata["observed_value"].value[
+            "expect_column_min_to_be_between(nearest_uniqueness_distance)"
+        ]
         assert closest == pytest.approx((1.0 - 1.0 / np.sqrt(1.0001)) / 2.0, rel=1e-2)
         assert "h1.png" in result.metadata["unexpected_sample"].value
 
@@ -122,10 +146,15 @@ def test_no_duplicate_pairs_check_uses_the_fused_phash_distance(vector_table):
     """h1 and h3 are far apart as vectors, but their pHashes match: a duplicate by that signal."""
     same = far_apart_phashes(1)[0]
     clean = pd.DataFrame({"path": ["h1.png", "h3.png"], "pixel_hash": ["h1", "h3"], "phashes": [same, same]})
-    result = clean_dataset_no_duplicate_pairs(clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource())
+    result = clean_dataset_no_duplicate_pairs(
+        clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource()
+    )
     assert result.passed is False
     without_hash = clean_dataset_no_duplicate_pairs(
-        clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource(hash_threshold_bits=0)
+        clean_dataset=clean,
+        image_vectors={"model_id": "model"},
+        lancedb=vector_table,
+        policy=DedupPolicyResource(hash_threshold_bits=0),
     )
     assert without_hash.passed is True
 
@@ -134,7 +163,9 @@ def test_no_duplicate_pairs_check_ignores_the_phashes_of_flat_images(vector_tabl
     """Two flat images hash alike (all zeros) whatever their colour: the hash says nothing there."""
     flat = [0] * 8
     clean = pd.DataFrame({"path": ["h1.png", "h3.png"], "pixel_hash": ["h1", "h3"], "phashes": [flat, flat]})
-    result = clean_dataset_no_duplicate_pairs(clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource())
+    result = clean_dataset_no_duplicate_pairs(
+        clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource()
+    )
     assert result.passed is True
 
 
@@ -146,7 +177,9 @@ def test_no_duplicate_pairs_check_reuses_its_search_only_for_unchanged_inputs(ve
     state = tmp_path / "state"
 
     def check(table, lancedb=vector_table, policy=DedupPolicyResource()):
-        return clean_dataset_no_duplicate_pairs(clean_dataset=table, image_vectors={"model_id": "model"}, lancedb=lancedb, policy=policy, state_dir=state)
+        return clean_dataset_no_duplicate_pairs(
+            clean_dataset=table, image_vectors={"model_id": "model"}, lancedb=lancedb, policy=policy, state_dir=state
+        )
 
     def essentials(result):
         return result.passed, result.metadata["observed_value"].value, result.metadata["failed_expectations"].value
@@ -155,8 +188,17 @@ def test_no_duplicate_pairs_check_reuses_its_search_only_for_unchanged_inputs(ve
     again = check(clean)
     assert fresh.metadata["nearest_search"].value == "searched"
     assert again.metadata["nearest_search"].value.startswith("reused")
-    assert essentials(again) == essentials(fresh) == essentials(
-        clean_dataset_no_duplicate_pairs(clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource())
+    assert (
+        essentials(again)
+        == essentials(fresh)
+        == essentials(
+            clean_dataset_no_duplicate_pairs(
+                clean_dataset=clean,
+                image_vectors={"model_id": "model"},
+                lancedb=vector_table,
+                policy=DedupPolicyResource(),
+            )
+        )
     )
     # h3's vector moves next to h1's in the table: searched again, and the check now fails.
     moved = LanceDBResource(uri=str(tmp_path / "moved"))
@@ -178,7 +220,10 @@ def test_collection_placements_find_images_placed_twice_never_or_from_nowhere():
         return pd.DataFrame({"image_id": list(ids), "path": [f"{i}.png" for i in ids]})
 
     placements = collection_placements(
-        raw_images=table("a", "b", "c"), rejected_images=table("r"), duplicates=table("b"), clean=table("a", "b", "stray")
+        raw_images=table("a", "b", "c"),
+        rejected_images=table("r"),
+        duplicates=table("b"),
+        clean=table("a", "b", "stray"),
     ).set_index("image_id")
     assert placements["times_placed"].to_dict() == {"a": 1, "b": 2, "c": 0, "r": 1, "stray": 1}
     assert placements["discovered"].to_dict() == {"a": 1, "b": 1, "c": 1, "r": 1, "stray": 0}
@@ -188,9 +233,18 @@ def test_validate_table_reports_observed_values_thresholds_and_sample_rows():
     gxe = gx_expectations()
     table = pd.DataFrame({"path": ["a", "b", "c"], "score": [0.5, 1.5, -1.0]})
     (outcome,) = validate_table(
-        table, [gxe.ExpectColumnValuesToBeBetween(column="score", min_value=0.0, max_value=1.0)], suite_name="planted", id_columns=["path"], sample_size=1
+        table,
+        [gxe.ExpectColumnValuesToBeBetween(column="score", min_value=0.0, max_value=1.0)],
+        suite_name="planted",
+        id_columns=["path"],
+        sample_size=1,
     )
-    assert (outcome.success, outcome.observed_value, outcome.unexpected_count, outcome.element_count) == (False, 2, 2, 3)
+    assert (outcome.success, outcome.observed_value, outcome.unexpected_count, outcome.element_count) == (
+        False,
+        2,
+        2,
+        3,
+    )
     assert outcome.threshold == {"min_value": 0.0, "max_value": 1.0}
     assert len(outcome.unexpected_sample) == 1 and outcome.unexpected_sample[0]["path"] in ("b", "c")
 
@@ -202,11 +256,15 @@ def test_validate_table_reports_observed_values_thresholds_and_sample_rows():
 def test_an_expectation_that_cannot_run_raises_instead_of_failing_the_check():
     gxe = gx_expectations()
     with pytest.raises(RuntimeError, match="no_such_column"):
-        validate_table(pd.DataFrame({"a": [1]}), [gxe.ExpectColumnValuesToNotBeNull(column="no_such_column")], suite_name="broken")
+        validate_table(
+            pd.DataFrame({"a": [1]}), [gxe.ExpectColumnValuesToNotBeNull(column="no_such_column")], suite_name="broken"
+        )
 
 
 def test_training_split_is_deterministic_and_follows_the_fraction():
-    clean = pd.DataFrame({"path": [f"{i:04d}.png" for i in range(2000)]}).assign(image_id=lambda t: t["path"], pixel_hash="h", width=1, height=1)
+    clean = pd.DataFrame({"path": [f"{i:04d}.png" for i in range(2000)]}).assign(
+        image_id=lambda t: t["path"], pixel_hash="h", width=1, height=1
+    )
     split = assign_splits(clean, 0.1)
     assert split.equals(assign_splits(clean.sample(frac=1.0, random_state=0), 0.1))
     assert 0.07 < (split["split"] == SPLIT_VALIDATION).mean() < 0.13

@@ -6,6 +6,7 @@ All scenarios share one vector table, so only the first run pays for embeddings.
 input cannot break (the score table's invariants, the accounting) are run on a copy of a passing
 run's stored tables, tampered on disk, with the real downstream assets selected after them.
 """
+
 import dataclasses
 import pickle
 import shutil
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from synthetic_images import sample_photo
 
 import cli
 from assets.training_manifest import SPLIT_VALIDATION, split_position
@@ -24,7 +26,6 @@ from core.embedders import OFFLINE_MODEL_ID
 from core.settings import Settings
 from definitions import ALL_ASSETS, DEDUP_JOB, build_definitions, resources_for
 from resources.lancedb import LanceDBResource
-from synthetic_images import sample_photo
 
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "camera", "coins")
 ALL_CHECK_NAMES = {
@@ -73,12 +74,18 @@ def image_root_with_pins(planted_images: Path, target: Path, pins: dict[str, str
     shutil.copytree(planted_images, target)
     if pins:
         (target / ".imgdedup").mkdir()
-        pd.DataFrame({"path": list(pins), "decision": list(pins.values())}).to_csv(target / ".imgdedup" / "review.csv", index=False)
+        pd.DataFrame({"path": list(pins), "decision": list(pins.values())}).to_csv(
+            target / ".imgdedup" / "review.csv", index=False
+        )
     return target
 
 
 def run_dedup_job(settings: Settings):
-    return build_definitions(settings).resolve_job_def(DEDUP_JOB).execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    return (
+        build_definitions(settings)
+        .resolve_job_def(DEDUP_JOB)
+        .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    )
 
 
 def evaluations(result) -> dict:
@@ -105,7 +112,10 @@ def assert_only_failed(result, failed: set[str]) -> None:
 def passing_run(planted_images, vector_store, tmp_path_factory):
     base = tmp_path_factory.mktemp("passing")
     settings = Settings(
-        image_root=str(image_root_with_pins(planted_images, base / "images")), out_dir=str(base / "out"), embedder="offline", lancedb_uri=vector_store
+        image_root=str(image_root_with_pins(planted_images, base / "images")),
+        out_dir=str(base / "out"),
+        embedder="offline",
+        lancedb_uri=vector_store,
     )
     return settings, run_dedup_job(settings)
 
@@ -130,11 +140,25 @@ def test_clean_data_passes_every_gate_and_writes_the_training_manifest(passing_r
     assert "held back" not in printed and "FAILED" not in printed
 
 
-def test_cli_duplicate_fraction_gate_holds_back_training_only_and_says_how_to_change_it(planted_images, vector_store, tmp_path, monkeypatch, capsys):
+def test_cli_duplicate_fraction_gate_holds_back_training_only_and_says_how_to_change_it(
+    planted_images, vector_store, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     images = image_root_with_pins(planted_images, tmp_path / "images")
     out = tmp_path / "out"
-    args = ["run", "--images", str(images), "--out", str(out), "--embedder", "offline", "--lancedb-uri", vector_store, "--max-duplicate-fraction", "0.2"]
+    args = [
+        "run",
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--embedder",
+        "offline",
+        "--lancedb-uri",
+        vector_store,
+        "--max-duplicate-fraction",
+        "0.2",
+    ]
 
     assert cli.main(args) == cli.EXIT_FAILED
 
@@ -145,7 +169,10 @@ def test_cli_duplicate_fraction_gate_holds_back_training_only_and_says_how_to_ch
     assert "held back (not materialized): training_manifest" in printed
     # The last lines say it in words: the gate, observed against limit, what was held back, the setting.
     last_lines = "\n".join(printed.strip().splitlines()[-5:])
-    assert f"clean_dataset_duplicate_fraction: removed {REMOVED} of {DECODABLE} decodable images: fraction 0.250, above the limit 0.2" in last_lines
+    assert (
+        f"clean_dataset_duplicate_fraction: removed {REMOVED} of {DECODABLE} decodable images: fraction 0.250, above the limit 0.2"
+        in last_lines
+    )
     assert "held back: training_manifest" in last_lines
     assert "--max-duplicate-fraction" in last_lines and "IMGDEDUP_MAX_DUPLICATE_FRACTION" in last_lines
     assert "resources.policy.config.max_duplicate_fraction" in last_lines
@@ -160,13 +187,26 @@ def test_cli_duplicate_fraction_gate_holds_back_training_only_and_says_how_to_ch
         # The run's own failure (what the UI shows on the run page) explains the gate too.
         failures = instance.get_records_for_run(record.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
         messages = [r.event_log_entry.dagster_event.step_failure_data.error.message for r in failures]
-    assert any("clean_dataset_duplicate_fraction" in m and "--max-duplicate-fraction" in m and "training_manifest" in m for m in messages)
+    assert any(
+        "clean_dataset_duplicate_fraction" in m and "--max-duplicate-fraction" in m and "training_manifest" in m
+        for m in messages
+    )
 
 
 def test_cli_duplicate_fraction_at_the_limit_passes(planted_images, vector_store, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     images = image_root_with_pins(planted_images, tmp_path / "images")
-    args = ["run", "--images", str(images), "--out", str(tmp_path / "out"), "--embedder", "offline", "--lancedb-uri", vector_store]
+    args = [
+        "run",
+        "--images",
+        str(images),
+        "--out",
+        str(tmp_path / "out"),
+        "--embedder",
+        "offline",
+        "--lancedb-uri",
+        vector_store,
+    ]
 
     assert cli.main([*args, "--max-duplicate-fraction", str(REMOVED / DECODABLE)]) == cli.EXIT_OK
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("OK: every check passed")
@@ -175,7 +215,9 @@ def test_cli_duplicate_fraction_at_the_limit_passes(planted_images, vector_store
 
 def test_pinned_identical_copies_fail_the_unique_pixel_hash_gate(planted_images, vector_store, tmp_path):
     images = image_root_with_pins(planted_images, tmp_path / "images", {ORIGINAL: "keep", COPY: "keep"})
-    result = run_dedup_job(Settings(image_root=str(images), out_dir=str(tmp_path / "out"), embedder="offline", lancedb_uri=vector_store))
+    result = run_dedup_job(
+        Settings(image_root=str(images), out_dir=str(tmp_path / "out"), embedder="offline", lancedb_uri=vector_store)
+    )
 
     assert_only_failed(result, {"clean_dataset_unique_pixel_hash"})
     found = values(evaluations(result)["clean_dataset_unique_pixel_hash"])
@@ -189,7 +231,9 @@ def test_pinned_near_identical_pair_fails_the_no_duplicate_pairs_gate(planted_im
     out = tmp_path / "out"
     # Embedding distance only, so that the observed value can be recomputed from the vectors alone
     # (the fused pHash distance is covered in test_check_logic).
-    settings = Settings(image_root=str(images), out_dir=str(out), embedder="offline", lancedb_uri=vector_store, hash_threshold_bits=0)
+    settings = Settings(
+        image_root=str(images), out_dir=str(out), embedder="offline", lancedb_uri=vector_store, hash_threshold_bits=0
+    )
     result = run_dedup_job(settings)
 
     assert_only_failed(result, {"clean_dataset_no_duplicate_pairs"})
@@ -200,7 +244,9 @@ def test_pinned_near_identical_pair_fails_the_no_duplicate_pairs_gate(planted_im
     vectors = LanceDBResource(uri=vector_store).read_vectors(OFFLINE_MODEL_ID, set(hashes))
     pair_distance = (1.0 - float(np.dot(vectors[hashes[0]], vectors[hashes[1]]))) / 2.0
     observed = found["observed_value"]
-    assert observed["expect_column_min_to_be_between(nearest_uniqueness_distance)"] == pytest.approx(pair_distance, abs=2e-7)  # float32 `1 - cos` near 1: ~1e-7 absolute resolution
+    assert observed["expect_column_min_to_be_between(nearest_uniqueness_distance)"] == pytest.approx(
+        pair_distance, abs=2e-7
+    )  # float32 `1 - cos` near 1: ~1e-7 absolute resolution
     assert 0.0 < pair_distance <= found["duplicate_threshold"]
     assert observed["expect_column_values_to_be_between(nearest_uniqueness_distance)"] == 2  # each sees the other
     assert EDIT_SOURCE in found["unexpected_sample"] and EDITED in found["unexpected_sample"]
@@ -224,7 +270,13 @@ def tamper_stored_table(settings: Settings, asset: str, change) -> pd.DataFrame:
 
 def rerun_after(settings: Settings, selection: dg.AssetSelection):
     """Run `selection` (+ its checks), loading everything upstream of it from the stored tables."""
-    return dg.materialize([*ALL_ASSETS, *all_checks()], selection=selection, resources=resources_for(settings), instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    return dg.materialize(
+        [*ALL_ASSETS, *all_checks()],
+        selection=selection,
+        resources=resources_for(settings),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
 
 
 def duplicate_a_copy_row(scores: pd.DataFrame) -> pd.DataFrame:
@@ -255,20 +307,28 @@ def zero_the_keeper(scores: pd.DataFrame) -> pd.DataFrame:
         (
             null_one_label,
             "uniqueness_scores_no_nulls",
-            {f"expect_column_values_to_not_be_null({c})": int(c == "label") for c in ("image_id", "path", "identical_group", "uniqueness", "label")},
+            {
+                f"expect_column_values_to_not_be_null({c})": int(c == "label")
+                for c in ("image_id", "path", "identical_group", "uniqueness", "label")
+            },
             lambda scores: "photos/camera.png",
         ),
         (score_above_one, "uniqueness_scores_in_range", 1, lambda scores: "1.5"),
         (
             zero_the_keeper,
             "uniqueness_scores_identical_group_zeros",
-            {"expect_column_values_to_be_in_set(zeros_minus_expected)": 1, "expect_column_pair_values_to_be_equal(identical_group_size, rows)": 0},
+            {
+                "expect_column_values_to_be_in_set(zeros_minus_expected)": 1,
+                "expect_column_pair_values_to_be_equal(identical_group_size, rows)": 0,
+            },
             lambda scores: scores.loc[scores["path"] == ORIGINAL, "identical_group"].iloc[0],
         ),
     ],
     ids=["duplicate-row", "null-label", "score-above-one", "keeper-scored-zero"],
 )
-def test_a_broken_score_table_fails_its_gate_and_blocks_everything_downstream(passing_run, tmp_path, tamper, failing_check, observed_value, in_sample):
+def test_a_broken_score_table_fails_its_gate_and_blocks_everything_downstream(
+    passing_run, tmp_path, tamper, failing_check, observed_value, in_sample
+):
     settings = copy_of_run(passing_run[0], tmp_path / "out")
     original = tamper_stored_table(settings, "uniqueness_scores", tamper)
     downstream = dg.AssetSelection.assets("uniqueness_scores").downstream(include_self=False)
@@ -292,6 +352,15 @@ def test_an_image_missing_from_every_collection_fails_the_accounting_gate(passin
         "expect_column_sum_to_be_between(times_placed)": DISCOVERED - 1,
         "expect_column_pair_values_to_be_equal(times_placed, discovered)": 1,
     }
-    assert found["threshold"]["expect_column_sum_to_be_between(times_placed)"] == {"min_value": DISCOVERED, "max_value": DISCOVERED}
-    assert found["accounting"] == {"discovered": DISCOVERED, "clean": DECODABLE - 2, "duplicates": 1, "rejected": 1, "placed": DISCOVERED - 1}
+    assert found["threshold"]["expect_column_sum_to_be_between(times_placed)"] == {
+        "min_value": DISCOVERED,
+        "max_value": DISCOVERED,
+    }
+    assert found["accounting"] == {
+        "discovered": DISCOVERED,
+        "clean": DECODABLE - 2,
+        "duplicates": 1,
+        "rejected": 1,
+        "placed": DISCOVERED - 1,
+    }
     assert COPY in found["unexpected_sample"]

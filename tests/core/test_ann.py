@@ -4,6 +4,7 @@ Synthetic unit vectors in tight clusters (as bench/scoring.py makes them, at a t
 planted exact copies and near duplicates whose rows are known, so that every planted pair must be
 found with its exact distance.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,7 +42,13 @@ def clustered(rows: int, dim: int, seed: int = 0):
 def data():
     faiss_module()  # faiss-cpu comes with .[dev] (and the `scale` extra); fail, naming it, if missing
     vectors, exact, near = clustered(ROWS, DIM)
-    return vectors, exact, near, search_neighbors(vectors, k=K, radius=RADIUS), search_neighbors_ivf(vectors, k=K, radius=RADIUS)
+    return (
+        vectors,
+        exact,
+        near,
+        search_neighbors(vectors, k=K, radius=RADIUS),
+        search_neighbors_ivf(vectors, k=K, radius=RADIUS),
+    )
 
 
 def test_result_has_the_exact_search_shape(data):
@@ -65,7 +72,9 @@ def test_recall_at_1_against_exact_search(data):
     assert tie_aware.mean() >= 0.99
     assert strict.mean() >= 0.99
     # Where the neighbour is the same row, the distance is the exact float32 one.
-    np.testing.assert_allclose(found.topk_distance[strict, 0], exact.topk_distance[strict, 0], atol=FLOAT32_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        found.topk_distance[strict, 0], exact.topk_distance[strict, 0], atol=FLOAT32_TOLERANCE, rtol=0
+    )
 
 
 def test_every_distance_returned_is_exact(data):
@@ -90,7 +99,9 @@ def test_planted_duplicates_are_all_found_with_exact_distances(data):
         assert pairs[(min(source, copy), max(source, copy))] <= 1e-6
         assert found.topk_index[copy, 0] == source and found.topk_index[source, 0] == copy
     # And the pairs are those of the exact search (the synthetic clusters are far outside the radius).
-    assert set(zip(found.pair_left.tolist(), found.pair_right.tolist())) == set(zip(exact.pair_left.tolist(), exact.pair_right.tolist()))
+    assert set(zip(found.pair_left.tolist(), found.pair_right.tolist())) == set(
+        zip(exact.pair_left.tolist(), exact.pair_right.tolist())
+    )
 
 
 def test_record_batches_stream_with_their_keys(data):
@@ -105,7 +116,9 @@ def test_record_batches_stream_with_their_keys(data):
     streamed = search_neighbors_ivf(batches(), k=K, radius=RADIUS, rows=ROWS)
     assert list(streamed.keys) == list(keys)
     assert (streamed.topk_index[:, 0] == found.topk_index[:, 0]).mean() >= 0.99
-    assert set(zip(streamed.pair_left.tolist(), streamed.pair_right.tolist())) == set(zip(found.pair_left.tolist(), found.pair_right.tolist()))
+    assert set(zip(streamed.pair_left.tolist(), streamed.pair_right.tolist())) == set(
+        zip(found.pair_left.tolist(), found.pair_right.tolist())
+    )
 
 
 def test_read_batches_checks_the_announced_rows():
@@ -126,14 +139,16 @@ def test_dense_rows_get_every_close_pair():
     vectors[:60] /= np.linalg.norm(vectors[:60], axis=1, keepdims=True)
     exact = search_neighbors(vectors, k=4, radius=RADIUS)
     found = search_neighbors_ivf(vectors, k=4, radius=RADIUS, parameters=IvfParameters(rerank=16))
-    assert set(zip(found.pair_left.tolist(), found.pair_right.tolist())) == set(zip(exact.pair_left.tolist(), exact.pair_right.tolist()))
+    assert set(zip(found.pair_left.tolist(), found.pair_right.tolist())) == set(
+        zip(exact.pair_left.tolist(), exact.pair_right.tolist())
+    )
     np.testing.assert_allclose(found.pair_distance, exact.pair_distance, atol=FLOAT32_TOLERANCE, rtol=0)
 
 
 def test_small_inputs_use_the_exact_search():
     vectors, _, _ = clustered(500, 16)
     choice = choose_engine("cosine", len(vectors), "index", index_available=True)
-    assert 500 < MIN_INDEX_ROWS and isinstance(choice.engine, ExactCosine)
+    assert MIN_INDEX_ROWS > 500 and isinstance(choice.engine, ExactCosine)
     found = choice.engine.build(vectors).search(3, RADIUS)
     exact = search_neighbors(vectors, k=3, radius=RADIUS)
     np.testing.assert_array_equal(found.topk_index, exact.topk_index)
@@ -148,7 +163,8 @@ def test_lancedb_batches_stream_a_table(tmp_path):
     vectors, _, _ = clustered(2_500, 16)
     keys = [f"{i:064x}" for i in range(len(vectors))]
     table = lancedb.connect(str(tmp_path)).create_table(
-        "vectors", pa.table({"pixel_hash": keys, "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16)})
+        "vectors",
+        pa.table({"pixel_hash": keys, "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16)}),
     )
     read_keys, read_vectors = read_batches(lancedb_batches(table, batch_rows=1_000), rows=table.count_rows())
     assert list(read_keys) == keys

@@ -4,6 +4,7 @@ threshold choice, the sample and the stored thresholds file.
 The selection logic runs on hand-made distances and on a deterministic fake embedder; one test runs
 the real offline backbone on scikit-image's photos.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,13 +37,22 @@ H = 10  # the pipeline's default hash_threshold_bits
 
 def pairs_from(positive: list[tuple[float, int]], negative: list[tuple[float, int]]) -> CalibrationPairs:
     """CalibrationPairs from (distance, hash_bits) lists; sources and edits do not matter here."""
+
     def table(rows):
-        return pd.DataFrame({"source": range(len(rows)), "edit": "x", "distance": [d for d, _ in rows], "hash_bits": [b for _, b in rows]})
+        return pd.DataFrame(
+            {
+                "source": range(len(rows)),
+                "edit": "x",
+                "distance": [d for d, _ in rows],
+                "hash_bits": [b for _, b in rows],
+            }
+        )
 
     return CalibrationPairs(table(positive), table(negative).assign(nearest=0))
 
 
 # --- the choice on hand-made distances ------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "positive, negative, target, expected",
@@ -54,7 +64,12 @@ def pairs_from(positive: list[tuple[float, int]], negative: list[tuple[float, in
         # ... but not at target 1.0, which stops at the last copy below it.
         ([(d / 1000, 40) for d in range(1, 101)], [(0.055, 40)] + [(0.3, 40)] * 99, 1.0, 0.054),
         # Ten others from 0.051 on: precision falls below 0.99 soon after them.
-        ([(d / 1000, 40) for d in range(1, 101)], [(0.051 + d / 1000, 40) for d in range(10)] + [(0.3, 40)] * 90, 0.99, 0.05),
+        (
+            [(d / 1000, 40) for d in range(1, 101)],
+            [(0.051 + d / 1000, 40) for d in range(10)] + [(0.3, 40)] * 90,
+            0.99,
+            0.05,
+        ),
     ],
     ids=["clean-gap", "one-close-other-tolerated", "one-close-other-at-target-1", "many-close-others"],
 )
@@ -96,9 +111,12 @@ def test_threshold_stays_above_the_duplicate_threshold():
 
 # --- measured pairs with a deterministic fake embedder ---------------------------------------------
 
+
 def fake_embed(images: list[Image.Image]) -> np.ndarray:
     """A deterministic stand-in for a model: the 8x8 grey thumbnail, mean-removed (scoring plumbing only)."""
-    rows = [np.asarray(image.convert("L").resize((8, 8), Image.Resampling.BILINEAR), np.float32).ravel() for image in images]
+    rows = [
+        np.asarray(image.convert("L").resize((8, 8), Image.Resampling.BILINEAR), np.float32).ravel() for image in images
+    ]
     return np.stack([row - row.mean() + 1e-3 for row in rows])
 
 
@@ -168,7 +186,9 @@ def test_flat_images_are_never_matched_by_their_hash_in_calibration():
     sample = [smooth_pattern(seed) for seed in range(6)] + [Image.new("RGB", (96, 72), colour) for colour in colours]
     pairs = measure_calibration_pairs(sample, fake_embed, H, seed=0)
     flat = pairs.positives["source"] >= 6
-    still_flat = flat & pairs.positives["edit"].isin(["recompress", "downscale", "crop", "blur", "grayscale", "contrast", "rotate", "flip"])
+    still_flat = flat & pairs.positives["edit"].isin(
+        ["recompress", "downscale", "crop", "blur", "grayscale", "contrast", "rotate", "flip"]
+    )
     assert still_flat.sum() == 4 * 8 and (pairs.positives.loc[still_flat, "hash_bits"] == -1).all()
     assert (pairs.positives.loc[~flat, "hash_bits"].between(0, 64)).all()
     flat_originals = pairs.negatives[(pairs.negatives["source"] >= 6) & (pairs.negatives["edit"] == "")]
@@ -182,8 +202,11 @@ def test_too_few_images_is_an_error():
 
 # --- the sample and the stored file -------------------------------------------------------------
 
+
 def test_sample_is_deterministic_distinct_and_independent_of_row_order():
-    table = pd.DataFrame({"path": [f"{i:03d}.png" for i in range(50)], "pixel_hash": [f"h{i % 40:02d}" for i in range(50)]})
+    table = pd.DataFrame(
+        {"path": [f"{i:03d}.png" for i in range(50)], "pixel_hash": [f"h{i % 40:02d}" for i in range(50)]}
+    )
     first = sample_rows(table, 10, seed=1)
     assert first["pixel_hash"].is_unique and len(first) == 10
     pd.testing.assert_frame_equal(first, sample_rows(table.sample(frac=1.0, random_state=7), 10, seed=1))
@@ -196,7 +219,10 @@ def test_thresholds_file_keeps_every_model(tmp_path):
     write_calibration(path, "model-a", {"near_duplicate_threshold": 0.07})
     write_calibration(path, "model-b", {"near_duplicate_threshold": 0.11})
     write_calibration(path, "model-a", {"near_duplicate_threshold": 0.08})
-    assert {k: v["near_duplicate_threshold"] for k, v in read_calibrations(path).items()} == {"model-a": 0.08, "model-b": 0.11}
+    assert {k: v["near_duplicate_threshold"] for k, v in read_calibrations(path).items()} == {
+        "model-a": 0.08,
+        "model-b": 0.11,
+    }
     assert calibrated_threshold(path, "model-b")[0] == 0.11
     assert calibrated_threshold(path, None) is None
     assert [p.name for p in path.parent.iterdir()] == ["thresholds.json"]  # no temp files left
@@ -211,7 +237,20 @@ def test_a_broken_thresholds_file_is_reported(tmp_path):
 
 # --- the real offline model ---------------------------------------------------------------------
 
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins", "clock", "brick", "grass", "gravel")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "camera",
+    "coins",
+    "clock",
+    "brick",
+    "grass",
+    "gravel",
+)
 
 
 @pytest.mark.slow

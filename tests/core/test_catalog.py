@@ -1,5 +1,6 @@
 """Tests for core.catalog and core.checkpoints: every discovered file lands in exactly one table,
 unchanged files are not decoded twice, and embedding checkpoints round-trip."""
+
 from __future__ import annotations
 
 import os
@@ -9,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from synthetic_images import write_noise_png
 
 import core.catalog
 from core.catalog import IMAGE_COLUMNS, REJECTED_COLUMNS, build_catalog
 from core.checkpoints import EmbeddingCheckpoint
 from core.images import describe_image, discover_image_files, image_id_for
-from synthetic_images import write_noise_png
 
 
 @pytest.fixture
@@ -61,11 +62,19 @@ def test_image_rows_describe_the_files(image_root):
     row = images.set_index("path").loc["nested/b.png"]
     facts = describe_image(image_root / "nested" / "b.png")
     assert row["image_id"] == image_id_for("nested/b.png")
-    assert (row["width"], row["height"], row["pixel_hash"], row["content_pixels"]) == (9, 3, facts.pixel_hash, facts.content_pixels)
+    assert (row["width"], row["height"], row["pixel_hash"], row["content_pixels"]) == (
+        9,
+        3,
+        facts.pixel_hash,
+        facts.content_pixels,
+    )
     assert row["bytes"] == (image_root / "nested" / "b.png").stat().st_size
     assert row["mtime_ns"] == (image_root / "nested" / "b.png").stat().st_mtime_ns
     assert row["first_seen"] == pd.Timestamp(row["mtime_ns"], unit="ns", tz="UTC")
-    assert images.set_index("path").loc["a.png", "file_sha256"] == images.set_index("path").loc["nested/copy_of_a.png", "file_sha256"]
+    assert (
+        images.set_index("path").loc["a.png", "file_sha256"]
+        == images.set_index("path").loc["nested/copy_of_a.png", "file_sha256"]
+    )
     assert images["pixel_hash"].nunique() == 3  # a.png and its byte copy share content
     assert list(row["phashes"]) == list(facts.phashes) and len(row["phashes"]) == 8
     for column in ("bytes", "mtime_ns", "width", "height", "content_pixels", "frames"):
@@ -156,7 +165,10 @@ def test_only_changed_files_are_decoded_again(tmp_path, counted_describe, change
 
     second, _ = build_catalog(root, discover_image_files(root), previous=first)
     assert counted_describe == expected_decoded
-    expected_paths = sorted(set(first["path"]) - ({"b.png"} if change == "delete_file" else set()) | ({"new.png"} if change == "add_file" else set()))
+    expected_paths = sorted(
+        set(first["path"]) - ({"b.png"} if change == "delete_file" else set())
+        | ({"new.png"} if change == "add_file" else set())
+    )
     assert second["path"].tolist() == expected_paths
     if change == "rewrite_content":
         assert second.set_index("path").loc["b.png", "pixel_hash"] != first.set_index("path").loc["b.png", "pixel_hash"]
@@ -248,7 +260,11 @@ def test_decoding_threads_import_nothing_for_the_first_time(image_root):
     turned.save(image_root / "turned.png")  # black corners: the rotated-copy test's path
     project_root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
-        [sys.executable, "-c", FIRST_IMPORTS_BY_THREAD, str(image_root)], cwd=project_root, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", FIRST_IMPORTS_BY_THREAD, str(image_root)],
+        cwd=project_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

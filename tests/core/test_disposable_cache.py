@@ -1,6 +1,8 @@
 """read_or_discard: a damaged cache is named, removed and reported as absent; inputs_digest and
 result_for_inputs: a stored result is reused only under the digest of the inputs it came from."""
+
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +46,17 @@ def test_a_damaged_cache_is_named_and_removed(tmp_path):
         ((None,), ("None",)),
         (((1, 2), 3), (1, (2, 3))),
     ],
-    ids=["text", "dtype", "shape", "values", "object-array-split", "string-split", "int-vs-float", "none-vs-text", "nesting"],
+    ids=[
+        "text",
+        "dtype",
+        "shape",
+        "values",
+        "object-array-split",
+        "string-split",
+        "int-vs-float",
+        "none-vs-text",
+        "nesting",
+    ],
 )
 def test_different_inputs_have_different_digests(first, second):
     assert inputs_digest(*first) != inputs_digest(*second)
@@ -62,7 +74,13 @@ def _bytes_cache(tmp_path, digest, value, warnings, computed):
         return value
 
     return result_for_inputs(
-        tmp_path, "figure.png", digest, compute, read=lambda p: p.read_bytes(), write=lambda data, p: open(p, "wb").write(data), warn=warnings.append
+        tmp_path,
+        "figure.png",
+        digest,
+        compute,
+        read=lambda p: p.read_bytes(),
+        write=lambda data, p: open(p, "wb").write(data),
+        warn=warnings.append,
     )
 
 
@@ -77,7 +95,7 @@ def test_a_result_is_reused_only_under_the_digest_of_its_inputs(tmp_path):
 
 
 def test_an_unreadable_stored_result_is_computed_again(tmp_path):
-    warnings, computed = [], []
+    warnings = []
     (tmp_path / "figure-d1.png").write_bytes(b"")
 
     def read(path):
@@ -85,7 +103,15 @@ def test_an_unreadable_stored_result_is_computed_again(tmp_path):
             raise ValueError("empty")
         return path.read_bytes()
 
-    result = result_for_inputs(tmp_path, "figure.png", "d1", lambda: b"fresh", read=read, write=lambda data, p: open(p, "wb").write(data), warn=warnings.append)
+    result = result_for_inputs(
+        tmp_path,
+        "figure.png",
+        "d1",
+        lambda: b"fresh",
+        read=read,
+        write=lambda data, p: Path(p).write_bytes(data),
+        warn=warnings.append,
+    )
     assert result == (b"fresh", False)
     assert len(warnings) == 1 and "figure-d1.png" in warnings[0]
     assert (tmp_path / "figure-d1.png").read_bytes() == b"fresh"

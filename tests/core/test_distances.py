@@ -2,6 +2,7 @@
 
 Every expected value is written down from the definition, not recomputed with the code under test.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -100,7 +101,14 @@ def test_invariant_hamming_matrix_matches_the_pairwise_distance():
         pytest.param([[2, 3, 1]], [[0.1, 0.3, 0.1]], None, [[1, 2, 3]], [[0.1, 0.1, 0.3]], id="ties-by-smaller-index"),
         pytest.param([[2, 3, 1]], [[0.1, 0.3, 0.1]], 2, [[1, 2]], [[0.1, 0.1]], id="cut-to-k"),
         pytest.param([[2, 3, 1]], [[0.1, 0.3, 0.1]], 0, np.empty((1, 0)), np.empty((1, 0)), id="k-zero"),
-        pytest.param([[5, 4], [7, 6]], [[0.2, 0.1], [0.1, 0.1]], None, [[4, 5], [6, 7]], [[0.1, 0.2], [0.1, 0.1]], id="each-row-apart"),
+        pytest.param(
+            [[5, 4], [7, 6]],
+            [[0.2, 0.1], [0.1, 0.1]],
+            None,
+            [[4, 5], [6, 7]],
+            [[0.1, 0.2], [0.1, 0.1]],
+            id="each-row-apart",
+        ),
     ],
 )
 def test_nearest_first_orders_each_row_by_distance_then_index(candidates, candidate_distance, k, index, distance):

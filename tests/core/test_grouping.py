@@ -3,6 +3,7 @@ groups, the Duplicates / clean collections, the interchange table and the human 
 
 Vectors are 2-D unit vectors at chosen angles, so every cosine distance is known exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,7 +82,10 @@ def missing(value) -> bool:
     "rows, expected",
     [
         (
-            [image("b_small.png", content_pixels=100, size_bytes=9000, first_seen="2020-01-01"), image("z_big.png", content_pixels=200, size_bytes=10)],
+            [
+                image("b_small.png", content_pixels=100, size_bytes=9000, first_seen="2020-01-01"),
+                image("z_big.png", content_pixels=200, size_bytes=10),
+            ],
             ["z_big.png", "b_small.png"],
         ),
         (
@@ -89,7 +93,10 @@ def missing(value) -> bool:
             ["z_original.png", "a_letterboxed.png"],
         ),
         (
-            [image("a_light.png", size_bytes=500, first_seen="2020-01-01"), image("z_heavy.png", size_bytes=800, first_seen="2025-01-01")],
+            [
+                image("a_light.png", size_bytes=500, first_seen="2020-01-01"),
+                image("z_heavy.png", size_bytes=800, first_seen="2025-01-01"),
+            ],
             ["z_heavy.png", "a_light.png"],
         ),
         (
@@ -98,7 +105,13 @@ def missing(value) -> bool:
         ),
         ([image("b.png"), image("a.png"), image("c.png")], ["a.png", "b.png", "c.png"]),
     ],
-    ids=["content_pixels_desc_beats_bytes_and_age", "less_border_beats_larger_file", "bytes_desc_beats_age_and_path", "first_seen_asc_beats_path", "path_last"],
+    ids=[
+        "content_pixels_desc_beats_bytes_and_age",
+        "less_border_beats_larger_file",
+        "bytes_desc_beats_age_and_path",
+        "first_seen_asc_beats_path",
+        "path_last",
+    ],
 )
 def test_resolution_policy_tie_breaks(rows, expected):
     assert ranking(rows, "resolution") == expected
@@ -153,10 +166,20 @@ def test_keep_policy_is_deterministic_under_row_order(seed):
         ({"worst.png": "keep", "mid.png": "keep", "best.png": "remove"}, ["mid.png", "worst.png", "best.png"]),
         ({"not_there.png": "keep"}, ["best.png", "mid.png", "worst.png"]),
     ],
-    ids=["no_overrides", "keep_pin_first", "remove_pin_last", "pins_keep_policy_order_among_themselves", "unknown_path_ignored"],
+    ids=[
+        "no_overrides",
+        "keep_pin_first",
+        "remove_pin_last",
+        "pins_keep_policy_order_among_themselves",
+        "unknown_path_ignored",
+    ],
 )
 def test_overrides_rank_before_and_after_the_policy(overrides, expected):
-    rows = [image("worst.png", content_pixels=10), image("best.png", content_pixels=1000), image("mid.png", content_pixels=100)]
+    rows = [
+        image("worst.png", content_pixels=10),
+        image("best.png", content_pixels=1000),
+        image("mid.png", content_pixels=100),
+    ]
     assert ranking(rows, "resolution", overrides) == expected
 
 
@@ -225,7 +248,12 @@ def test_relation_duplicate_vs_near_duplicate():
     _, _, groups = run_groups(rows, vectors)
     groups = by_path(groups)
     keeper_id = image_id_for("keeper.png")
-    expected_relation = {"copy.png": LABEL_DUPLICATE, "recompressed.png": LABEL_DUPLICATE, "near.png": LABEL_NEAR_DUPLICATE, "edge.png": LABEL_NEAR_DUPLICATE}
+    expected_relation = {
+        "copy.png": LABEL_DUPLICATE,
+        "recompressed.png": LABEL_DUPLICATE,
+        "near.png": LABEL_NEAR_DUPLICATE,
+        "edge.png": LABEL_NEAR_DUPLICATE,
+    }
     for path, relation in expected_relation.items():
         assert groups.loc[path, "relation"] == relation, path
         assert groups.loc[path, "group_id"] == keeper_id
@@ -304,7 +332,12 @@ def test_groups_do_not_depend_on_row_order():
 
 def test_identical_group_is_never_split_between_leaders():
     # Two copies of X sit between two leaders; they must join the same group.
-    rows = [image("L1", "L1", content_pixels=900), image("L2", "L2", content_pixels=800), image("x1", "X"), image("x2", "X")]
+    rows = [
+        image("L1", "L1", content_pixels=900),
+        image("L2", "L2", content_pixels=800),
+        image("x1", "X"),
+        image("x2", "X"),
+    ]
     vectors = {"L1": unit(0.0), "L2": unit(2 * angle_for_distance(0.04)), "X": unit(angle_for_distance(0.04))}
     _, _, groups = run_groups(rows, vectors)
     groups = by_path(groups)
@@ -327,7 +360,11 @@ def test_review_mode_clean_set_has_no_pair_within_the_duplicate_threshold():
 
 
 def test_keep_pin_makes_the_worse_copy_the_keeper_in_scores_and_groups():
-    rows = [image("big.png", "H", content_pixels=1000), image("small.png", "H", content_pixels=10), image("far.png", "F")]
+    rows = [
+        image("big.png", "H", content_pixels=1000),
+        image("small.png", "H", content_pixels=10),
+        image("far.png", "F"),
+    ]
     vectors = {"H": unit(0.0), "F": unit(1.0)}
     overrides = {"small.png": "keep"}
     _, scores, groups = run_groups(rows, vectors, overrides=overrides)
@@ -342,7 +379,10 @@ def test_remove_pin_removes_even_a_singleton():
     rows = [image("a.png", "A"), image("b.png", "B")]
     _, _, groups = run_groups(rows, {"A": unit(0.0), "B": unit(1.5)}, overrides={"b.png": "remove"})
     groups = by_path(groups)
-    assert groups.loc["b.png", "removed"] and groups.loc["b.png", "reason"] == "removed: pinned to remove in the review file"
+    assert (
+        groups.loc["b.png", "removed"]
+        and groups.loc["b.png", "reason"] == "removed: pinned to remove in the review file"
+    )
     assert not groups.loc["a.png", "removed"]
 
 
@@ -359,7 +399,10 @@ def test_keep_pin_on_a_group_member_wins_over_the_policy():
     [
         ("review.csv", "path,decision\na/x.png,keep\nb.png, Remove \nsub\\win.png,KEEP\n"),
         ("review.yaml", "a/x.png: keep\nb.png: remove\nsub\\win.png: keep\n"),
-        ("review.yml", "- {path: a/x.png, decision: keep}\n- {path: b.png, decision: remove}\n- {path: 'sub\\win.png', decision: keep}\n"),
+        (
+            "review.yml",
+            "- {path: a/x.png, decision: keep}\n- {path: b.png, decision: remove}\n- {path: 'sub\\win.png', decision: keep}\n",
+        ),
     ],
     ids=["csv", "yaml_mapping", "yaml_list"],
 )
@@ -383,7 +426,11 @@ def test_review_file_lookup_prefers_csv_and_handles_absence(tmp_path):
 
 @pytest.mark.parametrize(
     "name, text",
-    [("review.csv", "path,decision\nx.png,delete\n"), ("review.yaml", "x.png: maybe\n"), ("review.csv", "path\nx.png\n")],
+    [
+        ("review.csv", "path,decision\nx.png,delete\n"),
+        ("review.yaml", "x.png: maybe\n"),
+        ("review.csv", "path\nx.png\n"),
+    ],
     ids=["csv_bad_word", "yaml_bad_word", "csv_missing_column"],
 )
 def test_invalid_review_decision_names_the_row(tmp_path, name, text):
@@ -435,7 +482,10 @@ def test_interchange_table_group_and_keeper_columns(pipeline):
     # Sorting ascending by uniqueness lists what the pipeline calls duplicates first.
     removed_labels = set(table.loc[table["removed"], "label"])
     assert removed_labels <= {LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE}
-    assert table.loc[table["removed"], "uniqueness"].max() <= table.loc[~table["removed"] & table["group_id"].isna(), "uniqueness"].min()
+    assert (
+        table.loc[table["removed"], "uniqueness"].max()
+        <= table.loc[~table["removed"] & table["group_id"].isna(), "uniqueness"].min()
+    )
 
 
 def test_interchange_table_round_trips_through_csv(pipeline, tmp_path):
@@ -471,11 +521,19 @@ def test_clean_table_and_accounting_invariant(action):
     assert set(clean["path"]).isdisjoint(duplicates["path"])
     assert set(clean["path"]) | set(duplicates["path"]) == set(images["path"])
     assert clean["pixel_hash"].is_unique
-    expected_clean = {"keeper.png", "far.png", "another/unique.png"} | ({"near.png", "edge.png"} if action == "review" else set())
+    expected_clean = {"keeper.png", "far.png", "another/unique.png"} | (
+        {"near.png", "edge.png"} if action == "review" else set()
+    )
     assert set(clean["path"]) == expected_clean
     discovered = len(images) + len(rejected)
     summary = accounting(discovered, len(clean), len(duplicates), len(rejected))
-    assert summary == {"discovered": 9, "clean": len(expected_clean), "duplicates": 7 - len(expected_clean), "rejected": 2, "balanced": True}
+    assert summary == {
+        "discovered": 9,
+        "clean": len(expected_clean),
+        "duplicates": 7 - len(expected_clean),
+        "rejected": 2,
+        "balanced": True,
+    }
 
 
 @pytest.mark.parametrize(
@@ -502,4 +560,16 @@ def test_no_images_give_an_empty_group_table_with_its_columns():
     groups = assign_groups(scores, pairs, pd.Series(dtype="int64"), Thresholds(1e-6, 0.05))
     assert len(groups) == 0
     assert {"image_id", "path", "group_id", "removed", "duplicate_of", "reason"} <= set(groups.columns)
-    assert len(duplicates_table(interchange_table(pd.DataFrame(columns=["image_id", "path", "uniqueness", "label", "nearest_path", "identical_group_size"]), groups))) == 0
+    assert (
+        len(
+            duplicates_table(
+                interchange_table(
+                    pd.DataFrame(
+                        columns=["image_id", "path", "uniqueness", "label", "nearest_path", "identical_group_size"]
+                    ),
+                    groups,
+                )
+            )
+        )
+        == 0
+    )

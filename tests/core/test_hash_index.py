@@ -1,5 +1,6 @@
 """core.search.mih: the multi-index search returns exactly the exact search's pairs, and each row's
 nearest rows within the radius (ties by index), on data built to hit every way a pair can match."""
+
 import numpy as np
 import pytest
 

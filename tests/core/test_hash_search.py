@@ -1,4 +1,5 @@
 """core.search.exact_hamming's rotation/flip-invariant Hamming search against its definition, bit by bit."""
+
 import numpy as np
 
 from core.search.exact_hamming import hamming_distances_from, search_hash_neighbors
@@ -31,7 +32,9 @@ def test_distances_equal_the_definition_for_every_pair():
 
 def test_search_in_small_chunks_finds_the_same_top_k_and_pairs():
     hashes = planted_hashes()
-    expected = np.array([[definition(hashes, i, j) if i != j else 99 for j in range(len(hashes))] for i in range(len(hashes))])
+    expected = np.array(
+        [[definition(hashes, i, j) if i != j else 99 for j in range(len(hashes))] for i in range(len(hashes))]
+    )
     # max_cells forces one row per chunk, so chunk boundaries are crossed everywhere.
     search = search_hash_neighbors(hashes, k=3, radius_bits=5, max_cells=len(hashes))
     assert np.array_equal(search.topk_distance[:, 0], expected.min(axis=1).astype(np.float32))

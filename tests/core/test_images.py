@@ -2,6 +2,7 @@
 
 Every image is a few pixels large and written into `tmp_path` by the test itself.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +19,9 @@ from PIL import Image
 from core.grouping import keep_policy_order
 from core.images import (
     DEFAULT_MAX_PIXELS,
+    DIHEDRAL_TRANSPOSES,
     DiscoveredFile,
     ImageRejected,
-    DIHEDRAL_TRANSPOSES,
     content_pixel_count,
     describe_image,
     dihedral_phashes,
@@ -55,7 +56,9 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -83,7 +86,13 @@ def test_pixel_hash_requires_rgb():
 
 @pytest.mark.parametrize(
     "suffix, params",
-    [(".png", {"compress_level": 0}), (".png", {"optimize": True}), (".bmp", {}), (".tiff", {}), (".webp", {"lossless": True})],
+    [
+        (".png", {"compress_level": 0}),
+        (".png", {"optimize": True}),
+        (".bmp", {}),
+        (".tiff", {}),
+        (".webp", {"lossless": True}),
+    ],
     ids=["png_uncompressed", "png_optimized", "bmp", "tiff", "webp_lossless"],
 )
 def test_lossless_reencode_is_identical(tmp_path, suffix, params):
@@ -161,7 +170,12 @@ def _write_gif_transparent(path: Path) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "writer, name, source_mode",
-    [(_write_rgba, "rgba.png", "RGBA"), (_write_la, "la.png", "LA"), (_write_palette, "palette.png", "P"), (_write_gif_transparent, "palette.gif", "P")],
+    [
+        (_write_rgba, "rgba.png", "RGBA"),
+        (_write_la, "la.png", "LA"),
+        (_write_palette, "palette.png", "P"),
+        (_write_gif_transparent, "palette.gif", "P"),
+    ],
     ids=["RGBA", "LA", "palette_tRNS", "gif_transparency"],
 )
 def test_transparency_is_composited_over_white(tmp_path, writer, name, source_mode):
@@ -230,7 +244,12 @@ def test_cmyk_jpeg_decodes_to_rgb(tmp_path):
 
 @pytest.mark.parametrize(
     "orientation, transpose",
-    [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_270), (8, Image.Transpose.ROTATE_90), (2, Image.Transpose.FLIP_LEFT_RIGHT)],
+    [
+        (3, Image.Transpose.ROTATE_180),
+        (6, Image.Transpose.ROTATE_270),
+        (8, Image.Transpose.ROTATE_90),
+        (2, Image.Transpose.FLIP_LEFT_RIGHT),
+    ],
     ids=["orientation3_180", "orientation6_90cw", "orientation8_90ccw", "orientation2_mirror"],
 )
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
@@ -289,7 +308,11 @@ def test_zero_byte_file_is_empty_file(tmp_path):
     assert caught.value.reason == "empty_file"
 
 
-@pytest.mark.parametrize("suffix, keep_fraction", [(".jpg", 0.5), (".png", 0.5), (".jpg", 0.9)], ids=["jpeg_half", "png_half", "jpeg_tail_missing"])
+@pytest.mark.parametrize(
+    "suffix, keep_fraction",
+    [(".jpg", 0.5), (".png", 0.5), (".jpg", 0.9)],
+    ids=["jpeg_half", "png_half", "jpeg_tail_missing"],
+)
 def test_truncated_file_is_rejected(tmp_path, suffix, keep_fraction):
     full = save(random_rgb(48, 48, low=0), tmp_path / f"full{suffix}", **({"quality": 90} if suffix == ".jpg" else {}))
     data = full.read_bytes()
@@ -309,7 +332,9 @@ def test_jpeg_cut_inside_its_header_is_rejected_as_truncated(tmp_path):
     assert caught.value.reason == "truncated"
 
 
-@pytest.mark.parametrize("content", [b"hello, I am text", b"\x00" * 64, b"GIF89a"], ids=["text", "zeros", "bare_gif_magic"])
+@pytest.mark.parametrize(
+    "content", [b"hello, I am text", b"\x00" * 64, b"GIF89a"], ids=["text", "zeros", "bare_gif_magic"]
+)
 def test_non_image_bytes_are_not_an_image(tmp_path, content):
     (tmp_path / "fake.png").write_bytes(content)
     with pytest.raises(ImageRejected) as caught:
@@ -327,7 +352,9 @@ def test_header_declaring_a_huge_image_is_too_many_pixels(tmp_path, width, heigh
     assert caught.value.reason == "too_many_pixels"
 
 
-@pytest.mark.parametrize("max_pixels, rejected", [(399, True), (400, False), (10_000, False)], ids=["below", "exactly", "above"])
+@pytest.mark.parametrize(
+    "max_pixels, rejected", [(399, True), (400, False), (10_000, False)], ids=["below", "exactly", "above"]
+)
 def test_max_pixels_limit(tmp_path, max_pixels, rejected):
     path = save(random_rgb(20, 20), tmp_path / "twenty.png")
     if rejected:
@@ -395,7 +422,10 @@ def test_letterboxed_copy_does_not_beat_its_original(tmp_path):
     content = random_rgb(24, 32)
     canvas = np.zeros((32, 32, 3), np.uint8)
     canvas[4:28] = content
-    paths = {"original.png": save(content, tmp_path / "original.png"), "letterboxed.png": save(canvas, tmp_path / "letterboxed.png")}
+    paths = {
+        "original.png": save(content, tmp_path / "original.png"),
+        "letterboxed.png": save(canvas, tmp_path / "letterboxed.png"),
+    }
     rows = []
     for name, path in paths.items():
         facts = describe_image(path)
@@ -492,7 +522,11 @@ def test_flat_images_get_all_zero_phashes():
 def test_pictures_have_informative_phashes_with_half_their_bits_set(picture):
     from skimage import data
 
-    rgb = {"blocks": blocky_rgb(0), "astronaut": Image.fromarray(data.astronaut()), "camera": Image.fromarray(data.camera()).convert("RGB")}[picture]
+    rgb = {
+        "blocks": blocky_rgb(0),
+        "astronaut": Image.fromarray(data.astronaut()),
+        "camera": Image.fromarray(data.camera()).convert("RGB"),
+    }[picture]
     hashes = dihedral_phashes(rgb)
     assert informative_phashes(hashes)
     assert [int(np.bitwise_count(h)) for h in hashes] == [32] * 8  # pHash: coefficients above their median
@@ -609,11 +643,30 @@ def test_verified_load_refuses_bytes_that_are_not_the_catalogued_ones(tmp_path):
 def test_withdrawn_contents_move_every_file_of_the_content_to_rejected():
     from core.collections import withdraw_changed_contents
 
-    images = pd.DataFrame({"image_id": ["a", "b", "c"], "path": ["a.png", "b.png", "c.png"], "bytes": [1, 2, 3], "pixel_hash": ["h1", "h2", "h1"]})
-    rejected = pd.DataFrame({"image_id": ["z"], "path": ["z.png"], "bytes": pd.array([None], "Int64"), "reason": ["empty_file"], "detail": [""]})
+    images = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"],
+            "path": ["a.png", "b.png", "c.png"],
+            "bytes": [1, 2, 3],
+            "pixel_hash": ["h1", "h2", "h1"],
+        }
+    )
+    rejected = pd.DataFrame(
+        {
+            "image_id": ["z"],
+            "path": ["z.png"],
+            "bytes": pd.array([None], "Int64"),
+            "reason": ["empty_file"],
+            "detail": [""],
+        }
+    )
     kept, moved = withdraw_changed_contents(images, rejected, {"h1": "a.png: the file changed"})
     assert kept["path"].tolist() == ["b.png"]
-    assert moved.set_index("path")["reason"].to_dict() == {"a.png": "changed_during_run", "c.png": "changed_during_run", "z.png": "empty_file"}
+    assert moved.set_index("path")["reason"].to_dict() == {
+        "a.png": "changed_during_run",
+        "c.png": "changed_during_run",
+        "z.png": "empty_file",
+    }
     assert len(kept) + len(moved) == len(images) + len(rejected)
 
 
@@ -627,7 +680,9 @@ def test_importing_the_image_module_leaves_pillows_limits_alone():
         "import core.images, core.catalog, resources.image_store; "
         "assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == before, (Image.MAX_IMAGE_PIXELS, before)"
     )
-    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    completed = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2]
+    )
     assert completed.returncode == 0, completed.stderr
 
 
@@ -637,7 +692,9 @@ def test_describe_image_trims_once_and_agrees_with_each_measure_computed_alone(b
     both equal what each function computes by itself, with and without borders to trim."""
     from core.images import content_box, content_pixel_count, describe_image, dihedral_phashes, load_rgb
 
-    photo = Image.open(sorted((bench_data / "idealo-imagededup" / "tests" / "data" / "base_images").glob("*.jpg"))[0]).convert("RGB")
+    photo = Image.open(
+        sorted((bench_data / "idealo-imagededup" / "tests" / "data" / "base_images").glob("*.jpg"))[0]
+    ).convert("RGB")
     if letterboxed:
         canvas = Image.new("RGB", (photo.width, photo.height + 120), (0, 0, 0))
         canvas.paste(photo, (0, 60))

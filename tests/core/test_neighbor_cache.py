@@ -1,4 +1,5 @@
 """core.search.cache: a search brought up to date incrementally equals a full search."""
+
 import numpy as np
 import pytest
 
@@ -33,7 +34,9 @@ def cosine_update(previous, hashes, vectors):
 
 def assert_same_search(incremental, full):
     np.testing.assert_allclose(incremental.topk_distance, full.topk_distance, atol=1e-6, rtol=0)
-    assert set(zip(incremental.pair_left.tolist(), incremental.pair_right.tolist())) == set(zip(full.pair_left.tolist(), full.pair_right.tolist()))
+    assert set(zip(incremental.pair_left.tolist(), incremental.pair_right.tolist())) == set(
+        zip(full.pair_left.tolist(), full.pair_right.tolist())
+    )
     np.testing.assert_array_equal(incremental.pair_distance, full.pair_distance)
 
 
@@ -84,7 +87,9 @@ def test_new_settings_or_stale_vectors_force_a_full_search(tmp_path):
     # The same hashes now carry other vectors (e.g. a table rebuilt under the same name): the
     # sampled re-check notices and the result is the full search's.
     other = l2_normalize(np.random.default_rng(10).standard_normal(vectors.shape))
-    updated, update = cosine_update(KeyedSearch(hashes[:-1], search_neighbors(vectors[:-1], K, RADIUS), FINGERPRINT), hashes, other)
+    updated, update = cosine_update(
+        KeyedSearch(hashes[:-1], search_neighbors(vectors[:-1], K, RADIUS), FINGERPRINT), hashes, other
+    )
     assert update.mode == "full" and "no longer matches" in update.reason
     assert_same_search(updated.search, search_neighbors(other, k=K, radius=RADIUS))
 
@@ -117,7 +122,10 @@ def test_content_neighbors_from_a_previous_run_equal_a_fresh_search(tmp_path):
     updated = find_content_neighbors(now, RADIUS, signal, cache=cache)
     fresh = find_content_neighbors(now, RADIUS, signal)
     assert updated.updates["embedding"].mode == "incremental", updated.updates
-    assert updated.updates["hash"].mode in ("full", "index")  # the hash signal, within its cutoff only, is searched in full
+    assert updated.updates["hash"].mode in (
+        "full",
+        "index",
+    )  # the hash signal, within its cutoff only, is searched in full
     assert sorted(path.name for path in tmp_path.iterdir()) == ["embedding.npz"]
     np.testing.assert_array_equal(updated.identical_group, fresh.identical_group)
     np.testing.assert_allclose(updated.nearest_distance, fresh.nearest_distance, atol=1e-6, rtol=0)

@@ -5,6 +5,7 @@ neighbour sets (ties at the k-th distance aside), the same distances, and the sa
 clustered data with exact copies, near duplicates and dense clusters, and on vectors that bf16
 cannot tell apart.
 """
+
 from __future__ import annotations
 
 import time
@@ -53,7 +54,9 @@ def assert_same_answer(found, reference, vectors: np.ndarray) -> int:
     for row in np.nonzero((np.sort(found.topk_index, axis=1) != np.sort(reference.topk_index, axis=1)).any(axis=1))[0]:
         differing = sorted(set(found.topk_index[row].tolist()) ^ set(reference.topk_index[row].tolist()))
         distance = np.clip(1.0 - vectors[differing] @ vectors[row], 0.0, 2.0)
-        np.testing.assert_allclose(distance, reference.topk_distance[row, -1], atol=1e-6, rtol=0, err_msg=f"row {row}: not a tie")
+        np.testing.assert_allclose(
+            distance, reference.topk_distance[row, -1], atol=1e-6, rtol=0, err_msg=f"row {row}: not a tie"
+        )
         tied_rows += 1
     np.testing.assert_array_equal(found.pair_left, reference.pair_left)
     np.testing.assert_array_equal(found.pair_right, reference.pair_right)
@@ -138,7 +141,9 @@ def test_exact_where_bf16_cannot_order_the_neighbours(variants, count_fallback):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_error_bound_holds_for_every_pair(seed):
-    vectors = np.concatenate([clustered(rows=1200, dims=768, seed=seed), below_bf16_resolution(50, rows=200, dims=768, seed=seed)[0]])
+    vectors = np.concatenate(
+        [clustered(rows=1200, dims=768, seed=seed), below_bf16_resolution(50, rows=200, dims=768, seed=seed)[0]]
+    )
     bound = bf16_error_bound(vectors)
     # The a-priori bound for unit rows (2^-7 + 2^-16 from rounding, plus float32 sums) is looser.
     assert bound <= 2.0**-7 + 2.0**-16 + 5 * 768 * 2.0**-24
@@ -158,7 +163,9 @@ def test_precision_is_checked_and_the_chosen_precision_is_exact():
     with pytest.raises(ValueError, match="precision"):
         search_neighbors(vectors, k=K, radius=RADIUS, precision="fp16")
     chosen = choose_engine("cosine", len(vectors), "exact").engine.build(vectors)
-    assert_same_answer(chosen.search(K, RADIUS), search_neighbors(vectors, k=K, radius=RADIUS, precision="fp32"), vectors)
+    assert_same_answer(
+        chosen.search(K, RADIUS), search_neighbors(vectors, k=K, radius=RADIUS, precision="fp32"), vectors
+    )
 
 
 def test_bf16_at_most_is_a_bf16_number_not_above_the_value():

@@ -1,5 +1,6 @@
 """Tests for core.plots: the uniqueness histogram is a PNG, deterministic, and bins respect the
 thresholds (`uniqueness <= threshold`)."""
+
 from __future__ import annotations
 
 import io
@@ -13,7 +14,9 @@ from core.scoring import Thresholds
 
 
 @pytest.mark.parametrize(
-    "values", [[], [0.0], [0.0, 0.0, 1e-9, 5e-5, 0.01, 0.05, 0.3, 1.0], list(np.linspace(0, 1, 500))], ids=["empty", "one-copy", "mixed", "many"]
+    "values",
+    [[], [0.0], [0.0, 0.0, 1e-9, 5e-5, 0.01, 0.05, 0.3, 1.0], list(np.linspace(0, 1, 500))],
+    ids=["empty", "one-copy", "mixed", "many"],
 )
 def test_histogram_is_a_png_and_deterministic(values):
     first = uniqueness_histogram_png(values, Thresholds())
@@ -22,7 +25,11 @@ def test_histogram_is_a_png_and_deterministic(values):
         assert image.format == "PNG" and image.size == (750, 330)
 
 
-@pytest.mark.parametrize("thresholds", [Thresholds(), Thresholds(1e-3, 0.2), Thresholds(0.0, 0.05)], ids=["default", "looser", "zero-duplicate"])
+@pytest.mark.parametrize(
+    "thresholds",
+    [Thresholds(), Thresholds(1e-3, 0.2), Thresholds(0.0, 0.05)],
+    ids=["default", "looser", "zero-duplicate"],
+)
 def test_thresholds_are_bin_edges(thresholds):
     edges = histogram_bin_edges(thresholds)
     assert edges[0] == HISTOGRAM_LOG_FLOOR and edges[-1] == 1.0 and np.all(np.diff(edges) > 0)

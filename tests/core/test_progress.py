@@ -1,4 +1,5 @@
 """Tests for core.progress: readable progress lines and a throttle that does not spam the log."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,11 @@ import pytest
 from core.progress import format_duration, progress_message, should_report
 
 
-@pytest.mark.parametrize("seconds, text", [(0, "0 s"), (42.4, "42 s"), (185, "3 min 05 s"), (7620, "2 h 07 min")], ids=["zero", "seconds", "minutes", "hours"])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(0, "0 s"), (42.4, "42 s"), (185, "3 min 05 s"), (7620, "2 h 07 min")],
+    ids=["zero", "seconds", "minutes", "hours"],
+)
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 
@@ -19,9 +24,17 @@ def test_progress_message_has_done_total_rate_and_eta():
 
 def test_the_rate_leaves_out_the_first_batch_that_loaded_the_model():
     # 32 images in 8 s with the model's load, then 64 more in 2 s: 32 images/s, not 9.6.
-    assert progress_message(96, 1000, 10.0, warmup=(32, 8.0)) == "embedded 96/1000 images (10%), 32.0 images/s, ETA 28 s"
-    assert progress_message(16, 16, 8.0, warmup=(16, 8.0)) == "embedded 16/16 images (100%) in 8 s, model load included, done"
-    assert progress_message(32, 1000, 8.0, warmup=(32, 8.0)) == "embedded 32/1000 images (3%) in 8 s, model load included, rate not known yet"
+    assert (
+        progress_message(96, 1000, 10.0, warmup=(32, 8.0)) == "embedded 96/1000 images (10%), 32.0 images/s, ETA 28 s"
+    )
+    assert (
+        progress_message(16, 16, 8.0, warmup=(16, 8.0))
+        == "embedded 16/16 images (100%) in 8 s, model load included, done"
+    )
+    assert (
+        progress_message(32, 1000, 8.0, warmup=(32, 8.0))
+        == "embedded 32/1000 images (3%) in 8 s, model load included, rate not known yet"
+    )
 
 
 def test_throttle_reports_first_last_and_then_every_interval():

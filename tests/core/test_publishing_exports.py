@@ -1,4 +1,5 @@
 """core/export_set.py: a run's exports are published as one set behind one pointer."""
+
 import json
 import os
 import shutil
@@ -20,7 +21,9 @@ from core.export_set import (
 
 def write_set(out: Path, run_id: str, names=SET_FILES) -> None:
     for name in names:
-        write_atomically(run_folder(out, run_id) / name, lambda path, name=name: Path(path).write_text(f"{run_id} {name}\n"))
+        write_atomically(
+            run_folder(out, run_id) / name, lambda path, name=name: Path(path).write_text(f"{run_id} {name}\n")
+        )
 
 
 def test_top_level_names_switch_together_and_only_two_sets_are_kept(tmp_path):
@@ -68,7 +71,9 @@ def test_a_copy_made_by_following_links_is_published_over(tmp_path):
     assert published_run_id(copy) == "run1"
     write_set(copy, "run2", names=("clean.csv",))
     publish(copy, "run2")
-    assert (copy / "exports" / "current").is_symlink() and (copy / "duplicates.csv").read_text() == "run1 duplicates.csv\n"
+    assert (copy / "exports" / "current").is_symlink() and (
+        copy / "duplicates.csv"
+    ).read_text() == "run1 duplicates.csv\n"
 
 
 def test_a_folder_at_an_export_name_stops_the_publish_before_anything_switches(tmp_path):

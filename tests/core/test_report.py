@@ -1,4 +1,5 @@
 """Tests for core.report: grouping and ordering for review, escaping, a self-contained page."""
+
 from __future__ import annotations
 
 import io
@@ -32,13 +33,38 @@ def tables():
             ("k1", "a/keep.png", 0.30, "unique", "k1", "a/keep.png", None, False, "kept: keeper of its group"),
             ("c1", "a/copy.png", 0.0, "duplicate", "k1", "a/keep.png", "duplicate", True, "duplicate of a/keep.png"),
             ("k2", "b/keep.jpg", 0.02, "near_duplicate", "k2", "b/keep.jpg", None, False, "kept: keeper of its group"),
-            ("n2", "b/crop.jpg", 0.02, "near_duplicate", "k2", "b/keep.jpg", "near_duplicate", False, "kept for review: near-duplicate of b/keep.jpg"),
-            ("m2", "b/copy.jpg", 0.0, "duplicate", "k2", "b/keep.jpg", "near_duplicate", True, "near-duplicate of b/keep.jpg"),
+            (
+                "n2",
+                "b/crop.jpg",
+                0.02,
+                "near_duplicate",
+                "k2",
+                "b/keep.jpg",
+                "near_duplicate",
+                False,
+                "kept for review: near-duplicate of b/keep.jpg",
+            ),
+            (
+                "m2",
+                "b/copy.jpg",
+                0.0,
+                "duplicate",
+                "k2",
+                "b/keep.jpg",
+                "near_duplicate",
+                True,
+                "near-duplicate of b/keep.jpg",
+            ),
             ("s", "single.png", 0.4, "unique", None, None, None, False, "kept: no duplicate"),
         ]
     )
     images = pd.DataFrame(
-        {"image_id": ["k1", "c1", "k2", "n2", "m2", "s"], "width": [10, 10, 20, 18, 20, 5], "height": [8, 8, 16, 14, 16, 5], "bytes": [100, 90, 2048, 1500, 2000, 10]}
+        {
+            "image_id": ["k1", "c1", "k2", "n2", "m2", "s"],
+            "width": [10, 10, 20, 18, 20, 5],
+            "height": [8, 8, 16, 14, 16, 5],
+            "bytes": [100, 90, 2048, 1500, 2000, 10],
+        }
     )
     return interchange, images
 
@@ -64,7 +90,9 @@ def test_keeper_first_then_members_by_ascending_uniqueness_with_decisions(tables
 
 
 @pytest.mark.parametrize(
-    "size, text", [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (5 * 1024**2, "5.0 MiB")], ids=["zero", "bytes", "kib", "fraction", "mib"]
+    "size, text",
+    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (5 * 1024**2, "5.0 MiB")],
+    ids=["zero", "bytes", "kib", "fraction", "mib"],
 )
 def test_format_file_size(size, text):
     assert format_file_size(size) == text
@@ -118,7 +146,8 @@ def test_max_members_caps_a_group_and_says_how_many_more():
     from core.report import ReportGroup, ReportImage
 
     members = [
-        ReportImage(f"copy{i:04d}.png", 8, 8, 100, 0.0, "duplicate", i == 0, "keep" if i == 0 else "remove", "copy") for i in range(2001)
+        ReportImage(f"copy{i:04d}.png", 8, 8, 100, 0.0, "duplicate", i == 0, "keep" if i == 0 else "remove", "copy")
+        for i in range(2001)
     ]
     group = ReportGroup(group_id="g1", label="duplicate", members=tuple(members))
     page = render_duplicates_report([group], lambda path: b"\xff\xd8jpeg", Thresholds(1e-6, 0.05), max_members=50).html

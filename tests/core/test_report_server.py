@@ -1,4 +1,5 @@
 """The loopback report server serves report files of output folders and nothing else."""
+
 import threading
 import urllib.error
 import urllib.request

@@ -1,10 +1,10 @@
 """The turned-copy signal (core/rotated_copies.py) on real photos from scikit-image."""
+
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
 
-from core.search.engines import search_neighbors
 from core.rotated_copies import (
     INLIER_FRACTION_CUTOFF,
     MIN_INLIERS,
@@ -16,6 +16,7 @@ from core.rotated_copies import (
     vouches_for,
 )
 from core.search.contents import find_content_neighbors
+from core.search.engines import search_neighbors
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,11 @@ def test_pictures_without_turned_corners_have_no_turn(photo, rocket):
 
 
 def test_a_turned_zoomed_copy_is_vouched_for_and_a_different_picture_is_not(photo, rocket):
-    copy = turned(photo, 30.0).resize((photo.width * 5 // 4, photo.height * 5 // 4)).crop((40, 20, 40 + photo.width, 20 + photo.height))
+    copy = (
+        turned(photo, 30.0)
+        .resize((photo.width * 5 // 4, photo.height * 5 // 4))
+        .crop((40, 20, 40 + photo.width, 20 + photo.height))
+    )
     corners = turned_black_corners_degrees(copy)
     assert corners is not None
     same = similarity_match(copy, photo)
@@ -91,7 +96,9 @@ def test_find_content_neighbors_pairs_a_turned_copy_only_with_the_signal(photo, 
     plain = find_content_neighbors(vectors, radius=0.1)
     assert plain.pairs.empty
     fused = find_content_neighbors(vectors, radius=0.1, rotated_copy_signal=RotatedCopySignal(load))
-    assert [tuple(fused.pixel_hashes[[r.left, r.right]]) for r in fused.pairs.itertuples()] == [("a-photo", "b-turned-copy")]
+    assert [tuple(fused.pixel_hashes[[r.left, r.right]]) for r in fused.pairs.itertuples()] == [
+        ("a-photo", "b-turned-copy")
+    ]
     assert fused.pairs["distance"].iloc[0] <= 0.1
     assert fused.nearest_distance[2] == pytest.approx(plain.nearest_distance[2])
     assert fused.updates["rotated_copy"].searched_rows == 3

@@ -1,4 +1,5 @@
 """Tests for core.sample: the demo folder is reproducible and its manifest tells the truth."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -85,10 +86,10 @@ def test_png_reencode_has_same_pixels_but_different_bytes(sample):
 
 def test_derived_copies_have_expected_geometry(sample):
     root = Path(sample["root"])
-    (resized, original), = _relations(sample, "resized")
+    ((resized, original),) = _relations(sample, "resized")
     small, big = _pixels(root / resized), _pixels(root / original)
     assert small.shape[:2] == (big.shape[0] // 2, big.shape[1] // 2)
-    (cropped, original), = _relations(sample, "cropped")
+    ((cropped, original),) = _relations(sample, "cropped")
     crop, full = _pixels(root / cropped), _pixels(root / original)
     assert crop.shape[0] * crop.shape[1] / (full.shape[0] * full.shape[1]) == pytest.approx(0.9, abs=0.01)
 
@@ -100,6 +101,5 @@ def test_corrupt_files_fail_to_decode(sample, monkeypatch):
     assert sorted(sample["corrupt"]) == ["corrupt/not_really.png", "corrupt/truncated.jpg"]
     for rel in sample["corrupt"]:
         # UnidentifiedImageError (not an image at all) is an OSError too.
-        with pytest.raises(OSError):
-            with Image.open(root / rel) as image:
-                image.load()
+        with pytest.raises(OSError), Image.open(root / rel) as image:
+            image.load()

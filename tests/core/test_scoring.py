@@ -3,6 +3,7 @@
 Every vector is hand-made: 2-D unit vectors at chosen angles give exactly known cosine distances
 `d = 1 - cos(angle)`, so each expected uniqueness `d / 2` is written down, not recomputed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,9 @@ def unit(angle: float) -> np.ndarray:
     return np.array([math.cos(angle), math.sin(angle)], dtype=np.float64)
 
 
-def image(path: str, pixel_hash: str, content_pixels: int = 100, size_bytes: int = 1000, first_seen: str = "2024-01-01") -> dict:
+def image(
+    path: str, pixel_hash: str, content_pixels: int = 100, size_bytes: int = 1000, first_seen: str = "2024-01-01"
+) -> dict:
     """One catalog row; the image is content_pixels x 1 with no border."""
     return {
         "image_id": image_id_for(path),
@@ -54,7 +57,9 @@ def image(path: str, pixel_hash: str, content_pixels: int = 100, size_bytes: int
     }
 
 
-def score(rows: list[dict], vectors: dict[str, np.ndarray], thresholds: Thresholds = Thresholds(), policy: str = "resolution") -> pd.DataFrame:
+def score(
+    rows: list[dict], vectors: dict[str, np.ndarray], thresholds: Thresholds = Thresholds(), policy: str = "resolution"
+) -> pd.DataFrame:
     """Run SPEC.md's scoring on hand-made rows and vectors; the result is indexed by path."""
     images = pd.DataFrame(rows)
     neighbors = find_content_neighbors(vectors, radius=thresholds.near_duplicate_cosine_distance)
@@ -82,7 +87,11 @@ def test_identical_copies_score_zero_except_the_keep_policy_keeper(copies):
 
 
 def test_keeper_of_identical_group_follows_the_policy_not_the_path():
-    rows = [image("a.png", "same", first_seen="2024-03-01"), image("b.png", "same", first_seen="2024-01-01"), image("far.png", "far")]
+    rows = [
+        image("a.png", "same", first_seen="2024-03-01"),
+        image("b.png", "same", first_seen="2024-01-01"),
+        image("far.png", "far"),
+    ]
     vectors = {"same": unit(0.0), "far": unit(angle_for_distance(1.0))}
     by_first_seen = score(rows, vectors, policy="first_seen")
     by_path = score(rows, vectors, policy="path")
@@ -113,7 +122,12 @@ def test_different_hashes_closer_than_1e5_form_one_identical_group(distance, ide
 
 def test_identical_groups_chain_float_noise_transitively():
     # a~b and b~c are both below 1e-5 even though a~c (1.6e-5) is not: one group of float noise.
-    rows = [image("a.png", "ha", content_pixels=300), image("b.png", "hb"), image("c.png", "hc"), image("far.png", "far")]
+    rows = [
+        image("a.png", "ha", content_pixels=300),
+        image("b.png", "hb"),
+        image("c.png", "hc"),
+        image("far.png", "far"),
+    ]
     step = angle_for_distance(4e-6)
     vectors = {"ha": unit(0.0), "hb": unit(step), "hc": unit(2 * step), "far": unit(angle_for_distance(1.0))}
     scores = score(rows, vectors)
@@ -130,7 +144,9 @@ def test_identical_groups_chain_float_noise_transitively():
     ids=lambda d: f"d={d}",
 )
 def test_two_images_each_score_half_their_distance(distance):
-    scores = score([image("a.png", "ha"), image("b.png", "hb")], {"ha": unit(0.0), "hb": unit(angle_for_distance(distance))})
+    scores = score(
+        [image("a.png", "ha"), image("b.png", "hb")], {"ha": unit(0.0), "hb": unit(angle_for_distance(distance))}
+    )
     assert scores.loc["a.png", "uniqueness"] == pytest.approx(distance / 2, abs=FLOAT32_TOLERANCE)
     assert scores.loc["b.png", "uniqueness"] == pytest.approx(distance / 2, abs=FLOAT32_TOLERANCE)
     assert scores.loc["a.png", "nearest_path"] == "b.png"
@@ -151,14 +167,21 @@ def test_uniqueness_uses_the_nearest_of_several_images():
 
 
 def test_nearest_path_names_the_keeper_of_the_neighbouring_identical_group():
-    rows = [image("x.png", "hx"), image("copy_small.png", "hy", content_pixels=10), image("copy_big.png", "hy", content_pixels=500)]
+    rows = [
+        image("x.png", "hx"),
+        image("copy_small.png", "hy", content_pixels=10),
+        image("copy_big.png", "hy", content_pixels=500),
+    ]
     scores = score(rows, {"hx": unit(0.0), "hy": unit(angle_for_distance(0.4))})
     assert scores.loc["x.png", "nearest_path"] == "copy_big.png"
     assert scores.loc["x.png", "uniqueness"] == pytest.approx(0.2, abs=FLOAT32_TOLERANCE)
 
 
 def test_vectors_are_normalised_before_scoring():
-    scaled = score([image("a.png", "ha"), image("b.png", "hb")], {"ha": 7.0 * unit(0.0), "hb": 0.01 * unit(angle_for_distance(0.6))})
+    scaled = score(
+        [image("a.png", "ha"), image("b.png", "hb")],
+        {"ha": 7.0 * unit(0.0), "hb": 0.01 * unit(angle_for_distance(0.6))},
+    )
     assert scaled.loc["a.png", "uniqueness"] == pytest.approx(0.3, abs=FLOAT32_TOLERANCE)
 
 
@@ -238,7 +261,17 @@ def test_empty_input_has_no_neighbours():
         (0.5, LABEL_UNIQUE),
         (1.0, LABEL_UNIQUE),
     ],
-    ids=["zero", "floor", "1e-4_inclusive", "just_above_1e-4", "0.01", "0.05_inclusive", "just_above_0.05", "0.5", "one"],
+    ids=[
+        "zero",
+        "floor",
+        "1e-4_inclusive",
+        "just_above_1e-4",
+        "0.01",
+        "0.05_inclusive",
+        "just_above_0.05",
+        "0.5",
+        "one",
+    ],
 )
 def test_default_label_boundaries(uniqueness, expected):
     assert label_for(float(uniqueness), Thresholds()) == expected
@@ -257,9 +290,21 @@ def test_labels_in_the_score_table_follow_the_thresholds():
     rows = [image(p, p) for p in ("a", "b", "c", "d")]
     angles = {"a": 0.0, "b": angle_for_distance(1e-4), "c": math.pi / 2, "d": math.pi / 2 + angle_for_distance(0.06)}
     scores = score(rows, {h: unit(a) for h, a in angles.items()})
-    assert scores["label"].to_dict() == {"a": LABEL_DUPLICATE, "b": LABEL_DUPLICATE, "c": LABEL_NEAR_DUPLICATE, "d": LABEL_NEAR_DUPLICATE}
-    looser = score(rows, {h: unit(a) for h, a in angles.items()}, thresholds=Thresholds(duplicate=0.001, near_duplicate=0.02))
-    assert looser["label"].to_dict() == {"a": LABEL_DUPLICATE, "b": LABEL_DUPLICATE, "c": LABEL_UNIQUE, "d": LABEL_UNIQUE}
+    assert scores["label"].to_dict() == {
+        "a": LABEL_DUPLICATE,
+        "b": LABEL_DUPLICATE,
+        "c": LABEL_NEAR_DUPLICATE,
+        "d": LABEL_NEAR_DUPLICATE,
+    }
+    looser = score(
+        rows, {h: unit(a) for h, a in angles.items()}, thresholds=Thresholds(duplicate=0.001, near_duplicate=0.02)
+    )
+    assert looser["label"].to_dict() == {
+        "a": LABEL_DUPLICATE,
+        "b": LABEL_DUPLICATE,
+        "c": LABEL_UNIQUE,
+        "d": LABEL_UNIQUE,
+    }
 
 
 @pytest.mark.parametrize(
@@ -272,7 +317,9 @@ def test_invalid_thresholds_are_rejected(duplicate, near_duplicate):
         Thresholds(duplicate=duplicate, near_duplicate=near_duplicate)
 
 
-@pytest.mark.parametrize("duplicate, near_duplicate", [(0.0, 1.0), (1e-4, 0.05), (0.0, 1e-9)], ids=["widest", "defaults", "tiny"])
+@pytest.mark.parametrize(
+    "duplicate, near_duplicate", [(0.0, 1.0), (1e-4, 0.05), (0.0, 1e-9)], ids=["widest", "defaults", "tiny"]
+)
 def test_valid_thresholds_are_accepted(duplicate, near_duplicate):
     thresholds = Thresholds(duplicate=duplicate, near_duplicate=near_duplicate)
     assert thresholds.near_duplicate_cosine_distance == pytest.approx(2 * near_duplicate)
@@ -376,7 +423,11 @@ def test_search_neighbors_is_identical_across_chunk_sizes(random_vectors):
         np.testing.assert_allclose(other.pair_distance, results[0].pair_distance, atol=FLOAT32_TOLERANCE)
 
 
-@pytest.mark.parametrize("rows, k, expected_k", [(5, 50, 4), (5, 4, 4), (5, 2, 2), (1, 16, 0)], ids=["k_clipped", "k_all", "k_small", "single_row"])
+@pytest.mark.parametrize(
+    "rows, k, expected_k",
+    [(5, 50, 4), (5, 4, 4), (5, 2, 2), (1, 16, 0)],
+    ids=["k_clipped", "k_all", "k_small", "single_row"],
+)
 def test_search_neighbors_clips_k_and_never_returns_self(rows, k, expected_k):
     vectors = l2_normalize(np.random.default_rng(rows).normal(size=(rows, 3)))
     found = search_neighbors(vectors, k=k, radius=0.5, chunk_rows=2)
@@ -401,7 +452,6 @@ def test_search_neighbors_distances_are_clipped_to_0_2():
 def cosine_from(vectors: np.ndarray):
     """The exact per-row distance function nearest_outside_group falls back to."""
     return lambda row: np.clip(1.0 - vectors @ vectors[row], 0.0, 2.0)
-
 
 
 def test_identical_group_larger_than_top_k_falls_back_to_exact_search():
@@ -465,13 +515,17 @@ def hashes_bits_apart(bits: int) -> dict[str, np.ndarray]:
 
 def picture_hashes(rng: np.random.Generator, variants: int = 2) -> np.ndarray:
     """(variants,) int64 random hashes with 32 bits set each, as pHashes of pictures have."""
-    return np.array([sum(1 << int(b) for b in rng.choice(64, 32, replace=False)) for _ in range(variants)], np.uint64).view(np.int64)
+    return np.array(
+        [sum(1 << int(b) for b in rng.choice(64, 32, replace=False)) for _ in range(variants)], np.uint64
+    ).view(np.int64)
 
 
 def score_fused(vectors, hashes, threshold_bits=10, thresholds=Thresholds(), rows=None):
     rows = rows or [image("a.png", "a", content_pixels=200), image("b.png", "b")]
     images = pd.DataFrame(rows)
-    neighbors = find_content_neighbors(vectors, thresholds.near_duplicate_cosine_distance, HashSignal(hashes, threshold_bits))
+    neighbors = find_content_neighbors(
+        vectors, thresholds.near_duplicate_cosine_distance, HashSignal(hashes, threshold_bits)
+    )
     rank = keep_policy_order(images)
     scores = compute_uniqueness_scores(images, neighbors, rank, thresholds)
     groups = assign_groups(scores, neighbors.pairs_by_hash(), rank, thresholds)
@@ -487,9 +541,17 @@ def score_fused(vectors, hashes, threshold_bits=10, thresholds=Thresholds(), row
         (11, 0.5, LABEL_UNIQUE),
         (20, 0.5, LABEL_UNIQUE),
     ],
-    ids=["0_bits_floor_not_zero", "5_bits", "10_bits_exactly_at_threshold", "11_bits_just_past_counts_for_nothing", "20_bits_counts_for_nothing"],
+    ids=[
+        "0_bits_floor_not_zero",
+        "5_bits",
+        "10_bits_exactly_at_threshold",
+        "11_bits_just_past_counts_for_nothing",
+        "20_bits_counts_for_nothing",
+    ],
 )
-def test_hash_distance_maps_linearly_within_its_cutoff_and_beyond_it_counts_for_nothing(bits, expected_uniqueness, expected_label):
+def test_hash_distance_maps_linearly_within_its_cutoff_and_beyond_it_counts_for_nothing(
+    bits, expected_uniqueness, expected_label
+):
     """SPEC.md: within its cutoff the hash vouches for the match, mapped linearly; beyond it the
     score is the embedding's (ORTHOGONAL: cosine distance 1.0, uniqueness 0.5)."""
     scores, groups = score_fused(ORTHOGONAL, hashes_bits_apart(bits))
@@ -515,7 +577,9 @@ def test_fused_distance_is_the_smallest_signal(embedding_distance, bits, expecte
 def test_hash_threshold_sets_the_scale():
     scores, _ = score_fused(ORTHOGONAL, hashes_bits_apart(10), threshold_bits=20)
     assert scores.loc["a.png", "uniqueness"] == pytest.approx(0.025, abs=1e-7)
-    looser, _ = score_fused(ORTHOGONAL, hashes_bits_apart(10), threshold_bits=10, thresholds=Thresholds(near_duplicate=0.2))
+    looser, _ = score_fused(
+        ORTHOGONAL, hashes_bits_apart(10), threshold_bits=10, thresholds=Thresholds(near_duplicate=0.2)
+    )
     assert looser.loc["a.png", "uniqueness"] == pytest.approx(0.2, abs=1e-6)  # 10 bits sits at the configured 0.2
 
 
@@ -556,7 +620,9 @@ def test_fused_exact_fallback_for_a_group_larger_than_top_k():
     rows = [image(f"copy_{i:02d}.png", f"c{i:02d}", content_pixels=500 if i == 3 else 100) for i in range(copies)]
     rows.append(image("other.png", "other"))
     vectors = {f"c{i:02d}": unit(0.0) for i in range(copies)} | {"other": unit(math.pi / 2)}
-    hashes = {f"c{i:02d}": np.array([PICTURE_HASH], np.int64) for i in range(copies)} | {"other": np.array([PICTURE_HASH ^ 0b1111], np.int64)}
+    hashes = {f"c{i:02d}": np.array([PICTURE_HASH], np.int64) for i in range(copies)} | {
+        "other": np.array([PICTURE_HASH ^ 0b1111], np.int64)
+    }
     scores, _ = score_fused(vectors, hashes, rows=rows)
     assert scores.loc["copy_03.png", "uniqueness"] == pytest.approx(0.02, abs=1e-7)  # 4 bits via the fallback
     assert (scores.drop(index=["copy_03.png", "other.png"])["uniqueness"] == 0.0).all()
@@ -570,7 +636,11 @@ def test_fused_scores_do_not_depend_on_order(seed):
     hashes["Z"] = hashes["X"] ^ np.int64(0b111)  # Z is 3 bits from X by hash only
     expected, _ = score_fused(vectors, hashes, rows=rows)
     order = np.random.default_rng(seed).permutation(len(rows))
-    shuffled, _ = score_fused({h: vectors[h] for h in reversed(list(vectors))}, {h: hashes[h] for h in reversed(list(hashes))}, rows=[rows[i] for i in order])
+    shuffled, _ = score_fused(
+        {h: vectors[h] for h in reversed(list(vectors))},
+        {h: hashes[h] for h in reversed(list(hashes))},
+        rows=[rows[i] for i in order],
+    )
     pd.testing.assert_frame_equal(shuffled, expected)
     assert expected.loc["z/deep.png", "uniqueness"] == pytest.approx(0.015, abs=1e-7)
 
@@ -599,7 +669,9 @@ def test_a_unique_images_score_is_its_embedding_distance():
     hashes = {h: picture_hashes(rng, 1) for h in vectors}
     for before, after in zip(list(vectors), list(vectors)[1:]):  # each 12-30 bits from the one before
         flipped = rng.choice(32, int(rng.integers(6, 16)), replace=False)  # pairs of bits
-        hashes[after] = hashes[before] ^ np.int64(sum(0b11 << (2 * int(b)) for b in flipped) - (1 << 64) * (31 in flipped))
+        hashes[after] = hashes[before] ^ np.int64(
+            sum(0b11 << (2 * int(b)) for b in flipped) - (1 << 64) * (31 in flipped)
+        )
     hashes["h001"] = hashes["h000"] ^ np.int64(0b11_0000)  # 2 bits: vouched for
     embedding_only = scores_of(vectors, None)
     fused = scores_of(vectors, HashSignal(hashes, threshold_bits=10))
@@ -614,7 +686,10 @@ def test_a_unique_images_score_is_its_embedding_distance():
 @pytest.mark.parametrize("threshold_bits", [4, 10, 20], ids=lambda b: f"cutoff_{b}_bits")
 def test_a_hash_beyond_its_cutoff_changes_nothing(threshold_bits):
     vectors = {"a": unit(0.0), "b": unit(angle_for_distance(0.3)), "c": unit(angle_for_distance(0.8))}
-    hashes = {h: np.array([PICTURE_HASH ^ mask], np.int64) for h, mask in (("a", 0), ("b", (1 << (threshold_bits + 2)) - 1), ("c", ((1 << 30) - 1) << 32))}  # disjoint runs: b-c = b + 30 bits
+    hashes = {
+        h: np.array([PICTURE_HASH ^ mask], np.int64)
+        for h, mask in (("a", 0), ("b", (1 << (threshold_bits + 2)) - 1), ("c", ((1 << 30) - 1) << 32))
+    }  # disjoint runs: b-c = b + 30 bits
     embedding_only = scores_of(vectors, None)
     fused = scores_of(vectors, HashSignal(hashes, threshold_bits))
     pd.testing.assert_frame_equal(fused, embedding_only)
@@ -629,8 +704,20 @@ RAMP = -(1 << 63) | (1 << 55)  # a grey ramp's pHash: 2 bits set
 
 @pytest.mark.parametrize(
     "hash_a, hash_b",
-    [(FLAT, FLAT), (OLD_FLAT, OLD_FLAT), (FLAT, OLD_FLAT), (OLD_FLAT, RAMP), (FLAT, PICTURE_HASH ^ ((1 << 32) - 1) ^ ((1 << 48) - 1))],
-    ids=["two_flat_images", "two_flat_images_old_catalog", "black_and_a_colour", "a_dot_and_a_gradient", "flat_and_a_hash_with_16_bits_set"],
+    [
+        (FLAT, FLAT),
+        (OLD_FLAT, OLD_FLAT),
+        (FLAT, OLD_FLAT),
+        (OLD_FLAT, RAMP),
+        (FLAT, PICTURE_HASH ^ ((1 << 32) - 1) ^ ((1 << 48) - 1)),
+    ],
+    ids=[
+        "two_flat_images",
+        "two_flat_images_old_catalog",
+        "black_and_a_colour",
+        "a_dot_and_a_gradient",
+        "flat_and_a_hash_with_16_bits_set",
+    ],
 )
 def test_hashes_without_information_never_count(hash_a, hash_b):
     """Solid red, green, blue, white and black all hash alike (SPEC.md: for flat images only the
@@ -643,12 +730,19 @@ def test_hashes_without_information_never_count(hash_a, hash_b):
 
 def test_flat_images_still_match_by_embedding_and_by_pixel_identity():
     vectors = {"red": unit(0.0), "red_resized": unit(angle_for_distance(0.02)), "green": unit(math.pi / 2)}
-    rows = [image("red.png", "red"), image("red_copy.png", "red"), image("red_resized.png", "red_resized"), image("green.png", "green")]
+    rows = [
+        image("red.png", "red"),
+        image("red_copy.png", "red"),
+        image("red_resized.png", "red_resized"),
+        image("green.png", "green"),
+    ]
     images = pd.DataFrame(rows)
     signal = HashSignal({h: np.zeros(8, np.int64) for h in vectors}, threshold_bits=10)
     neighbors = find_content_neighbors(vectors, Thresholds().near_duplicate_cosine_distance, signal)
     scores = compute_uniqueness_scores(images, neighbors, keep_policy_order(images), Thresholds()).set_index("path")
-    assert sorted(scores.loc[["red.png", "red_copy.png"], "uniqueness"]) == pytest.approx([0.0, 0.01], abs=FLOAT32_TOLERANCE)
+    assert sorted(scores.loc[["red.png", "red_copy.png"], "uniqueness"]) == pytest.approx(
+        [0.0, 0.01], abs=FLOAT32_TOLERANCE
+    )
     assert scores.loc["red_resized.png", "uniqueness"] == pytest.approx(0.01, abs=FLOAT32_TOLERANCE)
     assert scores.loc["green.png", "label"] == LABEL_UNIQUE
 

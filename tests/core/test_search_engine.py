@@ -1,5 +1,6 @@
 """Tests for the choice between the exact and the indexed neighbour search (core.search.choose), and
 the indexed path of `find_content_neighbors` against the exact one on clustered data."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,7 +64,11 @@ def test_the_chooser_returns_an_engine_and_its_reason_for_each_signal_and_size()
         choose_engine("euclid", 10)
 
 
-@pytest.mark.parametrize("engine", [ExactCosine(), ExactCosine(precision="bf16"), IndexedCosine(), ExactHamming(), IndexedHamming()], ids=repr)
+@pytest.mark.parametrize(
+    "engine",
+    [ExactCosine(), ExactCosine(precision="bf16"), IndexedCosine(), ExactHamming(), IndexedHamming()],
+    ids=repr,
+)
 def test_every_engine_offers_the_protocol_and_needs_its_rows_first(engine):
     assert isinstance(engine, NeighborEngine)
     with pytest.raises(ValueError, match=r"build\(rows\)"):
@@ -84,10 +89,14 @@ def clustered_contents(seed: int = 0):
     rotated copies (the variant of a copy equals the original's identity hash)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((CONTENTS // 20, DIM)).astype(np.float32)
-    matrix = centres[rng.integers(0, len(centres), CONTENTS)] + 0.6 * rng.standard_normal((CONTENTS, DIM)).astype(np.float32)
+    matrix = centres[rng.integers(0, len(centres), CONTENTS)] + 0.6 * rng.standard_normal((CONTENTS, DIM)).astype(
+        np.float32
+    )
     planted = rng.choice(CONTENTS, size=(int(CONTENTS * 0.05), 2), replace=False)
     matrix[planted[:80, 1]] = matrix[planted[:80, 0]]
-    matrix[planted[80:, 1]] = matrix[planted[80:, 0]] + 0.01 * rng.standard_normal((len(planted) - 80, DIM)).astype(np.float32)
+    matrix[planted[80:, 1]] = matrix[planted[80:, 0]] + 0.01 * rng.standard_normal((len(planted) - 80, DIM)).astype(
+        np.float32
+    )
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
     hashes = np.array([f"{i:08x}" for i in range(CONTENTS)], dtype=object)  # already sorted
     phashes = rng.integers(0, 2**63, size=(CONTENTS, 8), dtype=np.int64).view(np.uint64)
@@ -107,14 +116,21 @@ def both_searches(tmp_path_factory):
     faiss_module()
     vectors, signal = clustered_contents()
     caches = tmp_path_factory.mktemp("caches")
-    exact = find_content_neighbors(vectors, RADIUS, hash_signal=signal, engine="exact", cache=SearchCache(caches / "exact.npz"))
-    indexed = find_content_neighbors(vectors, RADIUS, hash_signal=signal, engine="index", cache=SearchCache(caches / "index.npz"))
+    exact = find_content_neighbors(
+        vectors, RADIUS, hash_signal=signal, engine="exact", cache=SearchCache(caches / "exact.npz")
+    )
+    indexed = find_content_neighbors(
+        vectors, RADIUS, hash_signal=signal, engine="index", cache=SearchCache(caches / "index.npz")
+    )
     return exact, indexed, caches
 
 
 def test_index_engine_is_reported_and_keeps_no_cache(both_searches):
     exact, indexed, caches = both_searches
-    assert {signal: update.mode for signal, update in indexed.updates.items()} == {"embedding": "index", "hash": "index"}
+    assert {signal: update.mode for signal, update in indexed.updates.items()} == {
+        "embedding": "index",
+        "hash": "index",
+    }
     assert not (caches / "index.npz").exists()  # nothing to reuse incrementally
     assert (caches / "exact.npz").is_file()  # the hash signal is searched in full every run
 
@@ -122,7 +138,9 @@ def test_index_engine_is_reported_and_keeps_no_cache(both_searches):
 def test_index_finds_every_close_pair_with_its_exact_distance(both_searches):
     exact, indexed, _ = both_searches
     assert len(exact.pairs) > 150  # planted embedding and hash pairs
-    merged = exact.pairs.merge(indexed.pairs, on=["left", "right"], how="outer", suffixes=("_exact", "_index"), indicator=True)
+    merged = exact.pairs.merge(
+        indexed.pairs, on=["left", "right"], how="outer", suffixes=("_exact", "_index"), indicator=True
+    )
     assert (merged["_merge"] == "both").all()
     np.testing.assert_allclose(merged["distance_index"], merged["distance_exact"], atol=FLOAT32_TOLERANCE)
     np.testing.assert_array_equal(indexed.identical_group, exact.identical_group)

@@ -1,5 +1,6 @@
 """One settings model: the flags, the IMGDEDUP_<FIELD> variables and the resources' config keys all
 come from `core.settings.Settings`, and an invalid value from any of them is refused in its words."""
+
 import argparse
 import dataclasses
 import re
@@ -20,13 +21,36 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 # The command-line contract as published: names only ever get added.
 FLAGS = {
     "run": {
-        "--images", "--out", "--embedder", "--model", "--lancedb-uri", "--duplicate-threshold", "--near-duplicate-threshold", "--keep-policy",
-        "--near-duplicate-action", "--max-duplicate-fraction", "--hash-threshold-bits", "--batch-size", "--device", "--precision", "--runtime",
-        "--neighbor-search", "--verbose",
+        "--images",
+        "--out",
+        "--embedder",
+        "--model",
+        "--lancedb-uri",
+        "--duplicate-threshold",
+        "--near-duplicate-threshold",
+        "--keep-policy",
+        "--near-duplicate-action",
+        "--max-duplicate-fraction",
+        "--hash-threshold-bits",
+        "--batch-size",
+        "--device",
+        "--precision",
+        "--runtime",
+        "--neighbor-search",
+        "--verbose",
     },
     "calibrate": {
-        "--images", "--out", "--embedder", "--model", "--sample", "--seed", "--target-precision", "--hash-threshold-bits", "--batch-size",
-        "--precision", "--force",
+        "--images",
+        "--out",
+        "--embedder",
+        "--model",
+        "--sample",
+        "--seed",
+        "--target-precision",
+        "--hash-threshold-bits",
+        "--batch-size",
+        "--precision",
+        "--force",
     },
     "demo": {"--out", "--embedder", "--max-duplicate-fraction", "--sample-only"},
     "similar": {"--k", "--out"},
@@ -35,11 +59,31 @@ FLAGS = {
 # The launchpad keys of each resource that README.md documents or users set.
 LAUNCHPAD_KEYS = {
     ImageStoreResource: {"image_root", "max_pixels", "decode_workers", "excluded_folders"},
-    EmbeddingModelResource: {"backend", "model", "pooling", "device", "precision", "batch_size", "runtime", "export_dir"},
+    EmbeddingModelResource: {
+        "backend",
+        "model",
+        "pooling",
+        "device",
+        "precision",
+        "batch_size",
+        "runtime",
+        "export_dir",
+    },
     OutputStoreResource: {"out_dir", "report_base_url"},
     DedupPolicyResource: {
-        "duplicate_threshold", "near_duplicate_threshold", "keep_policy", "near_duplicate_action", "max_duplicate_fraction", "hash_threshold_bits",
-        "thresholds_file", "model_id", "calibration_sample_size", "calibration_seed", "target_precision", "neighbor_search", "check_turned_copies",
+        "duplicate_threshold",
+        "near_duplicate_threshold",
+        "keep_policy",
+        "near_duplicate_action",
+        "max_duplicate_fraction",
+        "hash_threshold_bits",
+        "thresholds_file",
+        "model_id",
+        "calibration_sample_size",
+        "calibration_seed",
+        "target_precision",
+        "neighbor_search",
+        "check_turned_copies",
     },
 }
 # Resource config fields that hold a setting under another name.
@@ -52,7 +96,12 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
 
 
 def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {option: action for action in parser._actions for option in action.option_strings if option not in ("-h", "--help")}
+    return {
+        option: action
+        for action in parser._actions
+        for option in action.option_strings
+        if option not in ("-h", "--help")
+    }
 
 
 @pytest.mark.parametrize("command", list(FLAGS), ids=list(FLAGS))
@@ -60,7 +109,9 @@ def test_every_published_flag_is_kept(command):
     assert FLAGS[command] <= set(options(subcommands()[command]))
 
 
-@pytest.mark.parametrize("command, names", [("run", cli.RUN_SETTINGS), ("calibrate", cli.CALIBRATE_SETTINGS)], ids=["run", "calibrate"])
+@pytest.mark.parametrize(
+    "command, names", [("run", cli.RUN_SETTINGS), ("calibrate", cli.CALIBRATE_SETTINGS)], ids=["run", "calibrate"]
+)
 def test_the_flags_are_generated_from_the_settings_fields(command, names):
     flags = options(subcommands()[command])
     for name in names:
@@ -73,7 +124,7 @@ def test_the_flags_are_generated_from_the_settings_fields(command, names):
 
 def test_readme_lists_every_flag_and_the_settings_without_one():
     readme = README.read_text()
-    synopsis = readme[readme.index("## Command line"):readme.index("`run` materializes")]
+    synopsis = readme[readme.index("## Command line") : readme.index("`run` materializes")]
     for command, parser in subcommands().items():
         for flag in options(parser):
             assert re.search(rf"{re.escape(flag)}\b", synopsis), f"README's synopsis lacks `imgdedup {command} {flag}`"
@@ -82,7 +133,13 @@ def test_readme_lists_every_flag_and_the_settings_without_one():
             assert env_var(name) in readme
 
 
-SAMPLE_TEXT = {"device": "mps", "dedup_schedule_cron": "5 4 * * *", "near_duplicate_threshold": "0.07", "model": "a/model", "duplicate_threshold": "0.001"}
+SAMPLE_TEXT = {
+    "device": "mps",
+    "dedup_schedule_cron": "5 4 * * *",
+    "near_duplicate_threshold": "0.07",
+    "model": "a/model",
+    "duplicate_threshold": "0.001",
+}
 
 
 def sample_text(name: str) -> str:
@@ -112,10 +169,19 @@ def test_every_setting_is_read_from_its_environment_variable(name):
 @pytest.mark.parametrize(
     ("environment", "message"),
     [
-        ({"IMGDEDUP_KEEP_POLICY": "biggest"}, "unknown keep policy 'biggest': use one of resolution, first_seen, path (--keep-policy / IMGDEDUP_KEEP_POLICY)"),
+        (
+            {"IMGDEDUP_KEEP_POLICY": "biggest"},
+            "unknown keep policy 'biggest': use one of resolution, first_seen, path (--keep-policy / IMGDEDUP_KEEP_POLICY)",
+        ),
         ({"IMGDEDUP_BATCH_SIZE": "abc"}, "IMGDEDUP_BATCH_SIZE='abc' is not a whole number (--batch-size)"),
-        ({"IMGDEDUP_MAX_DUPLICATE_FRACTION": "1.5"}, "max_duplicate_fraction must be within [0, 1], got 1.5 (--max-duplicate-fraction / IMGDEDUP_MAX_DUPLICATE_FRACTION)"),
-        ({"IMGDEDUP_EXECUTOR": "dask"}, "unknown executor 'dask': use one of in_process, multiprocess, celery (IMGDEDUP_EXECUTOR)"),
+        (
+            {"IMGDEDUP_MAX_DUPLICATE_FRACTION": "1.5"},
+            "max_duplicate_fraction must be within [0, 1], got 1.5 (--max-duplicate-fraction / IMGDEDUP_MAX_DUPLICATE_FRACTION)",
+        ),
+        (
+            {"IMGDEDUP_EXECUTOR": "dask"},
+            "unknown executor 'dask': use one of in_process, multiprocess, celery (IMGDEDUP_EXECUTOR)",
+        ),
         ({"IMGDEDUP_DEVICE": "gpu"}, "unknown device 'gpu': use cpu, cuda, cuda:N or mps (--device / IMGDEDUP_DEVICE)"),
     ],
     ids=["choice", "whole-number", "bounds", "choice-without-flag", "device"],
@@ -134,16 +200,25 @@ def test_every_invalid_value_is_reported_at_once():
 
 def test_a_flag_wins_over_the_environment(tmp_path):
     args = cli.build_parser().parse_args(["run", "--images", str(tmp_path), "--out", "out", "--batch-size", "4"])
-    settings = Settings.load({"IMGDEDUP_BATCH_SIZE": "abc", "IMGDEDUP_KEEP_POLICY": "path"}, **{name: getattr(args, name) for name in args.settings_fields})
+    settings = Settings.load(
+        {"IMGDEDUP_BATCH_SIZE": "abc", "IMGDEDUP_KEEP_POLICY": "path"},
+        **{name: getattr(args, name) for name in args.settings_fields},
+    )
     assert (settings.batch_size, settings.keep_policy, settings.out_dir) == (4, "path", str(Path("out").resolve()))
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--keep-policy", "biggest"], "argument --keep-policy: invalid choice: 'biggest': unknown keep policy 'biggest': use one of resolution, first_seen, path"),
+        (
+            ["--keep-policy", "biggest"],
+            "argument --keep-policy: invalid choice: 'biggest': unknown keep policy 'biggest': use one of resolution, first_seen, path",
+        ),
         (["--batch-size", "1.5"], "argument --batch-size: '1.5' is not a whole number"),
-        (["--hash-threshold-bits", "33"], "argument --hash-threshold-bits: hash_threshold_bits must be within [0, 32], got 33"),
+        (
+            ["--hash-threshold-bits", "33"],
+            "argument --hash-threshold-bits: hash_threshold_bits must be within [0, 32], got 33",
+        ),
     ],
     ids=["choice", "whole-number", "bounds"],
 )
@@ -158,7 +233,10 @@ def test_an_invalid_flag_exits_2_before_any_work(flags, message, tmp_path, capsy
 def test_settings_that_contradict_each_other_exit_2_naming_them(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("IMGDEDUP_EMBEDDER", "offline")
     assert cli.main(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--model", "x/y"]) == 2
-    assert capsys.readouterr().err == "config error: --model applies to the hf embedder only; drop it or use --embedder hf\n"
+    assert (
+        capsys.readouterr().err
+        == "config error: --model applies to the hf embedder only; drop it or use --embedder hf\n"
+    )
 
 
 def test_a_copy_is_validated_too():
@@ -174,7 +252,9 @@ def test_resource_config_keys_take_the_settings_definitions(resource):
         name = RENAMED.get((resource, key), key)
         if name not in FIELDS:
             continue
-        assert field.description == FIELDS[name].description and config_fields[key].description == FIELDS[name].description
+        assert (
+            field.description == FIELDS[name].description and config_fields[key].description == FIELDS[name].description
+        )
         if field.is_required() or key == "report_base_url":  # a path the deployment must give; "" = no link
             continue
         assert field.default == FIELDS[name].default
@@ -197,7 +277,9 @@ def test_invalid_resource_config_is_refused_by_the_same_rules(resource, config, 
 
 
 def test_pooling_is_a_setting_and_the_policy_fixes_no_model_id(tmp_path):
-    args = cli.build_parser().parse_args(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--pooling", "mean"])
+    args = cli.build_parser().parse_args(
+        ["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--pooling", "mean"]
+    )
     settings = cli.settings_from_args(args)
     resources = resources_for(settings)
     assert resources["embedding_model"].pooling == "mean" and model_id_for(settings).endswith("#mean")

@@ -7,6 +7,7 @@ Usage (from the repo root, DAGSTER_HOME on the Postgres instance):
 `shard:all` runs the 16 embedding shards, one run each, one after the other (launching them from
 several threads at once hung). Writes each run's id and status, and this process's PID.
 """
+
 import json
 import os
 import sys
@@ -28,18 +29,26 @@ def main(report_path: str, stages: list[str]) -> int:
     with dg.DagsterInstance.get() as instance:
         for stage in stages:
             if stage == "catalog":
-                results = {"catalog": dg.execute_job(repository.get_reconstructable_job(DEDUP_JOB), instance, asset_selection=CATALOG_ASSETS)}
+                results = {
+                    "catalog": dg.execute_job(
+                        repository.get_reconstructable_job(DEDUP_JOB), instance, asset_selection=CATALOG_ASSETS
+                    )
+                }
             elif stage == "dedup":
                 results = {"dedup": dg.execute_job(repository.get_reconstructable_job(DEDUP_JOB), instance)}
             else:
                 wanted = stage.removeprefix("shard:")
                 results = {
                     f"shard-{key}": dg.execute_job(
-                        repository.get_reconstructable_job(SHARDED_EMBEDDING_JOB), instance, tags=shard_job.get_tags_for_partition_key(key, selected_asset_keys=[SHARD_ASSET])
+                        repository.get_reconstructable_job(SHARDED_EMBEDDING_JOB),
+                        instance,
+                        tags=shard_job.get_tags_for_partition_key(key, selected_asset_keys=[SHARD_ASSET]),
                     )
                     for key in (SHARD_KEYS if wanted == "all" else [wanted])
                 }
-            runs.update({name: {"run_id": result.run_id, "success": result.success} for name, result in results.items()})
+            runs.update(
+                {name: {"run_id": result.run_id, "success": result.success} for name, result in results.items()}
+            )
     with open(report_path, "w") as report:
         json.dump({"orchestrator_pid": os.getpid(), "runs": runs}, report)
     return 0

@@ -1,8 +1,8 @@
 """Fixtures of the multi-machine tests (helpers in distributed_support.py)."""
+
 from pathlib import Path
 
 import pytest
-
 from distributed_support import Postgres, stop_pid
 
 

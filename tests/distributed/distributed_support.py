@@ -1,5 +1,6 @@
 """Helpers of the multi-machine tests: the PostgreSQL server's URLs, Dagster homes configured by
 deploy/'s files, and starting and stopping processes by PID."""
+
 from __future__ import annotations
 
 import os
@@ -93,7 +94,9 @@ def stop_pid(pid: int) -> None:
 def start_process(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """`args` in a session of its own (so its children can be found and stopped), output in `log`."""
     with open(log, "wb") as out:
-        return subprocess.Popen(args, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            args, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def stop_process_tree(process: subprocess.Popen) -> set[int]:
@@ -104,7 +107,14 @@ def stop_process_tree(process: subprocess.Popen) -> set[int]:
     return tree
 
 
-def wait_for(predicate, what: str, timeout_s: float, logs: list[Path] = (), processes: list[subprocess.Popen] = (), poll_s: float = 1.0):
+def wait_for(
+    predicate,
+    what: str,
+    timeout_s: float,
+    logs: list[Path] = (),
+    processes: list[subprocess.Popen] = (),
+    poll_s: float = 1.0,
+):
     """Poll `predicate` until it returns a true value (returned); fail naming `what` and showing
     the logs' tails when the time is up or one of `processes` has exited."""
     deadline = time.monotonic() + timeout_s
@@ -131,7 +141,13 @@ def process_env(settings, extra: dict[str, str]) -> dict[str, str]:
     from core.settings import ENV_PREFIX, Settings
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-    env.update({ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name)) for f in dataclasses.fields(settings) if getattr(settings, f.name) is not None})
+    env.update(
+        {
+            ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name))
+            for f in dataclasses.fields(settings)
+            if getattr(settings, f.name) is not None
+        }
+    )
     assert Settings.from_env(env) == settings
     # The commands' own children (dagster-celery runs `celery`) are found on PATH.
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"

@@ -4,6 +4,7 @@ the instance and deploy/celery.yaml as the workers' config (kombu's SQLAlchemy t
 Postgres as broker and result backend), and give what one process gives on the same folder; a
 worker process killed in the middle of a shard fails that run only, and running that shard again
 embeds only what no finished batch holds."""
+
 import dataclasses
 import json
 import os
@@ -18,6 +19,17 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from distributed_support import (
+    PROJECT_ROOT,
+    VENV_BIN,
+    dagster_home_from,
+    descendants,
+    is_alive,
+    process_env,
+    start_process,
+    stop_process_tree,
+    wait_for,
+)
 from PIL import Image
 
 from core.checkpoints import EmbeddingCheckpoint
@@ -26,8 +38,6 @@ from core.settings import Settings
 from core.sharding import SHARD_KEYS
 from definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, build_definitions, model_id_for
 from resources.lancedb import LanceDBResource, table_name_for
-
-from distributed_support import PROJECT_ROOT, VENV_BIN, dagster_home_from, descendants, is_alive, process_env, start_process, stop_process_tree, wait_for
 
 WORKERS = ("worker1", "worker2")
 WORKER_START_TIMEOUT_S = 180
@@ -58,8 +68,15 @@ class Cluster:
         return finish_driver(self.start_driver(*stages, name=name), self.base / f"{name}.json")
 
     def start_driver(self, *stages: str, name: str = "driver") -> subprocess.Popen:
-        command = [sys.executable, str(PROJECT_ROOT / "tests" / "distributed" / "celery_driver.py"), str(self.base / f"{name}.json"), *stages]
-        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        command = [
+            sys.executable,
+            str(PROJECT_ROOT / "tests" / "distributed" / "celery_driver.py"),
+            str(self.base / f"{name}.json"),
+            *stages,
+        ]
+        return subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
 
     def worker_pids(self) -> dict[str, set[int]]:
         return {name: {process.pid} | descendants(process.pid) for name, process in self.workers.items()}
@@ -72,12 +89,17 @@ def finish_driver(driver: subprocess.Popen, report: Path) -> dict:
 
 
 def step_pids(instance: dg.DagsterInstance, run_id: str) -> dict[str, int]:
-    return {entry.dagster_event.step_key: entry.dagster_event.pid for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)}
+    return {
+        entry.dagster_event.step_key: entry.dagster_event.pid
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+    }
 
 
 def materializations(instance: dg.DagsterInstance, run_id: str) -> dict[str, dict]:
     return {
-        entry.dagster_event.asset_key.to_user_string(): {k: getattr(v, "value", v) for k, v in entry.asset_materialization.metadata.items()}
+        entry.dagster_event.asset_key.to_user_string(): {
+            k: getattr(v, "value", v) for k, v in entry.asset_materialization.metadata.items()
+        }
         for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
     }
 
@@ -92,13 +114,19 @@ def cluster(postgres, tmp_path_factory):
     postgres.create_database("celery_test")
     # The sample is mostly planted copies by design; its duplicate-fraction gate would block it.
     settings = Settings(
-        image_root=str(images), out_dir=str(base / "distributed"), embedder="offline", max_duplicate_fraction=1.0, executor="celery",
+        image_root=str(images),
+        out_dir=str(base / "distributed"),
+        embedder="offline",
+        max_duplicate_fraction=1.0,
+        executor="celery",
         celery_broker_url=postgres.sqlalchemy_url("celery_test", "sqla+postgresql+psycopg2"),
         celery_backend_url=postgres.sqlalchemy_url("celery_test", "db+postgresql+psycopg2"),
     )
     home = dagster_home_from("dagster.postgres.yaml", base / "dagster_home")
     instance_url = postgres.sqlalchemy_url("celery_test")
-    env = process_env(settings, {"DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": instance_url, "PYTHONPATH": str(PROJECT_ROOT)})
+    env = process_env(
+        settings, {"DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": instance_url, "PYTHONPATH": str(PROJECT_ROOT)}
+    )
     previous_url = os.environ.get("DAGSTER_POSTGRES_URL")
     os.environ["DAGSTER_POSTGRES_URL"] = instance_url  # this process reads the instance too
 
@@ -107,9 +135,28 @@ def cluster(postgres, tmp_path_factory):
         for name in WORKERS:
             log = base / f"{name}.log"
             # The deploy/celery.yaml start command; `-c 1`: one step at a time per worker.
-            command = [str(VENV_BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", "deploy/celery.yaml", "-n", name, "--", "-c", "1"]
+            command = [
+                str(VENV_BIN / "dagster-celery"),
+                "worker",
+                "start",
+                "-A",
+                "dagster_celery.app",
+                "-y",
+                "deploy/celery.yaml",
+                "-n",
+                name,
+                "--",
+                "-c",
+                "1",
+            ]
             workers[name] = start_process(command, env, log)
-            wait_for(lambda: " ready." in log.read_text(errors="replace"), f"celery {name} to be ready", WORKER_START_TIMEOUT_S, [log], [workers[name]])
+            wait_for(
+                lambda: " ready." in log.read_text(errors="replace"),  # noqa: B023 (waited for here)
+                f"celery {name} to be ready",
+                WORKER_START_TIMEOUT_S,
+                [log],
+                [workers[name]],
+            )
         yield Cluster(base=base, settings=settings, home=home, env=env, workers=workers)
     finally:
         stopped = {name: stop_process_tree(process) for name, process in workers.items()}
@@ -133,9 +180,19 @@ def celery_runs(cluster):
         found["step_pids"] = {name: step_pids(instance, run["run_id"]) for name, run in found["runs"].items()}
         found["dedup_metadata"] = materializations(instance, found["runs"]["dedup"]["run_id"])
 
-    single = dataclasses.replace(cluster.settings, out_dir=str(cluster.base / "single"), executor="in_process", celery_broker_url=None, celery_backend_url=None)
+    single = dataclasses.replace(
+        cluster.settings,
+        out_dir=str(cluster.base / "single"),
+        executor="in_process",
+        celery_broker_url=None,
+        celery_backend_url=None,
+    )
     with dg.instance_for_test() as instance:
-        result = build_definitions(single).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        result = (
+            build_definitions(single)
+            .resolve_job_def(DEDUP_JOB)
+            .execute_in_process(instance=instance, raise_on_error=False)
+        )
     found.update(distributed=cluster.settings, single=single, single_success=result.success)
     return found
 
@@ -188,7 +245,9 @@ def catalog_hashes(settings: Settings) -> set[str]:
 
 def running_shard_step(instance: dg.DagsterInstance, shard: str, checkpoint: EmbeddingCheckpoint) -> int | None:
     """The PID running the shard's step, once the step has written its first batch (None before)."""
-    (run, *_) = instance.get_runs(filters=dg.RunsFilter(job_name=SHARDED_EMBEDDING_JOB, tags={"dagster/partition": shard}), limit=1) or [None]
+    (run, *_) = instance.get_runs(
+        filters=dg.RunsFilter(job_name=SHARDED_EMBEDDING_JOB, tags={"dagster/partition": shard}), limit=1
+    ) or [None]
     if run is None or run.status != dg.DagsterRunStatus.STARTED or not checkpoint.shards():
         return None
     return step_pids(instance, run.run_id).get("image_embedding_shards")
@@ -206,12 +265,27 @@ def killed_shard(cluster, celery_runs):
     assert cluster.drive("catalog", name="catalog-again")["runs"]["catalog"]["success"]
     new = catalog_hashes(cluster.settings) - set(vector_table(cluster.settings).index)
     shard, count = Counter(h[0] for h in new).most_common(1)[0]
-    checkpoint = EmbeddingCheckpoint(Path(cluster.settings.out_dir) / "state" / "embedding-checkpoints" / table_name_for(model_id_for(cluster.settings)))
-    found = {"shard": shard, "new_in_shard": {h for h in new if h[0] == shard}, "checkpointed_before": checkpoint.hashes()}
+    checkpoint = EmbeddingCheckpoint(
+        Path(cluster.settings.out_dir)
+        / "state"
+        / "embedding-checkpoints"
+        / table_name_for(model_id_for(cluster.settings))
+    )
+    found = {
+        "shard": shard,
+        "new_in_shard": {h for h in new if h[0] == shard},
+        "checkpointed_before": checkpoint.hashes(),
+    }
 
     driver = cluster.start_driver(f"shard:{shard}", name="killed")
     with dg.DagsterInstance.from_config(str(cluster.home)) as instance:
-        pid = wait_for(lambda: running_shard_step(instance, shard, checkpoint), f"shard {shard} to checkpoint its first batch", RUN_TIMEOUT_S, processes=[driver], poll_s=0.05)
+        pid = wait_for(
+            lambda: running_shard_step(instance, shard, checkpoint),
+            f"shard {shard} to checkpoint its first batch",
+            RUN_TIMEOUT_S,
+            processes=[driver],
+            poll_s=0.05,
+        )
         found["killed_pid_was_a_worker_process"] = any(pid in pids for pids in cluster.worker_pids().values())
         os.kill(pid, signal.SIGKILL)
         found["killed"] = finish_driver(driver, cluster.base / "killed.json")["runs"][f"shard-{shard}"]

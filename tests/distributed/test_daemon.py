@@ -2,6 +2,7 @@
 runs the schedule, which launches dedup_job over the folder, then the arrival sensor, which launches
 it by itself when images are dropped into the folder; that run embeds only the new contents and its
 results equal a full run."""
+
 import os
 import shutil
 import subprocess
@@ -10,13 +11,21 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from distributed_support import (
+    PROJECT_ROOT,
+    VENV_BIN,
+    dagster_home_from,
+    is_alive,
+    process_env,
+    start_process,
+    stop_process_tree,
+    wait_for,
+)
 
 from automation.arrivals import LISTING_TAG, TRIGGER_TAG
 from core.sample import build_sample_set
 from core.settings import Settings
 from definitions import DEDUP_JOB, build_definitions
-
-from distributed_support import PROJECT_ROOT, VENV_BIN, dagster_home_from, is_alive, process_env, start_process, stop_process_tree, wait_for
 
 RUN_TIMEOUT_S = 600
 CLI_TIMEOUT_S = 300
@@ -36,20 +45,28 @@ def finished_runs(instance: dg.DagsterInstance, trigger: str) -> list[dg.Dagster
     """The runs `trigger` (sensor or schedule) launched, oldest first, once one has ended (None
     before); a run that failed ends the wait at once."""
     runs = list(reversed(instance.get_runs(filters=dg.RunsFilter(tags={TRIGGER_TAG: trigger}))))
-    ended = [run for run in runs if run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
+    ended = [
+        run
+        for run in runs
+        if run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+    ]
     return runs if ended else None
 
 
 def switch(kind: str, name: str, state: str, env: dict[str, str]) -> None:
     """`dagster sensor|schedule start|stop NAME`: what an operator does once (or in the UI)."""
     command = [str(VENV_BIN / "dagster"), kind, state, name, "-w", "workspace.yaml"]
-    completed = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    completed = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
 def embedded_this_run(instance: dg.DagsterInstance, run_id: str) -> int:
     (entry,) = [
-        e for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION) if e.dagster_event.asset_key.to_user_string() == "image_embeddings"
+        e
+        for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        if e.dagster_event.asset_key.to_user_string() == "image_embeddings"
     ]
     return entry.asset_materialization.metadata["embedded_this_run"].value
 
@@ -70,10 +87,16 @@ def daemon_runs(postgres, tmp_path_factory):
     instance_url = postgres.sqlalchemy_url("daemon_test")
     # The schedule every minute here (02:00 by default), so that the daemon fires it during the test.
     settings = Settings(
-        image_root=str(images), out_dir=str(base / "incremental"), embedder="offline", max_duplicate_fraction=1.0, dedup_schedule_cron="* * * * *"
+        image_root=str(images),
+        out_dir=str(base / "incremental"),
+        embedder="offline",
+        max_duplicate_fraction=1.0,
+        dedup_schedule_cron="* * * * *",
     )
     home = dagster_home_from("dagster.postgres.yaml", base / "dagster_home")
-    env = process_env(settings, {"DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": instance_url, "PYTHONPATH": str(PROJECT_ROOT)})
+    env = process_env(
+        settings, {"DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": instance_url, "PYTHONPATH": str(PROJECT_ROOT)}
+    )
     previous_url = os.environ.get("DAGSTER_POSTGRES_URL")
     os.environ["DAGSTER_POSTGRES_URL"] = instance_url  # for this process's view of the instance
 
@@ -84,7 +107,9 @@ def daemon_runs(postgres, tmp_path_factory):
         with dg.DagsterInstance.from_config(str(home)) as instance:
             found["storage"] = type(instance.run_storage).__name__
             switch("schedule", "nightly_dedup_schedule", "start", env)
-            (found["schedule_run"],) = wait_for(lambda: finished_runs(instance, "schedule"), "the schedule's run", RUN_TIMEOUT_S, [log], [daemon])
+            (found["schedule_run"],) = wait_for(
+                lambda: finished_runs(instance, "schedule"), "the schedule's run", RUN_TIMEOUT_S, [log], [daemon]
+            )
             found["hashes_before"] = catalog_hashes(Path(settings.out_dir))
             # Only the sensor from here on (a schedule firing every minute would race it).
             switch("schedule", "nightly_dedup_schedule", "stop", env)
@@ -92,8 +117,18 @@ def daemon_runs(postgres, tmp_path_factory):
             # No other call from here on: new images arrive (in one rename, so that no listing sees
             # half of them), the sensor sees them and the daemon launches the run.
             staging.rename(images / "arrived")
-            (found["sensor_run"],) = wait_for(lambda: finished_runs(instance, "sensor"), "the sensor's run for the new images", RUN_TIMEOUT_S, [log], [daemon])
-            found["embedded"] = [embedded_this_run(instance, found[run].run_id) for run in ("schedule_run", "sensor_run") if found[run].status == dg.DagsterRunStatus.SUCCESS]
+            (found["sensor_run"],) = wait_for(
+                lambda: finished_runs(instance, "sensor"),
+                "the sensor's run for the new images",
+                RUN_TIMEOUT_S,
+                [log],
+                [daemon],
+            )
+            found["embedded"] = [
+                embedded_this_run(instance, found[run].run_id)
+                for run in ("schedule_run", "sensor_run")
+                if found[run].status == dg.DagsterRunStatus.SUCCESS
+            ]
             found["heartbeats"] = set(instance.get_daemon_heartbeats())
             found["hashes_after"] = catalog_hashes(Path(settings.out_dir))
     finally:
@@ -105,7 +140,12 @@ def daemon_runs(postgres, tmp_path_factory):
 
     full = Settings(image_root=str(images), out_dir=str(base / "full"), embedder="offline", max_duplicate_fraction=1.0)
     with dg.instance_for_test() as instance:
-        found["full_success"] = build_definitions(full).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False).success
+        found["full_success"] = (
+            build_definitions(full)
+            .resolve_job_def(DEDUP_JOB)
+            .execute_in_process(instance=instance, raise_on_error=False)
+            .success
+        )
     found["full"] = full
     return found
 

@@ -1,14 +1,14 @@
 """IMGDEDUP_EXECUTOR picks every job's executor in definitions.py, and nothing else does."""
+
 import subprocess
 
 import dagster as dg
 import pytest
+from distributed_support import PROJECT_ROOT, VENV_BIN, process_env
 from PIL import Image
 
 from core.settings import Settings, SettingsError
 from definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, build_definitions
-
-from distributed_support import PROJECT_ROOT, VENV_BIN, process_env
 
 BROKER = "sqla+postgresql+psycopg2://postgres@/imgdedup?host=/run/postgresql"
 BACKEND = "db+postgresql+psycopg2://postgres@/imgdedup?host=/run/postgresql"
@@ -17,8 +17,18 @@ CLI_TIMEOUT_S = 300
 
 @pytest.mark.parametrize(
     ("environment", "executor_name"),
-    [({}, "in_process_by_default"), ({"IMGDEDUP_EXECUTOR": "multiprocess"}, "multiprocess_by_default"),
-     ({"IMGDEDUP_EXECUTOR": "celery", "IMGDEDUP_CELERY_BROKER_URL": BROKER, "IMGDEDUP_CELERY_BACKEND_URL": BACKEND}, "celery")],
+    [
+        ({}, "in_process_by_default"),
+        ({"IMGDEDUP_EXECUTOR": "multiprocess"}, "multiprocess_by_default"),
+        (
+            {
+                "IMGDEDUP_EXECUTOR": "celery",
+                "IMGDEDUP_CELERY_BROKER_URL": BROKER,
+                "IMGDEDUP_CELERY_BACKEND_URL": BACKEND,
+            },
+            "celery",
+        ),
+    ],
     ids=["default", "multiprocess", "celery"],
 )
 def test_the_executor_setting_applies_to_every_job(environment, executor_name, tmp_path):
@@ -61,7 +71,10 @@ def test_an_unreachable_broker_fails_the_run_naming_it(tmp_path):
     Image.new("RGB", (8, 8), "red").save(images / "a.png")
     socket_dir = tmp_path / "no-postgres-here"
     settings = Settings(
-        image_root=str(images), out_dir=str(tmp_path / "out"), embedder="offline", executor="celery",
+        image_root=str(images),
+        out_dir=str(tmp_path / "out"),
+        embedder="offline",
+        executor="celery",
         celery_broker_url=f"sqla+postgresql+psycopg2://postgres@/imgdedup?host={socket_dir}",
         celery_backend_url=f"db+postgresql+psycopg2://postgres@/imgdedup?host={socket_dir}",
     )
@@ -69,7 +82,11 @@ def test_an_unreachable_broker_fails_the_run_naming_it(tmp_path):
     (tmp_path / "home").mkdir()
     completed = subprocess.run(
         [str(VENV_BIN / "dagster"), "job", "execute", "-m", "definitions", "-j", DEDUP_JOB],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
     )
     output = completed.stdout + completed.stderr
     assert completed.returncode != 0, output[-3000:]

@@ -1,5 +1,6 @@
 """LanceDB on object storage: the whole pipeline writes and reads its vector table at `s3://...`
 on a real S3-compatible server (moto's server mode) bound to loopback, started by the test."""
+
 import socket
 
 import dagster as dg
@@ -47,8 +48,13 @@ def s3_endpoint(monkeypatch):
 
 def test_pipeline_writes_and_reads_its_vector_table_on_s3(s3_endpoint, bench_data, tmp_path):
     uri = f"s3://{BUCKET}/lancedb"
-    settings = Settings(image_root=str(bench_data / "idealo-imagededup"), out_dir=str(tmp_path / "out"), embedder="offline",
-                        lancedb_uri=uri, max_duplicate_fraction=1.0)
+    settings = Settings(
+        image_root=str(bench_data / "idealo-imagededup"),
+        out_dir=str(tmp_path / "out"),
+        embedder="offline",
+        lancedb_uri=uri,
+        max_duplicate_fraction=1.0,
+    )
     with dg.instance_for_test() as instance:
         result = dg.materialize(ALL_ASSETS, resources=resources_for(settings), instance=instance, raise_on_error=False)
     assert result.success
@@ -63,5 +69,7 @@ def test_pipeline_writes_and_reads_its_vector_table_on_s3(s3_endpoint, bench_dat
     matrix = np.stack(list(vectors.values()))
     assert matrix.shape[1] == 1280
     np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
-    objects = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").list_objects_v2(Bucket=BUCKET, Prefix="lancedb/")
+    objects = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").list_objects_v2(
+        Bucket=BUCKET, Prefix="lancedb/"
+    )
     assert objects.get("KeyCount", 0) > 0, "nothing was written to the bucket"

@@ -1,7 +1,9 @@
 """The real model-loading code: a tiny saved ViT through transformers, and the offline backbone."""
+
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic_images import sample_photo
 
 from core.embedders import (
     DEFAULT_HF_MODEL,
@@ -11,7 +13,6 @@ from core.embedders import (
     build_embedder,
 )
 from resources.embedding_model import EmbeddingModelResource
-from synthetic_images import sample_photo
 
 
 def test_hf_backend_loads_a_saved_vit_through_auto_classes(tiny_vit_dir):
@@ -70,7 +71,11 @@ def offline_embedder():
     return EfficientNetLite0Embedder()
 
 
-@pytest.mark.parametrize(("photo", "imagenet_class", "label"), [("chelsea", 285, "Egyptian cat"), ("coffee", 967, "espresso")], ids=["chelsea-is-a-cat", "coffee-is-espresso"])
+@pytest.mark.parametrize(
+    ("photo", "imagenet_class", "label"),
+    [("chelsea", 285, "Egyptian cat"), ("coffee", 967, "espresso")],
+    ids=["chelsea-is-a-cat", "coffee-is-espresso"],
+)
 def test_offline_backbone_weights_classify_real_photos(offline_embedder, photo, imagenet_class, label):
     logits = offline_embedder.logits([sample_photo(photo)])
     assert int(np.argmax(logits[0])) == imagenet_class, f"expected {label}"
@@ -78,13 +83,19 @@ def test_offline_backbone_weights_classify_real_photos(offline_embedder, photo, 
 
 def test_offline_backbone_embeds_unit_vectors_and_similar_photos_are_closer(offline_embedder):
     chelsea = sample_photo("chelsea")
-    vectors = offline_embedder.embed([chelsea, chelsea.resize((chelsea.width // 2, chelsea.height // 2)), sample_photo("rocket")])
+    vectors = offline_embedder.embed(
+        [chelsea, chelsea.resize((chelsea.width // 2, chelsea.height // 2)), sample_photo("rocket")]
+    )
     assert vectors.shape == (3, 1280)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     assert vectors[0] @ vectors[1] > 0.95 > vectors[0] @ vectors[2]
 
 
-@pytest.mark.parametrize(("backend", "model", "error"), [("clip", None, "unknown embedder"), ("offline", "some/model", "one fixed model")], ids=["unknown-backend", "offline-with-model"])
+@pytest.mark.parametrize(
+    ("backend", "model", "error"),
+    [("clip", None, "unknown embedder"), ("offline", "some/model", "one fixed model")],
+    ids=["unknown-backend", "offline-with-model"],
+)
 def test_build_embedder_rejects_bad_config(backend, model, error):
     with pytest.raises(ValueError, match=error):
         build_embedder(backend, model)
@@ -146,7 +157,10 @@ def test_offline_bf16_embeddings_agree_with_fp32_and_still_classify(offline_embe
     # Measured 0.9984-0.9994 on these photos: rounding accumulates through the CNN's ~50 conv + BN
     # layers (fp32 stem/head, autocast or folded BN do not bring it above 0.999; see BENCHMARKS.md).
     assert _cosines(fp32, bf16).min() >= 0.997
-    assert np.argmax(bf16_embedder.logits([sample_photo("chelsea"), sample_photo("coffee")]), axis=1).tolist() == [285, 967]
+    assert np.argmax(bf16_embedder.logits([sample_photo("chelsea"), sample_photo("coffee")]), axis=1).tolist() == [
+        285,
+        967,
+    ]
 
 
 def test_resource_passes_the_precision_through(tiny_vit_dir):
@@ -167,7 +181,13 @@ def test_settings_read_validate_and_apply_the_precision(tmp_path, tiny_vit_dir):
         Settings(image_root=str(tmp_path), precision="fp16")
     assert not Settings(image_root=str(tmp_path), precision="bf16").problems(check_paths=False)
 
-    settings = Settings(image_root=str(tmp_path), out_dir=str(tmp_path / "out"), embedder="hf", model=str(tiny_vit_dir), precision="bf16")
+    settings = Settings(
+        image_root=str(tmp_path),
+        out_dir=str(tmp_path / "out"),
+        embedder="hf",
+        model=str(tiny_vit_dir),
+        precision="bf16",
+    )
     resources = resources_for(settings)
     assert resources["embedding_model"].precision == "bf16"
     # Calibrated thresholds are stored per model id: the assets look them up under the vectors' (bf16) id.
@@ -190,12 +210,25 @@ def test_bf16_then_fp32_runs_into_one_out_dir_keep_two_tables(tmp_path, tiny_vit
         sample_photo(name).resize((64, 48)).save(images / f"photo{index}.png")
     sample_photo("chelsea").resize((64, 48)).save(images / "photo0_copy.png")
     # A random tiny ViT finds everything similar: the duplicate-fraction gate is not under test here.
-    bf16 = Settings(image_root=str(images), out_dir=str(tmp_path / "out"), embedder="hf", model=str(tiny_vit_dir), precision="bf16", max_duplicate_fraction=1.0)
+    bf16 = Settings(
+        image_root=str(images),
+        out_dir=str(tmp_path / "out"),
+        embedder="hf",
+        model=str(tiny_vit_dir),
+        precision="bf16",
+        max_duplicate_fraction=1.0,
+    )
     fp32 = dataclasses.replace(bf16, precision="fp32")
     with dg.instance_for_test() as instance:
-        results = [build_definitions(s).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False) for s in (bf16, fp32, bf16)]
+        results = [
+            build_definitions(s).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
+            for s in (bf16, fp32, bf16)
+        ]
         assert all(result.success for result in results)
-        switch_logs = [[r.user_message for r in instance.all_logs(result.run_id) if r.user_message.startswith("model changed to ")] for result in results]
+        switch_logs = [
+            [r.user_message for r in instance.all_logs(result.run_id) if r.user_message.startswith("model changed to ")]
+            for result in results
+        ]
     assert not switch_logs[0] and switch_logs[1]  # the switch to fp32 is said in the logs
     lancedb = LanceDBResource(uri=bf16.vector_store_uri)
     fp32_id = HuggingFaceEmbedder(str(tiny_vit_dir)).model_id

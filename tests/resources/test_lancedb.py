@@ -1,4 +1,5 @@
 """Tests for LanceDBResource.read_content_vectors against a real embedded LanceDB in tmp."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,7 +54,16 @@ def test_no_table_or_nothing_wanted_gives_no_rows(store):
 def test_a_table_mixing_models_is_refused(store):
     hashes, vectors = stored_vectors(store, rows=5)
     table = store.open_vectors(MODEL)
-    table.add(pa.table({"pixel_hash": ["intruder"], "model_id": ["another/model"], "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[0]), vectors.shape[1])}, schema=table.schema))
+    table.add(
+        pa.table(
+            {
+                "pixel_hash": ["intruder"],
+                "model_id": ["another/model"],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[0]), vectors.shape[1]),
+            },
+            schema=table.schema,
+        )
+    )
     with pytest.raises(ValueError, match="mixes models"):
         store.read_content_vectors(MODEL, set(hashes))
 
@@ -72,6 +82,12 @@ def test_a_row_not_read_back_is_an_error_not_a_zero_vector(store, monkeypatch):
 
     hashes, _ = stored_vectors(store, rows=20)
     original = module.lancedb_batches  # a paging bug that skips the second batch
-    monkeypatch.setattr(module, "lancedb_batches", lambda table, batch_rows: (batch for number, batch in enumerate(original(table, batch_rows=batch_rows)) if number != 1))
+    monkeypatch.setattr(
+        module,
+        "lancedb_batches",
+        lambda table, batch_rows: (
+            batch for number, batch in enumerate(original(table, batch_rows=batch_rows)) if number != 1
+        ),
+    )
     with pytest.raises(ValueError, match="not read back"):
         store.read_content_vectors(MODEL, set(hashes), batch_rows=5)

@@ -1,6 +1,7 @@
 """CPU inference runtimes behind the embedders: fp32 vectors equal torch's on real photos, the export
 is cached once per model id under the export folder, and `auto` picks a CPU runtime only where it
 runs the same vectors (fp32 on the CPU)."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -110,7 +111,10 @@ def test_auto_runs_a_cpu_runtime_only_for_fp32_on_the_cpu(runtime, device, preci
     assert resolve_runtime(runtime, device, precision) == expected
 
 
-@pytest.mark.parametrize("runtime, device, precision", [("openvino", "cpu", "bf16"), ("onnxruntime", "cuda", "fp32"), ("tensorrt", "cpu", "fp32")])
+@pytest.mark.parametrize(
+    "runtime, device, precision",
+    [("openvino", "cpu", "bf16"), ("onnxruntime", "cuda", "fp32"), ("tensorrt", "cpu", "fp32")],
+)
 def test_a_runtime_that_cannot_run_the_configuration_is_refused(runtime, device, precision):
     with pytest.raises(ValueError, match="runtime"):
         resolve_runtime(runtime, device, precision)
@@ -122,7 +126,9 @@ def test_resource_runs_auto_into_its_export_folder_and_says_which_runtime_ran(ph
     assert "not loaded" in embedder.runtime_in_use
     hashes = {f"h{i}": f"p{i}" for i in range(3)}
     by_path = {f"p{i}": photo for i, photo in enumerate(photos[:3])}
-    vectors = np.concatenate([v for _, v in embed_in_batches(hashes, embedder, lambda path, draft: by_path[path], batch_size=2)])
+    vectors = np.concatenate(
+        [v for _, v in embed_in_batches(hashes, embedder, lambda path, draft: by_path[path], batch_size=2)]
+    )
     assert embedder.runtime_in_use.startswith(CPU_RUNTIMES_FASTEST_FIRST[0])
     assert (tmp_path / "exported-models" / CPU_RUNTIMES_FASTEST_FIRST[0]).is_dir()
     assert vectors.shape == (3, 1280)

@@ -16,6 +16,7 @@ Environment:
 
 Usage: python tests/robustness/cli_driver.py run --images DIR --out DIR ...
 """
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Helpers shared by the crash / resume and concurrency tests: `imgdedup` runs as separate
 processes against a throwaway Dagster instance (their photo tiles: tests/synthetic_images.py)."""
+
 from __future__ import annotations
 
 import os
@@ -26,11 +27,24 @@ def cli_env(dagster_home: Path, **extra: str) -> dict[str, str]:
     into an empty one) and no IMGDEDUP_* settings leaking in from the caller."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGDEDUP_")}
-    return {**env, "DAGSTER_HOME": str(dagster_home), "GX_ANALYTICS_ENABLED": "false", "DAGSTER_DISABLE_TELEMETRY": "1", **extra}
+    return {
+        **env,
+        "DAGSTER_HOME": str(dagster_home),
+        "GX_ANALYTICS_ENABLED": "false",
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+        **extra,
+    }
 
 
 def run_cli(*args, dagster_home: Path, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_command(*args), cwd=PROJECT_ROOT, env=cli_env(dagster_home, **extra_env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cli_command(*args),
+        cwd=PROJECT_ROOT,
+        env=cli_env(dagster_home, **extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def vector_rows(uri: Path | str) -> pd.DataFrame:

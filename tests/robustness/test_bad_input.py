@@ -6,6 +6,7 @@ Kinds that a plain folder cannot produce on every machine (a permission error wh
 as root, a file deleted between listing and reading) are produced by wrapping the real call at
 the point where it happens (`open`, `os.scandir`, discovery), never by replacing our own code.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -145,18 +146,29 @@ def build_bad_corpus(root: Path) -> Corpus:
     indices = (alpha == 255).astype(np.uint8)
     palette = Image.fromarray(indices, "P")
     palette.putpalette([0, 0, 0, 200, 20, 120] + [0] * 762)
-    palette.save(add("palette_png_transparency", "palette.png", pixels=_composited((200, 20, 120), alpha), source_mode="P"), transparency=0)
+    palette.save(
+        add("palette_png_transparency", "palette.png", pixels=_composited((200, 20, 120), alpha), source_mode="P"),
+        transparency=0,
+    )
     la = Image.merge("LA", [Image.fromarray(np.full((4, 6), 80, np.uint8)), Image.fromarray(alpha)])
     la.save(add("la_png", "gray_alpha.png", pixels=_composited((80, 80, 80), alpha), source_mode="LA"))
     rgba = np.dstack([np.full((4, 6, 3), (10, 200, 30), np.uint8), alpha])
     rgba[2:, :, :3] = 0  # colour hidden under transparent pixels must not matter
-    Image.fromarray(rgba).save(add("rgba_png", "rgba.png", pixels=_composited((10, 200, 30), alpha), source_mode="RGBA"))
+    Image.fromarray(rgba).save(
+        add("rgba_png", "rgba.png", pixels=_composited((10, 200, 30), alpha), source_mode="RGBA")
+    )
     gray = np.random.default_rng(5).integers(0, 256, (5, 7), dtype=np.uint8)
     Image.fromarray(gray).save(add("grayscale_png", "gray.png", pixels=np.dstack([gray] * 3), source_mode="L"))
 
     colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
     frames = [Image.new("RGB", (5, 4), c) for c in colors]
-    gif = add("animated_gif_first_frame", "animated.gif", pixels=np.full((4, 5, 3), colors[0], np.uint8), frames=3, source_mode="P")
+    gif = add(
+        "animated_gif_first_frame",
+        "animated.gif",
+        pixels=np.full((4, 5, 3), colors[0], np.uint8),
+        frames=3,
+        source_mode="P",
+    )
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=50, loop=0)
     pages = [_rng_pixels(6, 9, 10 + i) for i in range(3)]
     tiff = add("multipage_tiff_first_page", "pages.tiff", pixels=pages[0], frames=3, source_mode="RGB")
@@ -208,7 +220,9 @@ def build_bad_corpus(root: Path) -> Corpus:
 
     (root / "folder.jpg").mkdir()
     inner = _rng_pixels(8, 8, 16)
-    add("folder_named_like_an_image", "folder.jpg/inner.png", pixels=inner, source_mode="RGB").write_bytes(_png_bytes(inner))
+    add("folder_named_like_an_image", "folder.jpg/inner.png", pixels=inner, source_mode="RGB").write_bytes(
+        _png_bytes(inner)
+    )
     os.mkfifo(add("named_pipe_png", "pipe.png", reason="not_a_regular_file"))
 
     (root / "README.txt").write_text("not an image extension: never discovered")
@@ -241,7 +255,11 @@ def corpus_hooks(corpus: Corpus):
     def open_(file, *args, **kwargs):
         if isinstance(file, (str, os.PathLike)) and os.fspath(file) in corpus.open_denied:
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
-        if isinstance(file, (str, os.PathLike)) and os.fspath(file) in corpus.vanish_while_opening and os.path.lexists(file):
+        if (
+            isinstance(file, (str, os.PathLike))
+            and os.fspath(file) in corpus.vanish_while_opening
+            and os.path.lexists(file)
+        ):
             os.unlink(file)  # the catalog reads a file's bytes once (then hashes and decodes them): gone at that read
         return real_open(file, *args, **kwargs)
 
@@ -284,12 +302,35 @@ def corpus_catalog(tmp_path_factory):
 
 
 KINDS = [
-    "zero_byte", "truncated_jpeg", "truncated_png", "random_bytes_jpg", "text_named_png", "html_named_jpg",
-    "decompression_bomb", "one_pixel", "wide_strip_20000px", "cmyk_jpeg", "png_16_bit", "palette_png_transparency",
-    "la_png", "rgba_png", "grayscale_png", "animated_gif_first_frame", "multipage_tiff_first_page",
-    "exif_orientation_6", "non_utf8_name", "name_of_255_bytes", "symlink_outside_root", "symlink_loop",
-    "unreadable_chmod_000", "unreadable_open_denied", "unreadable_folder", "disappears_after_listing",
-    "disappears_while_opening", "swapped_for_escaping_symlink_after_listing", "folder_named_like_an_image",
+    "zero_byte",
+    "truncated_jpeg",
+    "truncated_png",
+    "random_bytes_jpg",
+    "text_named_png",
+    "html_named_jpg",
+    "decompression_bomb",
+    "one_pixel",
+    "wide_strip_20000px",
+    "cmyk_jpeg",
+    "png_16_bit",
+    "palette_png_transparency",
+    "la_png",
+    "rgba_png",
+    "grayscale_png",
+    "animated_gif_first_frame",
+    "multipage_tiff_first_page",
+    "exif_orientation_6",
+    "non_utf8_name",
+    "name_of_255_bytes",
+    "symlink_outside_root",
+    "symlink_loop",
+    "unreadable_chmod_000",
+    "unreadable_open_denied",
+    "unreadable_folder",
+    "disappears_after_listing",
+    "disappears_while_opening",
+    "swapped_for_escaping_symlink_after_listing",
+    "folder_named_like_an_image",
     "named_pipe_png",
 ]
 

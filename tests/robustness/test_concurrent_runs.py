@@ -6,6 +6,7 @@ Both runs go through `cli_driver.py`, which makes the first writer wait inside t
 second run is ready to write too: without the pool the two merge_inserts would then certainly
 overlap, and LanceDB would insert the keys they share twice (README, "Concurrent runs").
 """
+
 from __future__ import annotations
 
 import shutil
@@ -17,7 +18,6 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-
 from robustness_support import PROJECT_ROOT, RUN_FLAGS, cli_env, vector_rows
 
 DRIVER = Path(__file__).with_name("cli_driver.py")
@@ -53,14 +53,31 @@ def two_runs(photo_tiles, tmp_path_factory):
     env = cli_env(home, IMGDEDUP_TEST_WRITE_LOG=str(log), IMGDEDUP_TEST_RENDEZVOUS=str(base / "rendezvous"))
     processes = {
         name: subprocess.Popen(
-            [sys.executable, str(DRIVER), "run", "--images", str(folder), "--out", str(base / f"out-{name}"), "--lancedb-uri", str(uri), *RUN_FLAGS],
-            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                str(DRIVER),
+                "run",
+                "--images",
+                str(folder),
+                "--out",
+                str(base / f"out-{name}"),
+                "--lancedb-uri",
+                str(uri),
+                *RUN_FLAGS,
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for name, folder in folders.items()
     }
     outputs = {name: process.communicate(timeout=400)[0] for name, process in processes.items()}
     codes = {name: process.returncode for name, process in processes.items()}
-    catalogs = {name: pd.read_parquet(next((base / f"out-{name}" / "state").glob("catalog-*.parquet"))) for name in folders}
+    catalogs = {
+        name: pd.read_parquet(next((base / f"out-{name}" / "state").glob("catalog-*.parquet"))) for name in folders
+    }
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DAGSTER_HOME", str(home))
         with dg.DagsterInstance.get() as instance:
@@ -69,7 +86,16 @@ def two_runs(photo_tiles, tmp_path_factory):
                 record.event_log_entry.asset_materialization.metadata["inserted_this_run"].value
                 for record in instance.fetch_materializations(dg.AssetKey("image_vectors"), limit=10).records
             ]
-    return {"codes": codes, "outputs": outputs, "catalogs": catalogs, "rows": vector_rows(uri), "intervals": write_intervals(log), "pools": pools, "inserted": inserted, "overlap": overlap}
+    return {
+        "codes": codes,
+        "outputs": outputs,
+        "catalogs": catalogs,
+        "rows": vector_rows(uri),
+        "intervals": write_intervals(log),
+        "pools": pools,
+        "inserted": inserted,
+        "overlap": overlap,
+    }
 
 
 def test_both_runs_succeed(two_runs):
@@ -87,7 +113,9 @@ def test_the_table_holds_every_content_exactly_once(two_runs):
     vectors = np.stack(rows["vector"].to_numpy())
     assert np.isfinite(vectors).all()
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert len(two_runs["inserted"]) == 2 and sum(two_runs["inserted"]) == len(expected)  # the second writer skipped the shared keys
+    assert len(two_runs["inserted"]) == 2 and sum(two_runs["inserted"]) == len(
+        expected
+    )  # the second writer skipped the shared keys
 
 
 def test_the_pool_made_the_writes_take_turns(two_runs):
@@ -98,7 +126,11 @@ def test_the_pool_made_the_writes_take_turns(two_runs):
     assert first_end <= second_start, f"the two writes overlapped: {intervals}"
 
 
-@pytest.mark.parametrize("config, warns", [(None, False), ("telemetry:\n  enabled: false\n", True)], ids=["repo_dagster_yaml", "no_pool_limit"])
+@pytest.mark.parametrize(
+    "config, warns",
+    [(None, False), ("telemetry:\n  enabled: false\n", True)],
+    ids=["repo_dagster_yaml", "no_pool_limit"],
+)
 def test_cli_warns_when_the_instance_does_not_serialize_writers(tmp_path, monkeypatch, capsys, config, warns):
     import cli
 

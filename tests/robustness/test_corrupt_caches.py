@@ -1,5 +1,6 @@
 """Every cache under OUT/state is disposable (issue 13, item 4): a damaged one is named in the run's
 log, discarded and computed again, and the results equal those of a run that never had it."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from robustness_support import RUN_FLAGS, run_cli
 from synthetic_images import write_photo_tiles
 

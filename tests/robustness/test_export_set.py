@@ -1,6 +1,7 @@
 """The exports of a run are one set (issue 13, items 8 and 10): a reader never sees files of two
 runs mixed, even after a kill between two of them; exports get the usual permissions; the summary
 never says a file is from an earlier run when no earlier run wrote it."""
+
 from __future__ import annotations
 
 import json
@@ -13,29 +14,45 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from core.export_set import published_run_id
-from core.output_folder import claim_output_folder
 from robustness_support import PROJECT_ROOT, RUN_FLAGS, cli_env, run_cli
 from synthetic_images import write_photo_tiles
 
-EXPORTS = ("uniqueness.csv", "uniqueness.parquet", "duplicates.csv", "clean.csv", "clean.parquet", "rejected.csv", "training_manifest.csv", "report.html")
+from core.export_set import published_run_id
+from core.output_folder import claim_output_folder
+
+EXPORTS = (
+    "uniqueness.csv",
+    "uniqueness.parquet",
+    "duplicates.csv",
+    "clean.csv",
+    "clean.parquet",
+    "rejected.csv",
+    "training_manifest.csv",
+    "report.html",
+)
 
 
 def run_driver(*args, dagster_home: Path, **extra_env: str) -> subprocess.CompletedProcess:
     command = [sys.executable, str(PROJECT_ROOT / "tests" / "robustness" / "cli_driver.py"), *map(str, args)]
-    return subprocess.run(command, cwd=PROJECT_ROOT, env=cli_env(dagster_home, **extra_env), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        command, cwd=PROJECT_ROOT, env=cli_env(dagster_home, **extra_env), capture_output=True, text=True, timeout=300
+    )
 
 
 def read_set(out: Path) -> dict[str, set[str]]:
-    return {name: set(pd.read_csv(out / name, keep_default_na=False)["path"]) for name in ("uniqueness.csv", "clean.csv", "duplicates.csv", "rejected.csv")}
+    return {
+        name: set(pd.read_csv(out / name, keep_default_na=False)["path"])
+        for name in ("uniqueness.csv", "clean.csv", "duplicates.csv", "rejected.csv")
+    }
 
 
 def assert_one_run(exports: dict[str, set[str]]) -> None:
     """Every scored image is in exactly one of clean and duplicates, and nothing else is."""
     clean, duplicates = exports["clean.csv"], exports["duplicates.csv"]
     assert not clean & duplicates, f"in both: {sorted(clean & duplicates)}"
-    assert clean | duplicates == exports["uniqueness.csv"], f"mixed: {sorted((clean | duplicates) ^ exports['uniqueness.csv'])}"
+    assert clean | duplicates == exports["uniqueness.csv"], (
+        f"mixed: {sorted((clean | duplicates) ^ exports['uniqueness.csv'])}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +72,28 @@ def night(tmp_path_factory):
     first_modes = {name: stat.S_IMODE((out / name).stat().st_mode) for name in EXPORTS}
     tiles[0].unlink()
     shutil.copy(tiles[1], images / "copy-of-tile.png")
-    killed = run_driver("run", "--images", images, "--out", out, *RUN_FLAGS, dagster_home=home, IMGDEDUP_TEST_KILL_AT="before_clean_export")
+    killed = run_driver(
+        "run",
+        "--images",
+        images,
+        "--out",
+        out,
+        *RUN_FLAGS,
+        dagster_home=home,
+        IMGDEDUP_TEST_KILL_AT="before_clean_export",
+    )
     after_kill = read_set(out)
     third = run_cli("run", "--images", images, "--out", out, *RUN_FLAGS, dagster_home=home)
-    return {"out": out, "first": first, "first_set": first_set, "first_modes": first_modes, "killed": killed, "after_kill": after_kill, "third": third, "images": images}
+    return {
+        "out": out,
+        "first": first,
+        "first_set": first_set,
+        "first_modes": first_modes,
+        "killed": killed,
+        "after_kill": after_kill,
+        "third": third,
+        "images": images,
+    }
 
 
 def test_the_second_run_was_killed(night):

@@ -10,6 +10,7 @@ One night of crashes, in one output folder and one Dagster instance:
 Runs 2 and 3 die inside `image_vectors`, which holds the `lancedb_writer` pool slot: runs 3 and 4
 can only start writing because the CLI releases the slot of a run whose process is gone.
 """
+
 from __future__ import annotations
 
 import signal
@@ -22,8 +23,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-
 from robustness_support import PROJECT_ROOT, RUN_FLAGS, cli_command, cli_env, run_cli, vector_rows
+
 from core.checkpoints import EmbeddingCheckpoint
 from core.settings import Settings
 from definitions import DEDUP_JOB, build_definitions
@@ -43,12 +44,21 @@ def shard_count(out: Path) -> int:
 
 def kill_when_checkpointed(args: list, dagster_home: Path, out: Path, min_shards: int = 2) -> subprocess.Popen:
     """Start the real CLI and SIGKILL it as soon as `min_shards` batches are on disk."""
-    process = subprocess.Popen(cli_command(*args), cwd=PROJECT_ROOT, env=cli_env(dagster_home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        cli_command(*args),
+        cwd=PROJECT_ROOT,
+        env=cli_env(dagster_home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while shard_count(out) < min_shards:
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"the run ended (rc={process.returncode}) before {min_shards} batches were checkpointed:\n{process.stdout.read()[-3000:]}")
+            pytest.fail(
+                f"the run ended (rc={process.returncode}) before {min_shards} batches were checkpointed:\n{process.stdout.read()[-3000:]}"
+            )
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
@@ -59,7 +69,11 @@ def kill_when_checkpointed(args: list, dagster_home: Path, out: Path, min_shards
 def driver_run(*args, dagster_home: Path, kill_at: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(DRIVER), *map(str, args)],
-        cwd=PROJECT_ROOT, env=cli_env(dagster_home, IMGDEDUP_TEST_KILL_AT=kill_at), capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        cwd=PROJECT_ROOT,
+        env=cli_env(dagster_home, IMGDEDUP_TEST_KILL_AT=kill_at),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
     )
 
 
@@ -68,7 +82,10 @@ def instance_facts(dagster_home: Path) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DAGSTER_HOME", str(dagster_home))
         with dg.DagsterInstance.get() as instance:
-            facts = {run.run_id: {"status": run.status, "start": instance.get_run_record_by_id(run.run_id).start_time} for run in instance.get_runs()}
+            facts = {
+                run.run_id: {"status": run.status, "start": instance.get_run_record_by_id(run.run_id).start_time}
+                for run in instance.get_runs()
+            }
             for asset in ("image_embeddings", "image_vectors"):
                 for record in instance.fetch_materializations(dg.AssetKey(asset), limit=100).records:
                     metadata = record.event_log_entry.asset_materialization.metadata
@@ -90,11 +107,25 @@ def crash_night(photo_tiles, tmp_path_factory):
     for kill_at in ("before_merge", "after_merge"):
         completed = driver_run(*args, dagster_home=home, kill_at=kill_at)
         lancedb_dir = out / "state" / "lancedb"
-        rows = vector_rows(lancedb_dir) if lancedb_dir.exists() and any(lancedb_dir.iterdir()) else pd.DataFrame(columns=["pixel_hash"])
-        stages[f"killed_{kill_at}"] = {"rc": completed.returncode, "output": completed.stdout + completed.stderr, "hashes": checkpoint_hashes(out), "rows": rows}
+        rows = (
+            vector_rows(lancedb_dir)
+            if lancedb_dir.exists() and any(lancedb_dir.iterdir())
+            else pd.DataFrame(columns=["pixel_hash"])
+        )
+        stages[f"killed_{kill_at}"] = {
+            "rc": completed.returncode,
+            "output": completed.stdout + completed.stderr,
+            "hashes": checkpoint_hashes(out),
+            "rows": rows,
+        }
 
     final = run_cli(*args, dagster_home=home, timeout=RUN_TIMEOUT_S)
-    stages["final"] = {"rc": final.returncode, "output": final.stdout + final.stderr, "hashes": checkpoint_hashes(out), "rows": vector_rows(out / "state" / "lancedb")}
+    stages["final"] = {
+        "rc": final.returncode,
+        "output": final.stdout + final.stderr,
+        "hashes": checkpoint_hashes(out),
+        "rows": vector_rows(out / "state" / "lancedb"),
+    }
     facts = instance_facts(home)
     runs = sorted(facts.values(), key=lambda run: run["start"])
     catalog = pd.read_parquet(next((out / "state").glob("catalog-*.parquet")))
@@ -106,9 +137,15 @@ def crash_night(photo_tiles, tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted_out(photo_tiles, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted") / "out"
-    settings = Settings(image_root=str(photo_tiles), out_dir=str(out), embedder="offline", batch_size=4, max_duplicate_fraction=1.0)
+    settings = Settings(
+        image_root=str(photo_tiles), out_dir=str(out), embedder="offline", batch_size=4, max_duplicate_fraction=1.0
+    )
     with dg.instance_for_test() as instance:
-        result = build_definitions(settings).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        result = (
+            build_definitions(settings)
+            .resolve_job_def(DEDUP_JOB)
+            .execute_in_process(instance=instance, raise_on_error=False)
+        )
     assert result.success
     return out
 
@@ -157,8 +194,12 @@ def test_final_run_embeds_and_inserts_nothing_and_cleans_up(crash_night):
 
 
 def test_final_results_equal_an_uninterrupted_run(crash_night, uninterrupted_out):
-    crashed = pd.read_csv(crash_night["out"] / "uniqueness.csv", keep_default_na=False).sort_values("path", ignore_index=True)
-    reference = pd.read_csv(uninterrupted_out / "uniqueness.csv", keep_default_na=False).sort_values("path", ignore_index=True)
+    crashed = pd.read_csv(crash_night["out"] / "uniqueness.csv", keep_default_na=False).sort_values(
+        "path", ignore_index=True
+    )
+    reference = pd.read_csv(uninterrupted_out / "uniqueness.csv", keep_default_na=False).sort_values(
+        "path", ignore_index=True
+    )
     assert len(crashed) == crash_night["n_images"]
     assert crashed["path"].tolist() == reference["path"].tolist()
     np.testing.assert_allclose(crashed["uniqueness"], reference["uniqueness"], atol=1e-6, rtol=0)

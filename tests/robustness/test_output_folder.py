@@ -1,6 +1,7 @@
 """The output folder is the tool's own (issue 13, items 5, 6, 7): a user's files in --out are never
 overwritten, nothing is written through a symlink out of --out, and --out inside --images is never
 read as input."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +9,12 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
+from robustness_support import RUN_FLAGS, run_cli
+from synthetic_images import write_photo_tiles
 
 from core.output_folder import MARKER_NAME, claim_output_folder, escaping_symlinks, output_folder_problems
 from core.settings import Settings
 from definitions import DEDUP_JOB, build_definitions
-from robustness_support import RUN_FLAGS, run_cli
-from synthetic_images import write_photo_tiles
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,11 @@ def images(tmp_path_factory) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 # --- Item 6: a user's files in --out are not overwritten -------------------------------------------
@@ -40,14 +45,20 @@ def test_a_folder_of_someone_elses_files_is_refused_with_exit_2_and_left_untouch
     assert completed.returncode == 2, completed.stdout[-2000:] + completed.stderr[-2000:]
     assert str(out) in completed.stderr and "not created by imgdedup" in completed.stderr
     assert len([line for line in completed.stderr.splitlines() if line.strip()]) == 1
-    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["clean.csv", "report.html", "uniqueness.csv"]
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == [
+        "clean.csv",
+        "report.html",
+        "uniqueness.csv",
+    ]
 
 
 def test_the_output_resource_refuses_such_a_folder_too(tmp_path, images):
     out = tmp_path / "my-results"
     out.mkdir()
     (out / "clean.csv").write_text("the user's own\n")
-    job = build_definitions(Settings(image_root=str(images), out_dir=str(out), embedder="offline", max_duplicate_fraction=1.0)).resolve_job_def(DEDUP_JOB)
+    job = build_definitions(
+        Settings(image_root=str(images), out_dir=str(out), embedder="offline", max_duplicate_fraction=1.0)
+    ).resolve_job_def(DEDUP_JOB)
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
@@ -118,5 +129,9 @@ def test_an_output_folder_inside_the_image_root_is_never_read_as_input(tmp_path)
         completed = run_cli("run", "--images", images, "--out", out, *RUN_FLAGS, dagster_home=tmp_path / "home")
         assert completed.returncode == 0, completed.stderr[-3000:]
         assert "dedup done: 6 files discovered" in completed.stdout
-    placed = [*pd.read_csv(out / "clean.csv")["path"], *pd.read_csv(out / "duplicates.csv")["path"], *pd.read_csv(out / "rejected.csv")["path"]]
+    placed = [
+        *pd.read_csv(out / "clean.csv")["path"],
+        *pd.read_csv(out / "duplicates.csv")["path"],
+        *pd.read_csv(out / "rejected.csv")["path"],
+    ]
     assert len(placed) == 6 and not any(path.startswith("dedup-results/") for path in placed)

@@ -1,5 +1,6 @@
 """Safety: reads stay inside the image root, writes inside the output folder, the pixel limit is on
 by default, the UI binds to loopback, and bad configuration stops `imgdedup run` before any work."""
+
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from synthetic_images import write_noise_png
 
 import cli
 from core.images import DEFAULT_MAX_PIXELS, ImageRejected
@@ -16,7 +18,6 @@ from core.settings import Settings, SettingsError
 from definitions import resources_for
 from resources.image_store import ImageStoreResource
 from resources.output_store import OutputStoreResource
-from synthetic_images import write_noise_png
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,7 +63,11 @@ def test_symlinks_inside_the_root_are_followed(image_root):
 
 def test_discovery_does_not_follow_escaping_symlinks(image_root):
     found = {item.path: item.rejection for item in ImageStoreResource(image_root=str(image_root)).discover()}
-    assert found == {"alias.png": None, "escape.png": "symlink_outside_root", "inside.png": None}  # escape_dir is not walked
+    assert found == {
+        "alias.png": None,
+        "escape.png": "symlink_outside_root",
+        "inside.png": None,
+    }  # escape_dir is not walked
 
 
 # --- Writes stay inside the output folder -------------------------------------------------------
@@ -151,12 +156,16 @@ def ui_script_with_fake_dagster(tmp_path) -> Path:
     return script
 
 
-@pytest.mark.parametrize("host, expected", [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")], ids=["default_loopback", "explicit_override"])
+@pytest.mark.parametrize(
+    "host, expected", [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")], ids=["default_loopback", "explicit_override"]
+)
 def test_ui_script_binds_to_loopback_unless_told_otherwise(ui_script_with_fake_dagster, host, expected):
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOST"}
     if host:
         env["DAGSTER_HOST"] = host
-    completed = subprocess.run(["bash", str(ui_script_with_fake_dagster)], env=env, capture_output=True, text=True, timeout=30)
+    completed = subprocess.run(
+        ["bash", str(ui_script_with_fake_dagster)], env=env, capture_output=True, text=True, timeout=30
+    )
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.split("\n")
     args = lines[lines.index("dev") :]
@@ -213,7 +222,10 @@ def test_read_only_output_folder_fails_fast_with_exit_2(tmp_path, images, capsys
     "extra, message",
     [
         (["--embedder", "word2vec"], "invalid choice"),
-        (["--embedder", "offline", "--duplicate-threshold", "0.2", "--near-duplicate-threshold", "0.1"], "duplicate < near_duplicate"),
+        (
+            ["--embedder", "offline", "--duplicate-threshold", "0.2", "--near-duplicate-threshold", "0.1"],
+            "duplicate < near_duplicate",
+        ),
         (["--embedder", "offline", "--max-duplicate-fraction", "1.5"], "max_duplicate_fraction must be within [0, 1]"),
         (["--embedder", "offline", "--batch-size", "0"], "must be positive"),
     ],

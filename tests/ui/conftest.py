@@ -1,5 +1,6 @@
 """Fixtures for the UI tests: a small photo folder with planted copies, a finished in-process run,
 and a headless Debian chromium (installed by `.ci/run`)."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,10 +10,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from PIL import Image, ImageEnhance
+from synthetic_images import sample_photo
 
 from core.settings import Settings
 from definitions import DEDUP_JOB, build_definitions
-from synthetic_images import sample_photo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -52,9 +53,13 @@ def write_ui_images(root: Path) -> Path:
     with Image.open(root / ORIGINALS["coffee"]) as coffee:
         coffee.convert("RGB").save(copies / "coffee-export.png", format="PNG")
     with Image.open(root / ORIGINALS["rocket"]) as rocket:
-        rocket.resize((rocket.width // 2, rocket.height // 2), Image.Resampling.LANCZOS).save(copies / "rocket-half.jpg", quality=90)
+        rocket.resize((rocket.width // 2, rocket.height // 2), Image.Resampling.LANCZOS).save(
+            copies / "rocket-half.jpg", quality=90
+        )
     with Image.open(root / ORIGINALS["astronaut"]) as astronaut:
-        ImageEnhance.Brightness(astronaut.convert("RGB")).enhance(1.15).save(copies / "astronaut-bright.jpg", quality=90)
+        ImageEnhance.Brightness(astronaut.convert("RGB")).enhance(1.15).save(
+            copies / "astronaut-bright.jpg", quality=90
+        )
     return root
 
 
@@ -68,7 +73,11 @@ def ui_run(ui_images, tmp_path_factory):
     """The whole job (assets and checks) run in-process on `ui_images` with the offline backbone."""
     settings = Settings(image_root=str(ui_images), out_dir=str(tmp_path_factory.mktemp("ui-out")), embedder="offline")
     with dg.instance_for_test() as instance:
-        result = build_definitions(settings).resolve_job_def(DEDUP_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        result = (
+            build_definitions(settings)
+            .resolve_job_def(DEDUP_JOB)
+            .execute_in_process(instance=instance, raise_on_error=False)
+        )
     return settings, result
 
 
@@ -86,10 +95,21 @@ def chromium(tmp_path_factory):
 
     def run(url: str, *flags: str, timeout: float = 60) -> str:
         command = [
-            executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run", "--no-default-browser-check", "--hide-scrollbars", "--mute-audio",
-            f"--user-data-dir={profile}", *flags, url,
+            executable,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--hide-scrollbars",
+            "--mute-audio",
+            f"--user-data-dir={profile}",
+            *flags,
+            url,
         ]
         completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         if completed.returncode != 0:
@@ -105,11 +125,21 @@ def browser():
     executable = chromium_executable()
     if executable is None:
         pytest.skip("Debian chromium is not installed: `apt-get install chromium` (.ci/run installs it when it can)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: bash scripts/setup.sh")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is in the dev extra: bash scripts/setup.sh"
+    )
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=executable,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         yield browser
         browser.close()

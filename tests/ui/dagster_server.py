@@ -1,4 +1,5 @@
 """A `dagster dev` (or `scripts/ui.sh`) process on a loopback port, and a tiny GraphQL client for it."""
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,9 @@ class DagsterDev:
 
     def graphql(self, query: str, variables: dict | None = None) -> dict:
         request = urllib.request.Request(
-            f"{self.url}/graphql", json.dumps({"query": query, "variables": variables or {}}).encode(), {"Content-Type": "application/json"}
+            f"{self.url}/graphql",
+            json.dumps({"query": query, "variables": variables or {}}).encode(),
+            {"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             payload = json.load(response)
@@ -66,14 +69,18 @@ class DagsterDev:
             if self.process.poll() is not None:
                 raise AssertionError(f"dagster dev exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                data = self.graphql("{ repositoriesOrError { __typename ... on RepositoryConnection { nodes { name location { name } } } } }")
+                data = self.graphql(
+                    "{ repositoriesOrError { __typename ... on RepositoryConnection { nodes { name location { name } } } } }"
+                )
                 nodes = data["repositoriesOrError"].get("nodes") or []
                 if nodes:
                     return nodes[0]
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(1)
-        raise AssertionError(f"dagster dev did not load the code location within {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}")
+        raise AssertionError(
+            f"dagster dev did not load the code location within {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}"
+        )
 
     def stop(self) -> None:
         """Interrupt the whole process group (webserver, daemon, code server, run workers); kill
@@ -89,5 +96,3 @@ class DagsterDev:
         except ProcessLookupError:
             pass
         self.process.wait(timeout=10)
-
-

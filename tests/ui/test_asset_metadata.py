@@ -1,5 +1,6 @@
 """What the Dagster UI shows for each asset after a real run: row counts, schemas, the histogram,
 the lowest scores with the thresholds in force, and the link to the duplicates report."""
+
 from __future__ import annotations
 
 import base64

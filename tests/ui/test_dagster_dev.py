@@ -1,5 +1,6 @@
 """`dg dev` on this project: it starts, its GraphQL API lists every asset and check, and a run
 launched through that API materializes the whole graph."""
+
 from __future__ import annotations
 
 import os
@@ -10,10 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
+from dagster_server import (
+    ASSETS_AND_CHECKS,
+    LAUNCH_RUN,
+    RUN_STATUS,
+    RUN_TIMEOUT_S,
+    TERMINAL_STATUSES,
+    DagsterDev,
+    free_port,
+)
 from PIL import Image
 
 from checks import all_checks
-from dagster_server import ASSETS_AND_CHECKS, LAUNCH_RUN, RUN_STATUS, RUN_TIMEOUT_S, TERMINAL_STATUSES, DagsterDev, free_port
 from definitions import ALL_ASSETS, CALIBRATION_ASSETS, DEDUP_JOB, SHARDED_ASSETS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -26,15 +35,32 @@ def dagster_dev(ui_images, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("dagster-dev-out")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGDEDUP_", "DAGSTER_"))}
     env.update(
-        DAGSTER_HOME=str(home), DAGSTER_DISABLE_TELEMETRY="1", GX_ANALYTICS_ENABLED="false",
-        IMGDEDUP_IMAGE_ROOT=str(ui_images), IMGDEDUP_OUT_DIR=str(out_dir), IMGDEDUP_EMBEDDER="offline",
+        DAGSTER_HOME=str(home),
+        DAGSTER_DISABLE_TELEMETRY="1",
+        GX_ANALYTICS_ENABLED="false",
+        IMGDEDUP_IMAGE_ROOT=str(ui_images),
+        IMGDEDUP_OUT_DIR=str(out_dir),
+        IMGDEDUP_EMBEDDER="offline",
     )
     port = free_port()
     log_path = home / "dagster-dev.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dg"), "dev", "-w", "workspace.yaml", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(Path(sys.executable).parent / "dg"),
+                "dev",
+                "-w",
+                "workspace.yaml",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = DagsterDev(process, port, log_path, out_dir)
     try:
@@ -73,10 +99,16 @@ def test_graphql_lists_every_asset_and_check(dagster_dev):
     nodes = dagster_dev.graphql(ASSETS_AND_CHECKS)["assetNodes"]
     listed_assets = {"/".join(n["assetKey"]["path"]) for n in nodes}
     listed_checks = {
-        ("/".join(n["assetKey"]["path"]), check["name"]) for n in nodes for check in n["assetChecksOrError"].get("checks", [])
+        ("/".join(n["assetKey"]["path"]), check["name"])
+        for n in nodes
+        for check in n["assetChecksOrError"].get("checks", [])
     }
-    assert listed_assets == {key.to_user_string() for assets in [*ALL_ASSETS, *CALIBRATION_ASSETS, *SHARDED_ASSETS] for key in assets.keys}
-    expected_checks = {(key.asset_key.to_user_string(), key.name) for checks in all_checks() for key in checks.check_keys}
+    assert listed_assets == {
+        key.to_user_string() for assets in [*ALL_ASSETS, *CALIBRATION_ASSETS, *SHARDED_ASSETS] for key in assets.keys
+    }
+    expected_checks = {
+        (key.asset_key.to_user_string(), key.name) for checks in all_checks() for key in checks.check_keys
+    }
     assert expected_checks and listed_checks == expected_checks
 
 
@@ -98,7 +130,10 @@ def test_asset_graph_screenshot(dagster_dev, finished_run, chromium, artifacts_d
     # a zoom where nodes show their status and asset-check rows.
     chromium(
         f"{dagster_dev.url}/locations/{location}/asset-groups/dedup",
-        f"--screenshot={screenshot}", "--window-size=2400,1200", "--force-device-scale-factor=0.6667", "--virtual-time-budget=15000",
+        f"--screenshot={screenshot}",
+        "--window-size=2400,1200",
+        "--force-device-scale-factor=0.6667",
+        "--virtual-time-budget=15000",
         timeout=90,
     )
     with Image.open(screenshot) as image:

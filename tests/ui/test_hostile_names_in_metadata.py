@@ -2,6 +2,7 @@
 under the image root, the `preview` of raw_images and the `lowest_scores` of uniqueness_scores,
 opened in a real browser, fetch nothing from outside, hold no link or image made from a name, and
 show every path exactly, in its own cell."""
+
 from __future__ import annotations
 
 import os
@@ -44,26 +45,50 @@ def hostile_server(tmp_path_factory):
     for relative, photo in HOSTILE_PATHS.items():
         target = images / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(getattr(skdata, photo)())).convert("RGB").resize((96, 64)).save(target, format="PNG" if relative.endswith(".png") else "JPEG")
+        Image.fromarray(np.asarray(getattr(skdata, photo)())).convert("RGB").resize((96, 64)).save(
+            target, format="PNG" if relative.endswith(".png") else "JPEG"
+        )
     home.mkdir()
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGDEDUP_", "DAGSTER_"))}
     env.update(
-        DAGSTER_HOME=str(home), DAGSTER_DISABLE_TELEMETRY="1", GX_ANALYTICS_ENABLED="false",
-        IMGDEDUP_IMAGE_ROOT=str(images), IMGDEDUP_OUT_DIR=str(out), IMGDEDUP_EMBEDDER="offline", IMGDEDUP_MAX_DUPLICATE_FRACTION="1.0",
+        DAGSTER_HOME=str(home),
+        DAGSTER_DISABLE_TELEMETRY="1",
+        GX_ANALYTICS_ENABLED="false",
+        IMGDEDUP_IMAGE_ROOT=str(images),
+        IMGDEDUP_OUT_DIR=str(out),
+        IMGDEDUP_EMBEDDER="offline",
+        IMGDEDUP_MAX_DUPLICATE_FRACTION="1.0",
     )
     port = free_port()
     log_path = base / "dagster-dev.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dg"), "dev", "-w", "workspace.yaml", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(Path(sys.executable).parent / "dg"),
+                "dev",
+                "-w",
+                "workspace.yaml",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = DagsterDev(process, port, log_path, out)
     try:
         server.repository = server.wait_until_loaded()
         params = {
-            "selector": {"repositoryLocationName": server.repository["location"]["name"], "repositoryName": server.repository["name"], "jobName": DEDUP_JOB},
+            "selector": {
+                "repositoryLocationName": server.repository["location"]["name"],
+                "repositoryName": server.repository["name"],
+                "jobName": DEDUP_JOB,
+            },
             "runConfigData": {"execution": {"config": {"in_process": {}}}},
         }
         launched = server.graphql(LAUNCH_RUN, {"params": params})["launchRun"]
@@ -103,7 +128,9 @@ def open_markdown_table(server: DagsterDev, browser, asset: str, entry: str):
     return page, dialog, outside
 
 
-@pytest.mark.parametrize("asset, entry, column", [("raw_images", "preview", "path"), ("uniqueness_scores", "lowest_scores", "path")])
+@pytest.mark.parametrize(
+    "asset, entry, column", [("raw_images", "preview", "path"), ("uniqueness_scores", "lowest_scores", "path")]
+)
 def test_hostile_names_show_literally_and_fetch_nothing(hostile_server, browser, asset, entry, column):
     page, dialog, outside = open_markdown_table(hostile_server, browser, asset, entry)
     assert outside == []

@@ -2,6 +2,7 @@
 the demo sample, one click on "Materialize all" of the dedup group runs the whole graph with no
 confirmation dialog, and every asset (training_manifest included) is materialized and every check
 passes. The screenshots it takes are the README's (`scripts/docs_screenshots.py` copies them)."""
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,14 @@ def ui_sh(tmp_path_factory):
     env.update(DAGSTER_HOME=str(home), IMGDEDUP_DEMO_DIR=str(demo), DAGSTER_PORT=str(port))
     log_path = base / "ui-sh.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(["bash", "scripts/ui.sh"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            ["bash", "scripts/ui.sh"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = DagsterDev(process, port, log_path, demo / "results")
     server.home = home
     try:
@@ -75,12 +83,19 @@ def clicked_run(ui_sh, browser, artifacts_dir):
 def test_one_click_materializes_every_asset_and_passes_every_check(ui_sh, clicked_run):
     assert clicked_run["status"] == "SUCCESS", ui_sh.log_tail()
     with dg.DagsterInstance.from_config(str(ui_sh.home)) as instance:
-        materializations = instance.get_records_for_run(clicked_run["runId"], of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-        evaluations = instance.get_records_for_run(clicked_run["runId"], of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+        materializations = instance.get_records_for_run(
+            clicked_run["runId"], of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        ).records
+        evaluations = instance.get_records_for_run(
+            clicked_run["runId"], of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ).records
     materialized = {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in materializations}
     expected = {key.to_user_string() for assets in ALL_ASSETS for key in assets.keys}
     assert expected <= materialized and "training_manifest" in materialized
-    outcomes = {r.event_log_entry.dagster_event.event_specific_data.check_name: r.event_log_entry.dagster_event.event_specific_data.passed for r in evaluations}
+    outcomes = {
+        r.event_log_entry.dagster_event.event_specific_data.check_name: r.event_log_entry.dagster_event.event_specific_data.passed
+        for r in evaluations
+    }
     expected_checks = {spec.name for check in all_checks() for spec in check.check_specs}
     assert outcomes == dict.fromkeys(expected_checks, True)
     assert (ui_sh.out_dir / "clean.csv").is_file() and (ui_sh.out_dir / "training_manifest.csv").is_file()

@@ -1,4 +1,5 @@
 """The duplicates report, opened from disk in a real headless chromium (no server, no network)."""
+
 from __future__ import annotations
 
 from html.parser import HTMLParser
@@ -89,7 +90,9 @@ def test_report_loads_and_shows_every_group(report_page, ui_run, chromium, artif
 
     screenshot = artifacts_dir / "report.png"
     screenshot.unlink(missing_ok=True)
-    chromium(report_page.as_uri(), f"--screenshot={screenshot}", "--window-size=1200,1250", "--virtual-time-budget=3000")
+    chromium(
+        report_page.as_uri(), f"--screenshot={screenshot}", "--window-size=1200,1250", "--virtual-time-budget=3000"
+    )
     with Image.open(screenshot) as image:
         assert image.size == (1200, 1250)
         # A blank or error page is one flat colour; the report has photos and coloured badges.
@@ -120,9 +123,13 @@ def test_label_filter_on_a_report_with_both_labels(chromium, tmp_path):
         return ReportImage(path, 64, 48, 2048, uniqueness, label, keeper, "keep" if keeper else "remove", "test")
 
     groups = [
-        ReportGroup("a", "duplicate", (member("a/keep.png", 0.2, True), member("a/<copy>&\".png", 0.0, False))),
+        ReportGroup("a", "duplicate", (member("a/keep.png", 0.2, True), member('a/<copy>&".png', 0.0, False))),
         ReportGroup("b", "duplicate", (member("b/keep.png", 0.3, True), member("b/copy.png", 0.0, False))),
-        ReportGroup("c", "near_duplicate", (member("c/keep.png", 0.01, True, "near_duplicate"), member("c/crop.png", 0.01, False, "near_duplicate"))),
+        ReportGroup(
+            "c",
+            "near_duplicate",
+            (member("c/keep.png", 0.01, True, "near_duplicate"), member("c/crop.png", 0.01, False, "near_duplicate")),
+        ),
     ]
     swatch = tmp_path / "swatch.jpg"
     Image.new("RGB", (64, 48), (200, 30, 30)).save(swatch)
