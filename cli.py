@@ -23,9 +23,9 @@ RUN_SOURCE_TAG = "imgdedup/launched_from"
 # the run's process is gone (SIGKILL, OOM, power loss) and release what the run still holds.
 RUN_PROCESS_TAG = "imgdedup/process"
 # The collector's thresholds while a command runs. At Python's default (700, 10, 10) importing
-# Dagster, LanceDB and GX (~500k objects) set off 8 full collections, ~1.2 s of CPU in a 10-image
-# rerun; from 10,000 the young generation is collected 14x less often, and no full collection
-# ran while that command ran. Cycles are still collected, in the same three generations.
+# Dagster, LanceDB and GX (hundreds of thousands of objects) sets off several full collections, a
+# visible share of a small rerun (bench/rerun.py); from 10,000 the young generation is collected
+# far less often. Cycles are still collected, in the same three generations.
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
@@ -657,8 +657,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # At exit the interpreter's last garbage collections walk every object Dagster, GX, LanceDB
-    # and the models left (~700k): ~2 s of a 10-image rerun, to free memory the OS takes back
-    # anyway. Frozen objects are skipped; atexit handlers still run, and an in-process caller
+    # and the models left, a visible share of a small rerun (bench/rerun.py), to free memory the
+    # OS takes back anyway. Frozen objects are skipped; atexit handlers still run, and an in-process caller
     # (tests) keeps its collector until its own exit. unregister: one registration per process.
     atexit.unregister(gc.freeze)
     atexit.register(gc.freeze)

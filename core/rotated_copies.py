@@ -81,7 +81,7 @@ def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
     The black fill must touch a corner of the image, cover at least MIN_BLACK_FRACTION, and end in
     straight edges that are not parallel to the image's sides (those are letterboxes).
     """
-    # scipy.ndimage and scikit-image take ~0.5 s to import and a run with nothing new to decode
+    # scipy.ndimage and scikit-image are slow to import, and a run with nothing new to decode
     # needs neither. Imported before the early return: `core.images.import_decoding_modules`
     # calls this once in the calling thread, so decoding threads never import them first.
     from scipy import ndimage
