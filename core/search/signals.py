@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.images import informative_phashes
+from core.images import DIHEDRAL_TRANSPOSES, informative_phashes
 from core.search.cache import SearchUpdate
 from core.search.choose import EngineChoice, choose_engine
 from core.search.engines import IndexedHamming
@@ -40,6 +40,9 @@ class HashSignal:
 
     def matrix(self, pixel_hashes) -> np.ndarray:
         """(M, V) uint64 hashes of the given contents, in that order (stored as signed int64)."""
+        pixel_hashes = list(pixel_hashes)
+        if not pixel_hashes:
+            return np.empty((0, len(DIHEDRAL_TRANSPOSES)), dtype=np.uint64)
         return np.stack([np.asarray(self.hashes_by_content[h]).astype(np.int64).view(np.uint64) for h in pixel_hashes])
 
     def bits_to_cosine(self, near_duplicate_cosine_distance: float) -> float:

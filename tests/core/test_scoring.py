@@ -756,3 +756,9 @@ def test_vouched_matches_keep_only_informative_pairs_within_the_cutoff():
     assert matches.topk_index[[0, 2, 4]].max() == -1 and np.isinf(matches.topk_distance[[0, 2, 4]]).all()
     assert matches.topk_index[1, 0] == 3 and matches.topk_index[3, 0] == 1
     assert update.searched_rows == 3 and update.mode == "full"
+
+
+def test_hash_matrix_of_no_contents_is_empty_with_one_column_per_variant():
+    """An empty clean set (an empty folder) asks for the hashes of no content at all."""
+    matrix = HashSignal({}, threshold_bits=10).matrix([])
+    assert matrix.shape == (0, 8) and matrix.dtype == np.uint64
