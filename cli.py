@@ -122,8 +122,11 @@ def add_setting_argument(
     )
     if default is None:  # a command's own default wins over the environment
         notes.append(env_var(name))
+    flag = cli_flag(name)
+    if flag is None:
+        raise ValueError(f"setting {name!r} has no command-line flag: it is set with {env_var(name)} only")
     parser.add_argument(
-        cli_flag(name),
+        flag,
         dest=name,
         type=_flag_value(name),
         default=default,
@@ -506,6 +509,8 @@ def command_calibrate(args: argparse.Namespace) -> int:
     if not result.success:
         return EXIT_FAILED
     model_id = model_id_for(settings)
+    if model_id is None:
+        raise RuntimeError(f"embedder {settings.embedder!r} cannot be built, so its calibration cannot be shown")
     record = read_calibrations(settings.thresholds_file)[model_id]
     print(f"near-duplicate threshold for {model_id}: {record['near_duplicate_threshold']:g}")
     print(

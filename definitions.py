@@ -63,13 +63,16 @@ def model_id_for(settings: Settings) -> str | None:
 def multi_or_in_process_executor_defaulting_to(mode: str) -> dg.ExecutorDefinition:
     """Dagster's default executor (`in_process` or `multiprocess` in the run config) with `mode`
     when the run config names neither, so launchpad configs written for either keep working."""
+    creation_fn = dg.multi_or_in_process_executor.executor_creation_fn
+    if creation_fn is None:
+        raise RuntimeError("dagster's multi_or_in_process_executor has no executor_creation_fn")
     return dg.executor(
         name=f"{mode}_by_default",
         config_schema=dg.Field(
             dg.multi_or_in_process_executor.config_schema.as_field().config_type, default_value={mode: {}}
         ),
         requirements=dg.multi_or_in_process_executor.get_requirements,
-    )(dg.multi_or_in_process_executor.executor_creation_fn)
+    )(creation_fn)
 
 
 # In-process by default: a process per step would import torch, transformers and GX again for each

@@ -286,11 +286,11 @@ def measure_calibration_pairs(
 
     # Which population rows are the source itself or the user's own duplicate of it (the trap).
     same_content = []
-    for index, row in enumerate(original_rows):
+    for index, original_row in enumerate(original_rows):
         same = pop_pixels == original_pixel_hashes[index]
-        same |= cosine_distance(pop_vectors @ vectors[row]) < 1e-5
+        same |= cosine_distance(pop_vectors @ vectors[original_row]) < 1e-5
         if hash_threshold_bits > 0:
-            bits = vouching_hamming(phashes[row], pop_hashes)
+            bits = vouching_hamming(phashes[original_row], pop_hashes)
             same |= (bits >= 0) & (bits <= hash_threshold_bits)
         same_content.append(same)
     excluded = [

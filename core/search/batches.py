@@ -3,7 +3,8 @@ L2-normalised float32 array, the only full copy an indexed search holds."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
 
 import numpy as np
 
@@ -101,4 +102,4 @@ def release_free_heap() -> None:
         _MALLOC_TRIM(0)
 
 
-_MALLOC_TRIM = None
+_MALLOC_TRIM: Callable[[int], object] | Literal[False] | None = None  # None: not looked up yet

@@ -151,7 +151,7 @@ def search_neighbors_bf16(
     every = torch.from_numpy(vectors)
     topk_index = np.full((rows, k), -1, dtype=np.int64)
     topk_distance = np.full((rows, k), np.inf, dtype=np.float32)
-    lefts, rights, uncertain = [], [], []
+    lefts, rights, uncertain_parts = [], [], []
     with torch.inference_mode():
         low = torch.zeros((width, dims), dtype=torch.bfloat16)
         low[:rows] = every.to(torch.bfloat16)  # padding rows are zero vectors: product 0, masked below
@@ -181,18 +181,20 @@ def search_neighbors_bf16(
                 lefts.append(row[sparse] + start)
                 rights.append(columns[row[sparse], position[sparse]])
                 if len(dense):
-                    column, row = torch.nonzero(block[:, torch.from_numpy(dense)] >= pair_floor, as_tuple=True)
-                    lefts.append(dense[row.numpy()] + start)
-                    rights.append(column.numpy())
+                    dense_column, dense_row = torch.nonzero(
+                        block[:, torch.from_numpy(dense)] >= pair_floor, as_tuple=True
+                    )
+                    lefts.append(dense[dense_row.numpy()] + start)
+                    rights.append(dense_column.numpy())
                 if k:
                     # Candidates that can still reach the k-th float32 product: _upper(v) >= _lower(G_k).
                     reach = _float32_at_most(_below_bf16(_lower(maxima[:, k - 1].numpy(), bound), bound))
                     found, kth, short = _rerank(every, start, columns, values, reach, k, 2 * keep)
                     topk_index[start:stop], topk_distance[start:stop] = found
                     certified = ~short & (_upper(top, bound) < kth)
-                    uncertain.append(np.nonzero(~certified)[0] + start)
+                    uncertain_parts.append(np.nonzero(~certified)[0] + start)
         del buffer, block
-    uncertain = np.concatenate(uncertain) if uncertain else np.empty(0, np.int64)
+    uncertain = np.concatenate(uncertain_parts) if uncertain_parts else np.empty(0, np.int64)
     if len(uncertain):
         topk_index[uncertain], topk_distance[uncertain] = search_rows_fp32(vectors, uncertain, k, block_cells)
     return finish_pairs(vectors, topk_index, topk_distance, lefts, rights, radius)

@@ -216,18 +216,18 @@ def update_search(
     # Pairs: old pairs between contents still present, plus every pair of a searched row.
     old_pairs = previous.search
     keep_pair = ~removed[old_pairs.pair_left] & ~removed[old_pairs.pair_right]
-    left = [new_of_old[old_pairs.pair_left[keep_pair]]]
-    right = [new_of_old[old_pairs.pair_right[keep_pair]]]
-    distance = [old_pairs.pair_distance[keep_pair]]
+    left_parts = [new_of_old[old_pairs.pair_left[keep_pair]]]
+    right_parts = [new_of_old[old_pairs.pair_right[keep_pair]]]
+    distance_parts = [old_pairs.pair_distance[keep_pair]]
     block_row, block_column = np.nonzero(distances <= radius + 1e-5)  # re-checked exactly below
     row = searched[block_row]
     new_left, new_right = np.minimum(row, block_column), np.maximum(row, block_column)
     new_distance = np.asarray(pair_distances(new_left, new_right), dtype=np.float32)
     within = new_distance <= radius
-    left.append(new_left[within])
-    right.append(new_right[within])
-    distance.append(new_distance[within])
-    left, right, distance = np.concatenate(left), np.concatenate(right), np.concatenate(distance)
+    left_parts.append(new_left[within])
+    right_parts.append(new_right[within])
+    distance_parts.append(new_distance[within])
+    left, right, distance = np.concatenate(left_parts), np.concatenate(right_parts), np.concatenate(distance_parts)
     # A pair between two searched rows appears twice; a pair of a dirty row may also be an old one.
     order = np.lexsort((right, left))
     left, right, distance = left[order], right[order], distance[order]

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from core.search.bf16 import BF16_MIN_ROWS, bf16_matmul_is_fast
 from core.search.engines import ExactCosine, ExactHamming, IndexedCosine, IndexedHamming
 from core.search.mih_plan import plan_substrings
 from core.search.protocol import NeighborEngine
 
-SEARCH_ENGINES = ("auto", "exact", "index")
+SearchEngineSetting = Literal["auto", "exact", "index"]
+SEARCH_ENGINES: tuple[SearchEngineSetting, ...] = get_args(SearchEngineSetting)
 # The exact search grows as N^2 and the index about as N; the index also misses a few neighbours
 # (recall < 1), so it is taken only where the exact search gets slow (BENCHMARKS.md).
 INDEX_MIN_CONTENTS = 250_000

@@ -191,6 +191,13 @@ def _pq_subvectors(dim: int) -> int:
     return 1
 
 
+def _resolved(value: int | None, name: str) -> int:
+    """A parameter that `IvfParameters.for_rows` sets; None means the parameters were not resolved."""
+    if value is None:
+        raise ValueError(f"IvfParameters.{name} is None: pass the parameters through IvfParameters.for_rows first")
+    return value
+
+
 class _Search:
     """The steps of `search_neighbors_ivf` over one float32 array; state kept between them."""
 
@@ -201,9 +208,17 @@ class _Search:
         self.k = k
         self.radius = radius
         self.params = params
+        # The parameters `IvfParameters.for_rows` resolves, as ints.
+        self.nlist = _resolved(params.nlist, "nlist")
+        self.nprobe = _resolved(params.nprobe, "nprobe")
+        self.rerank = _resolved(params.rerank, "rerank")
+        self.pq_subvectors = _resolved(params.pq_subvectors, "pq_subvectors")
+        self.train_rows = _resolved(params.train_rows, "train_rows")
         # Pairs are looked for among similarities above this floor, then re-checked exactly.
         self.min_similarity = np.float32(1.0 - radius - 1e-5)
-        self.topk_index = self.topk_distance = None  # allocated once the index is built
+        # (N, k) int32 rows and float32 distances, allocated by `_search` once the index is built.
+        self.topk_index: np.ndarray
+        self.topk_distance: np.ndarray
         self.lefts: list[np.ndarray] = []
         self.rights: list[np.ndarray] = []
         self.dense: list[np.ndarray] = []
@@ -218,17 +233,17 @@ class _Search:
 
     def _sample(self) -> np.ndarray:
         rng = np.random.default_rng(self.params.seed)
-        return self.vectors[np.sort(rng.choice(self.count, size=self.params.train_rows, replace=False))]
+        return self.vectors[np.sort(rng.choice(self.count, size=self.train_rows, replace=False))]
 
     def _train_centroids(self) -> None:
         faiss, params = self.faiss, self.params
         kmeans = faiss.Kmeans(
             self.dim,
-            params.nlist,
+            self.nlist,
             niter=params.kmeans_iterations,
             seed=params.seed,
             spherical=True,
-            max_points_per_centroid=params.train_rows // params.nlist + 1,  # use the whole sample
+            max_points_per_centroid=self.train_rows // self.nlist + 1,  # use the whole sample
             min_points_per_centroid=1,
         )
         kmeans.train(self._sample())
@@ -237,18 +252,18 @@ class _Search:
 
     def _assign(self) -> None:
         """Each row's `nprobe` nearest centroids, nearest first (column 0 files the row)."""
-        self.probes = np.empty((self.count, self.params.nprobe), dtype=np.int32)
+        self.probes = np.empty((self.count, self.nprobe), dtype=np.int32)
         for start in range(0, self.count, ASSIGN_BLOCK_ROWS):
-            _, nearest = self.quantizer.search(self.vectors[start : start + ASSIGN_BLOCK_ROWS], self.params.nprobe)
+            _, nearest = self.quantizer.search(self.vectors[start : start + ASSIGN_BLOCK_ROWS], self.nprobe)
             self.probes[start : start + len(nearest)] = nearest
 
     def _build_index(self) -> None:
-        faiss, params = self.faiss, self.params
-        if self.dim % params.pq_subvectors:
-            raise ValueError(f"pq_subvectors={params.pq_subvectors} does not divide the vector dimension {self.dim}")
+        faiss = self.faiss
+        if self.dim % self.pq_subvectors:
+            raise ValueError(f"pq_subvectors={self.pq_subvectors} does not divide the vector dimension {self.dim}")
         # Filled through IndexIVFPQ, which takes precomputed lists, then packed for fast scan.
         ivfpq = faiss.IndexIVFPQ(
-            self.quantizer, self.dim, params.nlist, params.pq_subvectors, 4, faiss.METRIC_INNER_PRODUCT
+            self.quantizer, self.dim, self.nlist, self.pq_subvectors, 4, faiss.METRIC_INNER_PRODUCT
         )
         ivfpq.by_residual = False  # codes of the vectors themselves: one lookup table per query
         threads = faiss.omp_get_max_threads()
@@ -268,7 +283,7 @@ class _Search:
         # here that is the IndexIVFPQ, whose copy of the codes would stay resident.
         self.index.referenced_objects = [self.quantizer]
         del ivfpq
-        self.index.nprobe = params.nprobe
+        self.index.nprobe = self.nprobe
 
     # Search --------------------------------------------------------------------------------
 
@@ -295,7 +310,7 @@ class _Search:
         # int32 rows while searching (64 MiB less at 1M x 16); int64 in the result.
         self.topk_index = np.full((self.count, self.k), -1, dtype=np.int32)
         self.topk_distance = np.full((self.count, self.k), np.inf, dtype=np.float32)
-        depth = self.params.rerank
+        depth = self.rerank
         order = np.argsort(self.probes[:, 0], kind="stable")  # rows grouped by their list
         for start in range(0, self.count, SEARCH_BLOCK_ROWS):
             rows = order[start : start + SEARCH_BLOCK_ROWS]

@@ -140,7 +140,7 @@ class _Table:
         index_type = np.int32 if len(entries) < 2**31 else np.int64
         self.order = np.argsort(key).astype(index_type)  # any order within a bucket will do
         counts = np.bincount(key, minlength=buckets)
-        self.starts = np.zeros(buckets + 1, dtype=index_type)
+        self.starts: np.ndarray = np.zeros(buckets + 1, dtype=index_type)
         np.cumsum(counts, out=self.starts[1:])
         self.crowded = counts > sub.slots
         del counts
@@ -382,7 +382,7 @@ class _PairSink:
 
     def __init__(self, hashes: np.ndarray, radius: int, plan: tuple[Substring, ...]):
         self.hashes, self.radius, self.plan = hashes, radius, plan
-        self.packed = []
+        self.packed: list[np.ndarray] = []
 
     def add(self, query_row: np.ndarray, entry: np.ndarray, table_number: int) -> None:
         for start in range(0, len(entry), SINK_BLOCK):  # (n, V) temporaries: bounded
