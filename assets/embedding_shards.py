@@ -9,7 +9,8 @@ nothing, and `image_vectors` (the one LanceDB writer) inserts them.
 import dagster as dg
 import pandas as pd
 
-from assets.image_embeddings import embed_to_checkpoint, embedding_checkpoint, path_per_content, verified_image_loader
+from assets.image_embeddings import embed_to_checkpoint, embedding_checkpoint, verified_image_loader
+from core.catalog import path_per_content
 from core.sharding import SHARD_KEYS, in_shard
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource

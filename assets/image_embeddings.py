@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from assets.metadata import table_metadata
+from core.catalog import path_per_content
 from core.checkpoints import EmbeddingCheckpoint
 from core.collections import CHANGED_COLUMN
 from core.embedders import embed_in_batches
@@ -22,13 +23,8 @@ def embedding_checkpoint(
     output_store: OutputStoreResource, lancedb: LanceDBResource, model_id: str, warn=None
 ) -> EmbeddingCheckpoint:
     """The model's checkpoints; `warn` (the step's log) names a damaged shard that is discarded."""
-    directory = output_store.state_dir / "embedding-checkpoints" / lancedb.table_name(model_id)
+    directory = output_store.embedding_checkpoint_dir(lancedb.table_name(model_id))
     return EmbeddingCheckpoint(directory, warn) if warn is not None else EmbeddingCheckpoint(directory)
-
-
-def path_per_content(raw_images: pd.DataFrame) -> dict[str, str]:
-    """pixel hash -> the file embedded for it (the first path), so every stage embeds the same pixels."""
-    return raw_images.sort_values("path").drop_duplicates("pixel_hash").set_index("pixel_hash")["path"].to_dict()
 
 
 def verified_image_loader(raw_images: pd.DataFrame, image_store: ImageStoreResource):

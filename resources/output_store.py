@@ -41,6 +41,19 @@ class OutputStoreResource(dg.ConfigurableResource):
     def state_dir(self) -> Path:
         return self.root / "state"
 
+    @property
+    def figures_dir(self) -> Path:
+        """Disposable cache of figures drawn by an earlier run (`core.plots.cached_uniqueness_histogram`)."""
+        return self.state_dir / "figures"
+
+    def neighbor_search_cache(self, table_name: str) -> Path:
+        """The last run's embedding search over vector table `table_name` (`core.search.cache.SearchCache`)."""
+        return self.state_dir / "neighbor-searches" / f"{table_name}-embedding.npz"
+
+    def embedding_checkpoint_dir(self, table_name: str) -> Path:
+        """Where embeddings for vector table `table_name` are checkpointed before they reach it."""
+        return self.state_dir / "embedding-checkpoints" / table_name
+
     def report_url(self, report: Path) -> str | None:
         """The http link to an exported report, or None without a report server."""
         from core.report_server import report_url
