@@ -5,11 +5,14 @@ the stored value for its model on the next run unless the threshold is pinned. I
 table (negatives are searched among all the dataset's contents), whose vectors a later run reuses.
 """
 
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 
 from assets.metadata import png_markdown, write_export_file
-from core.calibration_run import CalibrationSettings, calibrate_catalog, calibration_caption, calibration_histogram
+from core.calibration import CalibrationOutcome
+from core.calibration_run import CatalogCalibration, calibrate_catalog, calibration_caption, calibration_histogram
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
@@ -39,23 +42,13 @@ def embedding_thresholds(
     policy: DedupPolicyResource,
 ) -> dg.Output[dict]:
     """The near-duplicate threshold per embedding model, chosen from edited copies of a sample of the raw images."""
-    settings = CalibrationSettings(
-        thresholds_file=policy.thresholds_file,
-        sample_size=policy.calibration_sample_size,
-        seed=policy.calibration_seed,
-        target_precision=policy.target_precision,
-        hash_threshold_bits=policy.hash_threshold_bits,
-        duplicate_threshold=policy.duplicate_threshold,
-        batch_size=embedding_model.batch_size,
-        force=config.force,
-    )
     run = calibrate_catalog(
         raw_images,
         image_vectors["model_id"],
         embedding_model.get_embedder,
         image_store.load_rgb,
         lancedb.read_vectors,
-        settings,
+        policy.calibration_settings(embedding_model.batch_size, force=config.force),
         str(image_store.root),
         context.log.info,
     )
@@ -69,20 +62,27 @@ def embedding_thresholds(
         return dg.Output(record, metadata=metadata)
     png = calibration_histogram(run.outcome, policy.hash_threshold_bits, model_id)
     png_path = write_export_file(output_store, HISTOGRAM_FILE, png)
-    choice, caption = run.outcome.choice, calibration_caption(model_id, run.outcome, run.population_size)
-    return dg.Output(
-        record,
-        metadata={
-            "model_id": model_id,
-            "near_duplicate_threshold": dg.MetadataValue.float(float(choice.threshold)),
-            "estimated_precision": dg.MetadataValue.float(float(choice.precision)),
-            "estimated_recall": dg.MetadataValue.float(float(choice.recall)),
-            "recall_per_edit": dg.MetadataValue.json(record["recall_per_edit"]),
-            "sample_size": run.sample_size,
-            "unreadable": dg.MetadataValue.json(run.unreadable),
-            "thresholds_file": dg.MetadataValue.path(policy.thresholds_file),
-            "distributions": png_markdown(png, "calibration distributions", caption),
-            "distributions_png": dg.MetadataValue.path(str(png_path)),
-            "reused": False,
-        },
-    )
+    return dg.Output(record, metadata=calibration_metadata(run, run.outcome, png, png_path, policy.thresholds_file))
+
+
+def calibration_metadata(
+    run: CatalogCalibration, outcome: CalibrationOutcome, png: bytes, png_path: Path, thresholds_file: str
+) -> dict:
+    """What the UI shows for a fresh calibration (`outcome`, the run's): the threshold, its
+    estimated precision and recall, the figure."""
+    choice, record = outcome.choice, run.record
+    return {
+        "model_id": run.model_id,
+        "near_duplicate_threshold": dg.MetadataValue.float(float(choice.threshold)),
+        "estimated_precision": dg.MetadataValue.float(float(choice.precision)),
+        "estimated_recall": dg.MetadataValue.float(float(choice.recall)),
+        "recall_per_edit": dg.MetadataValue.json(record["recall_per_edit"]),
+        "sample_size": run.sample_size,
+        "unreadable": dg.MetadataValue.json(run.unreadable),
+        "thresholds_file": dg.MetadataValue.path(thresholds_file),
+        "distributions": png_markdown(
+            png, "calibration distributions", calibration_caption(run.model_id, outcome, run.population_size)
+        ),
+        "distributions_png": dg.MetadataValue.path(str(png_path)),
+        "reused": False,
+    }

@@ -1,6 +1,8 @@
 """Stage 4: SPEC.md's uniqueness score per image, from nearest-neighbour search (exact, or an index
 for very large collections: `DedupPolicyResource.neighbor_search`)."""
 
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 
@@ -9,13 +11,51 @@ from core.plots import UNIQUENESS_HISTOGRAM_FILE as HISTOGRAM_FILE
 from core.plots import cached_uniqueness_histogram
 from core.scoring import LABELS
 from core.ui_markdown import label_histogram_markdown, markdown_table
-from core.uniqueness import score_images, without_changed
+from core.uniqueness import ScoredImages, score_images, without_changed
 from resources.image_store import ImageStoreResource
 from resources.lancedb import LanceDBResource
 from resources.output_store import OutputStoreResource
-from resources.policy import DedupPolicyResource
+from resources.policy import DedupPolicyResource, ThresholdsInForce
 
 LOWEST_ROWS = 20
+
+
+def scores_metadata(
+    scored: ScoredImages, in_force: ThresholdsInForce, model_id: str, histogram: bytes, histogram_png: Path
+) -> dict:
+    """What the UI shows for `uniqueness_scores`: counts per label, the thresholds in force, the
+    neighbour search, the histogram and the lowest scores."""
+    scores, thresholds = scored.scores, in_force.thresholds
+    counts = scores["label"].value_counts().reindex(LABELS, fill_value=0).to_dict()
+    in_force_text = (
+        f"Thresholds in force ({model_id}): `duplicate` uniqueness ≤ {thresholds.duplicate:g} < "
+        f"`near_duplicate` ≤ {thresholds.near_duplicate:g} < `unique`; near-duplicate threshold {in_force.describe()}."
+    )
+    lowest = scores.sort_values(["uniqueness", "path"]).head(LOWEST_ROWS)[
+        ["path", "uniqueness", "label", "nearest_path"]
+    ]
+    return table_metadata(
+        scores,
+        preview_rows=0,
+        # First, and short enough that the UI shows it in place (the PNG sits behind a click).
+        label_histogram=dg.MetadataValue.md(label_histogram_markdown(scores["uniqueness"], thresholds)),
+        label_counts=dg.MetadataValue.json(counts),
+        **{f"{label}_count": dg.MetadataValue.int(int(counts[label])) for label in LABELS},
+        thresholds=dg.MetadataValue.json(
+            {
+                "duplicate": thresholds.duplicate,
+                "near_duplicate": thresholds.near_duplicate,
+                "near_duplicate_source": in_force.source,
+            }
+        ),
+        near_duplicate_threshold=dg.MetadataValue.float(float(thresholds.near_duplicate)),
+        near_duplicate_threshold_source=dg.MetadataValue.text(in_force.describe()),
+        model_id=model_id,
+        neighbor_search=dg.MetadataValue.json(scored.search_modes),
+        uniqueness_histogram=png_markdown(histogram, "uniqueness histogram", in_force_text),
+        uniqueness_histogram_png=dg.MetadataValue.path(str(histogram_png)),
+        lowest_scores=dg.MetadataValue.md(f"{in_force_text}\n\n{markdown_table(lowest)}"),
+    )
 
 
 @dg.multi_asset(
@@ -59,46 +99,15 @@ def score_uniqueness(
         warn=context.log.warning,
         load_rgb=image_store.load_rgb if policy.check_turned_copies else None,
     )
-    scores, pairs, search_modes = scored.scores, scored.pairs, scored.search_modes
-    context.log.info("neighbour search: " + "; ".join(f"{signal} {mode}" for signal, mode in search_modes.items()))
-
-    counts = scores["label"].value_counts().reindex(LABELS, fill_value=0).to_dict()
-    in_force_text = (
-        f"Thresholds in force ({model_id}): `duplicate` uniqueness ≤ {thresholds.duplicate:g} < "
-        f"`near_duplicate` ≤ {thresholds.near_duplicate:g} < `unique`; near-duplicate threshold {in_force.describe()}."
+    context.log.info(
+        "neighbour search: " + "; ".join(f"{signal} {mode}" for signal, mode in scored.search_modes.items())
     )
-    lowest = scores.sort_values(["uniqueness", "path"]).head(LOWEST_ROWS)[
-        ["path", "uniqueness", "label", "nearest_path"]
-    ]
     histogram = cached_uniqueness_histogram(
-        scores["uniqueness"], thresholds, output_store.figures_dir, context.log.warning
+        scored.scores["uniqueness"], thresholds, output_store.figures_dir, context.log.warning
     )
     write_export_file(output_store, HISTOGRAM_FILE, histogram, run_id=context.run_id)
-    histogram_png = output_store.root / HISTOGRAM_FILE  # published with the rest of the set
-    yield dg.Output(
-        scores,
-        output_name="uniqueness_scores",
-        metadata=table_metadata(
-            scores,
-            preview_rows=0,
-            # First, and short enough that the UI shows it in place (the PNG sits behind a click).
-            label_histogram=dg.MetadataValue.md(label_histogram_markdown(scores["uniqueness"], thresholds)),
-            label_counts=dg.MetadataValue.json(counts),
-            **{f"{label}_count": dg.MetadataValue.int(int(counts[label])) for label in LABELS},
-            thresholds=dg.MetadataValue.json(
-                {
-                    "duplicate": thresholds.duplicate,
-                    "near_duplicate": thresholds.near_duplicate,
-                    "near_duplicate_source": in_force.source,
-                }
-            ),
-            near_duplicate_threshold=dg.MetadataValue.float(float(thresholds.near_duplicate)),
-            near_duplicate_threshold_source=dg.MetadataValue.text(in_force.describe()),
-            model_id=model_id,
-            neighbor_search=dg.MetadataValue.json(search_modes),
-            uniqueness_histogram=png_markdown(histogram, "uniqueness histogram", in_force_text),
-            uniqueness_histogram_png=dg.MetadataValue.path(str(histogram_png)),
-            lowest_scores=dg.MetadataValue.md(f"{in_force_text}\n\n{markdown_table(lowest)}"),
-        ),
-    )
+    # The PNG's path once published with the rest of the set.
+    metadata = scores_metadata(scored, in_force, model_id, histogram, output_store.root / HISTOGRAM_FILE)
+    yield dg.Output(scored.scores, output_name="uniqueness_scores", metadata=metadata)
+    pairs = scored.pairs
     yield dg.Output(pairs, output_name="near_duplicate_pairs", metadata=table_metadata(pairs))
