@@ -11,7 +11,7 @@ from PIL import Image
 from assets.metadata import table_metadata, write_export_file
 from core.atomic_write import write_atomically
 from core.collections import duplicates_table, interchange_table
-from core.grouping import assign_groups, keep_policy_order
+from core.grouping import assign_groups
 from core.report import (
     THUMBNAIL_SIZE,
     DuplicatesReport,
@@ -22,6 +22,7 @@ from core.report import (
 )
 from core.scoring import Thresholds
 from core.ui_markdown import duplicate_groups_markdown
+from core.uniqueness import ranking_of
 from resources.image_store import ImageStoreResource
 from resources.output_store import OutputStoreResource
 from resources.policy import DedupPolicyResource
@@ -101,8 +102,8 @@ def collect_duplicates(
 ):
     # The thresholds scoring used: those in force for the model of the vectors.
     thresholds = policy.thresholds_in_force(image_vectors["model_id"]).thresholds
-    pins = image_store.review_pins()
-    keep_rank = keep_policy_order(raw_images, policy.keep_policy, pins)
+    # The ranking and review pins scoring used (read once per run), so the group's keeper is the score's.
+    keep_rank, pins = ranking_of(uniqueness_scores)
     groups = assign_groups(
         uniqueness_scores, near_duplicate_pairs, keep_rank, thresholds, policy.near_duplicate_action, pins
     )

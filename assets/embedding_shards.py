@@ -9,7 +9,8 @@ nothing, and `image_vectors` (the one LanceDB writer) inserts them.
 import dagster as dg
 import pandas as pd
 
-from assets.image_embeddings import embed_to_checkpoint, embedding_checkpoint, path_per_content, verified_image_loader
+from core.catalog import path_per_content
+from core.embedding_batches import embed_to_checkpoint, verified_image_loader
 from core.sharding import SHARD_KEYS, in_shard
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
@@ -37,9 +38,10 @@ def image_embedding_shards(
     """Embeddings of the new contents whose pixel hash starts with the partition key, written to
     the model's embedding checkpoints for `image_embeddings` (never to the vector table)."""
     shard = context.partition_key
-    model_id = embedding_model.get_embedder().model_id
+    embedder = embedding_model.get_embedder()
+    model_id = embedder.model_id
     path_by_hash = in_shard(path_per_content(raw_images), shard)
-    checkpoint = embedding_checkpoint(output_store, lancedb, model_id)
+    checkpoint = output_store.embedding_checkpoint(lancedb.table_name(model_id))
     # A shard run that was killed (or ran before) resumes: finished batches are not embedded again.
     # Checkpoints are listed before the table is read: a batch `image_vectors` inserts and clears
     # in between is then in the table, not lost between the two.
@@ -56,7 +58,13 @@ def image_embedding_shards(
     # time never write the same file, and a killed shard leaves only complete batches.
     # A file changed since the catalog is skipped (logged); dedup_job accounts for it.
     done, elapsed, changed = embed_to_checkpoint(
-        context, todo, embedding_model, verified_image_loader(raw_images, image_store), checkpoint
+        todo,
+        embedder,
+        embedding_model.batch_size,
+        verified_image_loader(raw_images, image_store.load_verified_rgb),
+        checkpoint,
+        context.log.info,
+        context.log.warning,
     )
     return dg.MaterializeResult(
         metadata={

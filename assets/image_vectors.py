@@ -4,7 +4,6 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.image_embeddings import embedding_checkpoint
 from core.collections import CHANGED_COLUMN
 from resources.embedding_model import EmbeddingModelResource
 from resources.image_store import ImageStoreResource
@@ -40,7 +39,7 @@ def image_vectors(
     else:
         table, inserted = lancedb.open_vectors(model_id), 0
     # The vectors are now durable in LanceDB, so the per-batch checkpoints can go.
-    embedding_checkpoint(output_store, lancedb, model_id).clear()
+    output_store.embedding_checkpoint(lancedb.table_name(model_id)).clear()
     summary = {
         "uri": lancedb.uri,
         "table": lancedb.table_name(model_id),

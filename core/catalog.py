@@ -186,3 +186,8 @@ def listing_fingerprint(image_root: str | os.PathLike, discovered: list[Discover
         except OSError:
             digest.update(f"{item.path}\0unreadable\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
+
+
+def path_per_content(raw_images: pd.DataFrame) -> dict[str, str]:
+    """pixel hash -> the file embedded for it (the first path), so every stage embeds the same pixels."""
+    return raw_images.sort_values("path").drop_duplicates("pixel_hash").set_index("pixel_hash")["path"].to_dict()

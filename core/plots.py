@@ -7,10 +7,14 @@ or GUI backend is involved and the functions are safe to call from any thread.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from core.disposable_cache import inputs_digest, result_for_inputs
 from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, LABEL_UNIQUE, LABELS, Thresholds
 
 # Uniqueness values at or below this are drawn in a separate "copies" bar: exact copies score 0
@@ -217,3 +221,42 @@ def calibration_histogram_png(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
+
+
+UNIQUENESS_HISTOGRAM_FILE = "uniqueness_histogram.png"
+# Bump when `uniqueness_histogram_png` draws differently: a stored PNG is reused only under it.
+HISTOGRAM_FORMAT = 1
+PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def read_complete_png(path: Path) -> bytes:
+    """A stored PNG's bytes; ValueError when it is cut short or no PNG (the cache then recomputes)."""
+    data = path.read_bytes()
+    if not (data.startswith(PNG_SIGNATURE) and data.endswith(PNG_END)):
+        raise ValueError(f"not a complete PNG file ({len(data)} bytes)")
+    return data
+
+
+def cached_uniqueness_histogram(
+    uniqueness: pd.Series, thresholds: Thresholds, figures_dir: Path, warn: Callable[[str], None]
+) -> bytes:
+    """`uniqueness_histogram_png` of the scores, or the same PNG stored in `figures_dir` by an
+    earlier run whose scores, thresholds and matplotlib were the same (matplotlib's import and
+    drawing are most of a no-change rerun's scoring step)."""
+    digest = inputs_digest(
+        HISTOGRAM_FORMAT,
+        version("matplotlib"),
+        uniqueness.to_numpy(dtype="float64"),
+        float(thresholds.duplicate),
+        float(thresholds.near_duplicate),
+    )
+    png, _ = result_for_inputs(
+        figures_dir,
+        UNIQUENESS_HISTOGRAM_FILE,
+        digest,
+        lambda: uniqueness_histogram_png(uniqueness, thresholds),
+        read=read_complete_png,
+        write=lambda data, path: Path(path).write_bytes(data),
+        warn=warn,
+    )
+    return png

@@ -1,13 +1,20 @@
 """The output folder: exports people open (CSV / Parquet) and the pipeline's own state."""
 
+from __future__ import annotations
+
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
 
 from core.settings import setting
+
+if TYPE_CHECKING:
+    from core.checkpoints import EmbeddingCheckpoint
 
 
 class OutputStoreResource(dg.ConfigurableResource):
@@ -40,6 +47,23 @@ class OutputStoreResource(dg.ConfigurableResource):
     @property
     def state_dir(self) -> Path:
         return self.root / "state"
+
+    @property
+    def figures_dir(self) -> Path:
+        """Disposable cache of figures drawn by an earlier run (`core.plots.cached_uniqueness_histogram`)."""
+        return self.state_dir / "figures"
+
+    def neighbor_search_cache(self, table_name: str) -> Path:
+        """The last run's embedding search over vector table `table_name` (`core.search.cache.SearchCache`)."""
+        return self.state_dir / "neighbor-searches" / f"{table_name}-embedding.npz"
+
+    def embedding_checkpoint(self, table_name: str, warn: Callable[[str], None] | None = None) -> EmbeddingCheckpoint:
+        """Embeddings for vector table `table_name`, checkpointed before they reach it; `warn` (the
+        step's log) names a damaged shard that is discarded."""
+        from core.checkpoints import EmbeddingCheckpoint
+
+        directory = self.state_dir / "embedding-checkpoints" / table_name
+        return EmbeddingCheckpoint(directory, warn) if warn is not None else EmbeddingCheckpoint(directory)
 
     def report_url(self, report: Path) -> str | None:
         """The http link to an exported report, or None without a report server."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
@@ -11,6 +12,9 @@ from core.calibration import DEFAULT_NEAR_DUPLICATE_THRESHOLD, calibrated_thresh
 from core.scoring import Thresholds
 from core.search.signals import HashSignal
 from core.settings import KeepPolicy, NearDuplicateAction, NeighborSearch, setting
+
+if TYPE_CHECKING:
+    from core.calibration_run import CalibrationSettings
 
 SOURCE_PINNED = "pinned"
 SOURCE_CALIBRATED = "calibrated"
@@ -84,6 +88,21 @@ class DedupPolicyResource(dg.ConfigurableResource):
             return None
         per_content = raw_images.drop_duplicates("pixel_hash").set_index("pixel_hash")["phashes"]
         return HashSignal(per_content.to_dict(), self.hash_threshold_bits)
+
+    def calibration_settings(self, batch_size: int, force: bool = False) -> CalibrationSettings:
+        """The values `core.calibration_run.calibrate_catalog` reads, with the model's `batch_size`."""
+        from core.calibration_run import CalibrationSettings
+
+        return CalibrationSettings(
+            thresholds_file=self.thresholds_file,
+            sample_size=self.calibration_sample_size,
+            seed=self.calibration_seed,
+            target_precision=self.target_precision,
+            hash_threshold_bits=self.hash_threshold_bits,
+            duplicate_threshold=self.duplicate_threshold,
+            batch_size=batch_size,
+            force=force,
+        )
 
     def thresholds_in_force(self, model_id: str | None = None) -> ThresholdsInForce:
         """The thresholds for `model_id` (default: the configured model): the pinned value, else the

@@ -1,0 +1,113 @@
+"""The scoring stage's work without Dagster: neighbour search over the contents, the keep ranking
+and SPEC.md's uniqueness score per image (`score_images`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.catalog import path_per_content
+from core.grouping import keep_policy_order
+from core.rotated_copies import RotatedCopySignal
+from core.scoring import Thresholds, compute_uniqueness_scores
+from core.search.cache import SearchCache
+from core.search.contents import find_content_neighbors
+from core.search.signals import HashSignal
+
+# Columns the scores carry so that grouping (`collect_duplicates`) uses this run's one ranking
+# and one reading of the review file, not a second one that an edit mid-run could make differ.
+KEEP_RANK_COLUMN = "keep_rank"
+REVIEW_PIN_COLUMN = "review_pin"
+
+
+@dataclass(frozen=True)
+class ScoredImages:
+    """What `score_images` returns.
+
+    Attributes:
+        scores: `compute_uniqueness_scores`'s table plus `keep_rank` (int, 0 = kept first) and
+            `review_pin` ("keep" / "remove" from the review file, else None).
+        pairs: [left_hash, right_hash, distance] content pairs within the radius.
+        search_modes: signal -> how it searched, e.g. "exact, 3 of 10 contents searched".
+    """
+
+    scores: pd.DataFrame
+    pairs: pd.DataFrame
+    search_modes: dict[str, str]
+
+
+def without_changed(raw_images: pd.DataFrame, changed_during_run: Mapping[str, object]) -> pd.DataFrame:
+    """The catalog rows that can be scored: files that changed after the catalog have no vector in
+    this run (keys of `changed_during_run` are their pixel hashes); they are rejected, not scored."""
+    return raw_images[~raw_images["pixel_hash"].isin(changed_during_run.keys())]
+
+
+def rotated_copy_signal(raw_images: pd.DataFrame, load_rgb: Callable) -> RotatedCopySignal:
+    """The turned-copy check, reading each content from the file embedded for it with
+    `load_rgb(path, draft_size=...)`."""
+    path_of = path_per_content(raw_images)
+    return RotatedCopySignal(lambda pixel_hash, draft: load_rgb(path_of[pixel_hash], draft_size=draft))
+
+
+def score_images(
+    raw_images: pd.DataFrame,
+    vectors: Mapping[str, np.ndarray],
+    thresholds: Thresholds,
+    *,
+    keep_policy: str,
+    review_pins: Mapping[str, str],
+    hash_signal: HashSignal | None,
+    engine: str,
+    cache_file: Path,
+    warn: Callable[[str], None],
+    load_rgb: Callable | None = None,
+) -> ScoredImages:
+    """Search the contents' neighbours, rank the images once and score them.
+
+    Args:
+        raw_images: catalog rows to score (`without_changed`).
+        vectors: pixel hash -> embedding for every content of `raw_images`.
+        thresholds: the label thresholds in force; the search radius is the near-duplicate one.
+        keep_policy: `core.grouping.KEEP_POLICIES`.
+        review_pins: path -> keep/remove from the review file, read once for the run.
+        hash_signal: perceptual hashes per content, or None.
+        engine: the neighbour search setting (`exact`, `index`, `auto`).
+        cache_file: the last run's embedding search for this model's table; only new contents
+            (and those that lost a neighbour) are searched again. A cache that does not fit is ignored.
+        warn: told about a damaged cache file.
+        load_rgb: with it, the turned-copy check runs, loading images through it.
+
+    Returns:
+        `ScoredImages`: scores (one row per image, sorted by path), pairs and the search summary.
+    """
+    neighbors = find_content_neighbors(
+        vectors,
+        radius=thresholds.near_duplicate_cosine_distance,
+        hash_signal=hash_signal,
+        cache=SearchCache(cache_file, warn),
+        engine=engine,
+        rotated_copy_signal=rotated_copy_signal(raw_images, load_rgb) if load_rgb is not None else None,
+    )
+    search_modes = {
+        signal: f"{u.mode}, {u.searched_rows} of {len(neighbors.pixel_hashes)} contents searched"
+        + (f" ({u.reason})" if u.reason else "")
+        for signal, u in neighbors.updates.items()
+    }
+    keep_rank = keep_policy_order(raw_images, keep_policy, dict(review_pins))
+    scores = compute_uniqueness_scores(raw_images, neighbors, keep_rank, thresholds)
+    scores[KEEP_RANK_COLUMN] = scores["image_id"].map(keep_rank).astype("int64")
+    scores[REVIEW_PIN_COLUMN] = scores["path"].map(review_pins).astype(object)
+    scores[REVIEW_PIN_COLUMN] = scores[REVIEW_PIN_COLUMN].where(scores[REVIEW_PIN_COLUMN].notna(), None)
+    return ScoredImages(scores, neighbors.pairs_by_hash(), search_modes)
+
+
+def ranking_of(scores: pd.DataFrame) -> tuple[pd.Series, dict[str, str]]:
+    """The keep ranking (image_id -> rank) and review pins (path -> keep/remove) that `score_images`
+    put on the scores, for grouping with the very ranking the scores were made with."""
+    keep_rank = scores.set_index("image_id")[KEEP_RANK_COLUMN].rename("keep_rank")
+    pinned = scores[scores[REVIEW_PIN_COLUMN].notna()]
+    return keep_rank, dict(zip(pinned["path"], pinned[REVIEW_PIN_COLUMN]))
