@@ -42,13 +42,14 @@ def embedding_thresholds(
     policy: DedupPolicyResource,
 ) -> dg.Output[dict]:
     """The near-duplicate threshold per embedding model, chosen from edited copies of a sample of the raw images."""
+    settings = policy.calibration_settings(embedding_model.batch_size, force=config.force)
     run = calibrate_catalog(
         raw_images,
         image_vectors["model_id"],
         embedding_model.get_embedder,
         image_store.load_rgb,
         lancedb.read_vectors,
-        policy.calibration_settings(embedding_model.batch_size, force=config.force),
+        settings,
         str(image_store.root),
         context.log.info,
     )
@@ -62,7 +63,7 @@ def embedding_thresholds(
         return dg.Output(record, metadata=metadata)
     png = calibration_histogram(run.outcome, policy.hash_threshold_bits, model_id)
     png_path = write_export_file(output_store, HISTOGRAM_FILE, png)
-    return dg.Output(record, metadata=calibration_metadata(run, run.outcome, png, png_path, policy.thresholds_file))
+    return dg.Output(record, metadata=calibration_metadata(run, run.outcome, png, png_path, settings.thresholds_file))
 
 
 def calibration_metadata(

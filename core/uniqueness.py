@@ -15,7 +15,7 @@ from core.grouping import keep_policy_order
 from core.rotated_copies import RotatedCopySignal
 from core.scoring import Thresholds, compute_uniqueness_scores
 from core.search.cache import SearchCache
-from core.search.contents import find_content_neighbors
+from core.search.contents import ContentVectors, find_content_neighbors
 from core.search.signals import HashSignal
 
 # Columns the scores carry so that grouping (`collect_duplicates`) uses this run's one ranking
@@ -55,7 +55,7 @@ def rotated_copy_signal(raw_images: pd.DataFrame, load_rgb: Callable) -> Rotated
 
 def score_images(
     raw_images: pd.DataFrame,
-    vectors: Mapping[str, np.ndarray],
+    vectors: ContentVectors | Mapping[str, np.ndarray],
     thresholds: Thresholds,
     *,
     keep_policy: str,
@@ -70,7 +70,7 @@ def score_images(
 
     Args:
         raw_images: catalog rows to score (`without_changed`).
-        vectors: pixel hash -> embedding for every content of `raw_images`.
+        vectors: the embedding of every content of `raw_images` (ContentVectors, or pixel hash -> vector).
         thresholds: the label thresholds in force; the search radius is the near-duplicate one.
         keep_policy: `core.grouping.KEEP_POLICIES`.
         review_pins: path -> keep/remove from the review file, read once for the run.

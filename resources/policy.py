@@ -93,6 +93,8 @@ class DedupPolicyResource(dg.ConfigurableResource):
         """The values `core.calibration_run.calibrate_catalog` reads, with the model's `batch_size`."""
         from core.calibration_run import CalibrationSettings
 
+        if self.thresholds_file is None:
+            raise ValueError("calibration needs policy.thresholds_file: where the calibrated thresholds are stored")
         return CalibrationSettings(
             thresholds_file=self.thresholds_file,
             sample_size=self.calibration_sample_size,
