@@ -20,7 +20,7 @@ Figures (each size runs in its own subprocess, so peak RSS is that size's own):
     IVF-PQ + exact re-rank) streaming them, recall against exact search on `--index-queries`
     sampled rows, peak RSS, and LanceDB's own indexes with batched search up to 100k rows.
 
-faiss-cpu is the `scale` extra (`pip install 'imgdedup[scale]'`; also in `dev`).
+faiss-cpu is the `scale` extra (`pip install 'imgdedup-pipeline[scale]'`; also in `dev`).
 Prints one line per figure and ends with one line of JSON holding every figure.
 """
 

@@ -200,7 +200,7 @@ class Settings:
     neighbor_search: NeighborSearch = Field(
         "auto",
         description=(
-            "the embedding search: exact, index (the embeddings' IVF index, needs faiss-cpu: pip install 'imgdedup[scale]') or auto "
+            "the embedding search: exact, index (the embeddings' IVF index, needs faiss-cpu: pip install 'imgdedup-pipeline[scale]') or auto "
             f"(the index from {INDEX_MIN_CONTENTS:,} contents); pHash matches, within the hash threshold only, are always found exactly"
         ),
     )
@@ -318,7 +318,7 @@ class Settings:
         import importlib.util
 
         if importlib.util.find_spec("dagster_celery") is None:
-            return ["executor celery needs dagster-celery: pip install 'imgdedup[distributed]'"]
+            return ["executor celery needs dagster-celery: pip install 'imgdedup-pipeline[distributed]'"]
         if not self.celery_broker_url:
             return ["executor celery needs a broker: set IMGDEDUP_CELERY_BROKER_URL (deploy/README.md)"]
         return []

@@ -14,6 +14,8 @@ step 1 "virtual environment .venv ($("$python_bin" --version))"
 step 2 "pinned packages (the first time: ~6 GB, several minutes; pip prints what it collects and installs)"
 # The editable install makes `imgdedup` and the modules importable. Lines for packages already
 # there are dropped, so a rerun prints only what changes.
+# A venv from before the distribution was renamed holds the old editable `imgdedup`: one owner only.
+.venv/bin/python -m pip uninstall --disable-pip-version-check -y -q imgdedup 2>/dev/null || true
 .venv/bin/python -m pip install --disable-pip-version-check -e ".[dev]" 2>&1 \
     | grep --line-buffered -v -e "^Requirement already satisfied" -e "^WARNING: Location" || true
 step 3 "checking that the packages import"

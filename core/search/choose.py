@@ -108,11 +108,11 @@ def _cosine_setting(
     if not (faiss_installed() if index_available is None else index_available):
         if setting == "index":
             raise ImportError(
-                "neighbor_search=index needs faiss-cpu: pip install 'imgdedup[scale]' (or choose neighbor_search=exact)"
+                "neighbor_search=index needs faiss-cpu: pip install 'imgdedup-pipeline[scale]' (or choose neighbor_search=exact)"
             )
         return (
             "exact",
-            f"auto: {contents} contents, but faiss-cpu is not installed (pip install 'imgdedup[scale]' for the index)",
+            f"auto: {contents} contents, but faiss-cpu is not installed (pip install 'imgdedup-pipeline[scale]' for the index)",
         )
     return "index", "configured" if setting == "index" else f"auto: {contents} contents >= {min_contents}"
 

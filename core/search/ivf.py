@@ -26,7 +26,7 @@ distance it returns computed exactly in float32 from the original vectors. Steps
 
 Approximation: a true neighbour is missed only when neither the index search nor the refinement
 proposes it; everything returned is exact. Figures: BENCHMARKS.md, "Scoring 1M vectors with an
-index". faiss-cpu is an optional dependency: `pip install 'imgdedup[scale]'`.
+index". faiss-cpu is an optional dependency: `pip install 'imgdedup-pipeline[scale]'`.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def faiss_module():
         import faiss
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "the indexed neighbour search needs faiss-cpu: pip install 'imgdedup[scale]' "
+            "the indexed neighbour search needs faiss-cpu: pip install 'imgdedup-pipeline[scale]' "
             "(or pip install faiss-cpu==1.15.1)"
         ) from exc
     return faiss

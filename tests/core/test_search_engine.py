@@ -30,7 +30,11 @@ def test_auto_is_exact_below_the_threshold_and_the_index_above():
 
 def test_auto_without_faiss_stays_exact_and_says_how_to_get_the_index():
     choice = choose_engine("cosine", 10 * INDEX_MIN_CONTENTS, "auto", index_available=False)
-    assert isinstance(choice.engine, ExactCosine) and choice.mode == "exact" and "imgdedup[scale]" in choice.reason
+    assert (
+        isinstance(choice.engine, ExactCosine)
+        and choice.mode == "exact"
+        and "imgdedup-pipeline[scale]" in choice.reason
+    )
 
 
 def test_configured_engines_are_used_at_any_size():
@@ -39,7 +43,7 @@ def test_configured_engines_are_used_at_any_size():
 
 
 def test_index_without_faiss_is_an_error_naming_the_fix():
-    with pytest.raises(ImportError, match=r"imgdedup\[scale\]"):
+    with pytest.raises(ImportError, match=r"imgdedup-pipeline\[scale\]"):
         choose_engine("cosine", 10, "index", index_available=False)
 
 
