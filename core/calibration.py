@@ -14,6 +14,8 @@ the source's (within H bits) or whose pixels are identical are left out of the n
 
 Every distance here is on the uniqueness scale (half the cosine distance), like the thresholds.
 Nothing here imports Dagster.
+
+Over 400 lines: one procedure (sample, edit, embed, pair, choose) whose steps share its data model.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Both turn a list of RGB Pillow images into L2-normalised float32 vectors and carry a `model_id`
 that is stored beside every vector, so that two models' vectors are never compared. Weights load
 lazily, on first use, never at import time.
+
+Over 400 lines: two backends behind one interface, with the model-id and model-availability rules they share.
 """
 
 from __future__ import annotations

@@ -99,18 +99,7 @@ def uniqueness_histogram_png(uniqueness: Sequence[float], thresholds: Thresholds
     main.set_xlabel("uniqueness (log scale; half the cosine distance to the nearest other image)")
     for value, name in ((thresholds.duplicate, "duplicate"), (thresholds.near_duplicate, "near-duplicate")):
         if HISTOGRAM_LOG_FLOOR < value <= 1.0:
-            main.axvline(value, color="black", linestyle="--", linewidth=1.0)
-            main.annotate(
-                f"{name} ≤ {value:g}",
-                xy=(value, 1.0),
-                xycoords=("data", "axes fraction"),
-                xytext=(-3, -3),
-                textcoords="offset points",
-                ha="right",
-                va="top",
-                rotation=90,
-                fontsize=8,
-            )
+            _threshold_line(main, value, f"{name} ≤ {value:g}")
     left.set_xticks([0], [f"≤{HISTOGRAM_LOG_FLOOR:g}\n(copies)"], fontsize=8)
     left.set_xlim(-0.6, 0.6)
     left.set_ylabel("images")
@@ -199,18 +188,7 @@ def calibration_histogram_png(
         linewidth=1.6,
         label=f"nearest different original ({len(others)})",
     )
-    axes.axvline(threshold, color="black", linestyle="--", linewidth=1.0)
-    axes.annotate(
-        f"near-duplicate ≤ {threshold:.4g}",
-        xy=(threshold, 1.0),
-        xycoords=("data", "axes fraction"),
-        xytext=(-3, -3),
-        textcoords="offset points",
-        ha="right",
-        va="top",
-        rotation=90,
-        fontsize=8,
-    )
+    _threshold_line(axes, threshold, f"near-duplicate ≤ {threshold:.4g}")
     axes.set_xscale("log")
     axes.set_xlim(CALIBRATION_LOG_FLOOR, 1.0)
     axes.set_xlabel("embedding distance (uniqueness scale: half the cosine distance; log)")
@@ -260,3 +238,19 @@ def cached_uniqueness_histogram(
         warn=warn,
     )
     return png
+
+
+def _threshold_line(axes, value: float, text: str) -> None:
+    """A dashed vertical line at a threshold, labelled along it at the top of the plot."""
+    axes.axvline(value, color="black", linestyle="--", linewidth=1.0)
+    axes.annotate(
+        text,
+        xy=(value, 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(-3, -3),
+        textcoords="offset points",
+        ha="right",
+        va="top",
+        rotation=90,
+        fontsize=8,
+    )

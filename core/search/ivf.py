@@ -27,6 +27,8 @@ distance it returns computed exactly in float32 from the original vectors. Steps
 Approximation: a true neighbour is missed only when neither the index search nor the refinement
 proposes it; everything returned is exact. Figures: BENCHMARKS.md, "Scoring 1M vectors with an
 index". faiss-cpu is an optional dependency: `pip install 'imgdedup-pipeline[scale]'`.
+
+Over 400 lines: one index (train, add, probe, re-rank, refine) whose steps share memory bounds.
 """
 
 from __future__ import annotations
