@@ -3,6 +3,7 @@
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -134,6 +135,8 @@ def collect_duplicates(
         output_name="duplicate_groups",
         metadata=table_metadata(interchange, groups=group_count, export=dg.MetadataValue.path(str(uniqueness_csv))),
     )
+    url = output_store.report_url(report_html)
+    report_link: dict[str, Any] = {"report_url": dg.MetadataValue.url(url)} if url else {}
     yield dg.Output(
         duplicates,
         output_name="duplicates_collection",
@@ -151,7 +154,7 @@ def collect_duplicates(
                 )
             ),
             report=dg.MetadataValue.path(str(report_html)),
-            **({"report_url": dg.MetadataValue.url(url)} if (url := output_store.report_url(report_html)) else {}),
+            **report_link,
             report_groups=dg.MetadataValue.int(report.groups_shown),
             report_groups_left_out=dg.MetadataValue.int(report.groups_total - report.groups_shown),
             thumbnail_errors=dg.MetadataValue.json(report.thumbnail_errors),

@@ -1,5 +1,7 @@
 """Stage 3: the LanceDB vector table (store of record), one table per model."""
 
+from typing import Any
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -58,22 +60,20 @@ def image_vectors(
     context.log.info(
         f"inserted {inserted} vectors into {summary['table']} (version {summary['version']}, {summary['rows']} rows)"
     )
-    return dg.Output(
-        summary,
-        metadata={
-            "dagster/row_count": summary["rows"],
-            "lancedb/table_version": summary["version"],
-            "lancedb/table": summary["table"],
-            "lancedb/uri": dg.MetadataValue.path(lancedb.uri),
-            "model_id": model_id,
-            "inserted_this_run": inserted,
-            "changed_during_run": len(changed),
-            "dagster/column_schema": dg.TableSchema(
-                columns=[
-                    dg.TableColumn("pixel_hash", "string"),
-                    dg.TableColumn("model_id", "string"),
-                    dg.TableColumn("vector", "fixed_size_list<float32>"),
-                ]
-            ),
-        },
-    )
+    metadata: dict[str, Any] = {  # the summary's values are plain JSON
+        "dagster/row_count": summary["rows"],
+        "lancedb/table_version": summary["version"],
+        "lancedb/table": summary["table"],
+        "lancedb/uri": dg.MetadataValue.path(lancedb.uri),
+        "model_id": model_id,
+        "inserted_this_run": inserted,
+        "changed_during_run": len(changed),
+        "dagster/column_schema": dg.TableSchema(
+            columns=[
+                dg.TableColumn("pixel_hash", "string"),
+                dg.TableColumn("model_id", "string"),
+                dg.TableColumn("vector", "fixed_size_list<float32>"),
+            ]
+        ),
+    }
+    return dg.Output(summary, metadata=metadata)

@@ -181,7 +181,7 @@ def clean_dataset_duplicate_fraction(
     flags = removal_flags(raw_images, duplicates_collection)
     removed = int(flags["removed"].sum())
     limit = policy.max_duplicate_fraction
-    counts = {
+    counts: dict[str, dg.MetadataValue] = {
         "decodable_images": dg.MetadataValue.int(len(flags)),
         "removed_images": dg.MetadataValue.int(removed),
         "max_duplicate_fraction": dg.MetadataValue.float(limit),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from PIL import Image
@@ -89,7 +90,8 @@ def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
 
     last_x, last_y = rgb.width - 1, rgb.height - 1
     if rgb.mode == "RGB" and not any(
-        max(rgb.getpixel(xy)) <= BLACK_MAX_LEVEL for xy in ((0, 0), (last_x, 0), (0, last_y), (last_x, last_y))
+        max(cast(tuple[int, ...], rgb.getpixel(xy))) <= BLACK_MAX_LEVEL
+        for xy in ((0, 0), (last_x, 0), (0, last_y), (last_x, last_y))
     ):
         return None  # the common case, decided without scaling the image
     pixels = np.asarray(_scaled_down(rgb.convert("RGB"), CORNER_TEST_SIDE))
@@ -248,7 +250,7 @@ class RotatedCopySignal:
         candidates = np.flatnonzero((nearest > radius) & (nearest <= CANDIDATE_MAX_COSINE_DISTANCE))
         # JPEGs decode at 1/2-1/8 scale for the corner test (a straight edge needs few pixels).
         draft = (CORNER_TEST_SIDE // 2, CORNER_TEST_SIDE // 2)
-        features: dict[int, tuple] = {}
+        features: dict[int, tuple | None] = {}
 
         def features_of(row: int):
             if row not in features:
@@ -257,7 +259,7 @@ class RotatedCopySignal:
             return features[row]
 
         found: dict[tuple[int, int], float] = {}
-        for row in candidates:
+        for row in candidates.tolist():
             small = self._load_or_none(pixel_hashes[row], draft)
             degrees = None if small is None else turned_black_corners_degrees(small)
             if degrees is None or features_of(row) is None:
@@ -276,9 +278,9 @@ class RotatedCopySignal:
 def _as_search(rows: int, pairs: dict[tuple[int, int], float]) -> NeighborSearch:
     """Vouched pairs as a NeighborSearch (each row's matches in its top-k list, nearest first)."""
     per_row: dict[int, list[tuple[float, int]]] = {}
-    for (left, right), distance in pairs.items():
-        per_row.setdefault(left, []).append((distance, right))
-        per_row.setdefault(right, []).append((distance, left))
+    for (left, right), pair_distance in pairs.items():
+        per_row.setdefault(left, []).append((pair_distance, right))
+        per_row.setdefault(right, []).append((pair_distance, left))
     width = max((len(v) for v in per_row.values()), default=0)
     index = np.full((rows, width), -1, dtype=np.int64)
     distance = np.full((rows, width), np.inf, dtype=np.float32)
