@@ -35,6 +35,18 @@ ORIGINALS = {
 EXPECTED_GROUPS = {"duplicate": 2, "near_duplicate": 2}
 
 
+# Chromium headless as root in a container, with nothing reaching out to the network.
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
 def write_ui_images(root: Path) -> Path:
     """Write 14 files: 10 distinct photos, an exact byte copy, a lossless re-encode (identical
     pixels), a half-size copy and a brightened copy. 6 of 14 end up labelled (under the default
@@ -97,13 +109,7 @@ def chromium(tmp_path_factory):
         command = [
             executable,
             "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
+            *CHROMIUM_ARGS,
             "--no-default-browser-check",
             "--hide-scrollbars",
             "--mute-audio",
@@ -131,15 +137,7 @@ def browser():
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=executable,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            args=list(CHROMIUM_ARGS),
         )
         yield browser
         browser.close()
