@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -96,3 +98,31 @@ class DagsterDev:
         except ProcessLookupError:
             pass
         self.process.wait(timeout=10)
+
+
+def start_dg_dev(project_root: Path, home: Path, out_dir: Path, log_path: Path, **settings: str) -> DagsterDev:
+    """`dg dev -w workspace.yaml` on a free loopback port, with its own DAGSTER_HOME (the repo's
+    dagster.yaml copied in) and no IMGDEDUP_*/DAGSTER_* variables but `settings`; returned once
+    the code location has loaded (stopped if it never does)."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(project_root / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGDEDUP_", "DAGSTER_"))}
+    env.update(DAGSTER_HOME=str(home), DAGSTER_DISABLE_TELEMETRY="1", GX_ANALYTICS_ENABLED="false", **settings)
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "dg"), "dev", "-w", "workspace.yaml", "--host", "127.0.0.1"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=project_root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = DagsterDev(process, port, log_path, out_dir)
+    try:
+        server.repository = server.wait_until_loaded()
+    except BaseException:
+        server.stop()
+        raise
+    return server

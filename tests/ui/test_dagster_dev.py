@@ -3,10 +3,6 @@ launched through that API materializes the whole graph."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,8 +13,7 @@ from dagster_server import (
     RUN_STATUS,
     RUN_TIMEOUT_S,
     TERMINAL_STATUSES,
-    DagsterDev,
-    free_port,
+    start_dg_dev,
 )
 from PIL import Image
 
@@ -31,40 +26,17 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def dagster_dev(ui_images, tmp_path_factory):
     home = tmp_path_factory.mktemp("dagster-home")
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     out_dir = tmp_path_factory.mktemp("dagster-dev-out")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGDEDUP_", "DAGSTER_"))}
-    env.update(
-        DAGSTER_HOME=str(home),
-        DAGSTER_DISABLE_TELEMETRY="1",
-        GX_ANALYTICS_ENABLED="false",
+    server = start_dg_dev(
+        PROJECT_ROOT,
+        home,
+        out_dir,
+        home / "dagster-dev.log",
         IMGDEDUP_IMAGE_ROOT=str(ui_images),
         IMGDEDUP_OUT_DIR=str(out_dir),
         IMGDEDUP_EMBEDDER="offline",
     )
-    port = free_port()
-    log_path = home / "dagster-dev.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "dg"),
-                "dev",
-                "-w",
-                "workspace.yaml",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = DagsterDev(process, port, log_path, out_dir)
     try:
-        server.repository = server.wait_until_loaded()
         yield server
     finally:
         server.stop()

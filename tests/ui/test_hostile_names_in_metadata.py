@@ -5,16 +5,12 @@ show every path exactly, in its own cell."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from dagster_server import LAUNCH_RUN, RUN_STATUS, RUN_TIMEOUT_S, TERMINAL_STATUSES, DagsterDev, free_port
+from dagster_server import LAUNCH_RUN, RUN_STATUS, RUN_TIMEOUT_S, TERMINAL_STATUSES, DagsterDev, start_dg_dev
 from PIL import Image
 from skimage import data as skdata
 
@@ -48,41 +44,17 @@ def hostile_server(tmp_path_factory):
         Image.fromarray(np.asarray(getattr(skdata, photo)())).convert("RGB").resize((96, 64)).save(
             target, format="PNG" if relative.endswith(".png") else "JPEG"
         )
-    home.mkdir()
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMGDEDUP_", "DAGSTER_"))}
-    env.update(
-        DAGSTER_HOME=str(home),
-        DAGSTER_DISABLE_TELEMETRY="1",
-        GX_ANALYTICS_ENABLED="false",
+    server = start_dg_dev(
+        PROJECT_ROOT,
+        home,
+        out,
+        base / "dagster-dev.log",
         IMGDEDUP_IMAGE_ROOT=str(images),
         IMGDEDUP_OUT_DIR=str(out),
         IMGDEDUP_EMBEDDER="offline",
         IMGDEDUP_MAX_DUPLICATE_FRACTION="1.0",
     )
-    port = free_port()
-    log_path = base / "dagster-dev.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "dg"),
-                "dev",
-                "-w",
-                "workspace.yaml",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = DagsterDev(process, port, log_path, out)
     try:
-        server.repository = server.wait_until_loaded()
         params = {
             "selector": {
                 "repositoryLocationName": server.repository["location"]["name"],
