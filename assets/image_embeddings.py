@@ -4,14 +4,14 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.metadata import table_metadata
-from core.catalog import path_per_content
-from core.collections import CHANGED_COLUMN
-from core.embedding_batches import embed_to_checkpoint, verified_image_loader
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.lancedb import LanceDBResource
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.assets.metadata import table_metadata
+from imgdedup_pipeline.core.catalog import path_per_content
+from imgdedup_pipeline.core.collections import CHANGED_COLUMN
+from imgdedup_pipeline.core.embedding_batches import embed_to_checkpoint, verified_image_loader
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 
 @dg.asset(group_name="dedup")

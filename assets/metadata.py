@@ -8,9 +8,9 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from core.atomic_write import write_atomically
-from core.ui_markdown import markdown_table
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.core.atomic_write import write_atomically
+from imgdedup_pipeline.core.ui_markdown import markdown_table
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 
 def _column_type(column: pd.Series) -> str:

@@ -3,11 +3,11 @@
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import table_metadata
-from core.catalog import build_catalog
-from core.disposable_cache import read_or_discard
-from resources.image_store import ImageStoreResource
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.assets.metadata import table_metadata
+from imgdedup_pipeline.core.catalog import build_catalog
+from imgdedup_pipeline.core.disposable_cache import read_or_discard
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 
 @dg.multi_asset(

@@ -32,15 +32,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from core.atomic_write import write_atomically
-from core.distances import cosine_distance, invariant_hamming, to_uniqueness
-from core.images import (
+from imgdedup_pipeline.core.atomic_write import write_atomically
+from imgdedup_pipeline.core.distances import cosine_distance, invariant_hamming, to_uniqueness
+from imgdedup_pipeline.core.images import (
     dihedral_phashes,
     informative_phashes,
     pixel_hash,
     trim_uniform_borders,
 )
-from core.search.result import l2_normalize
+from imgdedup_pipeline.core.search.result import l2_normalize
 
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.05  # SPEC.md's default (cosine similarity 0.9), used until calibrated
 DEFAULT_TARGET_PRECISION = 0.99

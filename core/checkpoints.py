@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.atomic_write import write_atomically
-from core.disposable_cache import read_or_discard
+from imgdedup_pipeline.core.atomic_write import write_atomically
+from imgdedup_pipeline.core.disposable_cache import read_or_discard
 
 logger = logging.getLogger(__name__)
 

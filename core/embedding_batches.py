@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from core.checkpoints import EmbeddingCheckpoint
-from core.embedders import Embedder, embed_in_batches
-from core.images import FileChangedError
-from core.progress import progress_message, should_report
+from imgdedup_pipeline.core.checkpoints import EmbeddingCheckpoint
+from imgdedup_pipeline.core.embedders import Embedder, embed_in_batches
+from imgdedup_pipeline.core.images import FileChangedError
+from imgdedup_pipeline.core.progress import progress_message, should_report
 
 
 def verified_image_loader(raw_images: pd.DataFrame, load_verified_rgb: Callable) -> Callable:

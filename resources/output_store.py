@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import pandas as pd
 
-from core.settings import setting
+from imgdedup_pipeline.core.settings import setting
 
 if TYPE_CHECKING:
-    from core.checkpoints import EmbeddingCheckpoint
+    from imgdedup_pipeline.core.checkpoints import EmbeddingCheckpoint
 
 
 class OutputStoreResource(dg.ConfigurableResource):
@@ -33,7 +33,7 @@ class OutputStoreResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Before a run writes anything: the folder must be new, empty or imgdedup's own (marked),
         with no symlink leading out of it (`core.output_folder`); it is then marked as ours."""
-        from core.output_folder import claim_output_folder
+        from imgdedup_pipeline.core.output_folder import claim_output_folder
 
         try:
             claim_output_folder(self.out_dir)
@@ -60,14 +60,14 @@ class OutputStoreResource(dg.ConfigurableResource):
     def embedding_checkpoint(self, table_name: str, warn: Callable[[str], None] | None = None) -> EmbeddingCheckpoint:
         """Embeddings for vector table `table_name`, checkpointed before they reach it; `warn` (the
         step's log) names a damaged shard that is discarded."""
-        from core.checkpoints import EmbeddingCheckpoint
+        from imgdedup_pipeline.core.checkpoints import EmbeddingCheckpoint
 
         directory = self.state_dir / "embedding-checkpoints" / table_name
         return EmbeddingCheckpoint(directory, warn) if warn is not None else EmbeddingCheckpoint(directory)
 
     def report_url(self, report: Path) -> str | None:
         """The http link to an exported report, or None without a report server."""
-        from core.report_server import report_url
+        from imgdedup_pipeline.core.report_server import report_url
 
         return report_url(self.report_base_url, report) if self.report_base_url else None
 
@@ -76,7 +76,7 @@ class OutputStoreResource(dg.ConfigurableResource):
         return f"catalog-{hashlib.sha1(str(Path(image_root).resolve()).encode()).hexdigest()[:12]}.parquet"
 
     def write_json(self, file_name: str, payload: dict) -> Path:
-        from core.atomic_write import write_atomically
+        from imgdedup_pipeline.core.atomic_write import write_atomically
 
         text = json.dumps(payload, indent=2, default=str)
         return write_atomically(self.path_for(file_name), lambda temporary: Path(temporary).write_text(text))
@@ -91,14 +91,14 @@ class OutputStoreResource(dg.ConfigurableResource):
 
     def export_path(self, run_id: str, file_name: str) -> Path:
         """Where run `run_id` writes an export: its own folder, published as a set (core/export_set.py)."""
-        from core.export_set import EXPORTS_DIR
+        from imgdedup_pipeline.core.export_set import EXPORTS_DIR
 
         return self.path_for(f"{EXPORTS_DIR}/{run_id}/{file_name}")
 
     def write_table(self, file_name: str, table: pd.DataFrame, run_id: str | None = None) -> Path:
         """Write CSV or Parquet (by suffix) atomically: a reader never sees a half-written file.
         With `run_id`, into that run's export set (`export_path`), else at `file_name` in out_dir."""
-        from core.atomic_write import write_atomically
+        from imgdedup_pipeline.core.atomic_write import write_atomically
 
         target = self.export_path(run_id, file_name) if run_id else self.path_for(file_name)
         if target.suffix == ".parquet":
@@ -108,13 +108,13 @@ class OutputStoreResource(dg.ConfigurableResource):
     def add_to_published_set(self, file_name: str, table: pd.DataFrame) -> Path:
         """Write a CSV into the published export set (`core.export_set.GATED_FILES`); returns its
         top-level path."""
-        from core.export_set import add_to_published_set
+        from imgdedup_pipeline.core.export_set import add_to_published_set
 
         add_to_published_set(self.root, file_name, lambda path: table.to_csv(path, index=False))
         return self.root / file_name
 
     def publish_exports(self, run_id: str) -> Path:
         """Publish run `run_id`'s export set: every top-level export switches to it at once."""
-        from core.export_set import publish
+        from imgdedup_pipeline.core.export_set import publish
 
         return publish(self.root, run_id)

@@ -3,8 +3,8 @@
 
 import dagster as dg
 
-import definitions
-from definitions import CALIBRATION_JOB, DEDUP_JOB
+from imgdedup_pipeline import definitions
+from imgdedup_pipeline.definitions import CALIBRATION_JOB, DEDUP_JOB
 
 DEDUP_ASSETS = {
     "raw_images",
