@@ -10,7 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from imgdedup_pipeline.core.catalog import path_per_content
-from imgdedup_pipeline.core.embedding_batches import embed_to_checkpoint, verified_image_loader
+from imgdedup_pipeline.core.embedding_batches import embed_to_checkpoint
 from imgdedup_pipeline.core.sharding import SHARD_KEYS, in_shard
 from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
 from imgdedup_pipeline.resources.image_store import ImageStoreResource
@@ -57,26 +57,20 @@ def image_embedding_shards(
     # Each batch is its own uniquely named file, renamed into place: shards running at the same
     # time never write the same file, and a killed shard leaves only complete batches.
     # A file changed since the catalog is skipped (logged); dedup_job accounts for it.
-    done, elapsed, changed = embed_to_checkpoint(
-        todo,
-        embedder,
-        embedding_model.batch_size,
-        verified_image_loader(raw_images, image_store.load_verified_rgb),
-        checkpoint,
-        context.log.info,
-        context.log.warning,
+    embedded = embed_to_checkpoint(
+        todo, raw_images, embedder, embedding_model.batch_size, image_store.load_verified_rgb, checkpoint, context.log
     )
     return dg.MaterializeResult(
         metadata={
             "shard": shard,
             "model_id": model_id,
-            "runtime": embedding_model.get_embedder().runtime_in_use,
+            "runtime": embedder.runtime_in_use,
             "contents_in_shard": len(path_by_hash),
-            "embedded_this_run": done,
-            "changed_during_run": len(changed),
+            "embedded_this_run": embedded.count,
+            "changed_during_run": len(embedded.changed),
             "skipped_in_vector_table": len(stored),
             "skipped_already_checkpointed": len(checkpointed),
             "checkpoint_dir": dg.MetadataValue.path(str(checkpoint.directory)),
-            "images_per_second": round(done / elapsed, 2) if done and elapsed > 0 else 0.0,
+            "images_per_second": embedded.images_per_second,
         }
     )
