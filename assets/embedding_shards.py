@@ -76,7 +76,7 @@ def image_embedding_shards(
             "changed_during_run": len(changed),
             "skipped_in_vector_table": len(stored),
             "skipped_already_checkpointed": len(checkpointed),
-            "checkpoint_dir": dg.MetadataValue.path(str(checkpoint.directory)),
+            "checkpoint_dir": dg.MetadataValue.path(checkpoint.location),
             "images_per_second": round(done / elapsed, 2) if done and elapsed > 0 else 0.0,
         }
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import pandas as pd
@@ -15,20 +17,27 @@ from core.settings import setting
 
 if TYPE_CHECKING:
     from core.checkpoints import EmbeddingCheckpoint
+    from core.object_store import ObjectFolder
 
 
 class OutputStoreResource(dg.ConfigurableResource):
     """Where exports are written (`out_dir`) and where run state lives (`out_dir/state`).
+
+    With `shared_storage_uri`, what another process needs goes there instead (the export sets,
+    core/shared_exports.py, and the embedding checkpoints); `out_dir` keeps this process's
+    disposable caches and the image catalog (deploy/README.md, "What a worker shares").
 
     Attributes:
         out_dir: see `core.settings.Settings`: uniqueness.csv, duplicates.csv, clean.csv/.parquet,
             rejected.csv and the state folder.
         report_base_url: see `Settings` (scripts/ui.sh starts the server); empty = no link
             (browsers refuse `file://` links).
+        shared_storage_uri: see `Settings`; None = everything under `out_dir`.
     """
 
     out_dir: str = setting("out_dir", default=...)
     report_base_url: str = setting("report_base_url", default="")
+    shared_storage_uri: str | None = setting("shared_storage_uri")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Before a run writes anything: the folder must be new, empty or imgdedup's own (marked),
@@ -39,6 +48,11 @@ class OutputStoreResource(dg.ConfigurableResource):
             claim_output_folder(self.out_dir)
         except ValueError as exc:
             raise dg.Failure(description=f"config error: {exc}") from None
+
+    @property
+    def shared(self) -> ObjectFolder | None:
+        """The object storage every worker shares, or None when everything is under `out_dir`."""
+        return _object_folder(self.shared_storage_uri) if self.shared_storage_uri else None
 
     @property
     def root(self) -> Path:
@@ -60,8 +74,11 @@ class OutputStoreResource(dg.ConfigurableResource):
     def embedding_checkpoint(self, table_name: str, warn: Callable[[str], None] | None = None) -> EmbeddingCheckpoint:
         """Embeddings for vector table `table_name`, checkpointed before they reach it; `warn` (the
         step's log) names a damaged shard that is discarded."""
-        from core.checkpoints import EmbeddingCheckpoint
+        from core.checkpoints import EmbeddingCheckpoint, ObjectStoreCheckpoint
 
+        if (shared := self.shared) is not None:
+            folder = shared.child("state", "embedding-checkpoints", table_name)
+            return ObjectStoreCheckpoint(folder, warn) if warn is not None else ObjectStoreCheckpoint(folder)
         directory = self.state_dir / "embedding-checkpoints" / table_name
         return EmbeddingCheckpoint(directory, warn) if warn is not None else EmbeddingCheckpoint(directory)
 
@@ -95,26 +112,71 @@ class OutputStoreResource(dg.ConfigurableResource):
 
         return self.path_for(f"{EXPORTS_DIR}/{run_id}/{file_name}")
 
-    def write_table(self, file_name: str, table: pd.DataFrame, run_id: str | None = None) -> Path:
+    def write_table(self, file_name: str, table: pd.DataFrame, run_id: str | None = None) -> Path | str:
         """Write CSV or Parquet (by suffix) atomically: a reader never sees a half-written file.
-        With `run_id`, into that run's export set (`export_path`), else at `file_name` in out_dir."""
+        With `run_id`, into that run's export set (`export_path`, or on the shared storage: its
+        URI is returned), else at `file_name` in out_dir."""
         from core.atomic_write import write_atomically
 
+        if run_id and self.shared is not None:
+            return self.write_export_bytes(file_name, _table_bytes(file_name, table), run_id)
         target = self.export_path(run_id, file_name) if run_id else self.path_for(file_name)
         if target.suffix == ".parquet":
             return write_atomically(target, lambda path: table.to_parquet(path, index=False))
         return write_atomically(target, lambda path: table.to_csv(path, index=False))
 
-    def add_to_published_set(self, file_name: str, table: pd.DataFrame) -> Path:
+    def write_export_bytes(self, file_name: str, data: bytes, run_id: str | None = None) -> Path | str:
+        """Write `data` as export `file_name` atomically (with `run_id`: into that run's export set,
+        on the shared storage when there is one); returns its path or URI."""
+        from core.atomic_write import write_atomically
+
+        if run_id and (shared := self.shared) is not None:
+            from core.shared_exports import write_export
+
+            return write_export(shared, run_id, file_name, data)
+        target = self.export_path(run_id, file_name) if run_id else self.path_for(file_name)
+        return write_atomically(target, lambda path: Path(path).write_bytes(data))
+
+    def add_to_published_set(self, file_name: str, table: pd.DataFrame) -> Path | str:
         """Write a CSV into the published export set (`core.export_set.GATED_FILES`); returns its
-        top-level path."""
+        top-level path (on the shared storage: its URI)."""
         from core.export_set import add_to_published_set
 
+        if (shared := self.shared) is not None:
+            from core import shared_exports
+
+            return shared_exports.add_to_published_set(shared, file_name, _table_bytes(file_name, table))
         add_to_published_set(self.root, file_name, lambda path: table.to_csv(path, index=False))
         return self.root / file_name
 
-    def publish_exports(self, run_id: str) -> Path:
-        """Publish run `run_id`'s export set: every top-level export switches to it at once."""
+    def publish_exports(self, run_id: str) -> Path | str:
+        """Publish run `run_id`'s export set: every top-level export switches to it at once (on the
+        shared storage: `exports/current.json` names it)."""
         from core.export_set import publish
 
+        if (shared := self.shared) is not None:
+            from core import shared_exports
+
+            return shared_exports.publish(shared, run_id)
         return publish(self.root, run_id)
+
+
+def _table_bytes(file_name: str, table: pd.DataFrame) -> bytes:
+    """The file `write_table` writes, in memory: Parquet or CSV by suffix."""
+    if file_name.endswith(".parquet"):
+        sink = io.BytesIO()
+        table.to_parquet(sink, index=False)
+        return sink.getvalue()
+    return table.to_csv(index=False).encode()
+
+
+@functools.cache
+def _object_folder(uri: str) -> ObjectFolder:
+    """One S3 client per process and URI, built as the IO manager's (dagster-aws `S3Resource`:
+    credentials, region and endpoint from the usual `AWS_*` variables)."""
+    from dagster_aws.s3 import S3Resource
+
+    from core.object_store import ObjectFolder
+
+    client: Any = S3Resource().get_client()
+    return ObjectFolder.from_uri(uri, client)
