@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from distributed_support import (
     PROJECT_ROOT,
-    VENV_BIN,
+    celery_worker_command,
     dagster_home_from,
     descendants,
     is_alive,
@@ -134,22 +134,7 @@ def cluster(postgres, tmp_path_factory):
     try:
         for name in WORKERS:
             log = base / f"{name}.log"
-            # The deploy/celery.yaml start command; `-c 1`: one step at a time per worker.
-            command = [
-                str(VENV_BIN / "dagster-celery"),
-                "worker",
-                "start",
-                "-A",
-                "dagster_celery.app",
-                "-y",
-                "deploy/celery.yaml",
-                "-n",
-                name,
-                "--",
-                "-c",
-                "1",
-            ]
-            workers[name] = start_process(command, env, log)
+            workers[name] = start_process(celery_worker_command(name), env, log)
             wait_for(
                 lambda: " ready." in log.read_text(errors="replace"),  # noqa: B023 (waited for here)
                 f"celery {name} to be ready",
