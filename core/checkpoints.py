@@ -112,22 +112,11 @@ class ObjectStoreCheckpoint(EmbeddingCheckpoint):
     def clear(self) -> None:
         self.folder.delete(self.shards())
 
-    def _read_each(self, read: Callable[[pa.BufferReader], T]) -> list[T]:
+    def _read_each(self, read: Callable[[io.BytesIO], T]) -> list[T]:
         """`read` of every complete batch; one removed since listing (cleared) is skipped, an
-        unreadable one is discarded as `read_or_discard` does on disk."""
-        results = []
-        for name in self.shards():
-            data = self.folder.get(name)
-            if data is None:
-                continue
-            try:
-                results.append(read(pa.BufferReader(data)))
-            except Exception as exc:  # noqa: BLE001 (whatever the reader raises, the batch is not usable)
-                self.warn(
-                    f"discarded the unreadable cache {self.folder.uri(name)} ({type(exc).__name__}: {str(exc)[:200]}); it is computed again"
-                )
-                self.folder.delete([name])
-        return results
+        unreadable one is named and deleted."""
+        found = (self.folder.read_or_discard(name, read, self.warn) for name in self.shards())
+        return [result for result in found if result is not None]
 
 
 def _batch_name() -> str:
@@ -144,7 +133,7 @@ def _batch_table(hashes: list[str], vectors: np.ndarray) -> pa.Table:
     )
 
 
-def _read_shard(path: Path | pa.BufferReader) -> dict[str, np.ndarray]:
+def _read_shard(path: Path | io.BytesIO) -> dict[str, np.ndarray]:
     table = pq.read_table(path)
     keys = table.column("pixel_hash").to_pylist()
     width = table.schema.field("vector").type.list_size

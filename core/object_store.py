@@ -9,9 +9,12 @@ dagster-aws's `S3Resource`, as the IO manager does), so credentials and endpoint
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import io
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # DeleteObjects takes at most this many keys per request.
 _DELETE_BATCH = 1000
@@ -64,6 +67,22 @@ class ObjectFolder:
         except self.client.exceptions.NoSuchKey:
             return None
         return response["Body"].read()
+
+    def read_or_discard(self, name: str, read: Callable[[io.BytesIO], T], warn: Callable[[str], None]) -> T | None:
+        """`read` of a disposable object (a cache, a checkpoint batch), or None when it is absent;
+        one that cannot be read is named through `warn` and deleted, so the caller recomputes it
+        (`core.disposable_cache.read_or_discard` on disk)."""
+        data = self.get(name)
+        if data is None:
+            return None
+        try:
+            return read(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 (whatever the reader raises, the object is not usable)
+            warn(
+                f"discarded the unreadable cache {self.uri(name)} ({type(exc).__name__}: {str(exc)[:200]}); it is computed again"
+            )
+            self.delete([name])
+            return None
 
     def copy(self, source: str, target: str) -> None:
         """Copy within the bucket, server side (one object written whole, like `put`)."""

@@ -92,6 +92,23 @@ class OutputStoreResource(dg.ConfigurableResource):
         """File name (in `state_dir`) of the image catalog for one image root."""
         return f"catalog-{hashlib.sha1(str(Path(image_root).resolve()).encode()).hexdigest()[:12]}.parquet"
 
+    def read_catalog(self, image_root: Path, warn: Callable[[str], None]) -> pd.DataFrame | None:
+        """The last catalog of `image_root` (on the shared storage when there is one, so any worker
+        skips decoding unchanged files), or None; an unreadable one is named through `warn` and
+        discarded (it only saves decoding)."""
+        from core.disposable_cache import read_or_discard
+
+        name = self.catalog_name(image_root)
+        if (shared := self.shared) is not None:
+            return shared.read_or_discard(f"state/{name}", pd.read_parquet, warn)
+        return read_or_discard(self.state_dir / name, pd.read_parquet, warn)
+
+    def write_catalog(self, image_root: Path, images: pd.DataFrame) -> Path | str:
+        name = self.catalog_name(image_root)
+        if (shared := self.shared) is not None:
+            return shared.put(f"state/{name}", _table_bytes(name, images))
+        return self.write_table(f"state/{name}", images)
+
     def write_json(self, file_name: str, payload: dict) -> Path:
         from core.atomic_write import write_atomically
 

@@ -166,6 +166,20 @@ def test_the_output_store_puts_exports_and_checkpoints_on_the_shared_storage(fol
     assert not (tmp_path / "out").exists()  # nothing of it on the local disk
 
 
+def test_the_catalog_is_shared_and_an_unreadable_one_is_only_decoded_again(folder, tmp_path):
+    store = OutputStoreResource(out_dir=str(tmp_path / "out"), shared_storage_uri=folder.uri())
+    other_worker = OutputStoreResource(out_dir=str(tmp_path / "elsewhere"), shared_storage_uri=folder.uri())
+    images, warnings = pd.DataFrame({"path": ["a.png"], "pixel_hash": ["h1"]}), []
+    assert store.read_catalog(tmp_path / "images", warnings.append) is None
+    store.write_catalog(tmp_path / "images", images)
+    pd.testing.assert_frame_equal(other_worker.read_catalog(tmp_path / "images", warnings.append), images)
+    name = f"state/{store.catalog_name(tmp_path / 'images')}"
+    folder.put(name, b"truncated")
+    assert other_worker.read_catalog(tmp_path / "images", warnings.append) is None
+    assert len(warnings) == 1 and name in warnings[0] and folder.get(name) is None
+    assert not (tmp_path / "out").exists() and not (tmp_path / "elsewhere").exists()
+
+
 def test_without_shared_storage_the_output_store_writes_under_out_dir(tmp_path):
     store = OutputStoreResource(out_dir=str(tmp_path))
     assert store.shared is None
