@@ -38,6 +38,7 @@ from core.settings import Settings
 from core.sharding import SHARD_KEYS
 from definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, build_definitions, model_id_for
 from resources.lancedb import LanceDBResource, table_name_for
+from resources.output_store import OutputStoreResource
 
 WORKERS = ("worker1", "worker2")
 WORKER_START_TIMEOUT_S = 180
@@ -223,9 +224,15 @@ def test_scores_groups_and_exports_equal_the_single_process_ones(celery_runs):
     assert labels == {"duplicate", "near_duplicate", "unique"}
 
 
+def output_store(settings: Settings) -> OutputStoreResource:
+    """The output store the steps use: the orchestrator's folder, or the shared storage."""
+    return OutputStoreResource(out_dir=settings.out_dir, shared_storage_uri=settings.shared_storage_uri)
+
+
 def catalog_hashes(settings: Settings) -> set[str]:
-    (catalog,) = (Path(settings.out_dir) / "state").glob("catalog-*.parquet")
-    return set(pd.read_parquet(catalog)["pixel_hash"])
+    catalog = output_store(settings).read_catalog(Path(settings.image_root), warn=pytest.fail)
+    assert catalog is not None
+    return set(catalog["pixel_hash"])
 
 
 def running_shard_step(instance: dg.DagsterInstance, shard: str, checkpoint: EmbeddingCheckpoint) -> int | None:
@@ -250,12 +257,7 @@ def killed_shard(cluster, celery_runs):
     assert cluster.drive("catalog", name="catalog-again")["runs"]["catalog"]["success"]
     new = catalog_hashes(cluster.settings) - set(vector_table(cluster.settings).index)
     shard, count = Counter(h[0] for h in new).most_common(1)[0]
-    checkpoint = EmbeddingCheckpoint(
-        Path(cluster.settings.out_dir)
-        / "state"
-        / "embedding-checkpoints"
-        / table_name_for(model_id_for(cluster.settings))
-    )
+    checkpoint = output_store(cluster.settings).embedding_checkpoint(table_name_for(model_id_for(cluster.settings)))
     found = {
         "shard": shard,
         "new_in_shard": {h for h in new if h[0] == shard},

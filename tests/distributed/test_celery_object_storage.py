@@ -27,12 +27,19 @@ from distributed_support import (
     stop_process_tree,
     wait_for,
 )
+
+# test_celery.py's kill of a worker process mid-shard, run here on this module's cluster (pytest
+# resolves the fixture's `cluster` and `celery_runs` to the ones below): the finished batches are
+# objects in the bucket, and the rerun, on whichever worker takes it, embeds only the rest.
 from test_celery import (
     WORKER_START_TIMEOUT_S,
     WORKERS,
     Cluster,
+    killed_shard,  # noqa: F401  (a fixture, used by the two tests below)
     materializations,
     step_pids,
+    test_a_worker_killed_mid_shard_fails_that_run_and_keeps_its_finished_batches,  # noqa: F401
+    test_rerunning_the_killed_shard_embeds_only_what_no_finished_batch_holds,  # noqa: F401
     vector_table,
 )
 
@@ -187,6 +194,7 @@ def celery_runs(cluster):
         )
     found.update(distributed=cluster.settings, single=single, single_success=result.success)
     found["bucket"] = ObjectFolder.from_uri(SHARED_URI, boto3.client("s3"))
+    found["bucket_names"] = set(found["bucket"].names())  # before the killed-shard tests add checkpoints
     return found
 
 
@@ -237,8 +245,11 @@ def test_published_exports_on_s3_equal_the_single_process_ones(celery_runs):
 
 
 def test_the_shared_state_is_in_the_bucket_and_no_step_output_in_a_local_folder(celery_runs):
-    bucket, dedup_run = celery_runs["bucket"], celery_runs["runs"]["dedup"]["run_id"]
-    names = set(bucket.names())
+    bucket, dedup_run, names = (
+        celery_runs["bucket"],
+        celery_runs["runs"]["dedup"]["run_id"],
+        celery_runs["bucket_names"],
+    )
     assets = {key.to_user_string() for asset in ALL_ASSETS for key in asset.keys}
     assert {f"state/assets/{name}" for name in assets} <= names
     assert [name for name in names if name.startswith("state/catalog-")]  # for any worker's next catalog step
