@@ -189,3 +189,14 @@ def test_without_shared_storage_the_output_store_writes_under_out_dir(tmp_path):
     assert store.embedding_checkpoint("vectors_m").location == str(
         tmp_path / "state" / "embedding-checkpoints" / "vectors_m"
     )
+
+
+def test_the_cli_summary_names_the_published_set_on_the_shared_storage(folder, capsys):
+    import cli
+
+    write_export(folder, "run-a", "clean.csv", b"path\na.png\n")
+    publish(folder, "run-a")
+    cli.print_shared_exports("run-a", folder.uri())
+    assert f"clean.csv             {folder.uri('exports', 'run-a')}/clean.csv" in capsys.readouterr().out
+    cli.print_shared_exports("run-b", folder.uri())  # a run that stopped before publishing
+    assert capsys.readouterr().out == "this run published no exports\n"
