@@ -3,12 +3,14 @@ when they share no disk (deploy/README.md, "What a worker shares").
 
 Every object is written by one PUT, which S3 makes visible whole or not at all: a reader, or a
 writer killed mid-upload, never leaves or sees half an object (the object-storage counterpart of
-`core.atomic_write`). The S3 client comes from the caller (`OutputStoreResource` builds it with
-dagster-aws's `S3Resource`, as the IO manager does), so credentials and endpoint are resolved once.
+`core.atomic_write`). `folder_at` builds boto3's default client, which resolves credentials,
+region and endpoint from the usual `AWS_*` variables as dagster-aws's `S3Resource` does for the IO
+manager.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +30,14 @@ def split_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"no bucket in {uri!r}")
     return bucket, prefix.strip("/")
+
+
+@functools.cache
+def folder_at(uri: str) -> ObjectFolder:
+    """The folder at `s3://bucket/prefix`, with one boto3 client per process and URI."""
+    import boto3
+
+    return ObjectFolder.from_uri(uri, boto3.client("s3"))
 
 
 @dataclass(frozen=True)

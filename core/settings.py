@@ -301,7 +301,9 @@ class Settings:
 
     @property
     def thresholds_file(self) -> str:
-        """Where calibrated thresholds are stored, per model id."""
+        """Where calibrated thresholds are stored, per model id: shared by every worker that scores."""
+        if self.shared_storage_uri:
+            return f"{self.shared_storage_uri}/state/{THRESHOLDS_FILE}"
         return str(Path(self.out_dir) / "state" / THRESHOLDS_FILE)
 
     @property

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
@@ -52,7 +51,9 @@ class OutputStoreResource(dg.ConfigurableResource):
     @property
     def shared(self) -> ObjectFolder | None:
         """The object storage every worker shares, or None when everything is under `out_dir`."""
-        return _object_folder(self.shared_storage_uri) if self.shared_storage_uri else None
+        from core.object_store import folder_at
+
+        return folder_at(self.shared_storage_uri) if self.shared_storage_uri else None
 
     @property
     def root(self) -> Path:
@@ -185,15 +186,3 @@ def _table_bytes(file_name: str, table: pd.DataFrame) -> bytes:
         table.to_parquet(sink, index=False)
         return sink.getvalue()
     return table.to_csv(index=False).encode()
-
-
-@functools.cache
-def _object_folder(uri: str) -> ObjectFolder:
-    """One S3 client per process and URI, built as the IO manager's (dagster-aws `S3Resource`:
-    credentials, region and endpoint from the usual `AWS_*` variables)."""
-    from dagster_aws.s3 import S3Resource
-
-    from core.object_store import ObjectFolder
-
-    client: Any = S3Resource().get_client()
-    return ObjectFolder.from_uri(uri, client)

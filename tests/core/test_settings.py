@@ -309,3 +309,5 @@ def test_the_vector_table_follows_the_shared_storage_unless_lancedb_uri_names_an
     assert shared.shared_storage_uri == "s3://team-bucket/imgdedup"  # one spelling, no trailing slash
     assert shared.vector_store_uri == "s3://team-bucket/imgdedup/lancedb"
     assert shared.with_overrides(lancedb_uri="s3://vectors/t").vector_store_uri == "s3://vectors/t"
+    assert local.thresholds_file == str(tmp_path / "state" / "thresholds.json")
+    assert shared.thresholds_file == "s3://team-bucket/imgdedup/state/thresholds.json"  # every worker scores with it

@@ -200,3 +200,19 @@ def test_the_cli_summary_names_the_published_set_on_the_shared_storage(folder, c
     assert f"clean.csv             {folder.uri('exports', 'run-a')}/clean.csv" in capsys.readouterr().out
     cli.print_shared_exports("run-b", folder.uri())  # a run that stopped before publishing
     assert capsys.readouterr().out == "this run published no exports\n"
+
+
+def test_calibrated_thresholds_on_the_shared_storage_reach_every_worker_s_policy(folder):
+    from core.calibration import calibrated_threshold, read_calibrations, write_calibration
+    from resources.policy import DedupPolicyResource
+
+    uri = folder.uri("state", "thresholds.json")
+    assert read_calibrations(uri) == {} and calibrated_threshold(uri, "model-a") is None
+    write_calibration(uri, "model-a", {"near_duplicate_threshold": 0.031})
+    write_calibration(uri, "model-b", {"near_duplicate_threshold": 0.042})
+    assert set(read_calibrations(uri)) == {"model-a", "model-b"}  # one model's record kept beside another's
+    in_force = DedupPolicyResource(thresholds_file=uri).thresholds_in_force("model-a")
+    assert in_force.thresholds.near_duplicate == pytest.approx(0.031)
+    folder.put("state/thresholds.json", b"{not json")
+    with pytest.raises(ValueError, match="is not a thresholds file"):
+        read_calibrations(uri)
