@@ -10,14 +10,19 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import png_markdown, write_export_file
-from core.calibration import CalibrationOutcome
-from core.calibration_run import CatalogCalibration, calibrate_catalog, calibration_caption, calibration_histogram
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.lancedb import LanceDBResource
-from resources.output_store import OutputStoreResource
-from resources.policy import DedupPolicyResource
+from imgdedup_pipeline.assets.metadata import png_markdown, write_export_file
+from imgdedup_pipeline.core.calibration import CalibrationOutcome
+from imgdedup_pipeline.core.calibration_run import (
+    CatalogCalibration,
+    calibrate_catalog,
+    calibration_caption,
+    calibration_histogram,
+)
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
+from imgdedup_pipeline.resources.policy import DedupPolicyResource
 
 CALIBRATION_GROUP = "calibration"
 HISTOGRAM_FILE = "calibration_histogram.png"

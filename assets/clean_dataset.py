@@ -3,9 +3,9 @@
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import table_metadata
-from core.collections import CHANGED_REASON, accounting, clean_table, withdraw_changed_contents
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.assets.metadata import table_metadata
+from imgdedup_pipeline.core.collections import CHANGED_REASON, accounting, clean_table, withdraw_changed_contents
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 
 @dg.asset(group_name="dedup")

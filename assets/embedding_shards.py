@@ -9,13 +9,13 @@ nothing, and `image_vectors` (the one LanceDB writer) inserts them.
 import dagster as dg
 import pandas as pd
 
-from core.catalog import path_per_content
-from core.embedding_batches import embed_to_checkpoint, verified_image_loader
-from core.sharding import SHARD_KEYS, in_shard
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.lancedb import LanceDBResource
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.core.catalog import path_per_content
+from imgdedup_pipeline.core.embedding_batches import embed_to_checkpoint, verified_image_loader
+from imgdedup_pipeline.core.sharding import SHARD_KEYS, in_shard
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 EMBEDDING_SHARDS = dg.StaticPartitionsDefinition(list(SHARD_KEYS))
 

@@ -8,8 +8,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from core.ui_markdown import markdown_table
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.core.ui_markdown import markdown_table
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 
 def _column_type(column: pd.Series) -> str:

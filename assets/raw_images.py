@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from assets.metadata import table_metadata
-from core.catalog import build_catalog
-from resources.image_store import ImageStoreResource
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.assets.metadata import table_metadata
+from imgdedup_pipeline.core.catalog import build_catalog
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 
 @dg.multi_asset(

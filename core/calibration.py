@@ -33,18 +33,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from core.atomic_write import write_atomically
-from core.distances import cosine_distance, invariant_hamming, to_uniqueness
-from core.images import (
+from imgdedup_pipeline.core.atomic_write import write_atomically
+from imgdedup_pipeline.core.distances import cosine_distance, invariant_hamming, to_uniqueness
+from imgdedup_pipeline.core.images import (
     dihedral_phashes,
     informative_phashes,
     pixel_hash,
     trim_uniform_borders,
 )
-from core.search.result import l2_normalize
+from imgdedup_pipeline.core.search.result import l2_normalize
 
 if TYPE_CHECKING:
-    from core.object_store import ObjectFolder
+    from imgdedup_pipeline.core.object_store import ObjectFolder
 
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.05  # SPEC.md's default (cosine similarity 0.9), used until calibrated
 DEFAULT_TARGET_PRECISION = 0.99
@@ -566,7 +566,7 @@ def _read_text(path: str | os.PathLike) -> str | None:
 
 def _object_location(uri: str) -> tuple[ObjectFolder, str]:
     """The folder of an s3:// URI and the object's name in it."""
-    from core.object_store import folder_at
+    from imgdedup_pipeline.core.object_store import folder_at
 
     parent, _, name = uri.rpartition("/")
     return folder_at(parent), name

@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.atomic_write import write_atomically
-from core.disposable_cache import read_or_discard
+from imgdedup_pipeline.core.atomic_write import write_atomically
+from imgdedup_pipeline.core.disposable_cache import read_or_discard
 
 if TYPE_CHECKING:
-    from core.object_store import ObjectFolder
+    from imgdedup_pipeline.core.object_store import ObjectFolder
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import time
 
-from core.export_set import EXPORTS_DIR, GATED_FILES, MANIFEST_FILE, SET_FILES
-from core.object_store import ObjectFolder
+from imgdedup_pipeline.core.export_set import EXPORTS_DIR, GATED_FILES, MANIFEST_FILE, SET_FILES
+from imgdedup_pipeline.core.object_store import ObjectFolder
 
 CURRENT_POINTER = "current.json"
 

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import pandas as pd
 
-from core.settings import setting
+from imgdedup_pipeline.core.settings import setting
 
 if TYPE_CHECKING:
-    from core.checkpoints import EmbeddingCheckpoint
-    from core.object_store import ObjectFolder
+    from imgdedup_pipeline.core.checkpoints import EmbeddingCheckpoint
+    from imgdedup_pipeline.core.object_store import ObjectFolder
 
 
 class OutputStoreResource(dg.ConfigurableResource):
@@ -41,7 +41,7 @@ class OutputStoreResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Before a run writes anything: the folder must be new, empty or imgdedup's own (marked),
         with no symlink leading out of it (`core.output_folder`); it is then marked as ours."""
-        from core.output_folder import claim_output_folder
+        from imgdedup_pipeline.core.output_folder import claim_output_folder
 
         try:
             claim_output_folder(self.out_dir)
@@ -51,7 +51,7 @@ class OutputStoreResource(dg.ConfigurableResource):
     @property
     def shared(self) -> ObjectFolder | None:
         """The object storage every worker shares, or None when everything is under `out_dir`."""
-        from core.object_store import folder_at
+        from imgdedup_pipeline.core.object_store import folder_at
 
         return folder_at(self.shared_storage_uri) if self.shared_storage_uri else None
 
@@ -75,7 +75,7 @@ class OutputStoreResource(dg.ConfigurableResource):
     def embedding_checkpoint(self, table_name: str, warn: Callable[[str], None] | None = None) -> EmbeddingCheckpoint:
         """Embeddings for vector table `table_name`, checkpointed before they reach it; `warn` (the
         step's log) names a damaged shard that is discarded."""
-        from core.checkpoints import EmbeddingCheckpoint, ObjectStoreCheckpoint
+        from imgdedup_pipeline.core.checkpoints import EmbeddingCheckpoint, ObjectStoreCheckpoint
 
         if (shared := self.shared) is not None:
             folder = shared.child("state", "embedding-checkpoints", table_name)
@@ -85,7 +85,7 @@ class OutputStoreResource(dg.ConfigurableResource):
 
     def report_url(self, report: Path) -> str | None:
         """The http link to an exported report, or None without a report server."""
-        from core.report_server import report_url
+        from imgdedup_pipeline.core.report_server import report_url
 
         return report_url(self.report_base_url, report) if self.report_base_url else None
 
@@ -97,7 +97,7 @@ class OutputStoreResource(dg.ConfigurableResource):
         """The last catalog of `image_root` (on the shared storage when there is one, so any worker
         skips decoding unchanged files), or None; an unreadable one is named through `warn` and
         discarded (it only saves decoding)."""
-        from core.disposable_cache import read_or_discard
+        from imgdedup_pipeline.core.disposable_cache import read_or_discard
 
         name = self.catalog_name(image_root)
         if (shared := self.shared) is not None:
@@ -111,7 +111,7 @@ class OutputStoreResource(dg.ConfigurableResource):
         return self.write_table(f"state/{name}", images)
 
     def write_json(self, file_name: str, payload: dict) -> Path:
-        from core.atomic_write import write_atomically
+        from imgdedup_pipeline.core.atomic_write import write_atomically
 
         text = json.dumps(payload, indent=2, default=str)
         return write_atomically(self.path_for(file_name), lambda temporary: Path(temporary).write_text(text))
@@ -126,7 +126,7 @@ class OutputStoreResource(dg.ConfigurableResource):
 
     def export_path(self, run_id: str, file_name: str) -> Path:
         """Where run `run_id` writes an export: its own folder, published as a set (core/export_set.py)."""
-        from core.export_set import EXPORTS_DIR
+        from imgdedup_pipeline.core.export_set import EXPORTS_DIR
 
         return self.path_for(f"{EXPORTS_DIR}/{run_id}/{file_name}")
 
@@ -134,7 +134,7 @@ class OutputStoreResource(dg.ConfigurableResource):
         """Write CSV or Parquet (by suffix) atomically: a reader never sees a half-written file.
         With `run_id`, into that run's export set (`export_path`, or on the shared storage: its
         URI is returned), else at `file_name` in out_dir."""
-        from core.atomic_write import write_atomically
+        from imgdedup_pipeline.core.atomic_write import write_atomically
 
         if run_id and self.shared is not None:
             return self.write_export_bytes(file_name, _table_bytes(file_name, table), run_id)
@@ -146,10 +146,10 @@ class OutputStoreResource(dg.ConfigurableResource):
     def write_export_bytes(self, file_name: str, data: bytes, run_id: str | None = None) -> Path | str:
         """Write `data` as export `file_name` atomically (with `run_id`: into that run's export set,
         on the shared storage when there is one); returns its path or URI."""
-        from core.atomic_write import write_atomically
+        from imgdedup_pipeline.core.atomic_write import write_atomically
 
         if run_id and (shared := self.shared) is not None:
-            from core.shared_exports import write_export
+            from imgdedup_pipeline.core.shared_exports import write_export
 
             return write_export(shared, run_id, file_name, data)
         target = self.export_path(run_id, file_name) if run_id else self.path_for(file_name)
@@ -158,10 +158,10 @@ class OutputStoreResource(dg.ConfigurableResource):
     def add_to_published_set(self, file_name: str, table: pd.DataFrame) -> Path | str:
         """Write a CSV into the published export set (`core.export_set.GATED_FILES`); returns its
         top-level path (on the shared storage: its URI)."""
-        from core.export_set import add_to_published_set
+        from imgdedup_pipeline.core.export_set import add_to_published_set
 
         if (shared := self.shared) is not None:
-            from core import shared_exports
+            from imgdedup_pipeline.core import shared_exports
 
             return shared_exports.add_to_published_set(shared, file_name, _table_bytes(file_name, table))
         add_to_published_set(self.root, file_name, lambda path: table.to_csv(path, index=False))
@@ -170,10 +170,10 @@ class OutputStoreResource(dg.ConfigurableResource):
     def publish_exports(self, run_id: str) -> Path | str:
         """Publish run `run_id`'s export set: every top-level export switches to it at once (on the
         shared storage: `exports/current.json` names it)."""
-        from core.export_set import publish
+        from imgdedup_pipeline.core.export_set import publish
 
         if (shared := self.shared) is not None:
-            from core import shared_exports
+            from imgdedup_pipeline.core import shared_exports
 
             return shared_exports.publish(shared, run_id)
         return publish(self.root, run_id)

@@ -3,8 +3,8 @@
 
 import dagster as dg
 
-import definitions
-from definitions import CALIBRATION_JOB, DEDUP_JOB
+from imgdedup_pipeline import definitions
+from imgdedup_pipeline.definitions import CALIBRATION_JOB, DEDUP_JOB
 
 DEDUP_ASSETS = {
     "raw_images",
@@ -49,7 +49,7 @@ def test_every_job_resolves():
 def test_the_io_manager_is_the_local_folder_unless_shared_storage_is_set(tmp_path):
     from dagster_aws.s3 import S3PickleIOManager
 
-    from core.settings import Settings
+    from imgdedup_pipeline.core.settings import Settings
 
     local = definitions.io_manager_for(Settings(out_dir=str(tmp_path)))
     assert isinstance(local, dg.FilesystemIOManager) and local.base_dir == str(tmp_path / "state" / "assets")

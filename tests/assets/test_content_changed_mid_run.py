@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets.raw_images import discover_raw_images
-from core.embedders import EfficientNetLite0Embedder
-from core.images import load_rgb, pixel_hash
-from core.settings import Settings
-from definitions import ALL_ASSETS, resources_for
-from resources.lancedb import LanceDBResource
+from imgdedup_pipeline.assets.raw_images import discover_raw_images
+from imgdedup_pipeline.core.embedders import EfficientNetLite0Embedder
+from imgdedup_pipeline.core.images import load_rgb, pixel_hash
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import ALL_ASSETS, resources_for
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
 PHOTOS = "tests/data/base_images"
 

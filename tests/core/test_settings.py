@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-import cli
-from core.settings import FIELDS, Settings, SettingsError, choices, cli_flag, env_var
-from definitions import model_id_for, resources_for
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.output_store import OutputStoreResource
-from resources.policy import DedupPolicyResource
+from imgdedup_pipeline import cli
+from imgdedup_pipeline.core.settings import FIELDS, Settings, SettingsError, choices, cli_flag, env_var
+from imgdedup_pipeline.definitions import model_id_for, resources_for
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
+from imgdedup_pipeline.resources.policy import DedupPolicyResource
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

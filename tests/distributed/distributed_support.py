@@ -147,7 +147,7 @@ def process_env(settings, extra: dict[str, str]) -> dict[str, str]:
     IMGDEDUP_*): what definitions.py reads in each worker, daemon and run process."""
     import dataclasses
 
-    from core.settings import ENV_PREFIX, Settings
+    from imgdedup_pipeline.core.settings import ENV_PREFIX, Settings
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env.update(

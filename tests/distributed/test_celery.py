@@ -32,13 +32,13 @@ from distributed_support import (
 )
 from PIL import Image
 
-from core.checkpoints import EmbeddingCheckpoint
-from core.sample import build_sample_set
-from core.settings import Settings
-from core.sharding import SHARD_KEYS
-from definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, build_definitions, model_id_for
-from resources.lancedb import LanceDBResource, table_name_for
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.core.checkpoints import EmbeddingCheckpoint
+from imgdedup_pipeline.core.sample import build_sample_set
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.core.sharding import SHARD_KEYS
+from imgdedup_pipeline.definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, build_definitions, model_id_for
+from imgdedup_pipeline.resources.lancedb import LanceDBResource, table_name_for
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 WORKERS = ("worker1", "worker2")
 WORKER_START_TIMEOUT_S = 180

@@ -43,13 +43,13 @@ from test_celery import (
     vector_table,
 )
 
-from core.export_set import MANIFEST_FILE
-from core.object_store import ObjectFolder
-from core.sample import build_sample_set
-from core.settings import Settings
-from core.sharding import SHARD_KEYS
-from core.shared_exports import CURRENT_POINTER, published_export, published_manifest
-from definitions import ALL_ASSETS, DEDUP_JOB, build_definitions
+from imgdedup_pipeline.core.export_set import MANIFEST_FILE
+from imgdedup_pipeline.core.object_store import ObjectFolder
+from imgdedup_pipeline.core.sample import build_sample_set
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.core.sharding import SHARD_KEYS
+from imgdedup_pipeline.core.shared_exports import CURRENT_POINTER, published_export, published_manifest
+from imgdedup_pipeline.definitions import ALL_ASSETS, DEDUP_JOB, build_definitions
 
 moto_server = pytest.importorskip("moto.server", reason="needs the dev extra: pip install 'moto[server]'")
 boto3 = pytest.importorskip("boto3")

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.checkpoints import ObjectStoreCheckpoint
-from core.export_set import MANIFEST_FILE
-from core.object_store import ObjectFolder, split_uri
-from core.shared_exports import (
+from imgdedup_pipeline.core.checkpoints import ObjectStoreCheckpoint
+from imgdedup_pipeline.core.export_set import MANIFEST_FILE
+from imgdedup_pipeline.core.object_store import ObjectFolder, split_uri
+from imgdedup_pipeline.core.shared_exports import (
     CURRENT_POINTER,
     add_to_published_set,
     publish,
@@ -22,7 +22,7 @@ from core.shared_exports import (
     run_prefix,
     write_export,
 )
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 moto_server = pytest.importorskip("moto.server", reason="needs the dev extra: pip install 'moto[server]'")
 boto3 = pytest.importorskip("boto3")
@@ -192,7 +192,7 @@ def test_without_shared_storage_the_output_store_writes_under_out_dir(tmp_path):
 
 
 def test_the_cli_summary_names_the_published_set_on_the_shared_storage(folder, capsys):
-    import cli
+    from imgdedup_pipeline import cli
 
     write_export(folder, "run-a", "clean.csv", b"path\na.png\n")
     publish(folder, "run-a")
@@ -203,8 +203,8 @@ def test_the_cli_summary_names_the_published_set_on_the_shared_storage(folder, c
 
 
 def test_calibrated_thresholds_on_the_shared_storage_reach_every_worker_s_policy(folder):
-    from core.calibration import calibrated_threshold, read_calibrations, write_calibration
-    from resources.policy import DedupPolicyResource
+    from imgdedup_pipeline.core.calibration import calibrated_threshold, read_calibrations, write_calibration
+    from imgdedup_pipeline.resources.policy import DedupPolicyResource
 
     uri = folder.uri("state", "thresholds.json")
     assert read_calibrations(uri) == {} and calibrated_threshold(uri, "model-a") is None
