@@ -305,8 +305,6 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
     """
     import json
 
-    import pandas as pd
-
     out = Path(settings.out_dir)
     evaluations = result.get_asset_check_evaluations()
     failed_checks = [evaluation for evaluation in evaluations if not evaluation.passed]
@@ -344,13 +342,32 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}
     held_back = sorted(key.to_user_string() for key in targeted - materialized)
 
+    if settings.shared_storage_uri:
+        print_shared_exports(result.run_id, settings.shared_storage_uri)
+    else:
+        print_local_exports(result.run_id, out)
+    print(f"checks: {len(evaluations) - len(failed_checks)} passed, {len(failed_checks)} failed")
+    print(f"dagster run {result.run_id} (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
+    if timings := step_seconds_line(result.run_id):
+        print(timings)
+    if held_back:
+        print("held back (not materialized): " + ", ".join(held_back))
+    for line in outcome_lines(result, failed_checks, failed_steps, held_back, verbose):
+        print(line)
+    return EXIT_OK if result.success and not failed_checks else EXIT_FAILED
+
+
+def print_local_exports(run_id: str, out: Path) -> None:
+    """The scores' counts and the paths of the published exports under `out`."""
+    import pandas as pd
+
     from imgdedup_pipeline.core.export_set import published_run_id
 
     # The top-level exports are the published set (core/export_set.py): this run's only when it
     # published one; its manifest says which run wrote them, so nothing is claimed by guesswork.
     published = published_run_id(out)
     uniqueness_csv = out / "uniqueness.csv"
-    if published == result.run_id and uniqueness_csv.exists():
+    if published == run_id and uniqueness_csv.exists():
         table = pd.read_csv(uniqueness_csv)
         counts = table["label"].value_counts().to_dict()
         removed = int(table["removed"].sum()) if "removed" in table else 0
@@ -367,26 +384,33 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
         "training_manifest.csv",
         "report.html",
     )
-    if published != result.run_id:
+    if published != run_id:
         print(
             "this run published no exports"
             + (f"; the files below are those of the earlier run {published}" if published else "")
         )
     for name in export_names:
         if published is not None and (out / name).is_file():
-            stale = (
-                "" if published == result.run_id else f"  (not written by this run: from the earlier run {published})"
-            )
+            stale = "" if published == run_id else f"  (not written by this run: from the earlier run {published})"
             print(f"  {name:21s} {out / name}{stale}")
-    print(f"checks: {len(evaluations) - len(failed_checks)} passed, {len(failed_checks)} failed")
-    print(f"dagster run {result.run_id} (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
-    if timings := step_seconds_line(result.run_id):
-        print(timings)
-    if held_back:
-        print("held back (not materialized): " + ", ".join(held_back))
-    for line in outcome_lines(result, failed_checks, failed_steps, held_back, verbose):
-        print(line)
-    return EXIT_OK if result.success and not failed_checks else EXIT_FAILED
+
+
+def print_shared_exports(run_id: str, shared_storage_uri: str) -> None:
+    """Where the published export set is on the shared storage (core/shared_exports.py)."""
+    from imgdedup_pipeline.core.shared_exports import published_manifest
+    from imgdedup_pipeline.resources.output_store import OutputStoreResource
+
+    shared = OutputStoreResource(out_dir=".", shared_storage_uri=shared_storage_uri).shared
+    if shared is None:
+        raise ValueError(f"no shared storage in {shared_storage_uri!r}")
+    manifest = published_manifest(shared)
+    if manifest is None or manifest["run_id"] != run_id:
+        print("this run published no exports")
+        return
+    folder = shared.uri("exports", run_id)
+    print(f"exports published in {folder} (named by {shared.uri('exports', 'current.json')}):")
+    for name in manifest["files"]:
+        print(f"  {name:21s} {folder}/{name}")
 
 
 def step_seconds_line(run_id: str) -> str | None:

@@ -118,15 +118,41 @@ def resources_for(settings: Settings) -> dict:
             export_dir=settings.export_dir,
         ),
         "lancedb": LanceDBResource(uri=settings.vector_store_uri),
-        "output_store": OutputStoreResource(out_dir=settings.out_dir, report_base_url=settings.report_base_url or ""),
+        "output_store": OutputStoreResource(
+            out_dir=settings.out_dir,
+            report_base_url=settings.report_base_url or "",
+            shared_storage_uri=settings.shared_storage_uri,
+        ),
         # No model id here: the assets look calibrations up under the id of the vectors they read,
         # so a launchpad change to the embedding model (pooling, precision, ...) needs nothing else.
         "policy": DedupPolicyResource(
             **shared_settings(settings, DedupPolicyResource), thresholds_file=settings.thresholds_file
         ),
-        # Intermediate tables are pickled under the output folder's state, beside the vector table.
-        "io_manager": dg.FilesystemIOManager(base_dir=str(Path(settings.out_dir) / "state" / "assets")),
+        "io_manager": io_manager_for(settings),
     }
+
+
+def io_manager_for(settings: Settings) -> dg.ConfigurableIOManagerFactory | dg.ConfigurableIOManager:
+    """Where the intermediate tables are pickled: under the output folder's state, beside the
+    vector table, or on the shared storage (`shared_storage_uri`) when steps run on machines that
+    share no disk.
+
+    Raises:
+        SettingsError: shared storage is set but dagster-aws is not installed.
+    """
+    if not settings.shared_storage_uri:
+        return dg.FilesystemIOManager(base_dir=str(Path(settings.out_dir) / "state" / "assets"))
+    if problems := settings.shared_storage_problems():
+        raise SettingsError(problems[0])
+    from dagster_aws.s3 import S3PickleIOManager, S3Resource
+
+    from imgdedup_pipeline.core.object_store import split_uri
+
+    bucket, prefix = split_uri(settings.shared_storage_uri)
+    # Credentials, region and endpoint from the AWS_* variables, as for LanceDB; one PUT per object.
+    return S3PickleIOManager(
+        s3_resource=S3Resource(), s3_bucket=bucket, s3_prefix="/".join(p for p in (prefix, "state", "assets") if p)
+    )
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

@@ -67,7 +67,8 @@ def embedding_thresholds(
         }
         return dg.Output(record, metadata=metadata)
     png = calibration_histogram(run.outcome, policy.hash_threshold_bits, model_id)
-    png_path = write_export_file(output_store, HISTOGRAM_FILE, png)
+    # Without a run id the figure goes to the local output folder: a path.
+    png_path = Path(write_export_file(output_store, HISTOGRAM_FILE, png))
     return dg.Output(record, metadata=calibration_metadata(run, run.outcome, png, png_path, settings.thresholds_file))
 
 

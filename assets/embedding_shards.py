@@ -70,7 +70,7 @@ def image_embedding_shards(
             "changed_during_run": len(embedded.changed),
             "skipped_in_vector_table": len(stored),
             "skipped_already_checkpointed": len(checkpointed),
-            "checkpoint_dir": dg.MetadataValue.path(str(checkpoint.directory)),
+            "checkpoint_dir": dg.MetadataValue.path(checkpoint.location),
             "images_per_second": embedded.images_per_second,
         }
     )

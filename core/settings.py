@@ -48,6 +48,8 @@ EXECUTORS: tuple[Executor, ...] = get_args(Executor)
 
 _CRON_PATTERN = re.compile(r"[\w*/,-]+(\s+[\w*/,-]+){4}")
 _DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)")
+# s3://bucket[/prefix]: bucket names as S3 allows them (3-63 lower-case letters, digits, dots, hyphens).
+_OBJECT_STORAGE_PATTERN = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?")
 
 
 class SettingsError(ValueError):
@@ -70,6 +72,12 @@ def _device_name(device: str) -> str:
     return device
 
 
+def _object_storage_uri(uri: str) -> str:
+    if not _OBJECT_STORAGE_PATTERN.fullmatch(uri):
+        raise ValueError(f"shared storage {uri!r} is not an object-storage URI such as s3://bucket/prefix")
+    return uri.rstrip("/")
+
+
 def _cron(expression: str) -> str:
     if not _CRON_PATTERN.fullmatch(expression.strip()):
         raise ValueError(f"dedup_schedule_cron {expression!r} is not a 5-field cron string such as '0 2 * * *'")
@@ -83,6 +91,7 @@ Embedder = EmbedderBackend
 NeighborSearch = SearchEngineSetting
 Device = Annotated[str, AfterValidator(_device_name)]
 CronString = Annotated[str, AfterValidator(_cron)]
+ObjectStorageUri = Annotated[str, AfterValidator(_object_storage_uri)]
 
 
 def _cli(flag: str | None = None, metavar: str | None = None, required: bool = False, path: bool = False) -> dict:
@@ -103,7 +112,7 @@ class Settings:
 
     The environment variable of a field is `IMGDEDUP_<FIELD>` upper-case; the flag, where the
     command has one, is `--<field-with-dashes>` unless the field names another. `thresholds_file`,
-    `vector_store_uri` and `export_dir` are derived from `out_dir` / `lancedb_uri`.
+    `vector_store_uri` and `export_dir` are derived from `out_dir` / `lancedb_uri` / `shared_storage_uri`.
     """
 
     image_root: str = Field(
@@ -230,6 +239,14 @@ class Settings:
     celery_backend_url: str | None = Field(
         None, json_schema_extra=_NO_FLAG, description="the Celery result backend for executor celery"
     )
+    shared_storage_uri: ObjectStorageUri | None = Field(
+        None,
+        json_schema_extra=_NO_FLAG,
+        description=(
+            "object storage (s3://bucket/prefix) that every worker shares: intermediate tables, embedding checkpoints, "
+            "exports and (without --lancedb-uri) the vector table; unset: all under --out (deploy/README.md)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -271,7 +288,11 @@ class Settings:
 
     @property
     def vector_store_uri(self) -> str:
-        return self.lancedb_uri or str(Path(self.out_dir) / "state" / "lancedb")
+        if self.lancedb_uri:
+            return self.lancedb_uri
+        if self.shared_storage_uri:
+            return f"{self.shared_storage_uri}/lancedb"
+        return str(Path(self.out_dir) / "state" / "lancedb")
 
     @property
     def export_dir(self) -> str:
@@ -280,7 +301,9 @@ class Settings:
 
     @property
     def thresholds_file(self) -> str:
-        """Where calibrated thresholds are stored, per model id."""
+        """Where calibrated thresholds are stored, per model id: shared by every worker that scores."""
+        if self.shared_storage_uri:
+            return f"{self.shared_storage_uri}/state/{THRESHOLDS_FILE}"
         return str(Path(self.out_dir) / "state" / THRESHOLDS_FILE)
 
     @property
@@ -305,6 +328,7 @@ class Settings:
         except ValueError as exc:
             problems.append(f"{exc} (--runtime / IMGDEDUP_RUNTIME)")
         problems.extend(self.executor_problems())
+        problems.extend(self.shared_storage_problems())
         if (device_problem := _device_problem(self.device)) is not None:
             problems.append(device_problem)
         if check_paths:
@@ -323,6 +347,14 @@ class Settings:
             return ["executor celery needs dagster-celery: pip install 'imgdedup-pipeline[distributed]'"]
         if not self.celery_broker_url:
             return ["executor celery needs a broker: set IMGDEDUP_CELERY_BROKER_URL (deploy/README.md)"]
+        return []
+
+    def shared_storage_problems(self) -> list[str]:
+        """What keeps the configured shared storage from being used (empty = fine); connects nowhere."""
+        import importlib.util
+
+        if self.shared_storage_uri and importlib.util.find_spec("dagster_aws") is None:
+            return ["shared storage on S3 needs dagster-aws: pip install 'imgdedup-pipeline[distributed]'"]
         return []
 
     def model_problem(self) -> str | None:

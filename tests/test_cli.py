@@ -316,3 +316,21 @@ def test_main_gives_an_in_process_caller_its_collector_settings_back(tmp_path):
     assert cli.main(["similar", "photo.png", "--k", "0", "--out", str(tmp_path)]) == cli.EXIT_CONFIG
     assert cli.main(["similar", "photo.png", "--out", str(tmp_path)]) == cli.EXIT_CONFIG
     assert gc.get_threshold() == before
+
+
+def test_a_shared_storage_that_is_not_object_storage_fails_fast_with_exit_2(tmp_path, monkeypatch):
+    (tmp_path / "images").mkdir()
+    monkeypatch.setenv("IMGDEDUP_SHARED_STORAGE_URI", "/mnt/nfs/imgdedup")
+    completed = imgdedup(
+        "run",
+        "--images",
+        tmp_path / "images",
+        "--out",
+        tmp_path / "out",
+        "--embedder",
+        "offline",
+        dagster_home=tmp_path,
+    )
+    assert completed.returncode == 2
+    assert "shared storage '/mnt/nfs/imgdedup' is not an object-storage URI" in completed.stderr
+    assert not (tmp_path / "out").exists()

@@ -139,6 +139,7 @@ SAMPLE_TEXT = {
     "near_duplicate_threshold": "0.07",
     "model": "a/model",
     "duplicate_threshold": "0.001",
+    "shared_storage_uri": "s3://team-bucket/imgdedup",
 }
 
 
@@ -183,8 +184,12 @@ def test_every_setting_is_read_from_its_environment_variable(name):
             "unknown executor 'dask': use one of in_process, multiprocess, celery (IMGDEDUP_EXECUTOR)",
         ),
         ({"IMGDEDUP_DEVICE": "gpu"}, "unknown device 'gpu': use cpu, cuda, cuda:N or mps (--device / IMGDEDUP_DEVICE)"),
+        (
+            {"IMGDEDUP_SHARED_STORAGE_URI": "/mnt/nfs/imgdedup"},
+            "shared storage '/mnt/nfs/imgdedup' is not an object-storage URI such as s3://bucket/prefix (IMGDEDUP_SHARED_STORAGE_URI)",
+        ),
     ],
-    ids=["choice", "whole-number", "bounds", "choice-without-flag", "device"],
+    ids=["choice", "whole-number", "bounds", "choice-without-flag", "device", "shared-storage"],
 )
 def test_an_invalid_environment_variable_is_named_with_what_is_allowed(environment, message):
     with pytest.raises(SettingsError) as raised:
@@ -287,3 +292,22 @@ def test_pooling_is_a_setting_and_the_policy_fixes_no_model_id(tmp_path):
     # config (pooling, precision, model) needs no matching change of the policy's.
     assert resources["policy"].model_id is None
     assert Settings.from_env({"IMGDEDUP_POOLING": "mean"}).pooling == "mean"
+
+
+@pytest.mark.parametrize(
+    "uri", ["s3://", "s3://Upper_Case/x", "s3:/bucket", "gs://bucket/x", "s3://bucket/with space", "file:///tmp/x"]
+)
+def test_shared_storage_must_be_an_s3_uri(uri):
+    with pytest.raises(SettingsError, match="IMGDEDUP_SHARED_STORAGE_URI"):
+        Settings(shared_storage_uri=uri)
+
+
+def test_the_vector_table_follows_the_shared_storage_unless_lancedb_uri_names_another(tmp_path):
+    local = Settings(out_dir=str(tmp_path))
+    shared = local.with_overrides(shared_storage_uri="s3://team-bucket/imgdedup/")
+    assert local.vector_store_uri == str(tmp_path / "state" / "lancedb")
+    assert shared.shared_storage_uri == "s3://team-bucket/imgdedup"  # one spelling, no trailing slash
+    assert shared.vector_store_uri == "s3://team-bucket/imgdedup/lancedb"
+    assert shared.with_overrides(lancedb_uri="s3://vectors/t").vector_store_uri == "s3://vectors/t"
+    assert local.thresholds_file == str(tmp_path / "state" / "thresholds.json")
+    assert shared.thresholds_file == "s3://team-bucket/imgdedup/state/thresholds.json"  # every worker scores with it
