@@ -22,7 +22,8 @@ def clean_dataset(
     changed = image_vectors.get("changed_during_run", {})
     raw_images, rejected_images = withdraw_changed_contents(raw_images, rejected_images, changed)
     if changed:
-        output_store.write_table("rejected.csv", rejected_images[["path", "reason", "detail"]])
+        # Into this run's export set, replacing raw_images' copy: published with the rest below.
+        output_store.write_table("rejected.csv", rejected_images[["path", "reason", "detail"]], run_id=context.run_id)
         context.log.warning(
             f"{int((rejected_images['reason'] == CHANGED_REASON).sum())} files changed during the run: rejected as {CHANGED_REASON} (see rejected.csv); the next run catalogues and embeds their new content"
         )
