@@ -162,9 +162,7 @@ def pair_distances(dataset: Path, paths: list[str], vectors: dict[str, np.ndarra
     first = np.array([p[0] for p in pairs])
     second = np.array([p[1] for p in pairs])
     is_true = np.array([p[2] for p in pairs])
-    uniqueness = {
-        name: (1.0 - np.sum(rows[first] * rows[second], axis=1)) / 2.0 for name, rows in vectors.items()
-    }
+    uniqueness = {name: (1.0 - np.sum(rows[first] * rows[second], axis=1)) / 2.0 for name, rows in vectors.items()}
     return pairs, is_true, uniqueness
 
 
@@ -235,7 +233,9 @@ def main() -> int:
     # Thresholds are per model id: each variant at the largest threshold that pairs no different
     # pictures on any set (just below its smallest false distance), against `avg` at the default.
     separating = {}
-    print("each variant just below its smallest false distance on any set (true pairs found; lost = found by avg at the default):")
+    print(
+        "each variant just below its smallest false distance on any set (true pairs found; lost = found by avg at the default):"
+    )
     for variant in figures[SHARED_SETS[0]]:
         smallest = min(figures[name][variant]["smallest_false"] or 2.0 for name in datasets)
         threshold = float(np.nextafter(smallest, 0.0))
@@ -244,7 +244,9 @@ def main() -> int:
         lost = {name: 0 for name in datasets}
         for name in datasets:
             _, is_true, uniqueness = distances[name]
-            lost[name] = int(np.sum(is_true & (uniqueness["avg"] <= args.threshold) & (uniqueness[variant] > threshold)))
+            lost[name] = int(
+                np.sum(is_true & (uniqueness["avg"] <= args.threshold) & (uniqueness[variant] > threshold))
+            )
         separating[variant] = {"threshold": round(threshold, 4), "sets": at}
         cells = " | ".join(f"{name[:12]} {at[name]['true_found']}/{today[name]} lost {lost[name]}" for name in datasets)
         print(f"  {variant:<13} T {threshold:.4f}: {cells}")

@@ -63,6 +63,7 @@ LAUNCHPAD_KEYS = {
         "backend",
         "model",
         "pooling",
+        "offline_pooling",
         "device",
         "precision",
         "batch_size",
