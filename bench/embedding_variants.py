@@ -27,6 +27,11 @@ true pairs within it, false pairs within it (by category on the hard-negative se
 uniqueness of the true pairs today's `avg` finds, and the smallest uniqueness of any false pair.
 A variant separates where every pair `avg` finds stays below its smallest false distance.
 
+`--time-poolings`: instead, the embedding stage (`core.embedders.embed_in_batches`: decode, border
+trimming, forward pass, pooling) in seconds per 100 images for the embedder's two poolings (`avg`,
+`max-luma`), alternating, the median of `--repeats` passes over every decodable image of the shared
+sets and the generated ones, after one warm-up pass each.
+
 Prints one table per figure and ends with one line of JSON holding every figure.
 """
 
@@ -194,12 +199,52 @@ def evaluate(pairs, is_true: np.ndarray, uniqueness: dict[str, np.ndarray], thre
     return figures
 
 
+def time_poolings(datasets: dict[str, Path], repeats: int) -> dict:
+    """Seconds per 100 images of the embedding stage under each offline pooling (see the docstring)."""
+    import statistics
+    import time
+
+    from core.embedders import OFFLINE_POOLINGS, embed_in_batches
+
+    by_hash = {}
+    for dataset in datasets.values():
+        for found in discover_image_files(dataset):
+            try:
+                load_rgb(dataset / found.path)
+            except ImageRejected:
+                continue
+            by_hash[f"{dataset.name}/{found.path}"] = str(dataset / found.path)
+    embedders = {pooling: EfficientNetLite0Embedder(pooling=pooling) for pooling in OFFLINE_POOLINGS}
+
+    def one_pass(embedder) -> float:
+        started = time.perf_counter()
+        for _ in embed_in_batches(by_hash, embedder, lambda path, draft: load_rgb(path, draft_size=draft), 32):
+            pass
+        return time.perf_counter() - started
+
+    for embedder in embedders.values():
+        one_pass(embedder)  # loads the weights and warms the kernels
+    seconds: dict[str, list[float]] = {pooling: [] for pooling in embedders}
+    for _ in range(repeats):
+        for pooling, embedder in embedders.items():
+            seconds[pooling].append(one_pass(embedder))
+    figures = {pooling: round(statistics.median(times) * 100 / len(by_hash), 3) for pooling, times in seconds.items()}
+    for pooling, per_100 in figures.items():
+        print(
+            f"embedding stage, {pooling:<9} {per_100:.3f} s / 100 images ({len(by_hash)} images, median of {repeats})"
+        )
+    print(f"max-luma / avg: {figures['max-luma'] / figures['avg']:.3f}")
+    return {"images": len(by_hash), "s_per_100": figures, "repeats": repeats}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="/tmp/imgdedup-variants")
     parser.add_argument("--threshold", type=float, default=0.05, help="near-duplicate uniqueness (default 0.05)")
     parser.add_argument("--hard-negative-seed", type=int, default=0)
     parser.add_argument("--edited-copies-seed", type=int, default=0)
+    parser.add_argument("--time-poolings", action="store_true", help="time the embedding stage per pooling instead")
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes per pooling (--time-poolings)")
     args = parser.parse_args()
     from bench.edited_copies import write_edited_copies
     from bench.hard_negatives import write_hard_negatives
@@ -209,6 +254,9 @@ def main() -> int:
     hard = Path(args.out) / f"hard-negatives-seed{args.hard_negative_seed}"
     write_hard_negatives(hard, args.hard_negative_seed)
     datasets = {name: BENCH_DATA / name for name in SHARED_SETS} | {edited.name: edited, hard.name: hard}
+    if args.time_poolings:
+        print(json.dumps(time_poolings(datasets, args.repeats)))
+        return 0
     embedder = EfficientNetLite0Embedder()
     figures, distances = {}, {}
     for name, dataset in datasets.items():
