@@ -25,6 +25,7 @@ FLAGS = {
         "--out",
         "--embedder",
         "--model",
+        "--offline-pooling",
         "--lancedb-uri",
         "--duplicate-threshold",
         "--near-duplicate-threshold",
@@ -44,6 +45,7 @@ FLAGS = {
         "--out",
         "--embedder",
         "--model",
+        "--offline-pooling",
         "--sample",
         "--seed",
         "--target-precision",
@@ -288,3 +290,15 @@ def test_pooling_is_a_setting_and_the_policy_fixes_no_model_id(tmp_path):
     # config (pooling, precision, model) needs no matching change of the policy's.
     assert resources["policy"].model_id is None
     assert Settings.from_env({"IMGDEDUP_POOLING": "mean"}).pooling == "mean"
+
+
+def test_offline_pooling_is_a_setting_with_its_own_model_id(tmp_path):
+    from core.embedders import OFFLINE_BACKBONE_ID, OFFLINE_MODEL_ID
+
+    base = ["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--embedder", "offline"]
+    default = cli.settings_from_args(cli.build_parser().parse_args(base))
+    assert default.offline_pooling == "max-luma" and model_id_for(default) == OFFLINE_MODEL_ID
+    average = cli.settings_from_args(cli.build_parser().parse_args([*base, "--offline-pooling", "avg"]))
+    assert resources_for(average)["embedding_model"].offline_pooling == "avg"
+    assert model_id_for(average) == OFFLINE_BACKBONE_ID  # the id the offline vectors had before
+    assert Settings.from_env({"IMGDEDUP_OFFLINE_POOLING": "avg"}).offline_pooling == "avg"
