@@ -15,8 +15,10 @@ from that one pass, from the final feature map (1280 x 7 x 7) and two earlier st
 - `avg+grid2`, `avg+grid3`: the global average beside the averages of a 2 x 2 (3 x 3) grid of cells;
 - `spatial7`: the whole 7 x 7 x 1280 map, flattened (the most layout a vector of this map can keep);
 - `avg+stages`: the global average beside the averages of stages 4 and 6 (80 and 192 channels);
-- `avg+luma`: the global average beside a 16-bin luminance histogram (grey level only, so that a
-  grayscale copy keeps its histogram), for flat images.
+- `avg+luma`, `max+luma`, `gem8+luma`: a global pooling beside a 16-bin luminance histogram (grey
+  level only, so that a grayscale copy keeps its histogram), for flat images; `max+luma` at share
+  0.15 is what `core.embedders` ships as the offline pooling `max-luma`;
+- `max`, `avg+max`, `max+grid2`, `gem8`, `max+luma0.1`, `max+luma0.25`: neighbours of the above.
 
 Every part is L2-normalised and weighted before concatenation (weights `w_i`, sum of squares 1), so
 a variant's cosine is the weighted mean of its parts' cosines: `cos = sum w_i^2 cos_i`.
