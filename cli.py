@@ -14,8 +14,17 @@ import os
 import sys
 from pathlib import Path
 
-from core.settings import FIELDS as SETTINGS_FIELDS
-from core.settings import PROJECT_ROOT, Settings, SettingsError, choices, cli_flag, env_var, field_extra, parse_value
+from imgdedup_pipeline.core.settings import FIELDS as SETTINGS_FIELDS
+from imgdedup_pipeline.core.settings import (
+    PROJECT_ROOT,
+    Settings,
+    SettingsError,
+    choices,
+    cli_flag,
+    env_var,
+    field_extra,
+    parse_value,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 RUN_SOURCE_TAG = "imgdedup/launched_from"
@@ -211,7 +220,7 @@ def warn_if_writes_are_not_serialized(instance) -> bool:
     Returns:
         True when a warning was printed.
     """
-    from resources.lancedb import WRITER_POOL
+    from imgdedup_pipeline.resources.lancedb import WRITER_POOL
 
     storage = instance.event_log_storage
     config = instance.get_concurrency_config().pool_config
@@ -267,7 +276,7 @@ def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO
     Returns:
         The `ExecuteInProcessResult`.
     """
-    from definitions import DEDUP_JOB, build_definitions
+    from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions
 
     job = (
         build_definitions(settings)
@@ -327,7 +336,7 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
         print(f"FAILED step {event.step_key}: {cause.cls_name}: {cause.message.strip()[:2000]}", file=sys.stderr)
         if verbose:
             print("".join(cause.stack), file=sys.stderr)
-    from definitions import ALL_ASSETS
+    from imgdedup_pipeline.definitions import ALL_ASSETS
 
     # The run targets its asset selection, or (none given) every asset of the dedup job (the
     # calibration asset is not one: it runs on demand).
@@ -335,7 +344,7 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}
     held_back = sorted(key.to_user_string() for key in targeted - materialized)
 
-    from core.export_set import published_run_id
+    from imgdedup_pipeline.core.export_set import published_run_id
 
     # The top-level exports are the published set (core/export_set.py): this run's only when it
     # published one; its manifest says which run wrote them, so nothing is claimed by guesswork.
@@ -409,7 +418,7 @@ def outcome_lines(
                 f"{books['rejected']} rejected (clean.csv, duplicates.csv, rejected.csv)"
             )
             if books["discovered"] == 0:
-                from core.images import IMAGE_EXTENSIONS
+                from imgdedup_pipeline.core.images import IMAGE_EXTENSIONS
 
                 lines.append(
                     f"note: no file with an image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}) under --images: is it the right folder?"
@@ -448,7 +457,7 @@ def settings_are_valid(settings: Settings) -> bool:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from core.output_folder import claim_output_folder
+    from imgdedup_pipeline.core.output_folder import claim_output_folder
 
     settings = settings_from_args(args)
     if not settings_are_valid(settings):
@@ -463,7 +472,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from core.sample import build_sample_set
+    from imgdedup_pipeline.core.sample import build_sample_set
 
     out = Path(args.out).resolve()
     sample = build_sample_set(out / "sample-images")
@@ -484,8 +493,8 @@ def command_demo(args: argparse.Namespace) -> int:
 
 def command_calibrate(args: argparse.Namespace) -> int:
     """Discover the images, calibrate the near-duplicate threshold for the model and store it."""
-    from core.calibration import read_calibrations
-    from definitions import CALIBRATION_JOB, build_definitions, model_id_for
+    from imgdedup_pipeline.core.calibration import read_calibrations
+    from imgdedup_pipeline.definitions import CALIBRATION_JOB, build_definitions, model_id_for
 
     settings = settings_from_args(args)
     if not settings_are_valid(settings):
@@ -535,7 +544,7 @@ def similar_images(out_dir: Path, path_given: str, k: int) -> list[dict]:
 
     import pandas as pd
 
-    from resources.lancedb import LanceDBResource
+    from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
     manifest_path = out_dir / "state" / "vectors.json"
     if not manifest_path.exists():
@@ -583,7 +592,7 @@ def command_similar(args: argparse.Namespace) -> int:
 
 
 def command_serve_reports(args: argparse.Namespace) -> int:
-    from core.report_server import serve_reports
+    from imgdedup_pipeline.core.report_server import serve_reports
 
     server = serve_reports(args.host, args.port)
     print(

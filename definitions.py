@@ -6,26 +6,26 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.calibration import embedding_thresholds
-from assets.clean_dataset import clean_dataset
-from assets.duplicates_collection import collect_duplicates
-from assets.embedding_shards import image_embedding_shards
-from assets.image_embeddings import image_embeddings
-from assets.image_vectors import image_vectors
-from assets.raw_images import discover_raw_images
-from assets.training_manifest import training_manifest
-from assets.uniqueness_scores import score_uniqueness
-from automation.arrivals import build_arrival_automation
-from automation.maintenance import vector_table_maintenance, weekly_vector_table_maintenance
-from checks import all_checks
-from core.embedders import build_embedder
-from core.settings import FIELDS as SETTINGS_FIELDS
-from core.settings import Settings, SettingsError
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.lancedb import LanceDBResource
-from resources.output_store import OutputStoreResource
-from resources.policy import DedupPolicyResource
+from imgdedup_pipeline.assets.calibration import embedding_thresholds
+from imgdedup_pipeline.assets.clean_dataset import clean_dataset
+from imgdedup_pipeline.assets.duplicates_collection import collect_duplicates
+from imgdedup_pipeline.assets.embedding_shards import image_embedding_shards
+from imgdedup_pipeline.assets.image_embeddings import image_embeddings
+from imgdedup_pipeline.assets.image_vectors import image_vectors
+from imgdedup_pipeline.assets.raw_images import discover_raw_images
+from imgdedup_pipeline.assets.training_manifest import training_manifest
+from imgdedup_pipeline.assets.uniqueness_scores import score_uniqueness
+from imgdedup_pipeline.automation.arrivals import build_arrival_automation
+from imgdedup_pipeline.automation.maintenance import vector_table_maintenance, weekly_vector_table_maintenance
+from imgdedup_pipeline.checks import all_checks
+from imgdedup_pipeline.core.embedders import build_embedder
+from imgdedup_pipeline.core.settings import FIELDS as SETTINGS_FIELDS
+from imgdedup_pipeline.core.settings import Settings, SettingsError
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
+from imgdedup_pipeline.resources.policy import DedupPolicyResource
 
 DEDUP_JOB = "dedup_job"
 CALIBRATION_JOB = "calibration_job"

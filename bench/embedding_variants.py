@@ -52,8 +52,13 @@ import numpy as np
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from core.embedders import EfficientNetLite0Embedder  # noqa: E402
-from core.images import ImageRejected, discover_image_files, load_rgb, trim_uniform_borders  # noqa: E402
+from imgdedup_pipeline.core.embedders import EfficientNetLite0Embedder  # noqa: E402
+from imgdedup_pipeline.core.images import (  # noqa: E402
+    ImageRejected,
+    discover_image_files,
+    load_rgb,
+    trim_uniform_borders,
+)
 
 BENCH_DATA = PROJECT_ROOT.parent / "shared" / "bench" / "data"
 SHARED_SETS = ("idealo-imagededup", "jenssegers-imagehash", "threatexchange-pdq")
@@ -206,7 +211,7 @@ def time_poolings(datasets: dict[str, Path], repeats: int) -> dict:
     import statistics
     import time
 
-    from core.embedders import OFFLINE_POOLINGS, embed_in_batches
+    from imgdedup_pipeline.core.embedders import OFFLINE_POOLINGS, embed_in_batches
 
     by_hash = {}
     for dataset in datasets.values():

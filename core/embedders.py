@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from core.images import FileChangedError, import_decoding_modules, trim_uniform_borders
-from core.inference_runtimes import load_feature_function, resolve_runtime, runtime_version
+from imgdedup_pipeline.core.images import FileChangedError, import_decoding_modules, trim_uniform_borders
+from imgdedup_pipeline.core.inference_runtimes import load_feature_function, resolve_runtime, runtime_version
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pydantic.dataclasses import dataclass, is_pydantic_dataclass
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from core.calibration import (
+from imgdedup_pipeline.core.calibration import (
     DEFAULT_NEAR_DUPLICATE_THRESHOLD,
     DEFAULT_SAMPLE_SIZE,
     DEFAULT_SEED,
@@ -32,7 +32,7 @@ from core.calibration import (
     MIN_ORIGINALS,
     THRESHOLDS_FILE,
 )
-from core.embedders import (
+from imgdedup_pipeline.core.embedders import (
     DEFAULT_OFFLINE_POOLING,
     DEFAULT_PRECISION,
     EmbedderBackend,
@@ -41,11 +41,11 @@ from core.embedders import (
     Precision,
     model_problem,
 )
-from core.grouping import KeepPolicy, NearDuplicateAction
-from core.images import DEFAULT_MAX_PIXELS
-from core.inference_runtimes import DEFAULT_RUNTIME, Runtime, resolve_runtime
-from core.scoring import Thresholds
-from core.search.choose import INDEX_MIN_CONTENTS, SearchEngineSetting
+from imgdedup_pipeline.core.grouping import KeepPolicy, NearDuplicateAction
+from imgdedup_pipeline.core.images import DEFAULT_MAX_PIXELS
+from imgdedup_pipeline.core.inference_runtimes import DEFAULT_RUNTIME, Runtime, resolve_runtime
+from imgdedup_pipeline.core.scoring import Thresholds
+from imgdedup_pipeline.core.search.choose import INDEX_MIN_CONTENTS, SearchEngineSetting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "IMGDEDUP_"
@@ -324,7 +324,7 @@ class Settings:
         if (device_problem := _device_problem(self.device)) is not None:
             problems.append(device_problem)
         if check_paths:
-            from core.output_folder import output_folder_problems
+            from imgdedup_pipeline.core.output_folder import output_folder_problems
 
             problems.extend(_unwritable(self.out_dir) or output_folder_problems(self.out_dir))
         return problems

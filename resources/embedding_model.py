@@ -3,9 +3,9 @@
 import dagster as dg
 from pydantic import PrivateAttr
 
-from core.embedders import Embedder, build_embedder
-from core.settings import Device, OfflinePooling, Pooling, Precision, Runtime, setting
-from core.settings import Embedder as SettingsEmbedder
+from imgdedup_pipeline.core.embedders import Embedder, build_embedder
+from imgdedup_pipeline.core.settings import Device, OfflinePooling, Pooling, Precision, Runtime, setting
+from imgdedup_pipeline.core.settings import Embedder as SettingsEmbedder
 
 
 class EmbeddingModelResource(dg.ConfigurableResource):

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-import cli
-from core.settings import FIELDS, Settings, SettingsError, choices, cli_flag, env_var
-from definitions import model_id_for, resources_for
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.output_store import OutputStoreResource
-from resources.policy import DedupPolicyResource
+from imgdedup_pipeline import cli
+from imgdedup_pipeline.core.settings import FIELDS, Settings, SettingsError, choices, cli_flag, env_var
+from imgdedup_pipeline.definitions import model_id_for, resources_for
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
+from imgdedup_pipeline.resources.policy import DedupPolicyResource
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -293,7 +293,7 @@ def test_pooling_is_a_setting_and_the_policy_fixes_no_model_id(tmp_path):
 
 
 def test_offline_pooling_is_a_setting_with_its_own_model_id(tmp_path):
-    from core.embedders import OFFLINE_BACKBONE_ID, OFFLINE_MODEL_ID
+    from imgdedup_pipeline.core.embedders import OFFLINE_BACKBONE_ID, OFFLINE_MODEL_ID
 
     base = ["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--embedder", "offline"]
     default = cli.settings_from_args(cli.build_parser().parse_args(base))

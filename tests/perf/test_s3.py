@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.embedders import LUMINANCE_BINS, OFFLINE_MODEL_ID
-from core.settings import Settings
-from definitions import ALL_ASSETS, resources_for
-from resources.lancedb import LanceDBResource
+from imgdedup_pipeline.core.embedders import LUMINANCE_BINS, OFFLINE_MODEL_ID
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import ALL_ASSETS, resources_for
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
 moto_server = pytest.importorskip("moto.server", reason="needs the dev extra: pip install 'moto[server]'")
 boto3 = pytest.importorskip("boto3")

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from synthetic_images import sample_photo
 
-from core.embedders import (
+from imgdedup_pipeline.core.embedders import (
     DEFAULT_HF_MODEL,
     LUMINANCE_BINS,
     OFFLINE_BACKBONE_ID,
@@ -15,7 +15,7 @@ from core.embedders import (
     ModelUnavailableError,
     build_embedder,
 )
-from resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
 
 
 def test_hf_backend_loads_a_saved_vit_through_auto_classes(tiny_vit_dir):
@@ -54,7 +54,7 @@ def test_unavailable_hub_model_fails_with_the_fixes_and_no_fallback(monkeypatch)
 
 def test_unreachable_hub_is_detected_without_long_retries(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("core.embedders._hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr("imgdedup_pipeline.core.embedders._hub_reachable", lambda timeout_s=3.0: False)
     with pytest.raises(ModelUnavailableError, match="cannot be reached"):
         HuggingFaceEmbedder("no-such-org/no-such-model-for-imgdedup-tests").embed([sample_photo("coffee")])
 
@@ -175,7 +175,7 @@ def _photos() -> list[Image.Image]:
 
 @pytest.mark.parametrize("backend", ["hf", "offline"])
 def test_bf16_has_its_own_model_id_and_table(backend, tiny_vit_dir):
-    from resources.lancedb import table_name_for
+    from imgdedup_pipeline.resources.lancedb import table_name_for
 
     model = str(tiny_vit_dir) if backend == "hf" else None
     fp32, bf16 = build_embedder(backend, model), build_embedder(backend, model, precision="bf16")
@@ -233,8 +233,8 @@ def test_resource_passes_the_precision_through(tiny_vit_dir):
 
 
 def test_settings_read_validate_and_apply_the_precision(tmp_path, tiny_vit_dir):
-    from core.settings import Settings, SettingsError
-    from definitions import model_id_for, resources_for
+    from imgdedup_pipeline.core.settings import Settings, SettingsError
+    from imgdedup_pipeline.definitions import model_id_for, resources_for
 
     assert Settings().precision == "fp32"
     assert Settings.from_env({"IMGDEDUP_PRECISION": "bf16"}).precision == "bf16"
@@ -261,9 +261,9 @@ def test_bf16_then_fp32_runs_into_one_out_dir_keep_two_tables(tmp_path, tiny_vit
 
     import dagster as dg
 
-    from core.settings import Settings
-    from definitions import DEDUP_JOB, build_definitions
-    from resources.lancedb import LanceDBResource
+    from imgdedup_pipeline.core.settings import Settings
+    from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions
+    from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
     images = tmp_path / "images"
     images.mkdir()

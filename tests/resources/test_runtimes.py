@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.embedders import LUMINANCE_BINS, EfficientNetLite0Embedder, HuggingFaceEmbedder, embed_in_batches
-from core.images import load_rgb
-from core.inference_runtimes import CPU_RUNTIMES_FASTEST_FIRST, export_folder, resolve_runtime
-from resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.core.embedders import (
+    LUMINANCE_BINS,
+    EfficientNetLite0Embedder,
+    HuggingFaceEmbedder,
+    embed_in_batches,
+)
+from imgdedup_pipeline.core.images import load_rgb
+from imgdedup_pipeline.core.inference_runtimes import CPU_RUNTIMES_FASTEST_FIRST, export_folder, resolve_runtime
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
 
 MIN_COSINE = 0.99999
 
