@@ -73,7 +73,7 @@ def open_instance():
 
 
 # The settings each command takes as flags; names, help, defaults and choices come from `Settings`.
-EMBEDDING_SETTINGS = ("embedder", "model", "pooling", "batch_size", "device", "precision", "runtime")
+EMBEDDING_SETTINGS = ("embedder", "model", "pooling", "offline_pooling", "batch_size", "device", "precision", "runtime")
 RUN_SETTINGS = (
     "image_root",
     "out_dir",

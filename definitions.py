@@ -55,6 +55,7 @@ def model_id_for(settings: Settings) -> str | None:
             device=settings.device,
             pooling=settings.pooling,
             precision=settings.precision,
+            offline_pooling=settings.offline_pooling,
         ).model_id
     except ValueError:
         return None

@@ -32,7 +32,15 @@ from imgdedup_pipeline.core.calibration import (
     MIN_ORIGINALS,
     THRESHOLDS_FILE,
 )
-from imgdedup_pipeline.core.embedders import DEFAULT_PRECISION, EmbedderBackend, Pooling, Precision, model_problem
+from imgdedup_pipeline.core.embedders import (
+    DEFAULT_OFFLINE_POOLING,
+    DEFAULT_PRECISION,
+    EmbedderBackend,
+    OfflinePooling,
+    Pooling,
+    Precision,
+    model_problem,
+)
 from imgdedup_pipeline.core.grouping import KeepPolicy, NearDuplicateAction
 from imgdedup_pipeline.core.images import DEFAULT_MAX_PIXELS
 from imgdedup_pipeline.core.inference_runtimes import DEFAULT_RUNTIME, Runtime, resolve_runtime
@@ -134,6 +142,14 @@ class Settings:
     pooling: Pooling = Field(
         "cls",
         description="token pooling of hf models: cls (first token of the last hidden state) or mean; its own model id",
+    )
+    offline_pooling: OfflinePooling = Field(
+        DEFAULT_OFFLINE_POOLING,
+        description=(
+            "pooling of the offline backbone's feature map: max-luma (global max beside a luminance histogram; "
+            "separates texture crops and flat images better) or avg (global average, the model id used before); "
+            "its own model id"
+        ),
     )
     lancedb_uri: str | None = Field(
         None, description="vector store URI (default OUT/state/lancedb)", json_schema_extra=_cli(metavar="URI")

@@ -25,6 +25,7 @@ FLAGS = {
         "--out",
         "--embedder",
         "--model",
+        "--offline-pooling",
         "--lancedb-uri",
         "--duplicate-threshold",
         "--near-duplicate-threshold",
@@ -44,6 +45,7 @@ FLAGS = {
         "--out",
         "--embedder",
         "--model",
+        "--offline-pooling",
         "--sample",
         "--seed",
         "--target-precision",
@@ -63,6 +65,7 @@ LAUNCHPAD_KEYS = {
         "backend",
         "model",
         "pooling",
+        "offline_pooling",
         "device",
         "precision",
         "batch_size",
@@ -311,3 +314,15 @@ def test_the_vector_table_follows_the_shared_storage_unless_lancedb_uri_names_an
     assert shared.with_overrides(lancedb_uri="s3://vectors/t").vector_store_uri == "s3://vectors/t"
     assert local.thresholds_file == str(tmp_path / "state" / "thresholds.json")
     assert shared.thresholds_file == "s3://team-bucket/imgdedup/state/thresholds.json"  # every worker scores with it
+
+
+def test_offline_pooling_is_a_setting_with_its_own_model_id(tmp_path):
+    from imgdedup_pipeline.core.embedders import OFFLINE_BACKBONE_ID, OFFLINE_MODEL_ID
+
+    base = ["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--embedder", "offline"]
+    default = cli.settings_from_args(cli.build_parser().parse_args(base))
+    assert default.offline_pooling == "max-luma" and model_id_for(default) == OFFLINE_MODEL_ID
+    average = cli.settings_from_args(cli.build_parser().parse_args([*base, "--offline-pooling", "avg"]))
+    assert resources_for(average)["embedding_model"].offline_pooling == "avg"
+    assert model_id_for(average) == OFFLINE_BACKBONE_ID  # the id the offline vectors had before
+    assert Settings.from_env({"IMGDEDUP_OFFLINE_POOLING": "avg"}).offline_pooling == "avg"
