@@ -115,7 +115,7 @@ class LanceDBResource(dg.ConfigurableResource):
         matrix = arrow.column("vector").combine_chunks().flatten().to_numpy().reshape(len(keys), -1)
         return {h: matrix[i] for i, h in enumerate(keys) if h in hashes}
 
-    def read_content_vectors(self, model_id: str, hashes: set[str], batch_rows: int = 8_192) -> ContentVectors:
+    def read_content_vectors(self, model_id: str, hashes: set[str], batch_rows: int = 2_048) -> ContentVectors:
         """The requested hashes' vectors that are stored, sorted by hash and L2-normalised.
 
         Streams the table in `batch_rows`-row reads into one preallocated float32 matrix (the only

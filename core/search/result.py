@@ -11,6 +11,8 @@ import pandas as pd
 
 from core.distances import nearest_first
 
+MERGE_BLOCK_ROWS = 65_536  # rows whose top-k lists `merge_searches` merges at once
+
 
 @dataclass(frozen=True)
 class NeighborSearch:
@@ -40,9 +42,18 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 def merge_searches(searches: list[NeighborSearch], k: int) -> NeighborSearch:
     """Fuse searches whose distances are already on one scale: a pair's distance is the smallest
     any search gives it; top-k lists are merged and cut to k."""
-    index = np.concatenate([s.topk_index for s in searches], axis=1)
-    distance = np.concatenate([s.topk_distance for s in searches], axis=1)
-    topk_index, topk_distance = nearest_first(index, distance, max(0, min(k, index.shape[1])))
+    rows = len(searches[0].topk_index)
+    width = sum(s.topk_index.shape[1] for s in searches)
+    k = max(0, min(k, width))
+    topk_index = np.empty((rows, k), dtype=np.result_type(*[s.topk_index for s in searches]))
+    topk_distance = np.empty((rows, k), dtype=np.result_type(*[s.topk_distance for s in searches]))
+    # Row blocks: the candidates side by side and their sort order exist for one block at a time
+    # (at 1M rows and two signals, all at once would add ~0.6 GiB).
+    for start in range(0, rows, MERGE_BLOCK_ROWS):
+        block = slice(start, start + MERGE_BLOCK_ROWS)
+        index = np.concatenate([s.topk_index[block] for s in searches], axis=1)
+        distance = np.concatenate([s.topk_distance[block] for s in searches], axis=1)
+        topk_index[block], topk_distance[block] = nearest_first(index, distance, k)
     pairs = (
         pd.DataFrame(
             {

@@ -43,7 +43,19 @@ class HashSignal:
         pixel_hashes = list(pixel_hashes)
         if not pixel_hashes:
             return np.empty((0, len(DIHEDRAL_TRANSPOSES)), dtype=np.uint64)
-        return np.stack([np.asarray(self.hashes_by_content[h]).astype(np.int64).view(np.uint64) for h in pixel_hashes])
+        first = np.asarray(self.hashes_by_content[pixel_hashes[0]]).astype(np.int64)
+        # Filled row by row: a list of per-content arrays to stack would double the matrix and
+        # add ~100 bytes of array header per content.
+        matrix = np.empty((len(pixel_hashes), *first.shape), dtype=np.int64)
+        for row, pixel_hash in enumerate(pixel_hashes):
+            hashes = np.asarray(self.hashes_by_content[pixel_hash]).astype(np.int64)
+            if hashes.shape != first.shape:  # what np.stack refused; assignment would broadcast
+                raise ValueError(
+                    f"content {pixel_hash[:12]} has pHashes of shape {hashes.shape}, others {first.shape}; "
+                    "recompute the catalog's pHashes"
+                )
+            matrix[row] = hashes
+        return matrix.view(np.uint64)
 
     def bits_to_cosine(self, near_duplicate_cosine_distance: float) -> float:
         """Linear map of bits onto the cosine scale: `threshold_bits` lands on the threshold."""
