@@ -17,6 +17,7 @@ from core.search.exact_hamming import hamming_distances_from, topk_from_pairs
 from core.search.result import NeighborSearch, scaled
 
 NEIGHBORS_PER_ROW = 16
+MAP_BLOCK_ROWS = 65_536  # rows whose matches `HashSignal.vouched_matches` maps back at once
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,17 @@ class HashSignal:
         rows = np.flatnonzero(informative_phashes(phashes))
         found, choice = hash_pairs_within(phashes[rows], k, self.threshold_bits)
         update = SearchUpdate(choice.mode, len(rows), choice.reason)
-        total = len(phashes)
-        index = np.full((total, found.topk_index.shape[1]), -1, dtype=np.int64)
+        index = np.full((len(phashes), found.topk_index.shape[1]), -1, dtype=np.int64)
         distance = np.full(index.shape, np.inf, dtype=np.float32)
-        index[rows] = np.where(found.topk_index >= 0, rows[np.maximum(found.topk_index, 0)], -1)
+        # In row blocks: full-size temporaries would add ~250 MiB at 1M contents.
+        for start in range(0, len(rows), MAP_BLOCK_ROWS):
+            block = slice(start, start + MAP_BLOCK_ROWS)
+            found_index = found.topk_index[block]
+            index[rows[block]] = np.where(found_index >= 0, rows[np.maximum(found_index, 0)], -1)
         distance[rows] = found.topk_distance
         # `rows` ascends, so mapped pairs keep left < right and their (left, right) order.
         matches = NeighborSearch(index, distance, rows[found.pair_left], rows[found.pair_right], found.pair_distance)
+        del found
         return scaled(matches, self.bits_to_cosine(radius)), update
 
     def vouched_distances_from(
