@@ -316,6 +316,8 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
     prepared = time.perf_counter()
     peaks["hash_signal"] = round(peak_rss_mib())
     neighbors = find_content_neighbors(vectors, radius=RADIUS, hash_signal=signal, engine=engine)
+    # As in the asset (`score_images` given a reader): the matrix is not held while scoring.
+    del vectors
     searched = time.perf_counter()
     peaks["search"] = round(peak_rss_mib())
     images = pd.DataFrame({"image_id": keys, "path": [f"{key}.jpg" for key in keys], "pixel_hash": keys})
@@ -342,7 +344,7 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
     sample = sample_rows(rows, queries)
     singleton = np.bincount(neighbors.identical_group, minlength=rows)[neighbors.identical_group[sample]] == 1
     sample = sample[singleton]
-    matrix = vectors.matrix
+    matrix = LanceDBResource(uri=uri).read_content_vectors(MODEL, set(keys)).matrix  # read again, after the stage
     exact = np.empty(len(sample))
     for start in range(0, len(sample), 64):
         rows_here = sample[start : start + 64]

@@ -133,8 +133,10 @@ class LanceDBResource(dg.ConfigurableResource):
             raise ValueError(
                 f"table {table.name} mixes models {sorted(stored_models)}; refusing to compare their vectors"
             )
-        wanted = sorted(hashes.intersection(labels.column("pixel_hash").to_pylist()))
+        stored = set(labels.column("pixel_hash").to_pylist())
         del labels
+        wanted = sorted(h for h in hashes if h in stored)  # the caller's strings, not a second copy of each key
+        del stored
         dims = table.schema.field("vector").type.list_size
         if not wanted:
             return ContentVectors(np.empty(0, dtype=object), np.empty((0, dims), np.float32))

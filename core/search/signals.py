@@ -17,7 +17,6 @@ from core.search.exact_hamming import hamming_distances_from, topk_from_pairs
 from core.search.result import NeighborSearch, scaled
 
 NEIGHBORS_PER_ROW = 16
-MAP_BLOCK_ROWS = 65_536  # rows whose matches `HashSignal.vouched_matches` maps back at once
 
 
 @dataclass(frozen=True)
@@ -79,19 +78,14 @@ class HashSignal:
             exact Hamming search ran (`core.search.choose.choose_engine`: equal answers).
         """
         rows = np.flatnonzero(informative_phashes(phashes))
-        found, choice = hash_pairs_within(phashes[rows], k, self.threshold_bits)
+        found, choice = pairs_within(phashes[rows], self.threshold_bits)
         update = SearchUpdate(choice.mode, len(rows), choice.reason)
-        index = np.full((len(phashes), found.topk_index.shape[1]), -1, dtype=np.int64)
-        distance = np.full(index.shape, np.inf, dtype=np.float32)
-        # In row blocks: full-size temporaries would add ~250 MiB at 1M contents.
-        for start in range(0, len(rows), MAP_BLOCK_ROWS):
-            block = slice(start, start + MAP_BLOCK_ROWS)
-            found_index = found.topk_index[block]
-            index[rows[block]] = np.where(found_index >= 0, rows[np.maximum(found_index, 0)], -1)
-        distance[rows] = found.topk_distance
-        # `rows` ascends, so mapped pairs keep left < right and their (left, right) order.
-        matches = NeighborSearch(index, distance, rows[found.pair_left], rows[found.pair_right], found.pair_distance)
-        del found
+        # `rows` ascends, so mapped pairs keep left < right and their (left, right) order, and the
+        # top-k lists built over all contents equal those of the informative rows, mapped (without
+        # a second (M, k) pair of arrays to map from).
+        left, right = rows[found.pair_left], rows[found.pair_right]
+        index, distance = topk_from_pairs(len(phashes), max(0, min(k, len(rows) - 1)), left, right, found.pair_distance)
+        matches = NeighborSearch(index, distance, left, right, found.pair_distance)
         return scaled(matches, self.bits_to_cosine(radius)), update
 
     def vouched_distances_from(
@@ -117,14 +111,22 @@ def hash_pairs_within(
         threshold_bits: the cutoff.
         workers: threads of the multi-index search (None: the CPU count, capped).
     """
+    found, choice = pairs_within(hashes, threshold_bits, workers)
+    index, distance = topk_from_pairs(
+        len(hashes), max(0, min(k, len(hashes) - 1)), found.pair_left, found.pair_right, found.pair_distance
+    )
+    return NeighborSearch(index, distance, found.pair_left, found.pair_right, found.pair_distance), choice
+
+
+def pairs_within(
+    hashes: np.ndarray, threshold_bits: int, workers: int | None = None
+) -> tuple[NeighborSearch, EngineChoice]:
+    """The pairs within `threshold_bits` (no top-k lists), through the Hamming engine the chooser
+    takes for this size, and that choice; arguments as `hash_pairs_within`."""
     choice = choose_engine("hamming", len(hashes), variants=hashes.shape[1], radius_bits=threshold_bits)
     engine = (
         dataclasses.replace(choice.engine, workers=workers)
         if isinstance(choice.engine, IndexedHamming)
         else choice.engine
     )
-    found = engine.build(hashes).search(0, threshold_bits)
-    index, distance = topk_from_pairs(
-        len(hashes), max(0, min(k, len(hashes) - 1)), found.pair_left, found.pair_right, found.pair_distance
-    )
-    return NeighborSearch(index, distance, found.pair_left, found.pair_right, found.pair_distance), choice
+    return engine.build(hashes).search(0, threshold_bits), choice

@@ -1,5 +1,6 @@
-"""The scoring stage's searches worked in row blocks (to bound their memory at 1M contents) give
-the answer of one block, and the pHash matrix filled row by row equals the stacked one."""
+"""The scoring stage's searches rearranged to bound their memory at 1M contents give the answer of
+the plain construction: top-k lists merged in row blocks, the pHash matches' lists built over all
+contents, the pHash matrix filled row by row."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 
 import core.search.result as result_module
-import core.search.signals as signals_module
-from core.search.result import NeighborSearch, merge_searches
-from core.search.signals import HashSignal
+from core.images import informative_phashes
+from core.search.result import NeighborSearch, merge_searches, scaled
+from core.search.signals import HashSignal, hash_pairs_within
 
 
 def random_search(rows: int, k: int, seed: int) -> NeighborSearch:
@@ -46,14 +47,24 @@ def picture_hashes(rows: int, seed: int = 0) -> np.ndarray:
     return hashes
 
 
-@pytest.mark.parametrize("block_rows", [1, 3], ids=["one-row-blocks", "uneven-blocks"])
-def test_vouched_matches_mapped_in_row_blocks_equal_one_block(monkeypatch, block_rows):
-    phashes = picture_hashes(40)
+@pytest.mark.parametrize("rows", [40, 2, 1], ids=["many", "two", "one"])
+def test_vouched_matches_equal_the_informative_rows_search_mapped_back(rows):
+    """Top-k lists built over all contents from the mapped pairs equal the informative rows' own
+    lists mapped back to content rows (how they were built before)."""
+    phashes = picture_hashes(rows)
+    phashes[0] = phashes[-1] ^ np.uint64(1)  # informative, with a match
     signal = HashSignal({}, threshold_bits=10)
-    whole, _ = signal.vouched_matches(phashes, radius=0.1, k=4)
-    assert (whole.topk_index >= 0).any() and (whole.topk_index[(phashes == 0).all(axis=1)] == -1).all()
-    monkeypatch.setattr(signals_module, "MAP_BLOCK_ROWS", block_rows)
-    assert_same_search(signal.vouched_matches(phashes, radius=0.1, k=4)[0], whole)
+    informative = np.flatnonzero(informative_phashes(phashes))
+    own, _ = hash_pairs_within(phashes[informative], 4, 10)
+    index = np.full((rows, own.topk_index.shape[1]), -1, dtype=np.int64)
+    distance = np.full(index.shape, np.inf, dtype=np.float32)
+    index[informative] = np.where(own.topk_index >= 0, informative[np.maximum(own.topk_index, 0)], -1)
+    distance[informative] = own.topk_distance
+    mapped = NeighborSearch(index, distance, informative[own.pair_left], informative[own.pair_right], own.pair_distance)
+    found, _ = signal.vouched_matches(phashes, radius=0.1, k=4)
+    assert_same_search(found, scaled(mapped, signal.bits_to_cosine(0.1)))
+    if rows == 40:
+        assert (found.topk_index >= 0).any() and (found.topk_index[(phashes == 0).all(axis=1)] == -1).all()
 
 
 @pytest.mark.parametrize(
