@@ -21,8 +21,9 @@ For each N, each step in its own subprocess (so that its peak RSS, resource.getr
     (default auto: the index from 250k contents): `LanceDBResource.read_content_vectors` (the
     vectors streamed from the table into one matrix in hash order), synthetic pHashes with planted
     near and rotated copies (`synthetic_phashes`), `core.search.contents.find_content_neighbors` (embedding
-    + pHash signals) and `compute_uniqueness_scores`; seconds per part, peak RSS, and on the
-    sampled rows the nearest distance against an exact fused scan (cosine and pHash bits);
+    + pHash signals) and `compute_uniqueness_scores` (the matrix freed once searched, as in the
+    asset); seconds per part, peak RSS (and after each part), and on the sampled rows the nearest
+    distance against an exact fused scan (cosine and pHash bits) over the vectors read again;
   * lancedb (N <= --lancedb-max-rows): LanceDB's own IVF_PQ (and IVF_HNSW_SQ) index on the same
     table, queried with its batched multi-vector search for `--lancedb-queries` sampled rows,
     recall on the same sample, and the all-rows time extrapolated from the per-query time.

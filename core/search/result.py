@@ -11,7 +11,8 @@ import pandas as pd
 
 from core.distances import nearest_first
 
-MERGE_BLOCK_ROWS = 65_536  # rows whose top-k lists `merge_searches` merges at once
+# Rows whose top-k lists `merge_searches` merges, or `nearest_outside_group` reads, at once.
+MERGE_BLOCK_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,18 @@ def nearest_outside_group(
     topk = search.topk_index
     if topk.shape[1] == 0:  # a single row: nothing outside its group
         return index, distance
-    valid = topk >= 0
-    other_group = valid & (group_of_row[np.where(valid, topk, 0)] != group_of_row[:, None])
-    has_other = other_group.any(axis=1)
-    first = np.argmax(other_group, axis=1)
-    found = np.nonzero(has_other)[0]
-    index[found] = topk[found, first[found]]
-    distance[found] = search.topk_distance[found, first[found]]
+    has_other = np.zeros(rows, dtype=bool)
+    # Row blocks: the (M, k) temporaries of one pass would add ~0.25 GiB at 1M rows.
+    for start in range(0, rows, MERGE_BLOCK_ROWS):
+        block = slice(start, start + MERGE_BLOCK_ROWS)
+        block_topk = topk[block]
+        valid = block_topk >= 0
+        other_group = valid & (group_of_row[np.where(valid, block_topk, 0)] != group_of_row[block, None])
+        has_other[block] = other_group.any(axis=1)
+        first = np.argmax(other_group, axis=1)
+        found = np.nonzero(has_other[block])[0]
+        index[start + found] = block_topk[found, first[found]]
+        distance[start + found] = search.topk_distance[block][found, first[found]]
     group_sizes = np.bincount(group_of_row)
     needs_exact = np.nonzero(~has_other & (group_sizes[group_of_row] < rows))[0]
     for row in needs_exact:

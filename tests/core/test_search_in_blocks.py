@@ -9,7 +9,7 @@ import pytest
 
 import core.search.result as result_module
 from core.images import informative_phashes
-from core.search.result import NeighborSearch, merge_searches, scaled
+from core.search.result import NeighborSearch, merge_searches, nearest_outside_group, scaled
 from core.search.signals import HashSignal, hash_pairs_within
 
 
@@ -86,3 +86,19 @@ def test_hash_matrix_refuses_rows_of_another_shape():
     signal = HashSignal({"a": np.zeros(8, np.int64), "b": np.zeros(1, np.int64)})
     with pytest.raises(ValueError, match="shape"):
         signal.matrix(["a", "b"])
+
+
+@pytest.mark.parametrize("block_rows", [1, 7], ids=["one-row-blocks", "uneven-blocks"])
+def test_nearest_outside_group_in_row_blocks_equals_one_block(monkeypatch, block_rows):
+    search = random_search(50, 6, seed=3)
+    group = np.arange(50) // 4  # groups of four rows: some rows' lists hold only their group
+
+    def row_distances(row: int) -> np.ndarray:
+        return np.abs(np.arange(50) - row).astype(np.float32)
+
+    monkeypatch.setattr(result_module, "MERGE_BLOCK_ROWS", 10_000)
+    whole = nearest_outside_group(row_distances, group, search)
+    monkeypatch.setattr(result_module, "MERGE_BLOCK_ROWS", block_rows)
+    for got, want in zip(nearest_outside_group(row_distances, group, search), whole):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
