@@ -120,7 +120,8 @@ class LanceDBResource(dg.ConfigurableResource):
 
         Streams the table in `batch_rows`-row reads into one preallocated float32 matrix (the only
         full copy; at 1M x 768 rows ~2.9 GiB, where `read_vectors` holds two), reading a pinned
-        table version so that a concurrent writer cannot shift the rows.
+        table version so that a concurrent writer cannot shift the rows. Few rows per read: LanceDB
+        keeps read buffers resident in proportion to them (BENCHMARKS.md, "Memory at 1M").
         """
         table = self.open_vectors(model_id)
         if table is None or not hashes:
