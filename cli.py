@@ -14,8 +14,17 @@ import os
 import sys
 from pathlib import Path
 
-from core.settings import FIELDS as SETTINGS_FIELDS
-from core.settings import PROJECT_ROOT, Settings, SettingsError, choices, cli_flag, env_var, field_extra, parse_value
+from imgdedup_pipeline.core.settings import FIELDS as SETTINGS_FIELDS
+from imgdedup_pipeline.core.settings import (
+    PROJECT_ROOT,
+    Settings,
+    SettingsError,
+    choices,
+    cli_flag,
+    env_var,
+    field_extra,
+    parse_value,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 RUN_SOURCE_TAG = "imgdedup/launched_from"
@@ -64,7 +73,7 @@ def open_instance():
 
 
 # The settings each command takes as flags; names, help, defaults and choices come from `Settings`.
-EMBEDDING_SETTINGS = ("embedder", "model", "pooling", "batch_size", "device", "precision", "runtime")
+EMBEDDING_SETTINGS = ("embedder", "model", "pooling", "offline_pooling", "batch_size", "device", "precision", "runtime")
 RUN_SETTINGS = (
     "image_root",
     "out_dir",
@@ -211,7 +220,7 @@ def warn_if_writes_are_not_serialized(instance) -> bool:
     Returns:
         True when a warning was printed.
     """
-    from resources.lancedb import WRITER_POOL
+    from imgdedup_pipeline.resources.lancedb import WRITER_POOL
 
     storage = instance.event_log_storage
     config = instance.get_concurrency_config().pool_config
@@ -267,7 +276,7 @@ def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO
     Returns:
         The `ExecuteInProcessResult`.
     """
-    from definitions import DEDUP_JOB, build_definitions
+    from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions
 
     job = (
         build_definitions(settings)
@@ -295,8 +304,6 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
     setting that changes the limit.
     """
     import json
-
-    import pandas as pd
 
     out = Path(settings.out_dir)
     evaluations = result.get_asset_check_evaluations()
@@ -327,7 +334,7 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
         print(f"FAILED step {event.step_key}: {cause.cls_name}: {cause.message.strip()[:2000]}", file=sys.stderr)
         if verbose:
             print("".join(cause.stack), file=sys.stderr)
-    from definitions import ALL_ASSETS
+    from imgdedup_pipeline.definitions import ALL_ASSETS
 
     # The run targets its asset selection, or (none given) every asset of the dedup job (the
     # calibration asset is not one: it runs on demand).
@@ -335,13 +342,32 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
     materialized = {event.asset_key for event in result.get_asset_materialization_events()}
     held_back = sorted(key.to_user_string() for key in targeted - materialized)
 
-    from core.export_set import published_run_id
+    if settings.shared_storage_uri:
+        print_shared_exports(result.run_id, settings.shared_storage_uri)
+    else:
+        print_local_exports(result.run_id, out)
+    print(f"checks: {len(evaluations) - len(failed_checks)} passed, {len(failed_checks)} failed")
+    print(f"dagster run {result.run_id} (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
+    if timings := step_seconds_line(result.run_id):
+        print(timings)
+    if held_back:
+        print("held back (not materialized): " + ", ".join(held_back))
+    for line in outcome_lines(result, failed_checks, failed_steps, held_back, verbose):
+        print(line)
+    return EXIT_OK if result.success and not failed_checks else EXIT_FAILED
+
+
+def print_local_exports(run_id: str, out: Path) -> None:
+    """The scores' counts and the paths of the published exports under `out`."""
+    import pandas as pd
+
+    from imgdedup_pipeline.core.export_set import published_run_id
 
     # The top-level exports are the published set (core/export_set.py): this run's only when it
     # published one; its manifest says which run wrote them, so nothing is claimed by guesswork.
     published = published_run_id(out)
     uniqueness_csv = out / "uniqueness.csv"
-    if published == result.run_id and uniqueness_csv.exists():
+    if published == run_id and uniqueness_csv.exists():
         table = pd.read_csv(uniqueness_csv)
         counts = table["label"].value_counts().to_dict()
         removed = int(table["removed"].sum()) if "removed" in table else 0
@@ -358,26 +384,33 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
         "training_manifest.csv",
         "report.html",
     )
-    if published != result.run_id:
+    if published != run_id:
         print(
             "this run published no exports"
             + (f"; the files below are those of the earlier run {published}" if published else "")
         )
     for name in export_names:
         if published is not None and (out / name).is_file():
-            stale = (
-                "" if published == result.run_id else f"  (not written by this run: from the earlier run {published})"
-            )
+            stale = "" if published == run_id else f"  (not written by this run: from the earlier run {published})"
             print(f"  {name:21s} {out / name}{stale}")
-    print(f"checks: {len(evaluations) - len(failed_checks)} passed, {len(failed_checks)} failed")
-    print(f"dagster run {result.run_id} (DAGSTER_HOME={os.environ.get('DAGSTER_HOME')})")
-    if timings := step_seconds_line(result.run_id):
-        print(timings)
-    if held_back:
-        print("held back (not materialized): " + ", ".join(held_back))
-    for line in outcome_lines(result, failed_checks, failed_steps, held_back, verbose):
-        print(line)
-    return EXIT_OK if result.success and not failed_checks else EXIT_FAILED
+
+
+def print_shared_exports(run_id: str, shared_storage_uri: str) -> None:
+    """Where the published export set is on the shared storage (core/shared_exports.py)."""
+    from imgdedup_pipeline.core.shared_exports import published_manifest
+    from imgdedup_pipeline.resources.output_store import OutputStoreResource
+
+    shared = OutputStoreResource(out_dir=".", shared_storage_uri=shared_storage_uri).shared
+    if shared is None:
+        raise ValueError(f"no shared storage in {shared_storage_uri!r}")
+    manifest = published_manifest(shared)
+    if manifest is None or manifest["run_id"] != run_id:
+        print("this run published no exports")
+        return
+    folder = shared.uri("exports", run_id)
+    print(f"exports published in {folder} (named by {shared.uri('exports', 'current.json')}):")
+    for name in manifest["files"]:
+        print(f"  {name:21s} {folder}/{name}")
 
 
 def step_seconds_line(run_id: str) -> str | None:
@@ -409,7 +442,7 @@ def outcome_lines(
                 f"{books['rejected']} rejected (clean.csv, duplicates.csv, rejected.csv)"
             )
             if books["discovered"] == 0:
-                from core.images import IMAGE_EXTENSIONS
+                from imgdedup_pipeline.core.images import IMAGE_EXTENSIONS
 
                 lines.append(
                     f"note: no file with an image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}) under --images: is it the right folder?"
@@ -448,7 +481,7 @@ def settings_are_valid(settings: Settings) -> bool:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from core.output_folder import claim_output_folder
+    from imgdedup_pipeline.core.output_folder import claim_output_folder
 
     settings = settings_from_args(args)
     if not settings_are_valid(settings):
@@ -463,7 +496,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from core.sample import build_sample_set
+    from imgdedup_pipeline.core.sample import build_sample_set
 
     out = Path(args.out).resolve()
     sample = build_sample_set(out / "sample-images")
@@ -484,8 +517,8 @@ def command_demo(args: argparse.Namespace) -> int:
 
 def command_calibrate(args: argparse.Namespace) -> int:
     """Discover the images, calibrate the near-duplicate threshold for the model and store it."""
-    from core.calibration import read_calibrations
-    from definitions import CALIBRATION_JOB, build_definitions, model_id_for
+    from imgdedup_pipeline.core.calibration import read_calibrations
+    from imgdedup_pipeline.definitions import CALIBRATION_JOB, build_definitions, model_id_for
 
     settings = settings_from_args(args)
     if not settings_are_valid(settings):
@@ -535,7 +568,7 @@ def similar_images(out_dir: Path, path_given: str, k: int) -> list[dict]:
 
     import pandas as pd
 
-    from resources.lancedb import LanceDBResource
+    from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
     manifest_path = out_dir / "state" / "vectors.json"
     if not manifest_path.exists():
@@ -583,7 +616,7 @@ def command_similar(args: argparse.Namespace) -> int:
 
 
 def command_serve_reports(args: argparse.Namespace) -> int:
-    from core.report_server import serve_reports
+    from imgdedup_pipeline.core.report_server import serve_reports
 
     server = serve_reports(args.host, args.port)
     print(

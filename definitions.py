@@ -6,26 +6,26 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.calibration import embedding_thresholds
-from assets.clean_dataset import clean_dataset
-from assets.duplicates_collection import collect_duplicates
-from assets.embedding_shards import image_embedding_shards
-from assets.image_embeddings import image_embeddings
-from assets.image_vectors import image_vectors
-from assets.raw_images import discover_raw_images
-from assets.training_manifest import training_manifest
-from assets.uniqueness_scores import score_uniqueness
-from automation.arrivals import build_arrival_automation
-from automation.maintenance import vector_table_maintenance, weekly_vector_table_maintenance
-from checks import all_checks
-from core.embedders import build_embedder
-from core.settings import FIELDS as SETTINGS_FIELDS
-from core.settings import Settings, SettingsError
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.lancedb import LanceDBResource
-from resources.output_store import OutputStoreResource
-from resources.policy import DedupPolicyResource
+from imgdedup_pipeline.assets.calibration import embedding_thresholds
+from imgdedup_pipeline.assets.clean_dataset import clean_dataset
+from imgdedup_pipeline.assets.duplicates_collection import collect_duplicates
+from imgdedup_pipeline.assets.embedding_shards import image_embedding_shards
+from imgdedup_pipeline.assets.image_embeddings import image_embeddings
+from imgdedup_pipeline.assets.image_vectors import image_vectors
+from imgdedup_pipeline.assets.raw_images import discover_raw_images
+from imgdedup_pipeline.assets.training_manifest import training_manifest
+from imgdedup_pipeline.assets.uniqueness_scores import score_uniqueness
+from imgdedup_pipeline.automation.arrivals import build_arrival_automation
+from imgdedup_pipeline.automation.maintenance import vector_table_maintenance, weekly_vector_table_maintenance
+from imgdedup_pipeline.checks import all_checks
+from imgdedup_pipeline.core.embedders import build_embedder
+from imgdedup_pipeline.core.settings import FIELDS as SETTINGS_FIELDS
+from imgdedup_pipeline.core.settings import Settings, SettingsError
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
+from imgdedup_pipeline.resources.policy import DedupPolicyResource
 
 DEDUP_JOB = "dedup_job"
 CALIBRATION_JOB = "calibration_job"
@@ -55,6 +55,7 @@ def model_id_for(settings: Settings) -> str | None:
             device=settings.device,
             pooling=settings.pooling,
             precision=settings.precision,
+            offline_pooling=settings.offline_pooling,
         ).model_id
     except ValueError:
         return None
@@ -118,15 +119,41 @@ def resources_for(settings: Settings) -> dict:
             export_dir=settings.export_dir,
         ),
         "lancedb": LanceDBResource(uri=settings.vector_store_uri),
-        "output_store": OutputStoreResource(out_dir=settings.out_dir, report_base_url=settings.report_base_url or ""),
+        "output_store": OutputStoreResource(
+            out_dir=settings.out_dir,
+            report_base_url=settings.report_base_url or "",
+            shared_storage_uri=settings.shared_storage_uri,
+        ),
         # No model id here: the assets look calibrations up under the id of the vectors they read,
         # so a launchpad change to the embedding model (pooling, precision, ...) needs nothing else.
         "policy": DedupPolicyResource(
             **shared_settings(settings, DedupPolicyResource), thresholds_file=settings.thresholds_file
         ),
-        # Intermediate tables are pickled under the output folder's state, beside the vector table.
-        "io_manager": dg.FilesystemIOManager(base_dir=str(Path(settings.out_dir) / "state" / "assets")),
+        "io_manager": io_manager_for(settings),
     }
+
+
+def io_manager_for(settings: Settings) -> dg.ConfigurableIOManagerFactory | dg.ConfigurableIOManager:
+    """Where the intermediate tables are pickled: under the output folder's state, beside the
+    vector table, or on the shared storage (`shared_storage_uri`) when steps run on machines that
+    share no disk.
+
+    Raises:
+        SettingsError: shared storage is set but dagster-aws is not installed.
+    """
+    if not settings.shared_storage_uri:
+        return dg.FilesystemIOManager(base_dir=str(Path(settings.out_dir) / "state" / "assets"))
+    if problems := settings.shared_storage_problems():
+        raise SettingsError(problems[0])
+    from dagster_aws.s3 import S3PickleIOManager, S3Resource
+
+    from imgdedup_pipeline.core.object_store import split_uri
+
+    bucket, prefix = split_uri(settings.shared_storage_uri)
+    # Credentials, region and endpoint from the AWS_* variables, as for LanceDB; one PUT per object.
+    return S3PickleIOManager(
+        s3_resource=S3Resource(), s3_bucket=bucket, s3_prefix="/".join(p for p in (prefix, "state", "assets") if p)
+    )
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

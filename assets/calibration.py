@@ -10,14 +10,19 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import png_markdown, write_export_file
-from core.calibration import CalibrationOutcome
-from core.calibration_run import CatalogCalibration, calibrate_catalog, calibration_caption, calibration_histogram
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.lancedb import LanceDBResource
-from resources.output_store import OutputStoreResource
-from resources.policy import DedupPolicyResource
+from imgdedup_pipeline.assets.metadata import png_markdown, write_export_file
+from imgdedup_pipeline.core.calibration import CalibrationOutcome
+from imgdedup_pipeline.core.calibration_run import (
+    CatalogCalibration,
+    calibrate_catalog,
+    calibration_caption,
+    calibration_histogram,
+)
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
+from imgdedup_pipeline.resources.policy import DedupPolicyResource
 
 CALIBRATION_GROUP = "calibration"
 HISTOGRAM_FILE = "calibration_histogram.png"
@@ -62,7 +67,8 @@ def embedding_thresholds(
         }
         return dg.Output(record, metadata=metadata)
     png = calibration_histogram(run.outcome, policy.hash_threshold_bits, model_id)
-    png_path = write_export_file(output_store, HISTOGRAM_FILE, png)
+    # Without a run id the figure goes to the local output folder: a path.
+    png_path = Path(write_export_file(output_store, HISTOGRAM_FILE, png))
     return dg.Output(record, metadata=calibration_metadata(run, run.outcome, png, png_path, settings.thresholds_file))
 
 

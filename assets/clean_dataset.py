@@ -3,9 +3,9 @@
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import table_metadata
-from core.collections import CHANGED_REASON, accounting, clean_table, withdraw_changed_contents
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.assets.metadata import table_metadata
+from imgdedup_pipeline.core.collections import CHANGED_REASON, accounting, clean_table, withdraw_changed_contents
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 
 @dg.asset(group_name="dedup")
@@ -22,7 +22,8 @@ def clean_dataset(
     changed = image_vectors.get("changed_during_run", {})
     raw_images, rejected_images = withdraw_changed_contents(raw_images, rejected_images, changed)
     if changed:
-        output_store.write_table("rejected.csv", rejected_images[["path", "reason", "detail"]])
+        # Into this run's export set, replacing raw_images' copy: published with the rest below.
+        output_store.write_table("rejected.csv", rejected_images[["path", "reason", "detail"]], run_id=context.run_id)
         context.log.warning(
             f"{int((rejected_images['reason'] == CHANGED_REASON).sum())} files changed during the run: rejected as {CHANGED_REASON} (see rejected.csv); the next run catalogues and embeds their new content"
         )

@@ -9,11 +9,11 @@ import dagster as dg
 import pandas as pd
 from PIL import Image
 
-from assets.metadata import table_metadata, write_export_file
-from core.atomic_write import write_atomically
-from core.collections import duplicates_table, interchange_table
-from core.grouping import assign_groups
-from core.report import (
+from imgdedup_pipeline.assets.metadata import table_metadata, write_export_file
+from imgdedup_pipeline.core.atomic_write import write_atomically
+from imgdedup_pipeline.core.collections import duplicates_table, interchange_table
+from imgdedup_pipeline.core.grouping import assign_groups
+from imgdedup_pipeline.core.report import (
     THUMBNAIL_SIZE,
     DuplicatesReport,
     ReportGroup,
@@ -21,12 +21,12 @@ from core.report import (
     report_groups,
     thumbnail_jpeg,
 )
-from core.scoring import Thresholds
-from core.ui_markdown import duplicate_groups_markdown
-from core.uniqueness import ranking_of
-from resources.image_store import ImageStoreResource
-from resources.output_store import OutputStoreResource
-from resources.policy import DedupPolicyResource
+from imgdedup_pipeline.core.scoring import Thresholds
+from imgdedup_pipeline.core.ui_markdown import duplicate_groups_markdown
+from imgdedup_pipeline.core.uniqueness import ranking_of
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
+from imgdedup_pipeline.resources.policy import DedupPolicyResource
 
 REPORT_FILE = "report.html"
 # Thumbnails are inlined, about 5 KB each: beyond this many groups the page would get unwieldy.

@@ -9,13 +9,13 @@ nothing, and `image_vectors` (the one LanceDB writer) inserts them.
 import dagster as dg
 import pandas as pd
 
-from core.catalog import path_per_content
-from core.embedding_batches import embed_to_checkpoint, verified_image_loader
-from core.sharding import SHARD_KEYS, in_shard
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.lancedb import LanceDBResource
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.core.catalog import path_per_content
+from imgdedup_pipeline.core.embedding_batches import embed_to_checkpoint
+from imgdedup_pipeline.core.sharding import SHARD_KEYS, in_shard
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 EMBEDDING_SHARDS = dg.StaticPartitionsDefinition(list(SHARD_KEYS))
 
@@ -57,26 +57,20 @@ def image_embedding_shards(
     # Each batch is its own uniquely named file, renamed into place: shards running at the same
     # time never write the same file, and a killed shard leaves only complete batches.
     # A file changed since the catalog is skipped (logged); dedup_job accounts for it.
-    done, elapsed, changed = embed_to_checkpoint(
-        todo,
-        embedder,
-        embedding_model.batch_size,
-        verified_image_loader(raw_images, image_store.load_verified_rgb),
-        checkpoint,
-        context.log.info,
-        context.log.warning,
+    embedded = embed_to_checkpoint(
+        todo, raw_images, embedder, embedding_model.batch_size, image_store.load_verified_rgb, checkpoint, context.log
     )
     return dg.MaterializeResult(
         metadata={
             "shard": shard,
             "model_id": model_id,
-            "runtime": embedding_model.get_embedder().runtime_in_use,
+            "runtime": embedder.runtime_in_use,
             "contents_in_shard": len(path_by_hash),
-            "embedded_this_run": done,
-            "changed_during_run": len(changed),
+            "embedded_this_run": embedded.count,
+            "changed_during_run": len(embedded.changed),
             "skipped_in_vector_table": len(stored),
             "skipped_already_checkpointed": len(checkpointed),
-            "checkpoint_dir": dg.MetadataValue.path(str(checkpoint.directory)),
-            "images_per_second": round(done / elapsed, 2) if done and elapsed > 0 else 0.0,
+            "checkpoint_dir": dg.MetadataValue.path(checkpoint.location),
+            "images_per_second": embedded.images_per_second,
         }
     )

@@ -4,14 +4,14 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.metadata import table_metadata
-from core.catalog import path_per_content
-from core.collections import CHANGED_COLUMN
-from core.embedding_batches import embed_to_checkpoint, verified_image_loader
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.lancedb import LanceDBResource
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.assets.metadata import table_metadata
+from imgdedup_pipeline.core.catalog import path_per_content
+from imgdedup_pipeline.core.collections import CHANGED_COLUMN
+from imgdedup_pipeline.core.embedding_batches import embed_to_checkpoint
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 
 @dg.asset(group_name="dedup")
@@ -43,16 +43,17 @@ def image_embeddings(
         f"vector table, {len(resumed)} resumed from checkpoints, {len(todo)} to embed"
     )
 
-    done, elapsed, changed = embed_to_checkpoint(
+    embedded = embed_to_checkpoint(
         todo,
+        raw_images,
         embedder,
         embedding_model.batch_size,
-        verified_image_loader(raw_images, image_store.load_verified_rgb),
+        image_store.load_verified_rgb,
         checkpoint,
-        context.log.info,
-        context.log.warning,
+        context.log,
         on_batch=lambda hashes, vectors: resumed.update(zip(hashes, vectors)),
     )
+    changed = embedded.changed
 
     hashes = sorted(resumed)
     embeddings = pd.DataFrame(
@@ -82,10 +83,10 @@ def image_embeddings(
             model_id=model_id,
             # Which inference runtime computed this run's vectors (the model id does not depend on it).
             runtime=embedder.runtime_in_use,
-            embedded_this_run=done,
+            embedded_this_run=embedded.count,
             changed_during_run=len(changed),
             reused_from_vector_table=len(stored & path_by_hash.keys()),
             dimensions=int(next(iter(resumed.values())).shape[0]) if resumed else 0,
-            images_per_second=round(done / elapsed, 2) if done and elapsed > 0 else 0.0,
+            images_per_second=embedded.images_per_second,
         ),
     )

@@ -6,11 +6,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from core.collections import CHANGED_COLUMN
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.lancedb import WRITER_POOL, LanceDBResource
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.core.collections import CHANGED_COLUMN
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.lancedb import WRITER_POOL, LanceDBResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 
 @dg.asset(group_name="dedup", pool=WRITER_POOL)

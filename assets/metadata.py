@@ -8,9 +8,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from core.atomic_write import write_atomically
-from core.ui_markdown import markdown_table
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.core.ui_markdown import markdown_table
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 
 def _column_type(column: pd.Series) -> str:
@@ -42,11 +41,10 @@ def table_metadata(table: pd.DataFrame, preview_rows: int = 10, **extra) -> dict
 
 def write_export_file(
     output_store: OutputStoreResource, file_name: str, data: bytes, run_id: str | None = None
-) -> Path:
-    """Write `data` to `out_dir/file_name` (with `run_id`: into that run's export set) atomically:
-    a browser never sees half a file."""
-    target = output_store.export_path(run_id, file_name) if run_id else output_store.path_for(file_name)
-    return write_atomically(target, lambda path: Path(path).write_bytes(data))
+) -> Path | str:
+    """Write `data` to `out_dir/file_name` (with `run_id`: into that run's export set, on the
+    shared storage when there is one) atomically: a browser never sees half a file."""
+    return output_store.write_export_bytes(file_name, data, run_id)
 
 
 def png_markdown(png: bytes, alt: str, caption: str = "") -> dg.MetadataValue:

@@ -1,13 +1,11 @@
 """Stage 1: discover and fingerprint the raw images; unusable files go to `rejected_images`."""
 
 import dagster as dg
-import pandas as pd
 
-from assets.metadata import table_metadata
-from core.catalog import build_catalog
-from core.disposable_cache import read_or_discard
-from resources.image_store import ImageStoreResource
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.assets.metadata import table_metadata
+from imgdedup_pipeline.core.catalog import build_catalog
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 
 @dg.multi_asset(
@@ -25,8 +23,7 @@ def discover_raw_images(
     context: dg.AssetExecutionContext, image_store: ImageStoreResource, output_store: OutputStoreResource
 ):
     # The previous catalog (per image root) lets a rerun skip decoding files that did not change.
-    catalog_path = output_store.state_dir / output_store.catalog_name(image_store.root)
-    previous = read_or_discard(catalog_path, pd.read_parquet, context.log.warning)
+    previous = output_store.read_catalog(image_store.root, context.log.warning)
 
     # The output folder may lie under the image root (its thumbnails and exports are no input).
     discovered = image_store.discover(excluded_folders=[output_store.out_dir])
@@ -39,7 +36,7 @@ def discover_raw_images(
         workers=image_store.decode_workers,
         progress=lambda done, total: context.log.info(f"decoded {done}/{total} files"),
     )
-    output_store.write_table(str(catalog_path.relative_to(output_store.root)), images)
+    output_store.write_catalog(image_store.root, images)
     output_store.write_table("rejected.csv", rejected[["path", "reason", "detail"]], run_id=context.run_id)
     rejected_csv = output_store.root / "rejected.csv"  # published with the rest of the set
 

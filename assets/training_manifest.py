@@ -5,8 +5,8 @@ import hashlib
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import table_metadata
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline.assets.metadata import table_metadata
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 SPLIT_TRAIN, SPLIT_VALIDATION = "train", "validation"
 MANIFEST_COLUMNS = ["path", "image_id", "pixel_hash", "width", "height", "split"]

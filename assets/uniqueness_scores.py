@@ -6,16 +6,16 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import png_markdown, table_metadata, write_export_file
-from core.plots import UNIQUENESS_HISTOGRAM_FILE as HISTOGRAM_FILE
-from core.plots import cached_uniqueness_histogram
-from core.scoring import LABELS
-from core.ui_markdown import label_histogram_markdown, markdown_table
-from core.uniqueness import ScoredImages, score_images, without_changed
-from resources.image_store import ImageStoreResource
-from resources.lancedb import LanceDBResource
-from resources.output_store import OutputStoreResource
-from resources.policy import DedupPolicyResource, ThresholdsInForce
+from imgdedup_pipeline.assets.metadata import png_markdown, table_metadata, write_export_file
+from imgdedup_pipeline.core.plots import UNIQUENESS_HISTOGRAM_FILE as HISTOGRAM_FILE
+from imgdedup_pipeline.core.plots import cached_uniqueness_histogram
+from imgdedup_pipeline.core.scoring import LABELS
+from imgdedup_pipeline.core.ui_markdown import label_histogram_markdown, markdown_table
+from imgdedup_pipeline.core.uniqueness import ScoredImages, score_images, without_changed
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
+from imgdedup_pipeline.resources.policy import DedupPolicyResource, ThresholdsInForce
 
 LOWEST_ROWS = 20
 

@@ -8,8 +8,8 @@ The run itself only decodes changed files and embeds new content (catalog and ve
 
 import dagster as dg
 
-from core.catalog import listing_fingerprint
-from resources.image_store import ImageStoreResource
+from imgdedup_pipeline.core.catalog import listing_fingerprint
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
 
 LISTING_TAG = "imgdedup/listing"
 TRIGGER_TAG = "imgdedup/trigger"

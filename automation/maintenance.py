@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from resources.lancedb import WRITER_POOL, LanceDBResource
+from imgdedup_pipeline.resources.lancedb import WRITER_POOL, LanceDBResource
 
 
 @dg.op(pool=WRITER_POOL)

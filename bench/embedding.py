@@ -50,8 +50,12 @@ from PIL import Image
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from core.embedders import EfficientNetLite0Embedder, HuggingFaceEmbedder, embed_in_batches  # noqa: E402
-from core.images import load_rgb  # noqa: E402
+from imgdedup_pipeline.core.embedders import (  # noqa: E402
+    EfficientNetLite0Embedder,
+    HuggingFaceEmbedder,
+    embed_in_batches,
+)
+from imgdedup_pipeline.core.images import load_rgb  # noqa: E402
 
 BENCH_DATA = PROJECT_ROOT.parent / "shared" / "bench" / "data"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -396,7 +400,7 @@ def bench_precision(args, vit_dir: Path) -> None:
 
 def bench_bf16_agreement() -> None:
     """Offline backbone in bf16 vs fp32 (the embedders) on every image of the shared benchmark sets."""
-    from core.images import ImageRejected
+    from imgdedup_pipeline.core.images import ImageRejected
 
     paths = sorted(p for p in BENCH_DATA.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     images = []

@@ -38,8 +38,8 @@ sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from runtimes import stage_files  # noqa: E402
 
-from core.embedders import build_embedder, embed_in_batches  # noqa: E402
-from core.images import (  # noqa: E402
+from imgdedup_pipeline.core.embedders import build_embedder, embed_in_batches  # noqa: E402
+from imgdedup_pipeline.core.images import (  # noqa: E402
     content_pixel_count,
     describe_image,
     dihedral_phashes,

@@ -125,9 +125,9 @@ def agree(got, exact, radius: float) -> dict:
 
 
 def run_one(rows: int, radius: float, k: int, exact_max_rows: int, workers: int | None, seed: int) -> dict:
-    from core.search.exact_hamming import search_hash_neighbors
-    from core.search.mih_plan import plan_substrings
-    from core.search.signals import hash_pairs_within
+    from imgdedup_pipeline.core.search.exact_hamming import search_hash_neighbors
+    from imgdedup_pipeline.core.search.mih_plan import plan_substrings
+    from imgdedup_pipeline.core.search.signals import hash_pairs_within
 
     started = time.perf_counter()
     hashes = synthetic_hashes(rows, seed)

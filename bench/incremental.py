@@ -23,8 +23,8 @@ from PIL import Image
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from core.settings import Settings  # noqa: E402
-from definitions import DEDUP_JOB, build_definitions  # noqa: E402
+from imgdedup_pipeline.core.settings import Settings  # noqa: E402
+from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions  # noqa: E402
 
 PHOTOS = (
     "astronaut",

@@ -84,7 +84,7 @@ def run_ours(folder: Path, out: Path) -> Path:
         [
             sys.executable,
             "-m",
-            "cli",
+            "imgdedup_pipeline.cli",
             "run",
             "--images",
             str(folder),

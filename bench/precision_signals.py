@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core.images import informative_phashes, to_rgb
+from imgdedup_pipeline.core.images import informative_phashes, to_rgb
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "bench" / "data"

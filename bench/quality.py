@@ -142,8 +142,8 @@ def relation_recall(dataset: Path, uniqueness_csv: Path) -> dict[str, dict]:
 
 def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32, precision: str = "fp32") -> dict:
     """Seconds per 100 decodable images: decode + dihedral pHashes, and embedding (after warm-up)."""
-    from core.embedders import build_embedder, embed_in_batches
-    from core.images import ImageRejected, describe_image, discover_image_files, load_rgb
+    from imgdedup_pipeline.core.embedders import build_embedder, embed_in_batches
+    from imgdedup_pipeline.core.images import ImageRejected, describe_image, discover_image_files, load_rgb
 
     paths, started = [], time.perf_counter()
     for found in discover_image_files(dataset):
@@ -165,18 +165,18 @@ def cost_per_100_images(dataset: Path, embedder_name: str, batch_size: int = 32,
     embed_seconds = time.perf_counter() - started
     # The turned-copy check as scoring runs it: contents just beyond the default radius are
     # tested for black corners, the turned ones matched by features against their neighbours.
-    from core.rotated_copies import RotatedCopySignal
-    from core.scoring import Thresholds
-    from core.search.contents import ContentVectors
-    from core.search.engines import search_neighbors
-    from core.search.signals import NEIGHBORS_PER_ROW
+    from imgdedup_pipeline.core.rotated_copies import RotatedCopySignal
+    from imgdedup_pipeline.core.scoring import Thresholds
+    from imgdedup_pipeline.core.search.contents import ContentVectors
+    from imgdedup_pipeline.core.search.engines import search_neighbors
+    from imgdedup_pipeline.core.search.signals import NEIGHBORS_PER_ROW
 
     content = ContentVectors.from_mapping(vectors)
     radius = Thresholds().near_duplicate_cosine_distance
     search = search_neighbors(content.matrix, k=NEIGHBORS_PER_ROW, radius=radius)
     # Like the model (loaded and run once above), the check's libraries load once per run (scikit-image
     # loads its submodules lazily, on first use): warmed on one turned image, timed apart.
-    from core.rotated_copies import similarity_match, turned_black_corners
+    from imgdedup_pipeline.core.rotated_copies import similarity_match, turned_black_corners
 
     started = time.perf_counter()
     sample = load_rgb(next(iter(by_hash.values())))
@@ -252,7 +252,7 @@ def main() -> int:
                 [
                     sys.executable,
                     "-m",
-                    "cli",
+                    "imgdedup_pipeline.cli",
                     "calibrate",
                     "--images",
                     str(data),
@@ -281,7 +281,7 @@ def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "cli",
+                "imgdedup_pipeline.cli",
                 "run",
                 "--images",
                 str(data),

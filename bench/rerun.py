@@ -40,7 +40,7 @@ PROBE = """
 import atexit, sys
 atexit.register(lambda: print("imported: " + " ".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr))
 sys.argv[0] = "imgdedup"
-from cli import main
+from imgdedup_pipeline.cli import main
 sys.exit(main())
 """
 

@@ -49,9 +49,9 @@ from PIL import Image  # noqa: E402
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from core.embedders import EfficientNetLite0Embedder, HuggingFaceEmbedder  # noqa: E402
-from core.images import load_rgb  # noqa: E402
-from core.inference_runtimes import export_folder, runtime_version  # noqa: E402
+from imgdedup_pipeline.core.embedders import EfficientNetLite0Embedder, HuggingFaceEmbedder  # noqa: E402
+from imgdedup_pipeline.core.images import load_rgb  # noqa: E402
+from imgdedup_pipeline.core.inference_runtimes import export_folder, runtime_version  # noqa: E402
 
 PHOTOS = PROJECT_ROOT.parent / "shared" / "bench" / "data" / "idealo-imagededup" / "tests" / "data" / "base_images"
 RUNTIMES = ("torch", "onnxruntime", "openvino")
@@ -182,7 +182,7 @@ def bench_stage(count: int, batch: int, repeats: int, scratch: Path, export_dir:
     """The real embedding stage of the offline backbone per runtime: `embed_in_batches` decoding
     JPEGs from disk (draft mode, 2 decode threads overlapped with the model), border trim,
     preprocessing, forward, normalisation."""
-    from core.embedders import embed_in_batches
+    from imgdedup_pipeline.core.embedders import embed_in_batches
 
     files = stage_files(scratch / "stage-photos", count)
     embedders = {runtime: EfficientNetLite0Embedder(runtime=runtime, export_dir=export_dir) for runtime in RUNTIMES}

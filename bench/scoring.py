@@ -67,9 +67,9 @@ def float32_rows(vectors: np.ndarray, k: int, radius: float, first: int, last: i
     those rows (others -1 / inf) and the pairs whose left row is among them."""
     import torch
 
-    from core.distances import nearest_first
-    from core.search.exact_cosine import cosine_pair_distances
-    from core.search.result import NeighborSearch
+    from imgdedup_pipeline.core.distances import nearest_first
+    from imgdedup_pipeline.core.search.exact_cosine import cosine_pair_distances
+    from imgdedup_pipeline.core.search.result import NeighborSearch
 
     count = len(vectors)
     k = max(0, min(k, count - 1))
@@ -107,9 +107,9 @@ def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max:
     middle, end; `float32_rows`, this benchmark's own code) and its time is scaled by rows /
     sampled rows; top-k and pairs (by left row) are compared on the sampled rows.
     """
-    from core.distances import cosine_distance
-    from core.search.choose import choose_engine
-    from core.search.exact_cosine import DEFAULT_CHUNK_ROWS, MAX_BLOCK_CELLS
+    from imgdedup_pipeline.core.distances import cosine_distance
+    from imgdedup_pipeline.core.search.choose import choose_engine
+    from imgdedup_pipeline.core.search.exact_cosine import DEFAULT_CHUNK_ROWS, MAX_BLOCK_CELLS
 
     rows = len(vectors)
     engine = choose_engine("cosine", rows, "exact").engine.build(vectors)
@@ -166,9 +166,9 @@ def compare_with_fp32(vectors: np.ndarray, k: int, radius: float, reference_max:
 def run_one(rows: int, reference_max: int) -> dict:
     import torch  # noqa: F401  (imported before the clock starts, as in a pipeline process)
 
-    from core.scoring import Thresholds, compute_uniqueness_scores
-    from core.search.contents import find_content_neighbors
-    from core.search.signals import NEIGHBORS_PER_ROW
+    from imgdedup_pipeline.core.scoring import Thresholds, compute_uniqueness_scores
+    from imgdedup_pipeline.core.search.contents import find_content_neighbors
+    from imgdedup_pipeline.core.search.signals import NEIGHBORS_PER_ROW
 
     vectors = synthetic_vectors(rows)
     hashes = [f"{i:08x}" for i in range(rows)]

@@ -51,7 +51,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.scoring import DIMENSIONS, synthetic_vectors  # noqa: E402
-from resources.lancedb import table_name_for  # noqa: E402
+from imgdedup_pipeline.resources.lancedb import table_name_for  # noqa: E402
 
 MODEL = "bench/synthetic-768"
 TABLE = table_name_for(MODEL)  # the table the pipeline's LanceDBResource opens for MODEL
@@ -111,8 +111,8 @@ def sample_rows(rows: int, queries: int) -> np.ndarray:
 
 def read_rows(table, rows: np.ndarray) -> np.ndarray:
     """L2-normalised float32 vectors of the given sorted table rows, from one chunked scan."""
-    from core.search.batches import lancedb_batches
-    from core.search.result import l2_normalize
+    from imgdedup_pipeline.core.search.batches import lancedb_batches
+    from imgdedup_pipeline.core.search.result import l2_normalize
 
     vectors = np.empty((len(rows), DIMENSIONS), np.float32)
     offset = 0
@@ -126,9 +126,9 @@ def read_rows(table, rows: np.ndarray) -> np.ndarray:
 def exact_for_sample(table, sample: np.ndarray, k: int, radius: float) -> dict:
     """Exact top-k (ties by the lower row) and all rows within `radius` for the sampled rows, from
     two chunked scans of the table (numpy float32 GEMM): O(len(sample) x batch) memory."""
-    from core.distances import cosine_distance
-    from core.search.batches import lancedb_batches
-    from core.search.result import l2_normalize
+    from imgdedup_pipeline.core.distances import cosine_distance
+    from imgdedup_pipeline.core.search.batches import lancedb_batches
+    from imgdedup_pipeline.core.search.result import l2_normalize
 
     queries = read_rows(table, sample)
     best = np.full((len(sample), k), -np.inf, np.float32)
@@ -156,7 +156,7 @@ def exact_for_sample(table, sample: np.ndarray, k: int, radius: float) -> dict:
 
 def exact_distances(table, queries: np.ndarray, found: np.ndarray) -> np.ndarray:
     """float32 cosine distances from each query to the rows it found (inf where -1), from one scan."""
-    from core.distances import cosine_distance
+    from imgdedup_pipeline.core.distances import cosine_distance
 
     wanted = np.unique(found[found >= 0])
     vectors = read_rows(table, wanted)
@@ -198,8 +198,8 @@ def recall_figures(
 def run_faiss(uri: str, rows: int, queries: int) -> dict:
     import lancedb
 
-    from core.search.batches import lancedb_batches, read_batches
-    from core.search.ivf import IndexedSearch, search_neighbors_ivf
+    from imgdedup_pipeline.core.search.batches import lancedb_batches, read_batches
+    from imgdedup_pipeline.core.search.ivf import IndexedSearch, search_neighbors_ivf
 
     table = lancedb.connect(uri).open_table(TABLE)
     count = table.count_rows()
@@ -257,8 +257,8 @@ def run_exact(uri: str, rows: int, queries: int) -> dict:
     arithmetic in `run_faiss`."""
     import lancedb
 
-    from core.search.batches import lancedb_batches, read_batches
-    from core.search.engines import search_neighbors
+    from imgdedup_pipeline.core.search.batches import lancedb_batches, read_batches
+    from imgdedup_pipeline.core.search.engines import search_neighbors
 
     table = lancedb.connect(uri).open_table(TABLE)
     started = time.perf_counter()
@@ -297,13 +297,13 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
     """The scoring stage as `score_uniqueness` runs it, on the table written by `write_table`."""
     import pandas as pd
 
-    from core.distances import cosine_distance
-    from core.images import informative_phashes
-    from core.scoring import Thresholds, compute_uniqueness_scores
-    from core.search.contents import find_content_neighbors
-    from core.search.exact_hamming import hamming_distances_of_rows
-    from core.search.signals import HashSignal
-    from resources.lancedb import LanceDBResource
+    from imgdedup_pipeline.core.distances import cosine_distance
+    from imgdedup_pipeline.core.images import informative_phashes
+    from imgdedup_pipeline.core.scoring import Thresholds, compute_uniqueness_scores
+    from imgdedup_pipeline.core.search.contents import find_content_neighbors
+    from imgdedup_pipeline.core.search.exact_hamming import hamming_distances_of_rows
+    from imgdedup_pipeline.core.search.signals import HashSignal
+    from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
     baseline = peak_rss_mib()
     keys = [key_for(i) for i in range(rows)]
@@ -374,7 +374,7 @@ def run_lancedb(uri: str, rows: int, queries: int) -> dict:
     """LanceDB's own indexes with its batched (multi-vector) search, on a sample of rows."""
     import lancedb
 
-    from core.search.ivf import IvfParameters
+    from imgdedup_pipeline.core.search.ivf import IvfParameters
 
     table = lancedb.connect(uri).open_table(TABLE)
     count = table.count_rows()

@@ -79,13 +79,12 @@ def main() -> int:
 
     import scoring_index
 
-    import core.scoring
     import core.search.contents
     import core.search.ivf
     import core.search.signals
-    import resources.lancedb
+    from imgdedup_pipeline.resources import lancedb
 
-    sampler.wrap(resources.lancedb.LanceDBResource, "read_content_vectors", "read_content_vectors")
+    sampler.wrap(lancedb.LanceDBResource, "read_content_vectors", "read_content_vectors")
     sampler.wrap(core.search.signals.HashSignal, "matrix", "pHash matrix")
     sampler.wrap(core.search.signals.HashSignal, "vouched_matches", "pHash search")
     for step in ("_train_centroids", "_assign", "_build_index", "_search", "_refine", "_scan_dense_rows", "result"):

@@ -34,7 +34,7 @@ NEAR_DUPLICATE = 0.05
 
 
 def turned_distances(data: Path, embedder) -> dict:
-    from core.images import (
+    from imgdedup_pipeline.core.images import (
         DIHEDRAL_TRANSPOSES,
         ImageRejected,
         dihedral_phashes,
@@ -43,7 +43,7 @@ def turned_distances(data: Path, embedder) -> dict:
         load_rgb,
         trim_uniform_borders,
     )
-    from core.search.result import l2_normalize
+    from imgdedup_pipeline.core.search.result import l2_normalize
 
     groups = json.loads((data / "groups.json").read_text())
     truth = {path: group for group, members in groups.items() for path in members}
@@ -85,7 +85,7 @@ def main() -> int:
     parser.add_argument("--hard-negatives", type=Path, default=None)
     args = parser.parse_args()
     from bench.hard_negatives import write_hard_negatives
-    from core.embedders import build_embedder
+    from imgdedup_pipeline.core.embedders import build_embedder
 
     embedder = build_embedder(args.embedder)
     with tempfile.TemporaryDirectory() as scratch:

@@ -140,7 +140,7 @@ def run_imgdedup(folder: Path, out: Path, dagster_home: Path) -> tuple[Path, flo
     command = [
         sys.executable,
         "-m",
-        "cli",
+        "imgdedup_pipeline.cli",
         "run",
         "--images",
         str(folder),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from checks.clean_dataset import CLEAN_DATASET_CHECKS
-from checks.uniqueness_scores import UNIQUENESS_SCORES_CHECKS
+from imgdedup_pipeline.checks.clean_dataset import CLEAN_DATASET_CHECKS
+from imgdedup_pipeline.checks.uniqueness_scores import UNIQUENESS_SCORES_CHECKS
 
 
 def all_checks() -> list:

@@ -10,17 +10,22 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from checks.gates import raise_if_any_failed, with_gate_metadata
-from checks.gx import gx_expectations, run_expectations
-from checks.invariants import accounting_counts, collection_placements, nearest_kept_contents, removal_flags
-from core.collections import withdraw_changed_contents
-from core.disposable_cache import inputs_digest, result_for_inputs
-from core.search.choose import choose_engine
-from core.search.contents import ContentVectors
-from core.search.signals import HashSignal
-from resources.lancedb import LanceDBResource
-from resources.output_store import OutputStoreResource
-from resources.policy import DedupPolicyResource
+from imgdedup_pipeline.checks.gates import raise_if_any_failed, with_gate_metadata
+from imgdedup_pipeline.checks.gx import gx_expectations, run_expectations
+from imgdedup_pipeline.checks.invariants import (
+    accounting_counts,
+    collection_placements,
+    nearest_kept_contents,
+    removal_flags,
+)
+from imgdedup_pipeline.core.collections import withdraw_changed_contents
+from imgdedup_pipeline.core.disposable_cache import inputs_digest, result_for_inputs
+from imgdedup_pipeline.core.search.choose import choose_engine
+from imgdedup_pipeline.core.search.contents import ContentVectors
+from imgdedup_pipeline.core.search.signals import HashSignal
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
+from imgdedup_pipeline.resources.policy import DedupPolicyResource
 
 # Where the nearest-kept-content tables of earlier runs are kept (under OUT/state), and the
 # version of their meaning: bump it when `nearest_kept_contents` changes its answer or its columns.

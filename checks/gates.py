@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from core.settings import cli_flag, env_var
+from imgdedup_pipeline.core.settings import cli_flag, env_var
 
 # Held back by a failed check on each asset (SPEC.md, "Checks that gate training").
 HELD_BACK = {

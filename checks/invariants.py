@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.distances import to_uniqueness
-from core.search.contents import ContentVectors, find_content_neighbors
-from core.search.signals import HashSignal
+from imgdedup_pipeline.core.distances import to_uniqueness
+from imgdedup_pipeline.core.search.contents import ContentVectors, find_content_neighbors
+from imgdedup_pipeline.core.search.signals import HashSignal
 
 
 def identical_group_zero_counts(scores: pd.DataFrame) -> pd.DataFrame:

@@ -4,9 +4,9 @@ identical group (SPEC.md "Checks that gate training")."""
 import dagster as dg
 import pandas as pd
 
-from checks.gates import raise_if_any_failed, with_gate_metadata
-from checks.gx import gx_expectations, run_expectations
-from checks.invariants import identical_group_zero_counts
+from imgdedup_pipeline.checks.gates import raise_if_any_failed, with_gate_metadata
+from imgdedup_pipeline.checks.gx import gx_expectations, run_expectations
+from imgdedup_pipeline.checks.invariants import identical_group_zero_counts
 
 REQUIRED_COLUMNS = ("image_id", "path", "identical_group", "uniqueness", "label")
 ID_COLUMNS = ("image_id", "path")

@@ -27,20 +27,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from core.atomic_write import write_atomically
-from core.distances import cosine_distance, invariant_hamming, to_uniqueness
-from core.images import (
+from imgdedup_pipeline.core.atomic_write import write_atomically
+from imgdedup_pipeline.core.distances import cosine_distance, invariant_hamming, to_uniqueness
+from imgdedup_pipeline.core.images import (
     dihedral_phashes,
     informative_phashes,
     pixel_hash,
     trim_uniform_borders,
 )
-from core.search.result import l2_normalize
+from imgdedup_pipeline.core.search.result import l2_normalize
+
+if TYPE_CHECKING:
+    from imgdedup_pipeline.core.object_store import ObjectFolder
 
 DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.05  # SPEC.md's default (cosine similarity 0.9), used until calibrated
 DEFAULT_TARGET_PRECISION = 0.99
@@ -523,11 +527,11 @@ def read_calibrations(path: str | os.PathLike) -> dict[str, dict]:
     Raises:
         ValueError: the file exists but is not a thresholds file (says which file to fix or delete).
     """
-    path = Path(path)
-    if not path.exists():
+    text = _read_text(path)
+    if text is None:
         return {}
     try:
-        payload = json.loads(path.read_text())
+        payload = json.loads(text)
         models = payload["models"]
         if not isinstance(models, dict):
             raise TypeError("'models' is not an object")
@@ -541,11 +545,31 @@ def read_calibrations(path: str | os.PathLike) -> dict[str, dict]:
 def write_calibration(path: str | os.PathLike, model_id: str, record: dict) -> dict[str, dict]:
     """Store `record` for `model_id` in the thresholds file, keeping other models' records; the
     file is replaced atomically. Returns the new model id -> record mapping."""
-    path = Path(path)
     models = {**read_calibrations(path), model_id: record}
     text = json.dumps({"version": FILE_FORMAT_VERSION, "models": models}, indent=2, sort_keys=True)
-    write_atomically(path, lambda temporary: Path(temporary).write_text(text))
+    if str(path).startswith("s3://"):  # the shared storage (Settings.thresholds_file): one PUT, atomic too
+        folder, name = _object_location(str(path))
+        folder.put(name, text.encode())
+    else:
+        write_atomically(path, lambda temporary: Path(temporary).write_text(text))
     return models
+
+
+def _read_text(path: str | os.PathLike) -> str | None:
+    """The thresholds file's text (a local path or an s3:// URI), None when there is none."""
+    if str(path).startswith("s3://"):
+        folder, name = _object_location(str(path))
+        data = folder.get(name)
+        return data.decode() if data is not None else None
+    return Path(path).read_text() if Path(path).exists() else None
+
+
+def _object_location(uri: str) -> tuple[ObjectFolder, str]:
+    """The folder of an s3:// URI and the object's name in it."""
+    from imgdedup_pipeline.core.object_store import folder_at
+
+    parent, _, name = uri.rpartition("/")
+    return folder_at(parent), name
 
 
 def calibrated_threshold(path: str | os.PathLike, model_id: str | None) -> tuple[float, dict] | None:

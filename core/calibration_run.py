@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from core.calibration import (
+from imgdedup_pipeline.core.calibration import (
     CalibrationOutcome,
     Population,
     calibrate_threshold,
@@ -20,8 +20,8 @@ from core.calibration import (
     sample_rows,
     write_calibration,
 )
-from core.embedders import Embedder
-from core.images import ImageRejected
+from imgdedup_pipeline.core.embedders import Embedder
+from imgdedup_pipeline.core.images import ImageRejected
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def calibrate_catalog(
 
 def calibration_histogram(outcome: CalibrationOutcome, hash_threshold_bits: int, model_id: str) -> bytes:
     """The PNG of the edited copies' and the nearest other contents' distances, with the threshold."""
-    from core.plots import calibration_histogram_png
+    from imgdedup_pipeline.core.plots import calibration_histogram_png
 
     positives, negatives = outcome.pairs.positives, outcome.pairs.negatives
     hash_matched = decided_distances(positives, hash_threshold_bits) == 0.0

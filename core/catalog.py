@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.images import (
+from imgdedup_pipeline.core.images import (
     DiscoveredFile,
     ImageRejected,
     describe_image,

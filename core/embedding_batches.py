@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import pandas as pd
 
-from core.checkpoints import EmbeddingCheckpoint
-from core.embedders import Embedder, embed_in_batches
-from core.images import FileChangedError
-from core.progress import progress_message, should_report
+from imgdedup_pipeline.core.checkpoints import EmbeddingCheckpoint
+from imgdedup_pipeline.core.embedders import Embedder, embed_in_batches
+from imgdedup_pipeline.core.images import FileChangedError
+from imgdedup_pipeline.core.progress import progress_message, should_report
 
 
 def verified_image_loader(raw_images: pd.DataFrame, load_verified_rgb: Callable) -> Callable:
@@ -42,28 +44,57 @@ def verified_image_loader(raw_images: pd.DataFrame, load_verified_rgb: Callable)
     return load
 
 
+class RunLog(Protocol):
+    """Where the embedding stages report (a Dagster `context.log` or a `logging.Logger`)."""
+
+    def info(self, msg: str) -> object: ...
+
+    def warning(self, msg: str) -> object: ...
+
+
+@dataclass(frozen=True)
+class EmbeddedContents:
+    """What `embed_to_checkpoint` did.
+
+    Attributes:
+        count: contents embedded and checkpointed.
+        seconds: wall time, the model's loading included.
+        changed: {pixel hash: why} for contents whose files all changed since the catalog, left
+            for the next run.
+    """
+
+    count: int
+    seconds: float
+    changed: dict[str, str]
+
+    @property
+    def images_per_second(self) -> float:
+        return round(self.count / self.seconds, 2) if self.count and self.seconds > 0 else 0.0
+
+
 def embed_to_checkpoint(
     todo: dict[str, str],
+    raw_images: pd.DataFrame,
     embedder: Embedder,
     batch_size: int,
-    load_image: Callable,
+    load_verified_rgb: Callable,
     checkpoint: EmbeddingCheckpoint,
-    log: Callable[[str], None],
-    warn: Callable[[str], None],
+    log: RunLog,
     on_batch: Callable | None = None,
-) -> tuple[int, float, dict[str, str]]:
-    """Embed `todo` (pixel hash -> path) in batches, writing each batch to `checkpoint` before the
-    next starts and telling `log` the progress (`warn`, the files left out); `on_batch(hashes, vectors)` sees each batch. Returns
-    (contents embedded, seconds, {pixel hash: why} for contents whose files changed since the
-    catalog and were left for the next run)."""
+) -> EmbeddedContents:
+    """Embed `todo` (pixel hash -> path) in batches from the catalogued bytes only
+    (`verified_image_loader` over `raw_images` and `load_verified_rgb`), writing each batch to
+    `checkpoint` before the next starts and telling `log` the progress and the files left out;
+    `on_batch(hashes, vectors)` sees each batch."""
     started, done, last_reported = time.monotonic(), 0, None
     warmup: tuple[int, float] | None = None
     changed: dict[str, str] = {}
 
     def leave_for_next_run(pixel_hash: str, error: Exception) -> None:
         changed[pixel_hash] = str(error)
-        warn(f"not embedded, left for the next run: {error} (its new content is catalogued and embedded then)")
+        log.warning(f"not embedded, left for the next run: {error} (its new content is catalogued and embedded then)")
 
+    load_image = verified_image_loader(raw_images, load_verified_rgb)
     for hashes, vectors in embed_in_batches(todo, embedder, load_image, batch_size, on_changed=leave_for_next_run):
         checkpoint.write(hashes, vectors)
         if on_batch is not None:
@@ -74,6 +105,6 @@ def embed_to_checkpoint(
         # The first batch also loads (or exports) the model: the rate is taken after it.
         warmup = warmup or (done, now - started)
         if should_report(now, last_reported, done, len(todo)):
-            log(progress_message(done, len(todo), now - started, warmup=warmup))
+            log.info(progress_message(done, len(todo), now - started, warmup=warmup))
             last_reported = now
-    return done, time.monotonic() - started, changed
+    return EmbeddedContents(done, time.monotonic() - started, changed)

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from core.atomic_write import write_atomically
+from imgdedup_pipeline.core.atomic_write import write_atomically
 
 EXPORTS_DIR = "exports"
 CURRENT_LINK = "current"

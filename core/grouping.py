@@ -8,8 +8,8 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
-from core.distances import to_cosine_distance, to_uniqueness
-from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, Thresholds
+from imgdedup_pipeline.core.distances import to_cosine_distance, to_uniqueness
+from imgdedup_pipeline.core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, Thresholds
 
 KeepPolicy = Literal["resolution", "first_seen", "path"]
 KEEP_POLICIES: tuple[KeepPolicy, ...] = get_args(KeepPolicy)

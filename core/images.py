@@ -310,7 +310,7 @@ def content_pixel_count(rgb: Image.Image, tolerance: int = 12, *, box: tuple[int
     """Pixels inside `content_box`, so that a letterboxed copy does not outrank its original, less
     the black corners of a copy turned on its canvas (`core.rotated_copies`), so that neither
     does a turned one. `box`: the image's `content_box` at `tolerance`, when already computed."""
-    from core.rotated_copies import turned_black_corners
+    from imgdedup_pipeline.core.rotated_copies import turned_black_corners
 
     left, top, right, bottom = content_box(rgb, tolerance) if box is None else box
     inside = (right - left) * (bottom - top)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core.atomic_write import write_atomically
+from imgdedup_pipeline.core.atomic_write import write_atomically
 
 MARKER_NAME = ".imgdedup-output"
 MARKER_TEXT = "This folder is written by imgdedup (exports and state); it may replace anything in it.\n"

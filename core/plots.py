@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.disposable_cache import inputs_digest, result_for_inputs
-from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, LABEL_UNIQUE, LABELS, Thresholds
+from imgdedup_pipeline.core.disposable_cache import inputs_digest, result_for_inputs
+from imgdedup_pipeline.core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, LABEL_UNIQUE, LABELS, Thresholds
 
 # Uniqueness values at or below this are drawn in a separate "copies" bar: exact copies score 0
 # and the floor for everything else is 1e-9, far left of anything a log axis shows usefully.

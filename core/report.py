@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 from PIL import Image
 
-from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, Thresholds
+from imgdedup_pipeline.core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, Thresholds
 
 THUMBNAIL_SIZE = 160
 GROUP_LABELS = (LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE)

@@ -22,8 +22,8 @@ from typing import cast
 import numpy as np
 from PIL import Image
 
-from core.images import ImageRejected
-from core.search.result import NeighborSearch
+from imgdedup_pipeline.core.images import ImageRejected
+from imgdedup_pipeline.core.search.result import NeighborSearch
 
 # A pixel whose brightest channel is at most this is part of a black fill (JPEG ringing included;
 # higher levels merge dark scenery into the fill and bend its straight edges).

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from core.distances import to_cosine_distance, to_uniqueness
+from imgdedup_pipeline.core.distances import to_cosine_distance, to_uniqueness
 
 if TYPE_CHECKING:
-    from core.search.contents import ContentNeighbors
+    from imgdedup_pipeline.core.search.contents import ContentNeighbors
 
 MIN_NONZERO_UNIQUENESS = 1e-9
 

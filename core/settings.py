@@ -24,7 +24,7 @@ from pydantic.dataclasses import dataclass, is_pydantic_dataclass
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from core.calibration import (
+from imgdedup_pipeline.core.calibration import (
     DEFAULT_NEAR_DUPLICATE_THRESHOLD,
     DEFAULT_SAMPLE_SIZE,
     DEFAULT_SEED,
@@ -32,12 +32,20 @@ from core.calibration import (
     MIN_ORIGINALS,
     THRESHOLDS_FILE,
 )
-from core.embedders import DEFAULT_PRECISION, EmbedderBackend, Pooling, Precision, model_problem
-from core.grouping import KeepPolicy, NearDuplicateAction
-from core.images import DEFAULT_MAX_PIXELS
-from core.inference_runtimes import DEFAULT_RUNTIME, Runtime, resolve_runtime
-from core.scoring import Thresholds
-from core.search.choose import INDEX_MIN_CONTENTS, SearchEngineSetting
+from imgdedup_pipeline.core.embedders import (
+    DEFAULT_OFFLINE_POOLING,
+    DEFAULT_PRECISION,
+    EmbedderBackend,
+    OfflinePooling,
+    Pooling,
+    Precision,
+    model_problem,
+)
+from imgdedup_pipeline.core.grouping import KeepPolicy, NearDuplicateAction
+from imgdedup_pipeline.core.images import DEFAULT_MAX_PIXELS
+from imgdedup_pipeline.core.inference_runtimes import DEFAULT_RUNTIME, Runtime, resolve_runtime
+from imgdedup_pipeline.core.scoring import Thresholds
+from imgdedup_pipeline.core.search.choose import INDEX_MIN_CONTENTS, SearchEngineSetting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "IMGDEDUP_"
@@ -48,6 +56,8 @@ EXECUTORS: tuple[Executor, ...] = get_args(Executor)
 
 _CRON_PATTERN = re.compile(r"[\w*/,-]+(\s+[\w*/,-]+){4}")
 _DEVICE_PATTERN = re.compile(r"(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)")
+# s3://bucket[/prefix]: bucket names as S3 allows them (3-63 lower-case letters, digits, dots, hyphens).
+_OBJECT_STORAGE_PATTERN = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?")
 
 
 class SettingsError(ValueError):
@@ -70,6 +80,12 @@ def _device_name(device: str) -> str:
     return device
 
 
+def _object_storage_uri(uri: str) -> str:
+    if not _OBJECT_STORAGE_PATTERN.fullmatch(uri):
+        raise ValueError(f"shared storage {uri!r} is not an object-storage URI such as s3://bucket/prefix")
+    return uri.rstrip("/")
+
+
 def _cron(expression: str) -> str:
     if not _CRON_PATTERN.fullmatch(expression.strip()):
         raise ValueError(f"dedup_schedule_cron {expression!r} is not a 5-field cron string such as '0 2 * * *'")
@@ -83,6 +99,7 @@ Embedder = EmbedderBackend
 NeighborSearch = SearchEngineSetting
 Device = Annotated[str, AfterValidator(_device_name)]
 CronString = Annotated[str, AfterValidator(_cron)]
+ObjectStorageUri = Annotated[str, AfterValidator(_object_storage_uri)]
 
 
 def _cli(flag: str | None = None, metavar: str | None = None, required: bool = False, path: bool = False) -> dict:
@@ -103,7 +120,7 @@ class Settings:
 
     The environment variable of a field is `IMGDEDUP_<FIELD>` upper-case; the flag, where the
     command has one, is `--<field-with-dashes>` unless the field names another. `thresholds_file`,
-    `vector_store_uri` and `export_dir` are derived from `out_dir` / `lancedb_uri`.
+    `vector_store_uri` and `export_dir` are derived from `out_dir` / `lancedb_uri` / `shared_storage_uri`.
     """
 
     image_root: str = Field(
@@ -125,6 +142,14 @@ class Settings:
     pooling: Pooling = Field(
         "cls",
         description="token pooling of hf models: cls (first token of the last hidden state) or mean; its own model id",
+    )
+    offline_pooling: OfflinePooling = Field(
+        DEFAULT_OFFLINE_POOLING,
+        description=(
+            "pooling of the offline backbone's feature map: max-luma (global max beside a luminance histogram; "
+            "separates texture crops and flat images better) or avg (global average, the model id used before); "
+            "its own model id"
+        ),
     )
     lancedb_uri: str | None = Field(
         None, description="vector store URI (default OUT/state/lancedb)", json_schema_extra=_cli(metavar="URI")
@@ -230,6 +255,14 @@ class Settings:
     celery_backend_url: str | None = Field(
         None, json_schema_extra=_NO_FLAG, description="the Celery result backend for executor celery"
     )
+    shared_storage_uri: ObjectStorageUri | None = Field(
+        None,
+        json_schema_extra=_NO_FLAG,
+        description=(
+            "object storage (s3://bucket/prefix) that every worker shares: intermediate tables, embedding checkpoints, "
+            "exports and (without --lancedb-uri) the vector table; unset: all under --out (deploy/README.md)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -271,7 +304,11 @@ class Settings:
 
     @property
     def vector_store_uri(self) -> str:
-        return self.lancedb_uri or str(Path(self.out_dir) / "state" / "lancedb")
+        if self.lancedb_uri:
+            return self.lancedb_uri
+        if self.shared_storage_uri:
+            return f"{self.shared_storage_uri}/lancedb"
+        return str(Path(self.out_dir) / "state" / "lancedb")
 
     @property
     def export_dir(self) -> str:
@@ -280,7 +317,9 @@ class Settings:
 
     @property
     def thresholds_file(self) -> str:
-        """Where calibrated thresholds are stored, per model id."""
+        """Where calibrated thresholds are stored, per model id: shared by every worker that scores."""
+        if self.shared_storage_uri:
+            return f"{self.shared_storage_uri}/state/{THRESHOLDS_FILE}"
         return str(Path(self.out_dir) / "state" / THRESHOLDS_FILE)
 
     @property
@@ -305,10 +344,11 @@ class Settings:
         except ValueError as exc:
             problems.append(f"{exc} (--runtime / IMGDEDUP_RUNTIME)")
         problems.extend(self.executor_problems())
+        problems.extend(self.shared_storage_problems())
         if (device_problem := _device_problem(self.device)) is not None:
             problems.append(device_problem)
         if check_paths:
-            from core.output_folder import output_folder_problems
+            from imgdedup_pipeline.core.output_folder import output_folder_problems
 
             problems.extend(_unwritable(self.out_dir) or output_folder_problems(self.out_dir))
         return problems
@@ -323,6 +363,14 @@ class Settings:
             return ["executor celery needs dagster-celery: pip install 'imgdedup-pipeline[distributed]'"]
         if not self.celery_broker_url:
             return ["executor celery needs a broker: set IMGDEDUP_CELERY_BROKER_URL (deploy/README.md)"]
+        return []
+
+    def shared_storage_problems(self) -> list[str]:
+        """What keeps the configured shared storage from being used (empty = fine); connects nowhere."""
+        import importlib.util
+
+        if self.shared_storage_uri and importlib.util.find_spec("dagster_aws") is None:
+            return ["shared storage on S3 needs dagster-aws: pip install 'imgdedup-pipeline[distributed]'"]
         return []
 
     def model_problem(self) -> str | None:

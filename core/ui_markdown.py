@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from core.report import ReportGroup
-from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, LABEL_UNIQUE, Thresholds
+from imgdedup_pipeline.core.report import ReportGroup
+from imgdedup_pipeline.core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, LABEL_UNIQUE, Thresholds
 
 # Markdown's punctuation (and `:` `@`). Escapes do not stop the UI's autolinks (www.x.y, a@b.c in
 # plain text), so paths and other text from files go through `markdown_literal` instead.

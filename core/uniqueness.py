@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.catalog import path_per_content
-from core.grouping import keep_policy_order
-from core.rotated_copies import RotatedCopySignal
-from core.scoring import Thresholds, compute_uniqueness_scores
-from core.search.cache import SearchCache
-from core.search.contents import ContentVectors, find_content_neighbors
-from core.search.signals import HashSignal
+from imgdedup_pipeline.core.catalog import path_per_content
+from imgdedup_pipeline.core.grouping import keep_policy_order
+from imgdedup_pipeline.core.rotated_copies import RotatedCopySignal
+from imgdedup_pipeline.core.scoring import Thresholds, compute_uniqueness_scores
+from imgdedup_pipeline.core.search.cache import SearchCache
+from imgdedup_pipeline.core.search.contents import ContentVectors, find_content_neighbors
+from imgdedup_pipeline.core.search.signals import HashSignal
 
 # Columns the scores carry so that grouping (`collect_duplicates`) uses this run's one ranking
 # and one reading of the review file, not a second one that an edit mid-run could make differ.

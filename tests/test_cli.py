@@ -16,7 +16,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def imgdedup(*args, dagster_home: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
     return subprocess.run(
-        [sys.executable, "-m", "cli", *map(str, args)],
+        [sys.executable, "-m", "imgdedup_pipeline.cli", *map(str, args)],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -107,7 +107,7 @@ def test_missing_image_root_fails_fast(tmp_path):
 
 
 def test_precision_flag_is_parsed_into_the_settings(tmp_path):
-    from cli import build_parser, settings_from_args
+    from imgdedup_pipeline.cli import build_parser, settings_from_args
 
     parser = build_parser()
     run = parser.parse_args(["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--precision", "bf16"])
@@ -123,9 +123,9 @@ def test_precision_flag_is_parsed_into_the_settings(tmp_path):
 
 
 def test_neighbor_search_flag_and_environment_reach_the_policy(tmp_path, monkeypatch):
-    from cli import build_parser, settings_from_args
-    from core.settings import Settings, SettingsError
-    from definitions import resources_for
+    from imgdedup_pipeline.cli import build_parser, settings_from_args
+    from imgdedup_pipeline.core.settings import Settings, SettingsError
+    from imgdedup_pipeline.definitions import resources_for
 
     parser = build_parser()
     run = parser.parse_args(
@@ -239,7 +239,7 @@ def test_configuration_errors_exit_2_in_one_line_before_any_work(case, garbage_m
     env = {key: value for key, value in os.environ.items() if not key.startswith("IMGDEDUP_")}
     env.update(environment, DAGSTER_HOME=str(home))
     completed = subprocess.run(
-        [sys.executable, "-m", "cli", "run", "--images", str(images), "--out", str(out), *extra],
+        [sys.executable, "-m", "imgdedup_pipeline.cli", "run", "--images", str(images), "--out", str(out), *extra],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -262,7 +262,7 @@ def test_similar_refuses_a_k_below_one(cli_run):
 IMPORT_PROBE = """
 import atexit, sys
 atexit.register(lambda: print("imported:", *sorted(m for m in ("torch", "transformers", "openvino", "onnxruntime", "timm", "matplotlib") if m in sys.modules)))
-from cli import main
+from imgdedup_pipeline.cli import main
 sys.exit(main())
 """
 
@@ -310,9 +310,27 @@ def test_main_gives_an_in_process_caller_its_collector_settings_back(tmp_path):
     in the same process (tests, a notebook) gets its own thresholds back, also after an error."""
     import gc
 
-    import cli
+    from imgdedup_pipeline import cli
 
     before = gc.get_threshold()
     assert cli.main(["similar", "photo.png", "--k", "0", "--out", str(tmp_path)]) == cli.EXIT_CONFIG
     assert cli.main(["similar", "photo.png", "--out", str(tmp_path)]) == cli.EXIT_CONFIG
     assert gc.get_threshold() == before
+
+
+def test_a_shared_storage_that_is_not_object_storage_fails_fast_with_exit_2(tmp_path, monkeypatch):
+    (tmp_path / "images").mkdir()
+    monkeypatch.setenv("IMGDEDUP_SHARED_STORAGE_URI", "/mnt/nfs/imgdedup")
+    completed = imgdedup(
+        "run",
+        "--images",
+        tmp_path / "images",
+        "--out",
+        tmp_path / "out",
+        "--embedder",
+        "offline",
+        dagster_home=tmp_path,
+    )
+    assert completed.returncode == 2
+    assert "shared storage '/mnt/nfs/imgdedup' is not an object-storage URI" in completed.stderr
+    assert not (tmp_path / "out").exists()

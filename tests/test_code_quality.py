@@ -37,3 +37,24 @@ def test_code_is_formatted():
 def test_mypy_finds_nothing():
     done = run(tool("mypy"), "--cache-dir", "/dev/null")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_package_folder_is_installed_under_one_import_name():
+    """pyproject lists the packages by hand (the repository root is the package `imgdedup_pipeline`):
+    a new folder left out would import in the checkout but be missing from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {
+        "imgdedup_pipeline." + ".".join(init.parent.relative_to(PROJECT_ROOT).parts)
+        for top in ("assets", "automation", "checks", "core", "resources")
+        for init in (PROJECT_ROOT / top).rglob("__init__.py")
+    }
+    assert listed == folders | {"imgdedup_pipeline"}
+
+
+def test_the_installed_package_is_this_checkout():
+    from imgdedup_pipeline import cli, definitions
+
+    assert Path(cli.__file__).resolve() == PROJECT_ROOT / "cli.py"
+    assert Path(definitions.__file__).resolve() == PROJECT_ROOT / "definitions.py"

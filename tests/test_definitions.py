@@ -3,8 +3,8 @@
 
 import dagster as dg
 
-import definitions
-from definitions import CALIBRATION_JOB, DEDUP_JOB
+from imgdedup_pipeline import definitions
+from imgdedup_pipeline.definitions import CALIBRATION_JOB, DEDUP_JOB
 
 DEDUP_ASSETS = {
     "raw_images",
@@ -44,3 +44,17 @@ def test_every_check_blocks_what_depends_on_its_asset():
 def test_every_job_resolves():
     for name in (DEDUP_JOB, CALIBRATION_JOB):
         assert definitions.defs.resolve_job_def(name).name == name
+
+
+def test_the_io_manager_is_the_local_folder_unless_shared_storage_is_set(tmp_path):
+    from dagster_aws.s3 import S3PickleIOManager
+
+    from imgdedup_pipeline.core.settings import Settings
+
+    local = definitions.io_manager_for(Settings(out_dir=str(tmp_path)))
+    assert isinstance(local, dg.FilesystemIOManager) and local.base_dir == str(tmp_path / "state" / "assets")
+    shared = definitions.io_manager_for(Settings(out_dir=str(tmp_path), shared_storage_uri="s3://team-bucket/imgdedup"))
+    assert isinstance(shared, S3PickleIOManager)
+    assert (shared.s3_bucket, shared.s3_prefix) == ("team-bucket", "imgdedup/state/assets")
+    at_bucket_root = definitions.io_manager_for(Settings(out_dir=str(tmp_path), shared_storage_uri="s3://team-bucket"))
+    assert at_bucket_root.s3_prefix == "state/assets"

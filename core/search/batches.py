@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from core.search.result import l2_normalize
+from imgdedup_pipeline.core.search.result import l2_normalize
 
 
 def read_batches(

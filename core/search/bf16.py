@@ -11,9 +11,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from core.distances import cosine_distance, nearest_first
-from core.search.exact_cosine import finish_pairs, search_rows_fp32
-from core.search.result import NeighborSearch
+from imgdedup_pipeline.core.distances import cosine_distance, nearest_first
+from imgdedup_pipeline.core.search.exact_cosine import finish_pairs, search_rows_fp32
+from imgdedup_pipeline.core.search.result import NeighborSearch
 
 # bf16 candidate search (see `search_neighbors_bf16`): candidates kept per row beyond k, entries
 # per group of the group-max prefilter, and the size below which the float32 path is used.

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.atomic_write import write_atomically
-from core.disposable_cache import read_or_discard
-from core.distances import nearest_first, nearest_first_order
-from core.search.protocol import NeighborEngine
-from core.search.result import NeighborSearch
+from imgdedup_pipeline.core.atomic_write import write_atomically
+from imgdedup_pipeline.core.disposable_cache import read_or_discard
+from imgdedup_pipeline.core.distances import nearest_first, nearest_first_order
+from imgdedup_pipeline.core.search.protocol import NeighborEngine
+from imgdedup_pipeline.core.search.result import NeighborSearch
 
 logger = logging.getLogger(__name__)
 

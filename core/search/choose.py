@@ -16,10 +16,10 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from core.search.bf16 import BF16_MIN_ROWS, bf16_matmul_is_fast
-from core.search.engines import ExactCosine, ExactHamming, IndexedCosine, IndexedHamming
-from core.search.mih_plan import plan_substrings
-from core.search.protocol import NeighborEngine
+from imgdedup_pipeline.core.search.bf16 import BF16_MIN_ROWS, bf16_matmul_is_fast
+from imgdedup_pipeline.core.search.engines import ExactCosine, ExactHamming, IndexedCosine, IndexedHamming
+from imgdedup_pipeline.core.search.mih_plan import plan_substrings
+from imgdedup_pipeline.core.search.protocol import NeighborEngine
 
 SearchEngineSetting = Literal["auto", "exact", "index"]
 SEARCH_ENGINES: tuple[SearchEngineSetting, ...] = get_args(SearchEngineSetting)
@@ -85,6 +85,7 @@ def choose_engine(
     if engine == "exact":
         return EngineChoice(ExactCosine(precision=exact_precision(rows)), reason, "exact")
     if rows < MIN_INDEX_ROWS:  # the index setting's answer below this size is the exact one
+        reason = f"{reason}; {rows} contents < {MIN_INDEX_ROWS}: searched exactly (no index to train)"
         return EngineChoice(ExactCosine(precision=exact_precision(rows)), reason, "index")
     return EngineChoice(IndexedCosine(), reason, "index")
 

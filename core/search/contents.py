@@ -17,13 +17,13 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from core.images import informative_phashes
-from core.rotated_copies import RotatedCopySignal
-from core.rotated_copies import vouched_distances_from as turned_vouched_distances_from
-from core.search.cache import SearchCache, SearchUpdate
-from core.search.choose import choose_engine
-from core.search.result import l2_normalize, merge_searches, nearest_outside_group
-from core.search.signals import NEIGHBORS_PER_ROW, HashSignal
+from imgdedup_pipeline.core.images import informative_phashes
+from imgdedup_pipeline.core.rotated_copies import RotatedCopySignal
+from imgdedup_pipeline.core.rotated_copies import vouched_distances_from as turned_vouched_distances_from
+from imgdedup_pipeline.core.search.cache import SearchCache, SearchUpdate
+from imgdedup_pipeline.core.search.choose import choose_engine
+from imgdedup_pipeline.core.search.result import l2_normalize, merge_searches, nearest_outside_group
+from imgdedup_pipeline.core.search.signals import NEIGHBORS_PER_ROW, HashSignal
 
 IDENTICAL_COSINE_DISTANCE = 1e-5  # below this, two vectors are float noise of the same content
 

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.distances import invariant_hamming
-from core.search.exact_cosine import (
+from imgdedup_pipeline.core.distances import invariant_hamming
+from imgdedup_pipeline.core.search.exact_cosine import (
     DEFAULT_CHUNK_ROWS,
     MAX_BLOCK_CELLS,
     cosine_distances_from,
     cosine_pair_distances,
     search_neighbors_fp32,
 )
-from core.search.exact_hamming import as_hash_matrix, hamming_distances_of_rows, search_hash_neighbors
-from core.search.result import NeighborSearch
+from imgdedup_pipeline.core.search.exact_hamming import as_hash_matrix, hamming_distances_of_rows, search_hash_neighbors
+from imgdedup_pipeline.core.search.result import NeighborSearch
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -61,7 +61,7 @@ def search_neighbors(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if precision == "bf16":
-        from core.search.bf16 import BF16_GROUP, BF16_MARGIN, search_neighbors_bf16
+        from imgdedup_pipeline.core.search.bf16 import BF16_GROUP, BF16_MARGIN, search_neighbors_bf16
 
         options = {"margin": BF16_MARGIN, "group": BF16_GROUP, **bf16_options}
         return search_neighbors_bf16(vectors, k, radius, chunk_rows, options["margin"], options["group"], block_cells)
@@ -113,7 +113,7 @@ class IndexedCosine(_CosineRows):
     neighbour, every distance exact. Needs faiss-cpu."""
 
     def search(self, k: int, radius: float) -> NeighborSearch:
-        from core.search.ivf import search_neighbors_ivf
+        from imgdedup_pipeline.core.search.ivf import search_neighbors_ivf
 
         return search_neighbors_ivf(self._built(), k=k, radius=radius)
 
@@ -157,6 +157,6 @@ class IndexedHamming(_HammingRows):
     workers: int | None = None
 
     def search(self, k: int, radius: float) -> NeighborSearch:
-        from core.search.mih import search_hash_neighbors_within
+        from imgdedup_pipeline.core.search.mih import search_hash_neighbors_within
 
         return search_hash_neighbors_within(self._built(), k, radius, plan=self.plan, workers=self.workers)

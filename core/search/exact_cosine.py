@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.distances import cosine_distance, nearest_first
-from core.search.result import NeighborSearch
+from imgdedup_pipeline.core.distances import cosine_distance, nearest_first
+from imgdedup_pipeline.core.search.result import NeighborSearch
 
 DEFAULT_CHUNK_ROWS = 2048
 MAX_BLOCK_CELLS = 1 << 26

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.distances import invariant_hamming_matrix, nearest_first
-from core.search.result import NeighborSearch
+from imgdedup_pipeline.core.distances import invariant_hamming_matrix, nearest_first
+from imgdedup_pipeline.core.search.result import NeighborSearch
 
 HASH_BITS = 64
 

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.distances import cosine_distance
-from core.search.batches import read_batches, release_free_heap
-from core.search.result import NeighborSearch
+from imgdedup_pipeline.core.distances import cosine_distance
+from imgdedup_pipeline.core.search.batches import read_batches, release_free_heap
+from imgdedup_pipeline.core.search.result import NeighborSearch
 
 # Rows searched and re-ranked at once: faiss' fast scan builds a lookup table per query
 # (D / 4 x 16 floats: 12 KiB at D = 768), so 4,096 queries hold ~50 MiB of tables.

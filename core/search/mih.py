@@ -48,10 +48,10 @@ from itertools import combinations
 
 import numpy as np
 
-from core.distances import identity_to_variant_bits
-from core.search.exact_hamming import HASH_BITS, as_hash_matrix, search_hash_pairs, topk_from_pairs
-from core.search.mih_plan import Substring, check_plan, plan_substrings
-from core.search.result import NeighborSearch
+from imgdedup_pipeline.core.distances import identity_to_variant_bits
+from imgdedup_pipeline.core.search.exact_hamming import HASH_BITS, as_hash_matrix, search_hash_pairs, topk_from_pairs
+from imgdedup_pipeline.core.search.mih_plan import Substring, check_plan, plan_substrings
+from imgdedup_pipeline.core.search.result import NeighborSearch
 
 MAX_ROWS = 300_000_000  # `topk_from_pairs` packs (row, bits, row) into one int64: 65 M^2 < 2^63
 # Probe blocks: a block of queries spans about one L2-sized slice of a table, a block of probes

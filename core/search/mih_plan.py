@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from core.search.exact_hamming import HASH_BITS
+from imgdedup_pipeline.core.search.exact_hamming import HASH_BITS
 
 MAX_SUBSTRING_BITS = 24  # a table has 2**bits buckets (bucket starts: 4 bytes each)
 MIN_SUBSTRING_BITS = 4

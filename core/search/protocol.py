@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from core.search.result import NeighborSearch
+from imgdedup_pipeline.core.search.result import NeighborSearch
 
 
 @runtime_checkable

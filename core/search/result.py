@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core.distances import nearest_first
+from imgdedup_pipeline.core.distances import nearest_first
 
 # Rows whose top-k lists `merge_searches` merges, or `nearest_outside_group` reads, at once.
 MERGE_BLOCK_ROWS = 65_536

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.images import DIHEDRAL_TRANSPOSES, informative_phashes
-from core.search.batches import release_free_heap
-from core.search.cache import SearchUpdate
-from core.search.choose import EngineChoice, choose_engine
-from core.search.engines import IndexedHamming
-from core.search.exact_hamming import hamming_distances_from, topk_from_pairs
-from core.search.result import NeighborSearch, scaled
+from imgdedup_pipeline.core.images import DIHEDRAL_TRANSPOSES, informative_phashes
+from imgdedup_pipeline.core.search.batches import release_free_heap
+from imgdedup_pipeline.core.search.cache import SearchUpdate
+from imgdedup_pipeline.core.search.choose import EngineChoice, choose_engine
+from imgdedup_pipeline.core.search.engines import IndexedHamming
+from imgdedup_pipeline.core.search.exact_hamming import hamming_distances_from, topk_from_pairs
+from imgdedup_pipeline.core.search.result import NeighborSearch, scaled
 
 NEIGHBORS_PER_ROW = 16
 

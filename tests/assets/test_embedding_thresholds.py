@@ -15,10 +15,17 @@ import pytest
 from PIL import Image
 from synthetic_images import sample_photo
 
-from core.calibration import write_calibration
-from core.settings import Settings
-from definitions import ALL_ASSETS, CALIBRATION_JOB, DEDUP_JOB, build_definitions, model_id_for, resources_for
-from resources.policy import SOURCE_CALIBRATED, SOURCE_DEFAULT, SOURCE_PINNED, DedupPolicyResource
+from imgdedup_pipeline.core.calibration import write_calibration
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import (
+    ALL_ASSETS,
+    CALIBRATION_JOB,
+    DEDUP_JOB,
+    build_definitions,
+    model_id_for,
+    resources_for,
+)
+from imgdedup_pipeline.resources.policy import SOURCE_CALIBRATED, SOURCE_DEFAULT, SOURCE_PINNED, DedupPolicyResource
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins")
@@ -170,7 +177,7 @@ def test_cli_calibrate_prints_and_stores_the_threshold(photo_folder, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "cli",
+        "imgdedup_pipeline.cli",
         "calibrate",
         "--images",
         str(photo_folder),

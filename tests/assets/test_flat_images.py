@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.images import load_rgb, pixel_hash
-from core.scoring import LABEL_DUPLICATE, LABEL_UNIQUE
-from core.settings import Settings
-from definitions import DEDUP_JOB, build_definitions
+from imgdedup_pipeline.core.images import load_rgb, pixel_hash
+from imgdedup_pipeline.core.scoring import LABEL_DUPLICATE, LABEL_UNIQUE
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions
 
 FLOAT32_TOLERANCE = 1e-6
 SOLID_COLOURS = {

@@ -8,9 +8,9 @@ import dagster as dg
 import pandas as pd
 from synthetic_images import sample_photo
 
-from core.settings import Settings
-from definitions import ALL_ASSETS, resources_for
-from resources.image_store import ImageStoreResource
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import ALL_ASSETS, resources_for
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
 
 ORIGINAL, COPY = "photos/coffee.png", "copies/coffee_copy.png"
 

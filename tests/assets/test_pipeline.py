@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.settings import Settings
-from definitions import ALL_ASSETS, DEDUP_JOB, build_definitions, model_id_for, resources_for
-from resources.lancedb import LanceDBResource
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import ALL_ASSETS, DEDUP_JOB, build_definitions, model_id_for, resources_for
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
 IDEALO = "idealo-imagededup"
 

@@ -16,13 +16,19 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from assets.raw_images import discover_raw_images
-from core.checkpoints import EmbeddingCheckpoint
-from core.sample import build_sample_set
-from core.settings import ENV_PREFIX, Settings
-from core.sharding import SHARD_KEYS, in_shard, shard_of
-from definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, build_definitions, model_id_for, resources_for
-from resources.lancedb import LanceDBResource, table_name_for
+from imgdedup_pipeline.assets.raw_images import discover_raw_images
+from imgdedup_pipeline.core.checkpoints import EmbeddingCheckpoint
+from imgdedup_pipeline.core.sample import build_sample_set
+from imgdedup_pipeline.core.settings import ENV_PREFIX, Settings
+from imgdedup_pipeline.core.sharding import SHARD_KEYS, in_shard, shard_of
+from imgdedup_pipeline.definitions import (
+    DEDUP_JOB,
+    SHARDED_EMBEDDING_JOB,
+    build_definitions,
+    model_id_for,
+    resources_for,
+)
+from imgdedup_pipeline.resources.lancedb import LanceDBResource, table_name_for
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARD_PROCESS_TIMEOUT_S = 300

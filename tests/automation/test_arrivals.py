@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from automation.maintenance import vector_table_maintenance
-from core.sample import build_sample_set
-from core.settings import Settings
-from definitions import DEDUP_JOB, build_definitions
-from resources.image_store import ImageStoreResource
-from resources.lancedb import LanceDBResource
+from imgdedup_pipeline.automation.maintenance import vector_table_maintenance
+from imgdedup_pipeline.core.sample import build_sample_set
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
 
 def sensor_for(settings: Settings):
@@ -75,7 +75,7 @@ def _comparable(out_dir):
 def test_incremental_runs_equal_a_full_run(tmp_path, seed, monkeypatch):
     # Batches here are a third of a small set: let the neighbour search update incrementally
     # however many rows changed, so that path is the one compared with the full run.
-    monkeypatch.setattr("core.search.cache.MAX_CHANGED_FRACTION", 1.0)
+    monkeypatch.setattr("imgdedup_pipeline.core.search.cache.MAX_CHANGED_FRACTION", 1.0)
     SEARCH_MODES.clear()
     pool = build_sample_set(tmp_path / "pool")
     files = sorted(p for p in pool["files"] if p not in pool["corrupt"])

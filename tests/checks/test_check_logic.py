@@ -5,13 +5,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets.training_manifest import SPLIT_TRAIN, SPLIT_VALIDATION, assign_splits
-from checks.clean_dataset import clean_dataset_duplicate_fraction, clean_dataset_no_duplicate_pairs
-from checks.gx import check_result_from_outcomes, gx_expectations, validate_table
-from checks.invariants import collection_placements, identical_group_zero_counts, nearest_kept_contents, removal_flags
-from checks.uniqueness_scores import uniqueness_scores_identical_group_zeros
-from resources.lancedb import LanceDBResource
-from resources.policy import DedupPolicyResource
+from imgdedup_pipeline.assets.training_manifest import SPLIT_TRAIN, SPLIT_VALIDATION, assign_splits
+from imgdedup_pipeline.checks.clean_dataset import clean_dataset_duplicate_fraction, clean_dataset_no_duplicate_pairs
+from imgdedup_pipeline.checks.gx import check_result_from_outcomes, gx_expectations, validate_table
+from imgdedup_pipeline.checks.invariants import (
+    collection_placements,
+    identical_group_zero_counts,
+    nearest_kept_contents,
+    removal_flags,
+)
+from imgdedup_pipeline.checks.uniqueness_scores import uniqueness_scores_identical_group_zeros
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.policy import DedupPolicyResource
 
 
 def scores_table(rows: list[tuple[str, str, float]]) -> pd.DataFrame:

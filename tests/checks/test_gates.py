@@ -19,13 +19,13 @@ import pytest
 from PIL import Image
 from synthetic_images import sample_photo
 
-import cli
-from assets.training_manifest import SPLIT_VALIDATION, split_position
-from checks import all_checks
-from core.embedders import OFFLINE_MODEL_ID
-from core.settings import Settings
-from definitions import ALL_ASSETS, DEDUP_JOB, build_definitions, resources_for
-from resources.lancedb import LanceDBResource
+from imgdedup_pipeline import cli
+from imgdedup_pipeline.assets.training_manifest import SPLIT_VALIDATION, split_position
+from imgdedup_pipeline.checks import all_checks
+from imgdedup_pipeline.core.embedders import OFFLINE_MODEL_ID
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import ALL_ASSETS, DEDUP_JOB, build_definitions, resources_for
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "camera", "coins")
 ALL_CHECK_NAMES = {

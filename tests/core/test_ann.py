@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.search.batches import lancedb_batches, read_batches
-from core.search.choose import MIN_INDEX_ROWS, choose_engine
-from core.search.engines import ExactCosine, search_neighbors
-from core.search.ivf import IndexedSearch, IvfParameters, faiss_module, search_neighbors_ivf
+from imgdedup_pipeline.core.search.batches import lancedb_batches, read_batches
+from imgdedup_pipeline.core.search.choose import MIN_INDEX_ROWS, choose_engine
+from imgdedup_pipeline.core.search.engines import ExactCosine, search_neighbors
+from imgdedup_pipeline.core.search.ivf import IndexedSearch, IvfParameters, faiss_module, search_neighbors_ivf
 
 ROWS = 8_000
 DIM = 128

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
-from core.calibration import (
+from imgdedup_pipeline.core.calibration import (
     EDIT_NAMES,
     CalibrationError,
     CalibrationPairs,
@@ -257,7 +257,7 @@ SKIMAGE_PHOTOS = (
 def test_offline_model_calibrates_to_a_sane_threshold():
     from skimage import data
 
-    from core.embedders import EfficientNetLite0Embedder
+    from imgdedup_pipeline.core.embedders import EfficientNetLite0Embedder
 
     photos = [Image.fromarray(getattr(data, name)()).convert("RGB") for name in SKIMAGE_PHOTOS]
     # The trap, for real: skimage's `cat` is `chelsea`, and a re-compressed chelsea is in the sample too.

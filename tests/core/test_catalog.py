@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from synthetic_images import write_noise_png
 
-import core.catalog
-from core.catalog import IMAGE_COLUMNS, REJECTED_COLUMNS, build_catalog
-from core.checkpoints import EmbeddingCheckpoint
-from core.images import describe_image, discover_image_files, image_id_for
+from imgdedup_pipeline.core import catalog
+from imgdedup_pipeline.core.catalog import IMAGE_COLUMNS, REJECTED_COLUMNS, build_catalog
+from imgdedup_pipeline.core.checkpoints import EmbeddingCheckpoint
+from imgdedup_pipeline.core.images import describe_image, discover_image_files, image_id_for
 
 
 @pytest.fixture
@@ -102,13 +102,13 @@ def test_progress_reports_every_decoded_file(image_root):
 def counted_describe(monkeypatch):
     """Counts the files build_catalog decodes, by path name."""
     decoded: list[str] = []
-    real = core.catalog.describe_image
+    real = catalog.describe_image
 
     def counting(path, max_pixels, **kwargs):
         decoded.append(Path(path).name)
         return real(path, max_pixels, **kwargs)
 
-    monkeypatch.setattr(core.catalog, "describe_image", counting)
+    monkeypatch.setattr(catalog, "describe_image", counting)
     return decoded
 
 
@@ -239,8 +239,8 @@ def record(event, args):
     if event == "import" and args[0] not in sys.modules:
         first_import_thread.setdefault(args[0], threading.current_thread().name)
 sys.addaudithook(record)
-from core.catalog import build_catalog
-from core.images import discover_image_files
+from imgdedup_pipeline.core.catalog import build_catalog
+from imgdedup_pipeline.core.images import discover_image_files
 root = sys.argv[1]
 images, rejected = build_catalog(root, discover_image_files(root), workers=4)
 assert len(images) == 5, images

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.disposable_cache import inputs_digest, read_or_discard, result_for_inputs
+from imgdedup_pipeline.core.disposable_cache import inputs_digest, read_or_discard, result_for_inputs
 
 
 def test_a_readable_cache_is_returned(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.distances import (
+from imgdedup_pipeline.core.distances import (
     cosine_distance,
     identity_to_variant_bits,
     invariant_hamming,

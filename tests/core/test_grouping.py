@@ -12,12 +12,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.collections import INTERCHANGE_COLUMNS, accounting, clean_table, duplicates_table, interchange_table
-from core.grouping import assign_groups, keep_policy_order
-from core.images import image_id_for
-from core.overrides import find_review_file, read_review_file
-from core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, Thresholds, compute_uniqueness_scores
-from core.search.contents import find_content_neighbors
+from imgdedup_pipeline.core.collections import (
+    INTERCHANGE_COLUMNS,
+    accounting,
+    clean_table,
+    duplicates_table,
+    interchange_table,
+)
+from imgdedup_pipeline.core.grouping import assign_groups, keep_policy_order
+from imgdedup_pipeline.core.images import image_id_for
+from imgdedup_pipeline.core.overrides import find_review_file, read_review_file
+from imgdedup_pipeline.core.scoring import LABEL_DUPLICATE, LABEL_NEAR_DUPLICATE, Thresholds, compute_uniqueness_scores
+from imgdedup_pipeline.core.search.contents import find_content_neighbors
 
 
 def angle_for_distance(distance: float) -> float:

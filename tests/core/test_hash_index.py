@@ -4,11 +4,15 @@ nearest rows within the radius (ties by index), on data built to hit every way a
 import numpy as np
 import pytest
 
-import core.search.mih as hash_index
-from core.search.engines import IndexedHamming
-from core.search.exact_hamming import hamming_distances_of_rows, search_hash_neighbors, search_hash_pairs
-from core.search.mih_plan import Substring, plan_substrings
-from core.search.signals import hash_pairs_within
+import imgdedup_pipeline.core.search.mih as hash_index
+from imgdedup_pipeline.core.search.engines import IndexedHamming
+from imgdedup_pipeline.core.search.exact_hamming import (
+    hamming_distances_of_rows,
+    search_hash_neighbors,
+    search_hash_pairs,
+)
+from imgdedup_pipeline.core.search.mih_plan import Substring, plan_substrings
+from imgdedup_pipeline.core.search.signals import hash_pairs_within
 
 
 def search_within(hashes: np.ndarray, k: int, radius: float, method: str = "auto", **options):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from core.search.exact_hamming import hamming_distances_from, search_hash_neighbors
+from imgdedup_pipeline.core.search.exact_hamming import hamming_distances_from, search_hash_neighbors
 
 
 def definition(hashes: np.ndarray, i: int, j: int) -> int:

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.grouping import keep_policy_order
-from core.images import (
+from imgdedup_pipeline.core.grouping import keep_policy_order
+from imgdedup_pipeline.core.images import (
     DEFAULT_MAX_PIXELS,
     DIHEDRAL_TRANSPOSES,
     DiscoveredFile,
@@ -629,7 +629,7 @@ def test_empty_root_finds_nothing(tmp_path):
 
 
 def test_verified_load_refuses_bytes_that_are_not_the_catalogued_ones(tmp_path):
-    from core.images import FileChangedError, file_sha256, load_verified_rgb
+    from imgdedup_pipeline.core.images import FileChangedError, file_sha256, load_verified_rgb
 
     path = tmp_path / "a.png"
     Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
@@ -641,7 +641,7 @@ def test_verified_load_refuses_bytes_that_are_not_the_catalogued_ones(tmp_path):
 
 
 def test_withdrawn_contents_move_every_file_of_the_content_to_rejected():
-    from core.collections import withdraw_changed_contents
+    from imgdedup_pipeline.core.collections import withdraw_changed_contents
 
     images = pd.DataFrame(
         {
@@ -690,7 +690,13 @@ def test_importing_the_image_module_leaves_pillows_limits_alone():
 def test_describe_image_trims_once_and_agrees_with_each_measure_computed_alone(bench_data, tmp_path, letterboxed):
     """The catalog computes the content box once for the content-pixel count and the pHashes;
     both equal what each function computes by itself, with and without borders to trim."""
-    from core.images import content_box, content_pixel_count, describe_image, dihedral_phashes, load_rgb
+    from imgdedup_pipeline.core.images import (
+        content_box,
+        content_pixel_count,
+        describe_image,
+        dihedral_phashes,
+        load_rgb,
+    )
 
     photo = Image.open(
         sorted((bench_data / "idealo-imagededup" / "tests" / "data" / "base_images").glob("*.jpg"))[0]

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from core.search.cache import KeyedSearch, SearchCache, update_search
-from core.search.contents import find_content_neighbors
-from core.search.engines import ExactCosine, ExactHamming, search_neighbors
-from core.search.exact_hamming import search_hash_neighbors
-from core.search.result import l2_normalize
-from core.search.signals import HashSignal
+from imgdedup_pipeline.core.search.cache import KeyedSearch, SearchCache, update_search
+from imgdedup_pipeline.core.search.contents import find_content_neighbors
+from imgdedup_pipeline.core.search.engines import ExactCosine, ExactHamming, search_neighbors
+from imgdedup_pipeline.core.search.exact_hamming import search_hash_neighbors
+from imgdedup_pipeline.core.search.result import l2_normalize
+from imgdedup_pipeline.core.search.signals import HashSignal
 
 K = 4
 RADIUS = 0.1

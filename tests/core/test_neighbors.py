@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-import core.search.bf16 as bf16
-from core.search.bf16 import BF16_UNIT_ROUNDOFF, bf16_error_bound
-from core.search.choose import choose_engine
-from core.search.engines import search_neighbors
-from core.search.result import l2_normalize
+import imgdedup_pipeline.core.search.bf16 as bf16
+from imgdedup_pipeline.core.search.bf16 import BF16_UNIT_ROUNDOFF, bf16_error_bound
+from imgdedup_pipeline.core.search.choose import choose_engine
+from imgdedup_pipeline.core.search.engines import search_neighbors
+from imgdedup_pipeline.core.search.result import l2_normalize
 
 K = 16
 RADIUS = 0.1

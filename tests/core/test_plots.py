@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.plots import HISTOGRAM_LOG_FLOOR, histogram_bin_edges, uniqueness_histogram_png
-from core.scoring import Thresholds
+from imgdedup_pipeline.core.plots import HISTOGRAM_LOG_FLOOR, histogram_bin_edges, uniqueness_histogram_png
+from imgdedup_pipeline.core.scoring import Thresholds
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.progress import format_duration, progress_message, should_report
+from imgdedup_pipeline.core.progress import format_duration, progress_message, should_report
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.atomic_write import write_atomically
-from core.export_set import (
+from imgdedup_pipeline.core.atomic_write import write_atomically
+from imgdedup_pipeline.core.export_set import (
     SET_FILES,
     add_to_published_set,
     current_folder,

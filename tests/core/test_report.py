@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.report import (
+from imgdedup_pipeline.core.report import (
     DECISION_KEEP,
     DECISION_REMOVE,
     DECISION_REVIEW,
@@ -18,7 +18,7 @@ from core.report import (
     report_groups,
     thumbnail_jpeg,
 )
-from core.scoring import Thresholds
+from imgdedup_pipeline.core.scoring import Thresholds
 
 
 def interchange_rows(rows):
@@ -143,7 +143,7 @@ def test_no_groups_gives_a_page_that_says_so():
 
 
 def test_max_members_caps_a_group_and_says_how_many_more():
-    from core.report import ReportGroup, ReportImage
+    from imgdedup_pipeline.core.report import ReportGroup, ReportImage
 
     members = [
         ReportImage(f"copy{i:04d}.png", 8, 8, 100, 0.0, "duplicate", i == 0, "keep" if i == 0 else "remove", "copy")

@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from core.report_server import report_url, serve_reports
+from imgdedup_pipeline.core.report_server import report_url, serve_reports
 
 
 @pytest.fixture()

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from core.rotated_copies import (
+from imgdedup_pipeline.core.rotated_copies import (
     INLIER_FRACTION_CUTOFF,
     MIN_INLIERS,
     RotatedCopySignal,
@@ -15,8 +15,8 @@ from core.rotated_copies import (
     turned_black_corners_degrees,
     vouches_for,
 )
-from core.search.contents import find_content_neighbors
-from core.search.engines import search_neighbors
+from imgdedup_pipeline.core.search.contents import find_content_neighbors
+from imgdedup_pipeline.core.search.engines import search_neighbors
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_contents_within_the_radius_or_far_beyond_it_are_never_decoded(photo):
 def test_a_turned_copy_counts_fewer_content_pixels_than_its_original(photo):
     """The keep policy ranks by content pixels: the black corners are not content, so the original
     is kept over its turned copy (which has the same width and height)."""
-    from core.images import content_pixel_count
+    from imgdedup_pipeline.core.images import content_pixel_count
 
     copy = turned(photo, 30.0)
     assert content_pixel_count(photo) == photo.width * photo.height

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from core.sample import build_sample_set
+from imgdedup_pipeline.core.sample import build_sample_set
 
 
 @pytest.fixture(scope="module")

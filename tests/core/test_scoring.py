@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.grouping import assign_groups, keep_policy_order
-from core.images import image_id_for
-from core.scoring import (
+from imgdedup_pipeline.core.grouping import assign_groups, keep_policy_order
+from imgdedup_pipeline.core.images import image_id_for
+from imgdedup_pipeline.core.scoring import (
     LABEL_DUPLICATE,
     LABEL_NEAR_DUPLICATE,
     LABEL_UNIQUE,
@@ -24,10 +24,10 @@ from core.scoring import (
     compute_uniqueness_scores,
     label_for,
 )
-from core.search.contents import IDENTICAL_COSINE_DISTANCE, find_content_neighbors
-from core.search.engines import search_neighbors
-from core.search.result import l2_normalize, nearest_outside_group
-from core.search.signals import NEIGHBORS_PER_ROW, HashSignal
+from imgdedup_pipeline.core.search.contents import IDENTICAL_COSINE_DISTANCE, find_content_neighbors
+from imgdedup_pipeline.core.search.engines import search_neighbors
+from imgdedup_pipeline.core.search.result import l2_normalize, nearest_outside_group
+from imgdedup_pipeline.core.search.signals import NEIGHBORS_PER_ROW, HashSignal
 
 FLOAT32_TOLERANCE = 1e-6  # embeddings are float32: distances carry ~1e-7 of rounding
 

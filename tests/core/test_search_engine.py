@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import core.search.choose as choose
-from core.search.cache import SearchCache
-from core.search.choose import INDEX_MIN_CONTENTS, MIN_INDEX_ROWS, choose_engine
-from core.search.contents import ContentVectors, find_content_neighbors
-from core.search.engines import ExactCosine, ExactHamming, IndexedCosine, IndexedHamming
-from core.search.ivf import faiss_module
-from core.search.protocol import NeighborEngine
-from core.search.signals import HashSignal
+import imgdedup_pipeline.core.search.choose as choose
+from imgdedup_pipeline.core.search.cache import SearchCache
+from imgdedup_pipeline.core.search.choose import INDEX_MIN_CONTENTS, MIN_INDEX_ROWS, choose_engine
+from imgdedup_pipeline.core.search.contents import ContentVectors, find_content_neighbors
+from imgdedup_pipeline.core.search.engines import ExactCosine, ExactHamming, IndexedCosine, IndexedHamming
+from imgdedup_pipeline.core.search.ivf import faiss_module
+from imgdedup_pipeline.core.search.protocol import NeighborEngine
+from imgdedup_pipeline.core.search.signals import HashSignal
 
 CONTENTS = 4_000  # above core.search.choose.MIN_INDEX_ROWS, so the index itself runs
 DIM = 64
@@ -61,6 +61,10 @@ def test_the_chooser_returns_an_engine_and_its_reason_for_each_signal_and_size()
     # still reported, and never cached, as the index setting.
     small = choose_engine("cosine", MIN_INDEX_ROWS - 1, "index", index_available=True)
     assert isinstance(small.engine, ExactCosine) and small.mode == "index"
+    assert (
+        small.reason
+        == f"configured; {MIN_INDEX_ROWS - 1} contents < {MIN_INDEX_ROWS}: searched exactly (no index to train)"
+    )
     assert isinstance(choose_engine("hamming", 4_000, radius_bits=10).engine, IndexedHamming)
     few = choose_engine("hamming", 60, radius_bits=10)
     assert isinstance(few.engine, ExactHamming) and few.mode == "full" and "10 bits of 60 contents" in few.reason

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import core.search.result as result_module
-from core.images import informative_phashes
-from core.search.result import NeighborSearch, merge_searches, nearest_outside_group, scaled
-from core.search.signals import HashSignal, hash_pairs_within
+import imgdedup_pipeline.core.search.result as result_module
+from imgdedup_pipeline.core.images import informative_phashes
+from imgdedup_pipeline.core.search.result import NeighborSearch, merge_searches, nearest_outside_group, scaled
+from imgdedup_pipeline.core.search.signals import HashSignal, hash_pairs_within
 
 
 def random_search(rows: int, k: int, seed: int) -> NeighborSearch:

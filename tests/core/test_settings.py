@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-import cli
-from core.settings import FIELDS, Settings, SettingsError, choices, cli_flag, env_var
-from definitions import model_id_for, resources_for
-from resources.embedding_model import EmbeddingModelResource
-from resources.image_store import ImageStoreResource
-from resources.output_store import OutputStoreResource
-from resources.policy import DedupPolicyResource
+from imgdedup_pipeline import cli
+from imgdedup_pipeline.core.settings import FIELDS, Settings, SettingsError, choices, cli_flag, env_var
+from imgdedup_pipeline.definitions import model_id_for, resources_for
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
+from imgdedup_pipeline.resources.policy import DedupPolicyResource
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -25,6 +25,7 @@ FLAGS = {
         "--out",
         "--embedder",
         "--model",
+        "--offline-pooling",
         "--lancedb-uri",
         "--duplicate-threshold",
         "--near-duplicate-threshold",
@@ -44,6 +45,7 @@ FLAGS = {
         "--out",
         "--embedder",
         "--model",
+        "--offline-pooling",
         "--sample",
         "--seed",
         "--target-precision",
@@ -63,6 +65,7 @@ LAUNCHPAD_KEYS = {
         "backend",
         "model",
         "pooling",
+        "offline_pooling",
         "device",
         "precision",
         "batch_size",
@@ -139,6 +142,7 @@ SAMPLE_TEXT = {
     "near_duplicate_threshold": "0.07",
     "model": "a/model",
     "duplicate_threshold": "0.001",
+    "shared_storage_uri": "s3://team-bucket/imgdedup",
 }
 
 
@@ -183,8 +187,12 @@ def test_every_setting_is_read_from_its_environment_variable(name):
             "unknown executor 'dask': use one of in_process, multiprocess, celery (IMGDEDUP_EXECUTOR)",
         ),
         ({"IMGDEDUP_DEVICE": "gpu"}, "unknown device 'gpu': use cpu, cuda, cuda:N or mps (--device / IMGDEDUP_DEVICE)"),
+        (
+            {"IMGDEDUP_SHARED_STORAGE_URI": "/mnt/nfs/imgdedup"},
+            "shared storage '/mnt/nfs/imgdedup' is not an object-storage URI such as s3://bucket/prefix (IMGDEDUP_SHARED_STORAGE_URI)",
+        ),
     ],
-    ids=["choice", "whole-number", "bounds", "choice-without-flag", "device"],
+    ids=["choice", "whole-number", "bounds", "choice-without-flag", "device", "shared-storage"],
 )
 def test_an_invalid_environment_variable_is_named_with_what_is_allowed(environment, message):
     with pytest.raises(SettingsError) as raised:
@@ -287,3 +295,34 @@ def test_pooling_is_a_setting_and_the_policy_fixes_no_model_id(tmp_path):
     # config (pooling, precision, model) needs no matching change of the policy's.
     assert resources["policy"].model_id is None
     assert Settings.from_env({"IMGDEDUP_POOLING": "mean"}).pooling == "mean"
+
+
+@pytest.mark.parametrize(
+    "uri", ["s3://", "s3://Upper_Case/x", "s3:/bucket", "gs://bucket/x", "s3://bucket/with space", "file:///tmp/x"]
+)
+def test_shared_storage_must_be_an_s3_uri(uri):
+    with pytest.raises(SettingsError, match="IMGDEDUP_SHARED_STORAGE_URI"):
+        Settings(shared_storage_uri=uri)
+
+
+def test_the_vector_table_follows_the_shared_storage_unless_lancedb_uri_names_another(tmp_path):
+    local = Settings(out_dir=str(tmp_path))
+    shared = local.with_overrides(shared_storage_uri="s3://team-bucket/imgdedup/")
+    assert local.vector_store_uri == str(tmp_path / "state" / "lancedb")
+    assert shared.shared_storage_uri == "s3://team-bucket/imgdedup"  # one spelling, no trailing slash
+    assert shared.vector_store_uri == "s3://team-bucket/imgdedup/lancedb"
+    assert shared.with_overrides(lancedb_uri="s3://vectors/t").vector_store_uri == "s3://vectors/t"
+    assert local.thresholds_file == str(tmp_path / "state" / "thresholds.json")
+    assert shared.thresholds_file == "s3://team-bucket/imgdedup/state/thresholds.json"  # every worker scores with it
+
+
+def test_offline_pooling_is_a_setting_with_its_own_model_id(tmp_path):
+    from imgdedup_pipeline.core.embedders import OFFLINE_BACKBONE_ID, OFFLINE_MODEL_ID
+
+    base = ["run", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--embedder", "offline"]
+    default = cli.settings_from_args(cli.build_parser().parse_args(base))
+    assert default.offline_pooling == "max-luma" and model_id_for(default) == OFFLINE_MODEL_ID
+    average = cli.settings_from_args(cli.build_parser().parse_args([*base, "--offline-pooling", "avg"]))
+    assert resources_for(average)["embedding_model"].offline_pooling == "avg"
+    assert model_id_for(average) == OFFLINE_BACKBONE_ID  # the id the offline vectors had before
+    assert Settings.from_env({"IMGDEDUP_OFFLINE_POOLING": "avg"}).offline_pooling == "avg"

@@ -2,9 +2,14 @@
 
 import pytest
 
-from core.report import ReportGroup, ReportImage
-from core.scoring import Thresholds
-from core.ui_markdown import duplicate_groups_markdown, label_histogram_markdown, markdown_literal, markdown_text
+from imgdedup_pipeline.core.report import ReportGroup, ReportImage
+from imgdedup_pipeline.core.scoring import Thresholds
+from imgdedup_pipeline.core.ui_markdown import (
+    duplicate_groups_markdown,
+    label_histogram_markdown,
+    markdown_literal,
+    markdown_text,
+)
 
 HOSTILE = {
     "image": "![x](https://example.invalid/track.png).jpg",
@@ -91,7 +96,7 @@ def unescaped_pipes(line: str) -> int:
 def test_markdown_table_escapes_every_cell_and_keeps_one_line_per_row():
     import pandas as pd
 
-    from core.ui_markdown import markdown_table
+    from imgdedup_pipeline.core.ui_markdown import markdown_table
 
     table = pd.DataFrame(
         {

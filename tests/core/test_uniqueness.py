@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import core.uniqueness as uniqueness_module
-from core.grouping import assign_groups, keep_policy_order
-from core.images import image_id_for
-from core.scoring import Thresholds
-from core.search.contents import ContentVectors
-from core.uniqueness import ranking_of, score_images, without_changed
+import imgdedup_pipeline.core.uniqueness as uniqueness_module
+from imgdedup_pipeline.core.grouping import assign_groups, keep_policy_order
+from imgdedup_pipeline.core.images import image_id_for
+from imgdedup_pipeline.core.scoring import Thresholds
+from imgdedup_pipeline.core.search.contents import ContentVectors
+from imgdedup_pipeline.core.uniqueness import ranking_of, score_images, without_changed
 
 
 def catalog_row(path: str, pixel_hash: str, content_pixels: int) -> dict:

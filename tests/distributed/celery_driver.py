@@ -15,15 +15,17 @@ import sys
 import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 
-from core.sharding import SHARD_KEYS
-from definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, defs
+from imgdedup_pipeline.core.sharding import SHARD_KEYS
+from imgdedup_pipeline.definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, defs
 
 SHARD_ASSET = dg.AssetKey("image_embedding_shards")
 CATALOG_ASSETS = [dg.AssetKey("raw_images"), dg.AssetKey("rejected_images")]
 
 
 def main(report_path: str, stages: list[str]) -> int:
-    repository = ReconstructableRepository.for_module("definitions", "defs", working_directory=os.getcwd())
+    repository = ReconstructableRepository.for_module(
+        "imgdedup_pipeline.definitions", "defs", working_directory=os.getcwd()
+    )
     shard_job = defs.resolve_job_def(SHARDED_EMBEDDING_JOB)
     runs: dict[str, dict] = {}
     with dg.DagsterInstance.get() as instance:

@@ -126,6 +126,15 @@ def wait_for(
     pytest.fail(f"gave up waiting for {what}\n{tails}")
 
 
+def celery_worker_command(name: str) -> list[str]:
+    """deploy/celery.yaml's start command for worker `name`; `-c 1`: one step at a time."""
+    return [
+        str(VENV_BIN / "dagster-celery"),
+        *("worker", "start", "-A", "dagster_celery.app", "-y", "deploy/celery.yaml", "-n", name),
+        *("--", "-c", "1"),
+    ]
+
+
 def dagster_home_from(deploy_file: str, home: Path) -> Path:
     """A DAGSTER_HOME whose dagster.yaml is `deploy/<deploy_file>`, copied unchanged."""
     home.mkdir(parents=True, exist_ok=True)
@@ -138,7 +147,7 @@ def process_env(settings, extra: dict[str, str]) -> dict[str, str]:
     IMGDEDUP_*): what definitions.py reads in each worker, daemon and run process."""
     import dataclasses
 
-    from core.settings import ENV_PREFIX, Settings
+    from imgdedup_pipeline.core.settings import ENV_PREFIX, Settings
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     env.update(

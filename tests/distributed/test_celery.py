@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from distributed_support import (
     PROJECT_ROOT,
-    VENV_BIN,
+    celery_worker_command,
     dagster_home_from,
     descendants,
     is_alive,
@@ -32,12 +32,13 @@ from distributed_support import (
 )
 from PIL import Image
 
-from core.checkpoints import EmbeddingCheckpoint
-from core.sample import build_sample_set
-from core.settings import Settings
-from core.sharding import SHARD_KEYS
-from definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, build_definitions, model_id_for
-from resources.lancedb import LanceDBResource, table_name_for
+from imgdedup_pipeline.core.checkpoints import EmbeddingCheckpoint
+from imgdedup_pipeline.core.sample import build_sample_set
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.core.sharding import SHARD_KEYS
+from imgdedup_pipeline.definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, build_definitions, model_id_for
+from imgdedup_pipeline.resources.lancedb import LanceDBResource, table_name_for
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 WORKERS = ("worker1", "worker2")
 WORKER_START_TIMEOUT_S = 180
@@ -134,22 +135,7 @@ def cluster(postgres, tmp_path_factory):
     try:
         for name in WORKERS:
             log = base / f"{name}.log"
-            # The deploy/celery.yaml start command; `-c 1`: one step at a time per worker.
-            command = [
-                str(VENV_BIN / "dagster-celery"),
-                "worker",
-                "start",
-                "-A",
-                "dagster_celery.app",
-                "-y",
-                "deploy/celery.yaml",
-                "-n",
-                name,
-                "--",
-                "-c",
-                "1",
-            ]
-            workers[name] = start_process(command, env, log)
+            workers[name] = start_process(celery_worker_command(name), env, log)
             wait_for(
                 lambda: " ready." in log.read_text(errors="replace"),  # noqa: B023 (waited for here)
                 f"celery {name} to be ready",
@@ -238,9 +224,15 @@ def test_scores_groups_and_exports_equal_the_single_process_ones(celery_runs):
     assert labels == {"duplicate", "near_duplicate", "unique"}
 
 
+def output_store(settings: Settings) -> OutputStoreResource:
+    """The output store the steps use: the orchestrator's folder, or the shared storage."""
+    return OutputStoreResource(out_dir=settings.out_dir, shared_storage_uri=settings.shared_storage_uri)
+
+
 def catalog_hashes(settings: Settings) -> set[str]:
-    (catalog,) = (Path(settings.out_dir) / "state").glob("catalog-*.parquet")
-    return set(pd.read_parquet(catalog)["pixel_hash"])
+    catalog = output_store(settings).read_catalog(Path(settings.image_root), warn=pytest.fail)
+    assert catalog is not None
+    return set(catalog["pixel_hash"])
 
 
 def running_shard_step(instance: dg.DagsterInstance, shard: str, checkpoint: EmbeddingCheckpoint) -> int | None:
@@ -265,12 +257,7 @@ def killed_shard(cluster, celery_runs):
     assert cluster.drive("catalog", name="catalog-again")["runs"]["catalog"]["success"]
     new = catalog_hashes(cluster.settings) - set(vector_table(cluster.settings).index)
     shard, count = Counter(h[0] for h in new).most_common(1)[0]
-    checkpoint = EmbeddingCheckpoint(
-        Path(cluster.settings.out_dir)
-        / "state"
-        / "embedding-checkpoints"
-        / table_name_for(model_id_for(cluster.settings))
-    )
+    checkpoint = output_store(cluster.settings).embedding_checkpoint(table_name_for(model_id_for(cluster.settings)))
     found = {
         "shard": shard,
         "new_in_shard": {h for h in new if h[0] == shard},

@@ -22,10 +22,10 @@ from distributed_support import (
     wait_for,
 )
 
-from automation.arrivals import LISTING_TAG, TRIGGER_TAG
-from core.sample import build_sample_set
-from core.settings import Settings
-from definitions import DEDUP_JOB, build_definitions
+from imgdedup_pipeline.automation.arrivals import LISTING_TAG, TRIGGER_TAG
+from imgdedup_pipeline.core.sample import build_sample_set
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions
 
 RUN_TIMEOUT_S = 600
 CLI_TIMEOUT_S = 300

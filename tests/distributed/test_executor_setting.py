@@ -7,8 +7,8 @@ import pytest
 from distributed_support import PROJECT_ROOT, VENV_BIN, process_env
 from PIL import Image
 
-from core.settings import Settings, SettingsError
-from definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, build_definitions
+from imgdedup_pipeline.core.settings import Settings, SettingsError
+from imgdedup_pipeline.definitions import DEDUP_JOB, SHARDED_EMBEDDING_JOB, build_definitions
 
 BROKER = "sqla+postgresql+psycopg2://postgres@/imgdedup?host=/run/postgresql"
 BACKEND = "db+postgresql+psycopg2://postgres@/imgdedup?host=/run/postgresql"
@@ -81,7 +81,7 @@ def test_an_unreachable_broker_fails_the_run_naming_it(tmp_path):
     env = process_env(settings, {"DAGSTER_HOME": str(tmp_path / "home")})
     (tmp_path / "home").mkdir()
     completed = subprocess.run(
-        [str(VENV_BIN / "dagster"), "job", "execute", "-m", "definitions", "-j", DEDUP_JOB],
+        [str(VENV_BIN / "dagster"), "job", "execute", "-m", "imgdedup_pipeline.definitions", "-j", DEDUP_JOB],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.embedders import OFFLINE_MODEL_ID
-from core.settings import Settings
-from definitions import ALL_ASSETS, resources_for
-from resources.lancedb import LanceDBResource
+from imgdedup_pipeline.core.embedders import LUMINANCE_BINS, OFFLINE_MODEL_ID
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import ALL_ASSETS, resources_for
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
 moto_server = pytest.importorskip("moto.server", reason="needs the dev extra: pip install 'moto[server]'")
 boto3 = pytest.importorskip("boto3")
@@ -67,7 +67,7 @@ def test_pipeline_writes_and_reads_its_vector_table_on_s3(s3_endpoint, bench_dat
     vectors = store.read_vectors(OFFLINE_MODEL_ID, stored)
     assert set(vectors) == stored
     matrix = np.stack(list(vectors.values()))
-    assert matrix.shape[1] == 1280
+    assert matrix.shape[1] == 1280 + LUMINANCE_BINS  # the default offline pooling: max-luma
     np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
     objects = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").list_objects_v2(
         Bucket=BUCKET, Prefix="lancedb/"

@@ -5,14 +5,17 @@ import pytest
 from PIL import Image
 from synthetic_images import sample_photo
 
-from core.embedders import (
+from imgdedup_pipeline.core.embedders import (
     DEFAULT_HF_MODEL,
+    LUMINANCE_BINS,
+    OFFLINE_BACKBONE_ID,
+    OFFLINE_MODEL_ID,
     EfficientNetLite0Embedder,
     HuggingFaceEmbedder,
     ModelUnavailableError,
     build_embedder,
 )
-from resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
 
 
 def test_hf_backend_loads_a_saved_vit_through_auto_classes(tiny_vit_dir):
@@ -51,7 +54,7 @@ def test_unavailable_hub_model_fails_with_the_fixes_and_no_fallback(monkeypatch)
 
 def test_unreachable_hub_is_detected_without_long_retries(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("core.embedders._hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr("imgdedup_pipeline.core.embedders._hub_reachable", lambda timeout_s=3.0: False)
     with pytest.raises(ModelUnavailableError, match="cannot be reached"):
         HuggingFaceEmbedder("no-such-org/no-such-model-for-imgdedup-tests").embed([sample_photo("coffee")])
 
@@ -86,9 +89,67 @@ def test_offline_backbone_embeds_unit_vectors_and_similar_photos_are_closer(offl
     vectors = offline_embedder.embed(
         [chelsea, chelsea.resize((chelsea.width // 2, chelsea.height // 2)), sample_photo("rocket")]
     )
-    assert vectors.shape == (3, 1280)
+    assert vectors.shape == (3, 1280 + LUMINANCE_BINS)  # the default pooling: max-luma
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     assert vectors[0] @ vectors[1] > 0.95 > vectors[0] @ vectors[2]
+
+
+# --- offline pooling (issue 16): max-luma keeps more of what tells two crops of one texture apart --------
+
+
+def _texture_crops(name: str) -> list[Image.Image]:
+    """Two opposite quarters of one of scikit-image's textures: different pixels, one texture."""
+    texture = sample_photo(name)
+    width, height = texture.size
+    return [texture.crop((0, 0, width // 2, height // 2)), texture.crop((width // 2, height // 2, width, height))]
+
+
+def _uniqueness(vectors: np.ndarray) -> float:
+    return float((1.0 - vectors[0] @ vectors[1]) / 2.0)
+
+
+def test_offline_poolings_have_their_own_model_ids():
+    assert EfficientNetLite0Embedder(pooling="avg").model_id == OFFLINE_BACKBONE_ID  # vectors stored before stay valid
+    assert EfficientNetLite0Embedder().model_id == OFFLINE_MODEL_ID == f"{OFFLINE_BACKBONE_ID}#max-luma"
+    assert build_embedder("offline", offline_pooling="avg").model_id == OFFLINE_BACKBONE_ID
+    assert EfficientNetLite0Embedder(precision="bf16").model_id == f"{OFFLINE_BACKBONE_ID}#max-luma@bf16"
+    with pytest.raises(ValueError, match="offline pooling must be one of avg, max-luma"):
+        EfficientNetLite0Embedder(pooling="gem")
+
+
+def test_max_luma_vectors_are_unit_length_and_deterministic(offline_embedder):
+    images = [*_texture_crops("gravel"), Image.new("RGB", (40, 30), (0, 0, 0)), sample_photo("coffee")]
+
+    first, again = offline_embedder.embed(images), EfficientNetLite0Embedder().embed(images)
+
+    assert first.dtype == np.float32 and first.shape == (4, 1280 + LUMINANCE_BINS)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(first, again)  # a fresh embedder, same vectors
+
+
+@pytest.mark.parametrize("texture", ["gravel", "grass"])
+def test_max_luma_puts_two_crops_of_one_texture_farther_apart_than_average_pooling(offline_embedder, texture):
+    crops = _texture_crops(texture)
+    average = _uniqueness(EfficientNetLite0Embedder(pooling="avg").embed(crops))
+    max_luma = _uniqueness(offline_embedder.embed(crops))
+    # Measured 0.028 / 0.063 (gravel) and 0.024 / 0.056 (grass): within the default radius 0.05
+    # under average pooling, beyond it under max-luma.
+    assert average < 0.05 < max_luma
+
+
+def test_max_luma_separates_flat_images_of_different_grey_levels(offline_embedder):
+    flat = [Image.new("RGB", (64, 48), colour) for colour in ((0, 0, 0), (255, 255, 255), (0, 0, 255), (0, 255, 0))]
+    average = EfficientNetLite0Embedder(pooling="avg").embed(flat)
+    max_luma = offline_embedder.embed(flat)
+    for first, second in ((0, 1), (2, 3)):
+        assert _uniqueness(max_luma[[first, second]]) > 0.05
+        assert _uniqueness(max_luma[[first, second]]) > _uniqueness(average[[first, second]])
+
+
+def test_max_luma_keeps_a_grayscale_copy_close(offline_embedder):
+    coffee = sample_photo("coffee")
+    vectors = offline_embedder.embed([coffee, coffee.convert("L").convert("RGB")])
+    assert _uniqueness(vectors) < 0.05
 
 
 @pytest.mark.parametrize(
@@ -114,7 +175,7 @@ def _photos() -> list[Image.Image]:
 
 @pytest.mark.parametrize("backend", ["hf", "offline"])
 def test_bf16_has_its_own_model_id_and_table(backend, tiny_vit_dir):
-    from resources.lancedb import table_name_for
+    from imgdedup_pipeline.resources.lancedb import table_name_for
 
     model = str(tiny_vit_dir) if backend == "hf" else None
     fp32, bf16 = build_embedder(backend, model), build_embedder(backend, model, precision="bf16")
@@ -151,7 +212,7 @@ def test_offline_bf16_embeddings_agree_with_fp32_and_still_classify(offline_embe
     bf16_embedder = EfficientNetLite0Embedder(precision="bf16")
     fp32, bf16 = offline_embedder.embed(images), bf16_embedder.embed(images)
 
-    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape == (5, 1280)
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape == (5, 1280 + LUMINANCE_BINS)
     np.testing.assert_allclose(np.linalg.norm(bf16, axis=1), 1.0, rtol=1e-5)
     assert not np.array_equal(bf16, fp32)
     # Measured 0.9984-0.9994 on these photos: rounding accumulates through the CNN's ~50 conv + BN
@@ -172,8 +233,8 @@ def test_resource_passes_the_precision_through(tiny_vit_dir):
 
 
 def test_settings_read_validate_and_apply_the_precision(tmp_path, tiny_vit_dir):
-    from core.settings import Settings, SettingsError
-    from definitions import model_id_for, resources_for
+    from imgdedup_pipeline.core.settings import Settings, SettingsError
+    from imgdedup_pipeline.definitions import model_id_for, resources_for
 
     assert Settings().precision == "fp32"
     assert Settings.from_env({"IMGDEDUP_PRECISION": "bf16"}).precision == "bf16"
@@ -200,9 +261,9 @@ def test_bf16_then_fp32_runs_into_one_out_dir_keep_two_tables(tmp_path, tiny_vit
 
     import dagster as dg
 
-    from core.settings import Settings
-    from definitions import DEDUP_JOB, build_definitions
-    from resources.lancedb import LanceDBResource
+    from imgdedup_pipeline.core.settings import Settings
+    from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions
+    from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
     images = tmp_path / "images"
     images.mkdir()

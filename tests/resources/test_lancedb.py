@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from resources.lancedb import LanceDBResource
+from imgdedup_pipeline.resources.lancedb import LanceDBResource
 
 MODEL = "test/model"
 
@@ -78,7 +78,7 @@ def test_keys_of_other_lengths_are_not_confused(store):
 
 
 def test_a_row_not_read_back_is_an_error_not_a_zero_vector(store, monkeypatch):
-    import resources.lancedb as module
+    import imgdedup_pipeline.resources.lancedb as module
 
     hashes, _ = stored_vectors(store, rows=20)
     original = module.lancedb_batches  # a paging bug that skips the second batch

@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.embedders import EfficientNetLite0Embedder, HuggingFaceEmbedder, embed_in_batches
-from core.images import load_rgb
-from core.inference_runtimes import CPU_RUNTIMES_FASTEST_FIRST, export_folder, resolve_runtime
-from resources.embedding_model import EmbeddingModelResource
+from imgdedup_pipeline.core.embedders import (
+    LUMINANCE_BINS,
+    EfficientNetLite0Embedder,
+    HuggingFaceEmbedder,
+    embed_in_batches,
+)
+from imgdedup_pipeline.core.images import load_rgb
+from imgdedup_pipeline.core.inference_runtimes import CPU_RUNTIMES_FASTEST_FIRST, export_folder, resolve_runtime
+from imgdedup_pipeline.resources.embedding_model import EmbeddingModelResource
 
 MIN_COSINE = 0.99999
 
@@ -131,4 +136,4 @@ def test_resource_runs_auto_into_its_export_folder_and_says_which_runtime_ran(ph
     )
     assert embedder.runtime_in_use.startswith(CPU_RUNTIMES_FASTEST_FIRST[0])
     assert (tmp_path / "exported-models" / CPU_RUNTIMES_FASTEST_FIRST[0]).is_dir()
-    assert vectors.shape == (3, 1280)
+    assert vectors.shape == (3, 1280 + LUMINANCE_BINS)  # the default offline pooling: max-luma

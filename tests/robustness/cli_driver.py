@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import cli  # noqa: E402
-from resources.lancedb import WRITER_POOL, LanceDBResource  # noqa: E402
-from resources.output_store import OutputStoreResource  # noqa: E402
+from imgdedup_pipeline import cli  # noqa: E402
+from imgdedup_pipeline.resources.lancedb import WRITER_POOL, LanceDBResource  # noqa: E402
+from imgdedup_pipeline.resources.output_store import OutputStoreResource  # noqa: E402
 
 _real_insert_missing = LanceDBResource.insert_missing
 

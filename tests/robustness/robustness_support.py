@@ -19,7 +19,7 @@ RUN_FLAGS = ("--embedder", "offline", "--batch-size", "4", "--max-duplicate-frac
 
 
 def cli_command(*args) -> list[str]:
-    return [sys.executable, "-m", "cli", *map(str, args)]
+    return [sys.executable, "-m", "imgdedup_pipeline.cli", *map(str, args)]
 
 
 def cli_env(dagster_home: Path, **extra: str) -> dict[str, str]:

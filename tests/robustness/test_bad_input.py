@@ -26,12 +26,12 @@ import PIL.Image
 import pytest
 from PIL import Image
 
-import core.images
-import resources.image_store
-from core.catalog import build_catalog
-from core.images import pixel_hash
-from core.settings import Settings
-from definitions import DEDUP_JOB, build_definitions
+from imgdedup_pipeline.core import images as core_images
+from imgdedup_pipeline.core.catalog import build_catalog
+from imgdedup_pipeline.core.images import pixel_hash
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions
+from imgdedup_pipeline.resources import image_store
 
 WHITE = (255, 255, 255)
 BOMB_SIDE = 12_000  # 144 MP declared, above the default 100 MP limit
@@ -250,7 +250,7 @@ def _readable(path: Path) -> bool:
 def corpus_hooks(corpus: Corpus):
     """Produce the corpus's timing- and permission-dependent failures at the real call sites."""
     real_open, real_image_open, real_scandir = builtins.open, PIL.Image.open, os.scandir
-    real_discover = core.images.discover_image_files
+    real_discover = core_images.discover_image_files
 
     def open_(file, *args, **kwargs):
         if isinstance(file, (str, os.PathLike)) and os.fspath(file) in corpus.open_denied:
@@ -286,8 +286,8 @@ def corpus_hooks(corpus: Corpus):
         patch.setattr(builtins, "open", open_)
         patch.setattr(PIL.Image, "open", image_open)
         patch.setattr(os, "scandir", scandir)
-        patch.setattr(core.images, "discover_image_files", discover_then_delete)
-        patch.setattr(resources.image_store, "discover_image_files", discover_then_delete)
+        patch.setattr(core_images, "discover_image_files", discover_then_delete)
+        patch.setattr(image_store, "discover_image_files", discover_then_delete)
         yield
 
 
@@ -296,7 +296,7 @@ def corpus_catalog(tmp_path_factory):
     """Discovery and the catalog (the `raw_images` / `rejected_images` tables) over the corpus."""
     corpus = build_bad_corpus(tmp_path_factory.mktemp("bad-input") / "root")
     with corpus_hooks(corpus):
-        discovered = core.images.discover_image_files(corpus.root)
+        discovered = core_images.discover_image_files(corpus.root)
         images, rejected = build_catalog(corpus.root, discovered, workers=2)
     return corpus, discovered, images.set_index("path"), rejected.set_index("path")
 
@@ -349,7 +349,7 @@ def test_bad_input_outcome(corpus_catalog, kind):
         assert case.path not in images.index
         row = rejected.loc[case.path]
         assert row["reason"] == case.reason, row["detail"]
-        assert row["image_id"] == core.images.image_id_for(case.path)
+        assert row["image_id"] == core_images.image_id_for(case.path)
         return
     assert case.path in images.index, f"{case.path} should decode; rejected as {rejected['reason'].get(case.path)}"
     row = images.loc[case.path]

@@ -132,7 +132,7 @@ def test_the_pool_made_the_writes_take_turns(two_runs):
     ids=["repo_dagster_yaml", "no_pool_limit"],
 )
 def test_cli_warns_when_the_instance_does_not_serialize_writers(tmp_path, monkeypatch, capsys, config, warns):
-    import cli
+    from imgdedup_pipeline import cli
 
     home = tmp_path / "home"
     home.mkdir()

@@ -17,8 +17,8 @@ import pytest
 from robustness_support import PROJECT_ROOT, RUN_FLAGS, cli_env, run_cli
 from synthetic_images import write_photo_tiles
 
-from core.export_set import published_run_id
-from core.output_folder import claim_output_folder
+from imgdedup_pipeline.core.export_set import published_run_id
+from imgdedup_pipeline.core.output_folder import claim_output_folder
 
 EXPORTS = (
     "uniqueness.csv",

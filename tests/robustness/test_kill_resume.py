@@ -25,9 +25,9 @@ import pandas as pd
 import pytest
 from robustness_support import PROJECT_ROOT, RUN_FLAGS, cli_command, cli_env, run_cli, vector_rows
 
-from core.checkpoints import EmbeddingCheckpoint
-from core.settings import Settings
-from definitions import DEDUP_JOB, build_definitions
+from imgdedup_pipeline.core.checkpoints import EmbeddingCheckpoint
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions
 
 DRIVER = Path(__file__).with_name("cli_driver.py")
 RUN_TIMEOUT_S = 300
@@ -210,7 +210,7 @@ def test_final_results_equal_an_uninterrupted_run(crash_night, uninterrupted_out
 def test_process_tokens_tell_dead_and_reused_pids_from_live_ones():
     import socket
 
-    import cli
+    from imgdedup_pipeline import cli
 
     sleeper = subprocess.Popen(["sleep", "30"])
     token = cli.process_token(sleeper.pid)

@@ -12,9 +12,14 @@ import pytest
 from robustness_support import RUN_FLAGS, run_cli
 from synthetic_images import write_photo_tiles
 
-from core.output_folder import MARKER_NAME, claim_output_folder, escaping_symlinks, output_folder_problems
-from core.settings import Settings
-from definitions import DEDUP_JOB, build_definitions
+from imgdedup_pipeline.core.output_folder import (
+    MARKER_NAME,
+    claim_output_folder,
+    escaping_symlinks,
+    output_folder_problems,
+)
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions
 
 
 @pytest.fixture(scope="module")

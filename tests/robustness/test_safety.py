@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from synthetic_images import write_noise_png
 
-import cli
-from core.images import DEFAULT_MAX_PIXELS, ImageRejected
-from core.settings import Settings, SettingsError
-from definitions import resources_for
-from resources.image_store import ImageStoreResource
-from resources.output_store import OutputStoreResource
+from imgdedup_pipeline import cli
+from imgdedup_pipeline.core.images import DEFAULT_MAX_PIXELS, ImageRejected
+from imgdedup_pipeline.core.settings import Settings, SettingsError
+from imgdedup_pipeline.definitions import resources_for
+from imgdedup_pipeline.resources.image_store import ImageStoreResource
+from imgdedup_pipeline.resources.output_store import OutputStoreResource
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageEnhance
 from synthetic_images import sample_photo
 
-from core.settings import Settings
-from definitions import DEDUP_JOB, build_definitions
+from imgdedup_pipeline.core.settings import Settings
+from imgdedup_pipeline.definitions import DEDUP_JOB, build_definitions
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"

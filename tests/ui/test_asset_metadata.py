@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 from PIL import Image
 
-from definitions import ALL_ASSETS
+from imgdedup_pipeline.definitions import ALL_ASSETS
 
 
 def materializations(result) -> dict[str, dict]:

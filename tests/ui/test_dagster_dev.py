@@ -17,8 +17,8 @@ from dagster_server import (
 )
 from PIL import Image
 
-from checks import all_checks
-from definitions import ALL_ASSETS, CALIBRATION_ASSETS, DEDUP_JOB, SHARDED_ASSETS
+from imgdedup_pipeline.checks import all_checks
+from imgdedup_pipeline.definitions import ALL_ASSETS, CALIBRATION_ASSETS, DEDUP_JOB, SHARDED_ASSETS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

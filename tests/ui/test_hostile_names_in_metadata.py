@@ -14,7 +14,7 @@ from dagster_server import LAUNCH_RUN, RUN_STATUS, RUN_TIMEOUT_S, TERMINAL_STATU
 from PIL import Image
 from skimage import data as skdata
 
-from definitions import DEDUP_JOB
+from imgdedup_pipeline.definitions import DEDUP_JOB
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Relative paths ('/' makes folders): an outside image, a link, table breakers, HTML, autolinks.

@@ -14,8 +14,8 @@ import dagster as dg
 import pytest
 from dagster_server import RUN_TIMEOUT_S, TERMINAL_STATUSES, DagsterDev, free_port
 
-from checks import all_checks
-from definitions import ALL_ASSETS
+from imgdedup_pipeline.checks import all_checks
+from imgdedup_pipeline.definitions import ALL_ASSETS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUNS = "{ runsOrError { __typename ... on Runs { results { runId status } } } }"

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.report import ReportGroup, ReportImage, render_duplicates_report
-from core.scoring import Thresholds
+from imgdedup_pipeline.core.report import ReportGroup, ReportImage, render_duplicates_report
+from imgdedup_pipeline.core.scoring import Thresholds
 
 # Each planted pair must end up in one group (the report's groups come from `group_id`).
 PLANTED_PAIRS = [
