@@ -89,7 +89,8 @@ def score_uniqueness(
     context.log.info(f"near-duplicate threshold {in_force.describe()}")
     scored = score_images(
         raw_images,
-        lancedb.read_content_vectors(model_id, set(raw_images["pixel_hash"])),
+        # Read inside, so that the vectors are freed once searched (the stage's peak at 1M).
+        lambda: lancedb.read_content_vectors(model_id, set(raw_images["pixel_hash"])),
         thresholds,
         keep_policy=policy.keep_policy,
         review_pins=image_store.review_pins(),  # read once per run: the scores carry rank and pins on

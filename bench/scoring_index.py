@@ -21,8 +21,9 @@ For each N, each step in its own subprocess (so that its peak RSS, resource.getr
     (default auto: the index from 250k contents): `LanceDBResource.read_content_vectors` (the
     vectors streamed from the table into one matrix in hash order), synthetic pHashes with planted
     near and rotated copies (`synthetic_phashes`), `core.search.contents.find_content_neighbors` (embedding
-    + pHash signals) and `compute_uniqueness_scores`; seconds per part, peak RSS, and on the
-    sampled rows the nearest distance against an exact fused scan (cosine and pHash bits);
+    + pHash signals) and `compute_uniqueness_scores` (the matrix freed once searched, as in the
+    asset); seconds per part, peak RSS (and after each part), and on the sampled rows the nearest
+    distance against an exact fused scan (cosine and pHash bits) over the vectors read again;
   * lancedb (N <= --lancedb-max-rows): LanceDB's own IVF_PQ (and IVF_HNSW_SQ) index on the same
     table, queried with its batched multi-vector search for `--lancedb-queries` sampled rows,
     recall on the same sample, and the all-rows time extrapolated from the per-query time.
@@ -316,6 +317,8 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
     prepared = time.perf_counter()
     peaks["hash_signal"] = round(peak_rss_mib())
     neighbors = find_content_neighbors(vectors, radius=RADIUS, hash_signal=signal, engine=engine)
+    # As in the asset (`score_images` given a reader): the matrix is not held while scoring.
+    del vectors
     searched = time.perf_counter()
     peaks["search"] = round(peak_rss_mib())
     images = pd.DataFrame({"image_id": keys, "path": [f"{key}.jpg" for key in keys], "pixel_hash": keys})
@@ -342,7 +345,7 @@ def run_stage(uri: str, rows: int, queries: int, engine: str = "auto") -> dict:
     sample = sample_rows(rows, queries)
     singleton = np.bincount(neighbors.identical_group, minlength=rows)[neighbors.identical_group[sample]] == 1
     sample = sample[singleton]
-    matrix = vectors.matrix
+    matrix = LanceDBResource(uri=uri).read_content_vectors(MODEL, set(keys)).matrix  # read again, after the stage
     exact = np.empty(len(sample))
     for start in range(0, len(sample), 64):
         rows_here = sample[start : start + 64]

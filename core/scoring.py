@@ -78,20 +78,25 @@ def compute_uniqueness_scores(
         (float64), label, nearest_path (nearest image outside the identical group, or None).
     """
     row_of_hash = {h: i for i, h in enumerate(neighbors.pixel_hashes)}
-    missing = set(images["pixel_hash"]) - set(row_of_hash)
-    if missing:
+    # Sorted first, not at the end: sorting the finished table would copy every column once more.
+    scores = images[["image_id", "path", "pixel_hash"]].sort_values("path", ignore_index=True)
+    content_row = np.fromiter((row_of_hash.get(h, -1) for h in scores["pixel_hash"]), np.int64, count=len(scores))
+    if (content_row < 0).any():
+        missing = set(scores["pixel_hash"][content_row < 0])
         raise ValueError(
             f"{len(missing)} pixel hashes have no embedding (e.g. {sorted(missing)[:3]}); embed them before scoring"
         )
-    scores = images[["image_id", "path", "pixel_hash"]].copy()
-    content_row = scores["pixel_hash"].map(row_of_hash).to_numpy(np.int64)
+    del row_of_hash
     group_row = neighbors.identical_group[content_row]
     scores["identical_group"] = neighbors.pixel_hashes[group_row]
     scores["_rank"] = scores["image_id"].map(keep_rank).to_numpy()
     if scores["_rank"].isna().any():
         raise ValueError("keep_rank is missing some image ids; rank every image with keep_policy_order")
-    scores["identical_group_size"] = scores.groupby("identical_group")["image_id"].transform("size")
-    is_keeper = scores["_rank"] == scores.groupby("identical_group")["_rank"].transform("min")
+    # Grouped by the group's row number, one to one with its pixel hash and cheaper to hash.
+    by_group = scores.groupby(group_row)
+    scores["identical_group_size"] = by_group["image_id"].transform("size")
+    is_keeper = scores["_rank"] == by_group["_rank"].transform("min")
+    del by_group
 
     nearest_distance = neighbors.nearest_distance[content_row].astype(np.float64)
     has_other = np.isfinite(nearest_distance)
@@ -100,10 +105,13 @@ def compute_uniqueness_scores(
     scores["label"] = [label_for(u, thresholds) for u in scores["uniqueness"]]
 
     # The nearest image outside the group: its keeper, so that the name is stable across runs.
-    keeper_path_by_group = scores[is_keeper].set_index("identical_group")["path"]
+    # By row numbers, not a table of keepers keyed by pixel hash: no per-image copy of the table.
+    keeper_row = np.full(len(neighbors.pixel_hashes), -1, dtype=np.int64)
+    keeper_row[group_row[is_keeper]] = np.flatnonzero(is_keeper)
     nearest_rows = neighbors.nearest_row[content_row]
-    nearest_groups = np.where(
-        nearest_rows >= 0, neighbors.pixel_hashes[neighbors.identical_group[np.maximum(nearest_rows, 0)]], None
-    )
-    scores["nearest_path"] = [keeper_path_by_group.get(g) if has else None for g, has in zip(nearest_groups, has_other)]
-    return scores.drop(columns="_rank").sort_values("path", ignore_index=True)
+    nearest_keeper = keeper_row[neighbors.identical_group[np.maximum(nearest_rows, 0)]]
+    named = has_other & (nearest_rows >= 0) & (nearest_keeper >= 0)
+    nearest_path = np.full(len(scores), None, dtype=object)
+    nearest_path[named] = scores["path"].array.take(nearest_keeper[named]).to_numpy(dtype=object)
+    scores["nearest_path"] = nearest_path
+    return scores.drop(columns="_rank")

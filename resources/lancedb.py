@@ -115,12 +115,13 @@ class LanceDBResource(dg.ConfigurableResource):
         matrix = arrow.column("vector").combine_chunks().flatten().to_numpy().reshape(len(keys), -1)
         return {h: matrix[i] for i, h in enumerate(keys) if h in hashes}
 
-    def read_content_vectors(self, model_id: str, hashes: set[str], batch_rows: int = 8_192) -> ContentVectors:
+    def read_content_vectors(self, model_id: str, hashes: set[str], batch_rows: int = 2_048) -> ContentVectors:
         """The requested hashes' vectors that are stored, sorted by hash and L2-normalised.
 
         Streams the table in `batch_rows`-row reads into one preallocated float32 matrix (the only
         full copy; at 1M x 768 rows ~2.9 GiB, where `read_vectors` holds two), reading a pinned
-        table version so that a concurrent writer cannot shift the rows.
+        table version so that a concurrent writer cannot shift the rows. Few rows per read: LanceDB
+        keeps read buffers resident in proportion to them (BENCHMARKS.md, "Memory at 1M").
         """
         table = self.open_vectors(model_id)
         if table is None or not hashes:
@@ -133,8 +134,10 @@ class LanceDBResource(dg.ConfigurableResource):
             raise ValueError(
                 f"table {table.name} mixes models {sorted(stored_models)}; refusing to compare their vectors"
             )
-        wanted = sorted(hashes.intersection(labels.column("pixel_hash").to_pylist()))
+        stored = set(labels.column("pixel_hash").to_pylist())
         del labels
+        wanted = sorted(h for h in hashes if h in stored)  # the caller's strings, not a second copy of each key
+        del stored
         dims = table.schema.field("vector").type.list_size
         if not wanted:
             return ContentVectors(np.empty(0, dtype=object), np.empty((0, dims), np.float32))

@@ -155,6 +155,7 @@ def find_content_neighbors(
         informative = informative_phashes(phashes)
         hash_matches, updates["hash"] = hash_signal.vouched_matches(phashes, radius)
         searches.append(hash_matches)
+        del hash_matches
         distance_rules.append(lambda row: hash_signal.vouched_distances_from(phashes, informative, row, radius))
     if rotated_copy_signal is not None:
         turned_matches, tested = rotated_copy_signal.vouched_matches(hashes, embedding_search, group, radius)
@@ -166,6 +167,8 @@ def find_content_neighbors(
         searches.append(turned_matches)
         distance_rules.append(lambda row: turned_vouched_distances_from(turned_matches, row))
     search = merge_searches(searches, k=NEIGHBORS_PER_ROW) if len(searches) > 1 else embedding_search
+    # Each signal's own top-k lists (~190 MiB apiece at 1M contents) are in `search` now.
+    del searches, embedding_search
 
     def row_distances(row: int) -> np.ndarray:
         """(M,) fused distances from one row: the smallest any signal gives."""

@@ -11,6 +11,9 @@ import pandas as pd
 
 from imgdedup_pipeline.core.distances import nearest_first
 
+# Rows whose top-k lists `merge_searches` merges, or `nearest_outside_group` reads, at once.
+MERGE_BLOCK_ROWS = 65_536
+
 
 @dataclass(frozen=True)
 class NeighborSearch:
@@ -40,9 +43,18 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 def merge_searches(searches: list[NeighborSearch], k: int) -> NeighborSearch:
     """Fuse searches whose distances are already on one scale: a pair's distance is the smallest
     any search gives it; top-k lists are merged and cut to k."""
-    index = np.concatenate([s.topk_index for s in searches], axis=1)
-    distance = np.concatenate([s.topk_distance for s in searches], axis=1)
-    topk_index, topk_distance = nearest_first(index, distance, max(0, min(k, index.shape[1])))
+    rows = len(searches[0].topk_index)
+    width = sum(s.topk_index.shape[1] for s in searches)
+    k = max(0, min(k, width))
+    topk_index = np.empty((rows, k), dtype=np.result_type(*[s.topk_index for s in searches]))
+    topk_distance = np.empty((rows, k), dtype=np.result_type(*[s.topk_distance for s in searches]))
+    # Row blocks: the candidates side by side and their sort order exist for one block at a time
+    # (at 1M rows and two signals, all at once would add ~0.6 GiB).
+    for start in range(0, rows, MERGE_BLOCK_ROWS):
+        block = slice(start, start + MERGE_BLOCK_ROWS)
+        index = np.concatenate([s.topk_index[block] for s in searches], axis=1)
+        distance = np.concatenate([s.topk_distance[block] for s in searches], axis=1)
+        topk_index[block], topk_distance[block] = nearest_first(index, distance, k)
     pairs = (
         pd.DataFrame(
             {
@@ -94,13 +106,18 @@ def nearest_outside_group(
     topk = search.topk_index
     if topk.shape[1] == 0:  # a single row: nothing outside its group
         return index, distance
-    valid = topk >= 0
-    other_group = valid & (group_of_row[np.where(valid, topk, 0)] != group_of_row[:, None])
-    has_other = other_group.any(axis=1)
-    first = np.argmax(other_group, axis=1)
-    found = np.nonzero(has_other)[0]
-    index[found] = topk[found, first[found]]
-    distance[found] = search.topk_distance[found, first[found]]
+    has_other = np.zeros(rows, dtype=bool)
+    # Row blocks: the (M, k) temporaries of one pass would add ~0.25 GiB at 1M rows.
+    for start in range(0, rows, MERGE_BLOCK_ROWS):
+        block = slice(start, start + MERGE_BLOCK_ROWS)
+        block_topk = topk[block]
+        valid = block_topk >= 0
+        other_group = valid & (group_of_row[np.where(valid, block_topk, 0)] != group_of_row[block, None])
+        has_other[block] = other_group.any(axis=1)
+        first = np.argmax(other_group, axis=1)
+        found = np.nonzero(has_other[block])[0]
+        index[start + found] = block_topk[found, first[found]]
+        distance[start + found] = search.topk_distance[block][found, first[found]]
     group_sizes = np.bincount(group_of_row)
     needs_exact = np.nonzero(~has_other & (group_sizes[group_of_row] < rows))[0]
     for row in needs_exact:

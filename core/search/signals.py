@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgdedup_pipeline.core.images import DIHEDRAL_TRANSPOSES, informative_phashes
+from imgdedup_pipeline.core.search.batches import release_free_heap
 from imgdedup_pipeline.core.search.cache import SearchUpdate
 from imgdedup_pipeline.core.search.choose import EngineChoice, choose_engine
 from imgdedup_pipeline.core.search.engines import IndexedHamming
@@ -43,7 +44,19 @@ class HashSignal:
         pixel_hashes = list(pixel_hashes)
         if not pixel_hashes:
             return np.empty((0, len(DIHEDRAL_TRANSPOSES)), dtype=np.uint64)
-        return np.stack([np.asarray(self.hashes_by_content[h]).astype(np.int64).view(np.uint64) for h in pixel_hashes])
+        first = np.asarray(self.hashes_by_content[pixel_hashes[0]]).astype(np.int64)
+        # Filled row by row: a list of per-content arrays to stack would double the matrix and
+        # add ~100 bytes of array header per content.
+        matrix = np.empty((len(pixel_hashes), *first.shape), dtype=np.int64)
+        for row, pixel_hash in enumerate(pixel_hashes):
+            hashes = np.asarray(self.hashes_by_content[pixel_hash]).astype(np.int64)
+            if hashes.shape != first.shape:  # what np.stack refused; assignment would broadcast
+                raise ValueError(
+                    f"content {pixel_hash[:12]} has pHashes of shape {hashes.shape}, others {first.shape}; "
+                    "recompute the catalog's pHashes"
+                )
+            matrix[row] = hashes
+        return matrix.view(np.uint64)
 
     def bits_to_cosine(self, near_duplicate_cosine_distance: float) -> float:
         """Linear map of bits onto the cosine scale: `threshold_bits` lands on the threshold."""
@@ -66,15 +79,14 @@ class HashSignal:
             exact Hamming search ran (`core.search.choose.choose_engine`: equal answers).
         """
         rows = np.flatnonzero(informative_phashes(phashes))
-        found, choice = hash_pairs_within(phashes[rows], k, self.threshold_bits)
+        found, choice = pairs_within(phashes[rows], self.threshold_bits)
         update = SearchUpdate(choice.mode, len(rows), choice.reason)
-        total = len(phashes)
-        index = np.full((total, found.topk_index.shape[1]), -1, dtype=np.int64)
-        distance = np.full(index.shape, np.inf, dtype=np.float32)
-        index[rows] = np.where(found.topk_index >= 0, rows[np.maximum(found.topk_index, 0)], -1)
-        distance[rows] = found.topk_distance
-        # `rows` ascends, so mapped pairs keep left < right and their (left, right) order.
-        matches = NeighborSearch(index, distance, rows[found.pair_left], rows[found.pair_right], found.pair_distance)
+        # `rows` ascends, so mapped pairs keep left < right and their (left, right) order, and the
+        # top-k lists built over all contents equal those of the informative rows, mapped (without
+        # a second (M, k) pair of arrays to map from).
+        left, right = rows[found.pair_left], rows[found.pair_right]
+        index, distance = topk_from_pairs(len(phashes), max(0, min(k, len(rows) - 1)), left, right, found.pair_distance)
+        matches = NeighborSearch(index, distance, left, right, found.pair_distance)
         return scaled(matches, self.bits_to_cosine(radius)), update
 
     def vouched_distances_from(
@@ -100,6 +112,18 @@ def hash_pairs_within(
         threshold_bits: the cutoff.
         workers: threads of the multi-index search (None: the CPU count, capped).
     """
+    found, choice = pairs_within(hashes, threshold_bits, workers)
+    index, distance = topk_from_pairs(
+        len(hashes), max(0, min(k, len(hashes) - 1)), found.pair_left, found.pair_right, found.pair_distance
+    )
+    return NeighborSearch(index, distance, found.pair_left, found.pair_right, found.pair_distance), choice
+
+
+def pairs_within(
+    hashes: np.ndarray, threshold_bits: int, workers: int | None = None
+) -> tuple[NeighborSearch, EngineChoice]:
+    """The pairs within `threshold_bits` (no top-k lists), through the Hamming engine the chooser
+    takes for this size, and that choice; arguments as `hash_pairs_within`."""
     choice = choose_engine("hamming", len(hashes), variants=hashes.shape[1], radius_bits=threshold_bits)
     engine = (
         dataclasses.replace(choice.engine, workers=workers)
@@ -107,7 +131,7 @@ def hash_pairs_within(
         else choice.engine
     )
     found = engine.build(hashes).search(0, threshold_bits)
-    index, distance = topk_from_pairs(
-        len(hashes), max(0, min(k, len(hashes) - 1)), found.pair_left, found.pair_right, found.pair_distance
-    )
-    return NeighborSearch(index, distance, found.pair_left, found.pair_right, found.pair_distance), choice
+    # The multi-index search's worker threads leave their freed tables in the C heap's per-thread
+    # arenas (~0.3 GiB at 1M contents); handed back before the top-k lists are built.
+    release_free_heap()
+    return found, choice

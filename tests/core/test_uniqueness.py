@@ -1,13 +1,17 @@
 """core.uniqueness: the scores carry the one keep ranking (and review pins) of the run, and
 grouping by what they carry names the same keeper as the scores (issue 15, item 2)."""
 
+import weakref
+
 import numpy as np
 import pandas as pd
 import pytest
 
+import imgdedup_pipeline.core.uniqueness as uniqueness_module
 from imgdedup_pipeline.core.grouping import assign_groups, keep_policy_order
 from imgdedup_pipeline.core.images import image_id_for
 from imgdedup_pipeline.core.scoring import Thresholds
+from imgdedup_pipeline.core.search.contents import ContentVectors
 from imgdedup_pipeline.core.uniqueness import ranking_of, score_images, without_changed
 
 
@@ -30,10 +34,10 @@ IMAGES = pd.DataFrame(
 VECTORS = {"a": np.array([1.0, 0.0]), "b": np.array([0.0, 1.0])}
 
 
-def scored(tmp_path, pins: dict[str, str]):
+def scored(tmp_path, pins: dict[str, str], vectors=None):
     return score_images(
         IMAGES,
-        VECTORS,
+        VECTORS if vectors is None else vectors,
         Thresholds(),
         keep_policy="resolution",
         review_pins=pins,
@@ -64,3 +68,27 @@ def test_scores_carry_the_ranking_that_chose_their_keeper(tmp_path, pins, keeper
 
 def test_files_changed_during_the_run_are_left_out():
     assert without_changed(IMAGES, {"b": "changed"})["path"].tolist() == ["big.png", "small.png"]
+
+
+def test_vectors_from_a_reader_are_freed_before_the_scores_are_built(tmp_path, monkeypatch):
+    """Given a reader, the stage holds the (M, D) matrix only while it searches (its peak at 1M)."""
+    matrices = []
+
+    def read_vectors() -> ContentVectors:
+        vectors = ContentVectors.from_mapping(VECTORS)
+        matrices.append(weakref.ref(vectors.matrix))
+        return vectors
+
+    original = uniqueness_module.compute_uniqueness_scores
+    alive_when_scoring = []
+
+    def scores_noting_the_matrix(*args, **kwargs):
+        alive_when_scoring.append(matrices[0]() is not None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(uniqueness_module, "compute_uniqueness_scores", scores_noting_the_matrix)
+    from_reader = scored(tmp_path / "reader", {}, vectors=read_vectors)
+    assert len(matrices) == 1 and alive_when_scoring == [False]
+    from_mapping = scored(tmp_path / "mapping", {})
+    pd.testing.assert_frame_equal(from_reader.scores, from_mapping.scores)
+    pd.testing.assert_frame_equal(from_reader.pairs, from_mapping.pairs)
