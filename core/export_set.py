@@ -9,8 +9,10 @@ kill at any moment leaves the previous complete set or the new complete set, nev
 `training_manifest.csv` joins the published set when (and only if) the training gate lets it be
 written; a set whose gate held it back has none (nor a top-level name), rather than an older run's.
 
-The previous set is kept beside the current one (a reader may still be reading it); older run
-folders, and those of runs killed before publishing, are removed at the next publish.
+The previous set is kept beside the current one (a reader may still be reading it); older
+published sets are removed at the next publish. A folder without a manifest belongs to a run still
+writing its set (another run on the same output folder) or to one killed before publishing; the
+two look alike but for age, so it is removed only once untouched for UNPUBLISHED_GRACE_S.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ SET_FILES = (
 )
 # Written after the set is published, into it, when the training gate passes.
 GATED_FILES = ("training_manifest.csv",)
+UNPUBLISHED_GRACE_S = 24 * 3600
 
 
 def run_folder(out_dir: str | os.PathLike, run_id: str) -> Path:
@@ -160,5 +163,14 @@ def _remove_old_sets(out: Path, keep: set[str]) -> None:
             and not entry.name.startswith(".")
             and entry.is_dir()
             and not entry.is_symlink()
+            and (
+                (entry / MANIFEST_FILE).exists() or is_abandoned([p.stat().st_mtime for p in (entry, *entry.iterdir())])
+            )
         ):
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def is_abandoned(modified_times: list[float]) -> bool:
+    """Whether an unpublished set whose files were last modified at these times is one no run is
+    still writing."""
+    return time.time() - max(modified_times) > UNPUBLISHED_GRACE_S

@@ -102,11 +102,17 @@ class ObjectFolder:
 
     def names(self, start: str = "") -> list[str]:
         """The names of every object under this folder that begin with `start`, sorted."""
+        return sorted(self.modified_times(start))
+
+    def modified_times(self, start: str = "") -> dict[str, float]:
+        """{name: last-modified time (epoch seconds)} of every object under this folder that begins with `start`."""
         base = self.key() + "/" if self.key() else ""
-        found: list[str] = []
+        found: dict[str, float] = {}
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base + start):
-            found.extend(item["Key"].removeprefix(base) for item in page.get("Contents", []))
-        return sorted(found)
+            found.update(
+                (item["Key"].removeprefix(base), item["LastModified"].timestamp()) for item in page.get("Contents", [])
+            )
+        return found
 
     def delete(self, names: Iterable[str]) -> None:
         """Remove these objects (absent ones are no error)."""

@@ -6,7 +6,8 @@ the previous complete set to the new complete set (S3 shows an object whole or n
 kill at any moment leaves one set or the other, never a mix. Readers (and `published_export`)
 read `exports/current.json` first, then the files of the run it names; there are no top-level
 names (`clean.csv`, ...) on object storage. Names a run did not write are copied over from the
-previous set; the previous set is kept, older ones are deleted at the next publish.
+previous set; the previous set is kept, older ones are deleted at the next publish (unpublished
+ones only when abandoned, as on disk).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 
-from imgdedup_pipeline.core.export_set import EXPORTS_DIR, GATED_FILES, MANIFEST_FILE, SET_FILES
+from imgdedup_pipeline.core.export_set import EXPORTS_DIR, GATED_FILES, MANIFEST_FILE, SET_FILES, is_abandoned
 from imgdedup_pipeline.core.object_store import ObjectFolder
 
 CURRENT_POINTER = "current.json"
@@ -62,9 +63,7 @@ def publish(root: ObjectFolder, run_id: str) -> str:
         "files": sorted(name for name in (*SET_FILES, *GATED_FILES) if name in written),
     }
     _write_manifest(root, manifest)
-    keep = {run_id, previous["run_id"] if previous is not None else ""}
-    old = [name for name in root.names(EXPORTS_DIR + "/") if name.count("/") >= 2 and name.split("/")[1] not in keep]
-    root.delete(old)
+    _delete_old_sets(root, keep={run_id, previous["run_id"] if previous is not None else ""})
     return root.uri(prefix)
 
 
@@ -76,6 +75,17 @@ def add_to_published_set(root: ObjectFolder, name: str, data: bytes) -> str:
     uri = write_export(root, manifest["run_id"], name, data)
     _write_manifest(root, {**manifest, "files": sorted({*manifest["files"], name})})
     return uri
+
+
+def _delete_old_sets(root: ObjectFolder, keep: set[str]) -> None:
+    """Older published sets, and unpublished ones no run is still writing (`is_abandoned`)."""
+    sets: dict[str, dict[str, float]] = {}
+    for name, modified in root.modified_times(EXPORTS_DIR + "/").items():
+        if name.count("/") >= 2 and (run_id := name.split("/")[1]) not in keep:
+            sets.setdefault(run_id, {})[name] = modified
+    for objects in sets.values():
+        if any(name.endswith("/" + MANIFEST_FILE) for name in objects) or is_abandoned(list(objects.values())):
+            root.delete(objects)
 
 
 def _write_manifest(root: ObjectFolder, manifest: dict) -> None:

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from imgdedup_pipeline.core.atomic_write import write_atomically
 from imgdedup_pipeline.core.export_set import (
     SET_FILES,
+    UNPUBLISHED_GRACE_S,
     add_to_published_set,
     current_folder,
     publish,
@@ -41,6 +43,29 @@ def test_an_unpublished_set_is_invisible(tmp_path):
     publish(tmp_path, "run1")
     write_set(tmp_path, "run2", names=("uniqueness.csv", "duplicates.csv"))  # killed before clean.csv
     assert (tmp_path / "duplicates.csv").read_text() == "run1 duplicates.csv\n"
+
+
+def test_a_set_another_run_is_still_writing_survives_a_publish(tmp_path):
+    write_set(tmp_path, "run1")
+    publish(tmp_path, "run1")
+    write_set(tmp_path, "slow", names=("uniqueness.csv",))  # a second run on the same folder, mid-way
+    write_set(tmp_path, "fast")
+    publish(tmp_path, "fast")
+    write_set(tmp_path, "slow", names=("clean.csv",))
+    publish(tmp_path, "slow")
+    assert (tmp_path / "uniqueness.csv").read_text() == "slow uniqueness.csv\n"  # its own, not carried over
+
+
+def test_a_set_left_unpublished_for_a_day_is_removed_at_the_next_publish(tmp_path):
+    write_set(tmp_path, "run1")
+    publish(tmp_path, "run1")
+    write_set(tmp_path, "killed", names=("uniqueness.csv",))
+    day_ago = time.time() - UNPUBLISHED_GRACE_S - 60
+    for path in (run_folder(tmp_path, "killed"), run_folder(tmp_path, "killed") / "uniqueness.csv"):
+        os.utime(path, (day_ago, day_ago))
+    write_set(tmp_path, "run2")
+    publish(tmp_path, "run2")
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["current", "run1", "run2"]
 
 
 def test_names_a_run_did_not_write_are_carried_over(tmp_path):

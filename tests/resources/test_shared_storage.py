@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from imgdedup_pipeline.core import export_set
 from imgdedup_pipeline.core.checkpoints import ObjectStoreCheckpoint
 from imgdedup_pipeline.core.export_set import MANIFEST_FILE
 from imgdedup_pipeline.core.object_store import ObjectFolder, split_uri
@@ -85,7 +86,7 @@ def read_csv(folder: ObjectFolder, name: str) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(published_export(folder, name)))
 
 
-def test_publishing_switches_the_whole_set_at_once_and_carries_over_unwritten_names(folder):
+def test_publishing_switches_the_whole_set_at_once_and_carries_over_unwritten_names(folder, monkeypatch):
     assert published_manifest(folder) is None and published_export(folder, "clean.csv") is None
     write_export(folder, "run-a", "clean.csv", b"path\na.png\n")
     write_export(folder, "run-a", "report.html", b"<html>a</html>")
@@ -101,11 +102,19 @@ def test_publishing_switches_the_whole_set_at_once_and_carries_over_unwritten_na
     assert json.loads(folder.get(f"exports/run-b/{MANIFEST_FILE}")) == manifest
     assert folder.get(f"exports/{CURRENT_POINTER}") == folder.get(f"exports/run-b/{MANIFEST_FILE}")
 
+    def runs() -> set[str]:
+        return {name.split("/")[1] for name in folder.names("exports/") if name.count("/") >= 2}
+
     write_export(folder, "run-c", "clean.csv", b"path\nc.png\n")
-    write_export(folder, "killed-before-publishing", "clean.csv", b"path\nk.png\n")
+    write_export(folder, "unpublished", "clean.csv", b"path\nk.png\n")
     publish(folder, "run-c")
-    runs = {name.split("/")[1] for name in folder.names("exports/") if name.count("/") >= 2}
-    assert runs == {"run-b", "run-c"}  # the previous set is kept for readers, older ones go
+    # The previous set is kept for readers, older ones go; an unpublished set may be a run's still
+    # being written.
+    assert runs() == {"run-b", "run-c", "unpublished"}
+    monkeypatch.setattr(export_set, "UNPUBLISHED_GRACE_S", -1.0)  # as if untouched for that long
+    write_export(folder, "run-d", "clean.csv", b"path\nd.png\n")
+    publish(folder, "run-d")
+    assert runs() == {"run-c", "run-d"}
 
 
 def test_a_gated_file_joins_the_published_set(folder):
