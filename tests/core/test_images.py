@@ -20,6 +20,7 @@ from imgdedup_pipeline.core.grouping import keep_policy_order
 from imgdedup_pipeline.core.images import (
     DEFAULT_MAX_PIXELS,
     DIHEDRAL_TRANSPOSES,
+    PHASH_INPUT_SIDE,
     DiscoveredFile,
     ImageRejected,
     content_pixel_count,
@@ -469,6 +470,21 @@ def test_dihedral_phashes_match_rotated_and_flipped_copies(transpose):
     assert original.shape == (8,) and original.dtype == np.uint64
     assert int(original[0]) != int(turned[0])  # the plain pHash alone would miss the copy
     assert min_variant_bits(original, turned) <= 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dihedral_phashes_are_imagehash_phashes_of_each_transpose(seed):
+    """The batched DCT gives, bit for bit, imagehash's pHash of each transposed 32x32 grid: the
+    hashes stored in earlier catalogs and the calibrated pHash cutoff stay valid."""
+    import imagehash
+
+    rng = np.random.default_rng(seed)
+    smooth = np.kron(rng.integers(0, 256, (6, 9, 3)), np.ones((24, 24, 1)))
+    noisy = np.clip(smooth + rng.normal(0, 25 * (seed % 3), smooth.shape), 0, 255).astype(np.uint8)
+    rgb = Image.fromarray(noisy)
+    grid = rgb.convert("L").resize((PHASH_INPUT_SIDE, PHASH_INPUT_SIDE), Image.Resampling.LANCZOS)
+    expected = [int(str(imagehash.phash(grid if t is None else grid.transpose(t))), 16) for t in DIHEDRAL_TRANSPOSES]
+    assert dihedral_phashes(rgb).tolist() == expected
 
 
 def test_dihedral_phashes_separate_different_images_and_ignore_letterbox():
