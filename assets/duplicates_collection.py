@@ -43,7 +43,9 @@ def cached_thumbnails(
 ) -> Callable[[str], bytes]:
     """path -> report thumbnail (JPEG bytes), cached by content under OUT/state/thumbnails, so a
     rerun only decodes images it has not shown before; JPEGs are decoded at a reduced scale
-    (draft), then shrunk to the thumbnail size."""
+    (draft), then shrunk to the thumbnail size. Thread-safe: the report makes them in threads,
+    and two paths of one content each write the cache file atomically."""
+    Image.init()  # Pillow's format plugins, imported here rather than first by two threads at once
     pixel_hash_of = dict(zip(raw_images["path"], raw_images["pixel_hash"]))
     cache = output_store.state_dir / "thumbnails"
 

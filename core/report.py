@@ -12,6 +12,7 @@ import html
 import io
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pandas as pd
@@ -188,6 +189,7 @@ def render_duplicates_report(
     settings: dict[str, str] | None = None,
     max_groups: int | None = None,
     max_members: int | None = None,
+    thumbnail_workers: int = 2,
 ) -> DuplicatesReport:
     """Render the groups as one static HTML page.
 
@@ -206,14 +208,20 @@ def render_duplicates_report(
         max_members: show at most this many members of a group (keeper first; each inlines a
             thumbnail, so 2,000 copies of one image would make a page of tens of MB); the group
             says how many more it has. None shows all.
+        thumbnail_workers: threads calling `thumbnail` (it must be thread-safe): decoding and
+            encoding in Pillow release the interpreter lock, and a first run makes every thumbnail.
 
     Returns:
         A `DuplicatesReport`.
     """
     shown = groups if max_groups is None else groups[:max_groups]
+    shown_paths = dict.fromkeys(
+        m.path for g in shown for m in (g.members if max_members is None else g.members[:max_members])
+    )
+    thumbnails = _make_thumbnails(list(shown_paths), thumbnail, thumbnail_workers)
     errors: dict[str, str] = {}
     sections = [
-        _render_group(index, group, thumbnail, errors, max_members) for index, group in enumerate(shown, start=1)
+        _render_group(index, group, thumbnails, errors, max_members) for index, group in enumerate(shown, start=1)
     ]
     counts = {label: sum(g.label == label for g in shown) for label in GROUP_LABELS}
     removed = sum(m.decision == DECISION_REMOVE for g in shown for m in g.members)
@@ -251,15 +259,32 @@ def render_duplicates_report(
     return DuplicatesReport(html=page, groups_shown=len(shown), groups_total=len(groups), thumbnail_errors=errors)
 
 
+def _make_thumbnails(
+    paths: list[str], thumbnail: Callable[[str], bytes], workers: int
+) -> dict[str, bytes | OSError | ValueError]:
+    """path -> its thumbnail, or the OSError / ValueError that making it raised (shown in the page)."""
+
+    def make(path: str) -> bytes | OSError | ValueError:
+        try:
+            return thumbnail(path)
+        except (OSError, ValueError) as exc:
+            return exc
+
+    if workers <= 1 or len(paths) < 2:
+        return {path: make(path) for path in paths}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="thumbnail") as pool:
+        return dict(zip(paths, pool.map(make, paths)))
+
+
 def _render_group(
     index: int,
     group: ReportGroup,
-    thumbnail: Callable[[str], bytes],
+    thumbnails: dict[str, bytes | OSError | ValueError],
     errors: dict[str, str],
     max_members: int | None = None,
 ) -> str:
     members = group.members if max_members is None else group.members[:max_members]
-    cards = "".join(_render_card(member, thumbnail, errors) for member in members)
+    cards = "".join(_render_card(member, thumbnails[member.path], errors) for member in members)
     if len(members) < len(group.members):
         cards += (
             f'<div class="card more">{len(group.members) - len(members)} more in this group, not shown: '
@@ -277,13 +302,13 @@ def _render_group(
     )
 
 
-def _render_card(member: ReportImage, thumbnail: Callable[[str], bytes], errors: dict[str, str]) -> str:
+def _render_card(member: ReportImage, thumbnail: bytes | OSError | ValueError, errors: dict[str, str]) -> str:
     path = html.escape(member.path)
-    try:
-        data = base64.b64encode(thumbnail(member.path)).decode("ascii")
+    if isinstance(thumbnail, bytes):
+        data = base64.b64encode(thumbnail).decode("ascii")
         picture = f'<img class="thumb" src="data:image/jpeg;base64,{data}" alt="{path}">'
-    except (OSError, ValueError) as exc:
-        errors[member.path] = f"{type(exc).__name__}: {exc}"
+    else:
+        errors[member.path] = f"{type(thumbnail).__name__}: {thumbnail}"
         picture = f'<div class="thumb missing">no thumbnail: {html.escape(errors[member.path])}</div>'
     decision = {DECISION_KEEP: "kept", DECISION_REMOVE: "removed", DECISION_REVIEW: "review"}[member.decision]
     keeper = ' <span class="keeper">keeper</span>' if member.is_keeper else ""

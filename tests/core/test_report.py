@@ -130,6 +130,44 @@ def test_thumbnail_failures_are_shown_and_returned(tables):
     assert "no thumbnail: OSError: file vanished" in report.html
 
 
+def test_thumbnails_made_in_threads_give_the_same_page_and_only_for_shown_members():
+    import threading
+
+    from imgdedup_pipeline.core.report import ReportGroup, ReportImage
+
+    groups = [
+        ReportGroup(
+            group_id=f"g{g}",
+            label="duplicate",
+            members=tuple(
+                ReportImage(f"g{g}/m{i}.png", 8, 8, 100, 0.0, "duplicate", i == 0, "keep" if i == 0 else "remove", "")
+                for i in range(6)
+            ),
+        )
+        for g in range(4)
+    ]
+    requested, threads = [], set()
+
+    def thumbnail(path):
+        requested.append(path)
+        threads.add(threading.current_thread().name)
+        if path.endswith("m3.png"):
+            raise ValueError(f"cannot decode {path}")
+        return path.encode()
+
+    serial = render_duplicates_report(groups, thumbnail, Thresholds(), max_groups=3, max_members=4, thumbnail_workers=1)
+    assert sorted(requested) == sorted(f"g{g}/m{i}.png" for g in range(3) for i in range(4))
+    requested.clear()
+    threaded = render_duplicates_report(groups, thumbnail, Thresholds(), max_groups=3, max_members=4)
+    assert any(name.startswith("thumbnail") for name in threads)
+    assert len(requested) == 12 and threaded.html == serial.html
+    assert (
+        threaded.thumbnail_errors
+        == serial.thumbnail_errors
+        == {f"g{g}/m3.png": f"ValueError: cannot decode g{g}/m3.png" for g in range(3)}
+    )
+
+
 def test_max_groups_cuts_and_says_so(tables):
     report = render_duplicates_report(report_groups(*tables), lambda path: b"jpeg", Thresholds(), max_groups=1)
     assert (report.groups_shown, report.groups_total) == (1, 2)
