@@ -137,13 +137,11 @@ class RuntimeEmbedder(Embedder):
     def _features(self):
         import torch
 
-        module = self._feature_module()
         if self.runtime != "torch":
             try:
                 function = load_feature_function(
                     self.runtime,
-                    module,
-                    self._example_pixels(),
+                    lambda: (self._feature_module(), self._example_pixels()),
                     self.model_id,
                     self.export_dir,
                     torch.get_num_threads(),
@@ -162,6 +160,8 @@ class RuntimeEmbedder(Embedder):
                 )
                 self._runtime_note = f" (auto chose {self.runtime}, which failed: {type(exc).__name__}; torch ran)"
                 self.runtime = "torch"
+
+        module = self._feature_module()
 
         def run(pixels):
             with torch.inference_mode():
@@ -434,12 +434,20 @@ class EfficientNetLite0Embedder(RuntimeEmbedder):
             device=self.device, dtype=torch_dtype(self.precision), memory_format=self._memory_format
         )
 
+    @cached_property
+    def _pretrained_config(self):
+        """timm's config for the model (input normalisation), read without building the model: a
+        run whose export is cached never builds the torch model (equal to the model's, tested)."""
+        import timm
+
+        return timm.models.get_pretrained_cfg("tf_efficientnet_lite0")
+
     def preprocess(self, images: list[Image.Image]):
         import torch
 
-        config = self._model.pretrained_cfg
-        mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
-        std = torch.tensor(config["std"]).view(1, 3, 1, 1)
+        config = self._pretrained_config
+        mean = torch.tensor(config.mean).view(1, 3, 1, 1)
+        std = torch.tensor(config.std).view(1, 3, 1, 1)
         batch = np.stack([np.asarray(pad_to_square(img, self.input_size)) for img in images])
         pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
         pixels = ((pixels - mean) / std).to(device=self.device, dtype=torch_dtype(self.precision))

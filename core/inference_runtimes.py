@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -86,14 +86,20 @@ def export_folder(cache_root: str | os.PathLike, runtime: str, model_id: str) ->
 
 
 def load_feature_function(
-    runtime: str, module, example, model_id: str, cache_root: str | os.PathLike, threads: int
+    runtime: str,
+    module_and_example: Callable[[], tuple[Any, Any]],
+    model_id: str,
+    cache_root: str | os.PathLike,
+    threads: int,
 ) -> FeatureFunction:
-    """Export `module` (on first use for this model id) and compile it with `runtime`.
+    """Export the module (on first use for this model id) and compile it with `runtime`.
 
     Args:
         runtime: `onnxruntime` or `openvino`.
-        module: fp32 torch module on the CPU, (N, C, H, W) float32 -> (N, D) features.
-        example: an input batch (torch tensor) for tracing; the batch dimension stays dynamic.
+        module_and_example: builds (module, example): the fp32 torch module on the CPU, (N, C, H,
+            W) float32 -> (N, D) features, and an input batch (torch tensor) to trace it with (the
+            batch dimension stays dynamic). Called only to export: a cached export is compiled
+            without building the torch model.
         model_id: the embedder's model id (the cache key, with the runtime's version).
         cache_root: folder of exported models (disposable).
         threads: intra-op threads.
@@ -104,7 +110,7 @@ def load_feature_function(
     folder = export_folder(cache_root, runtime, model_id)
     compile_for = {"onnxruntime": _onnxruntime_function, "openvino": _openvino_function}[runtime]
     if not (folder / "complete").is_file():
-        _export(runtime, module, example, folder)
+        _export(runtime, module_and_example, folder)
         return compile_for(folder, threads)
     try:
         return compile_for(folder, threads)
@@ -116,13 +122,14 @@ def load_feature_function(
             exc,
         )
         shutil.rmtree(folder, ignore_errors=True)
-        _export(runtime, module, example, folder)
+        _export(runtime, module_and_example, folder)
         return compile_for(folder, threads)
 
 
-def _export(runtime: str, module, example, folder: Path) -> None:
+def _export(runtime: str, module_and_example: Callable[[], tuple[Any, Any]], folder: Path) -> None:
     """Write the exported model into `folder` atomically: a killed export leaves no folder that
     looks complete, and two runs exporting at once each rename a whole folder into place."""
+    module, example = module_and_example()
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -163,13 +170,16 @@ def _export_onnx(module, example, path: Path) -> None:
 
 
 def _export_openvino(module, example, path: Path) -> None:
+    """Through ONNX: the TorchScript-based ONNX export and OpenVINO's ONNX reader take about half
+    the time of `ov.convert_model` on the torch module (BENCHMARKS.md "Whole run"), with vectors
+    equal to torch's all the same (tests/resources/test_runtimes.py)."""
     import openvino as ov
-    import torch
 
-    with torch.no_grad():
-        model = ov.convert_model(module, example_input=example)
-    model.reshape({model.inputs[0]: ov.PartialShape([-1, *example.shape[1:]])})
+    onnx_path = path.with_suffix(".onnx")
+    _export_onnx(module, example, onnx_path)
+    model = ov.convert_model(onnx_path)  # the batch axis stays dynamic, as in the ONNX graph
     ov.save_model(model, str(path), compress_to_fp16=False)  # fp16 weights would change the vectors
+    onnx_path.unlink()
 
 
 def _onnxruntime_function(folder: Path, threads: int) -> FeatureFunction:

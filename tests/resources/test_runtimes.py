@@ -79,6 +79,23 @@ def test_the_export_is_made_once_per_model_id_and_is_disposable(tiny_vit_dir, ph
     assert exported.is_file()
 
 
+@pytest.mark.parametrize("runtime", CPU_RUNTIMES_FASTEST_FIRST)
+def test_a_cached_export_runs_without_building_the_torch_model(runtime, photos, tmp_path):
+    first = EfficientNetLite0Embedder(runtime=runtime, export_dir=tmp_path)
+    expected = first.embed(photos[:3])
+    assert "_model" in first.__dict__  # the first one built the model to export it
+
+    later = EfficientNetLite0Embedder(runtime=runtime, export_dir=tmp_path)
+    np.testing.assert_array_equal(later.embed(photos[:3]), expected)
+    assert "_model" not in later.__dict__ and later.runtime_in_use.startswith(f"{runtime} ")
+
+
+def test_the_input_normalisation_is_the_built_models_config():
+    embedder = EfficientNetLite0Embedder()
+    config = embedder._model.pretrained_cfg
+    assert (embedder._pretrained_config.mean, embedder._pretrained_config.std) == (config["mean"], config["std"])
+
+
 def test_an_incomplete_export_is_redone(photos, tmp_path):
     embedder = EfficientNetLite0Embedder(runtime="onnxruntime", export_dir=tmp_path)
     folder = export_folder(tmp_path, "onnxruntime", embedder.model_id)
