@@ -90,10 +90,28 @@ def test_a_cached_export_runs_without_building_the_torch_model(runtime, photos, 
     assert "_model" not in later.__dict__ and later.runtime_in_use.startswith(f"{runtime} ")
 
 
+def test_a_process_embedding_with_a_cached_export_never_imports_timm(photos, tmp_path):
+    import subprocess
+    import sys
+
+    EfficientNetLite0Embedder(runtime="openvino", export_dir=tmp_path).embed(photos[:1])
+    code = (
+        "import sys; from PIL import Image; "
+        "from imgdedup_pipeline.core.embedders import EfficientNetLite0Embedder as E; "
+        f"e = E(runtime='openvino', export_dir={str(tmp_path)!r}); "
+        "v = e.embed([Image.new('RGB', (64, 48), (200, 30, 30))]); "
+        "print(v.shape, e.runtime_in_use.split()[0], 'timm' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[-2] == "(1, 1296) openvino False"
+
+
 def test_the_input_normalisation_is_the_built_models_config():
-    embedder = EfficientNetLite0Embedder()
-    config = embedder._model.pretrained_cfg
-    assert (embedder._pretrained_config.mean, embedder._pretrained_config.std) == (config["mean"], config["std"])
+    from imgdedup_pipeline.core.embedders import OFFLINE_INPUT_MEAN, OFFLINE_INPUT_STD
+
+    config = EfficientNetLite0Embedder()._model.pretrained_cfg
+    assert (tuple(config["mean"]), tuple(config["std"])) == (OFFLINE_INPUT_MEAN, OFFLINE_INPUT_STD)
 
 
 def test_an_incomplete_export_is_redone(photos, tmp_path):
