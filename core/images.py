@@ -388,8 +388,8 @@ _DIHEDRAL_ARRAY_VIEWS = (
 
 def _phash_bits(grids: np.ndarray, hash_side: int = 8) -> np.ndarray:
     """imagehash's `phash` bits of each 32x32 grey grid in (M, 32, 32), in one batched DCT: the
-    same transforms and median as calling it per grid (equal hashes, tested), without its eight
-    Pillow round trips per image, which were a fifth of a first run's per-file work."""
+    same transforms and median as calling it per grid (equal hashes, tested), without its Pillow
+    round trip per grid (BENCHMARKS.md "Decode once": the catalog's per-file work, measured)."""
     import scipy.fftpack
 
     coefficients = scipy.fftpack.dct(scipy.fftpack.dct(grids, axis=1), axis=2)

@@ -171,8 +171,8 @@ def _export_onnx(module, example, path: Path) -> None:
 
 def _export_openvino(module, example, path: Path) -> None:
     """Through ONNX: the TorchScript-based ONNX export and OpenVINO's ONNX reader take about half
-    the time of `ov.convert_model` on the torch module (BENCHMARKS.md "Whole run"), with vectors
-    equal to torch's all the same (tests/resources/test_runtimes.py)."""
+    the time of `ov.convert_model` on the torch module (BENCHMARKS.md "CPU inference runtimes"),
+    with vectors equal to torch's all the same (tests/resources/test_runtimes.py)."""
     import openvino as ov
 
     onnx_path = path.with_suffix(".onnx")
