@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +107,69 @@ def materializations(instance: dg.DagsterInstance, run_id: str) -> dict[str, dic
     }
 
 
+@contextmanager
+def running_workers(base: Path, environment_for: Callable[[str], dict[str, str]], instance_url: str):
+    """WORKERS started with deploy/celery.yaml's command, each with `environment_for(name)`, and
+    this process pointed at the instance too; at the end every worker process is stopped by PID."""
+    previous_url = os.environ.get("DAGSTER_POSTGRES_URL")
+    os.environ["DAGSTER_POSTGRES_URL"] = instance_url  # this process reads the instance too
+    workers, stopped = {}, {}
+    try:
+        for name in WORKERS:
+            log = base / f"{name}.log"
+            workers[name] = start_process(celery_worker_command(name), environment_for(name), log)
+            wait_for(
+                lambda: " ready." in log.read_text(errors="replace"),  # noqa: B023 (waited for here)
+                f"celery {name} to be ready",
+                WORKER_START_TIMEOUT_S,
+                [log],
+                [workers[name]],
+            )
+        yield workers
+    finally:
+        stopped = {name: stop_process_tree(process) for name, process in workers.items()}
+        if previous_url is None:
+            os.environ.pop("DAGSTER_POSTGRES_URL", None)
+        else:
+            os.environ["DAGSTER_POSTGRES_URL"] = previous_url
+    for name, pids in stopped.items():
+        assert len(pids) >= 2, name  # the dagster-celery command and the celery worker below it
+        assert not [pid for pid in pids if is_alive(pid)], f"{name} left processes running"
+
+
+def drive_and_record(cluster: Cluster) -> dict:
+    """The driver's report, with each run's status, step processes and dedup_job's metadata as the
+    instance recorded them, and the workers' processes."""
+    found = cluster.drive()
+    found["worker_pids"] = cluster.worker_pids()
+    with dg.DagsterInstance.from_config(str(cluster.home)) as instance:
+        found["storage"] = type(instance.run_storage).__name__
+        found["status"] = {name: instance.get_run_by_id(run["run_id"]).status for name, run in found["runs"].items()}
+        found["step_pids"] = {name: step_pids(instance, run["run_id"]) for name, run in found["runs"].items()}
+        found["dedup_metadata"] = materializations(instance, found["runs"]["dedup"]["run_id"])
+    return found
+
+
+def dedup_in_one_process(settings: Settings, out_dir: Path, **overrides) -> tuple[Settings, bool]:
+    """dedup_job on the same folder in this process, without Celery (and `overrides`): its settings
+    and whether it succeeded."""
+    single = dataclasses.replace(
+        settings,
+        out_dir=str(out_dir),
+        executor="in_process",
+        celery_broker_url=None,
+        celery_backend_url=None,
+        **overrides,
+    )
+    with dg.instance_for_test() as instance:
+        result = (
+            build_definitions(single)
+            .resolve_job_def(DEDUP_JOB)
+            .execute_in_process(instance=instance, raise_on_error=False)
+        )
+    return single, result.success
+
+
 @pytest.fixture(scope="module")
 def cluster(postgres, tmp_path_factory):
     """PostgreSQL database, instance (deploy/dagster.postgres.yaml) and two Celery workers started
@@ -128,58 +193,16 @@ def cluster(postgres, tmp_path_factory):
     env = process_env(
         settings, {"DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": instance_url, "PYTHONPATH": str(PROJECT_ROOT)}
     )
-    previous_url = os.environ.get("DAGSTER_POSTGRES_URL")
-    os.environ["DAGSTER_POSTGRES_URL"] = instance_url  # this process reads the instance too
-
-    workers, stopped = {}, {}
-    try:
-        for name in WORKERS:
-            log = base / f"{name}.log"
-            workers[name] = start_process(celery_worker_command(name), env, log)
-            wait_for(
-                lambda: " ready." in log.read_text(errors="replace"),  # noqa: B023 (waited for here)
-                f"celery {name} to be ready",
-                WORKER_START_TIMEOUT_S,
-                [log],
-                [workers[name]],
-            )
+    with running_workers(base, lambda name: env, instance_url) as workers:
         yield Cluster(base=base, settings=settings, home=home, env=env, workers=workers)
-    finally:
-        stopped = {name: stop_process_tree(process) for name, process in workers.items()}
-        if previous_url is None:
-            os.environ.pop("DAGSTER_POSTGRES_URL", None)
-        else:
-            os.environ["DAGSTER_POSTGRES_URL"] = previous_url
-    for name, pids in stopped.items():
-        assert len(pids) >= 2, name  # the dagster-celery command and the celery worker below it
-        assert not [pid for pid in pids if is_alive(pid)], f"{name} left processes running"
 
 
 @pytest.fixture(scope="module")
 def celery_runs(cluster):
     """The catalog, the 16 shards and dedup_job on the workers; the same folder in one process."""
-    found = cluster.drive()
-    found["worker_pids"] = cluster.worker_pids()
-    with dg.DagsterInstance.from_config(str(cluster.home)) as instance:
-        found["storage"] = type(instance.run_storage).__name__
-        found["status"] = {name: instance.get_run_by_id(run["run_id"]).status for name, run in found["runs"].items()}
-        found["step_pids"] = {name: step_pids(instance, run["run_id"]) for name, run in found["runs"].items()}
-        found["dedup_metadata"] = materializations(instance, found["runs"]["dedup"]["run_id"])
-
-    single = dataclasses.replace(
-        cluster.settings,
-        out_dir=str(cluster.base / "single"),
-        executor="in_process",
-        celery_broker_url=None,
-        celery_backend_url=None,
-    )
-    with dg.instance_for_test() as instance:
-        result = (
-            build_definitions(single)
-            .resolve_job_def(DEDUP_JOB)
-            .execute_in_process(instance=instance, raise_on_error=False)
-        )
-    found.update(distributed=cluster.settings, single=single, single_success=result.success)
+    found = drive_and_record(cluster)
+    single, single_success = dedup_in_one_process(cluster.settings, cluster.base / "single")
+    found.update(distributed=cluster.settings, single=single, single_success=single_success)
     return found
 
 

@@ -19,25 +19,20 @@ import pandas as pd
 import pytest
 from distributed_support import (
     PROJECT_ROOT,
-    celery_worker_command,
     dagster_home_from,
-    is_alive,
     process_env,
-    start_process,
-    stop_process_tree,
-    wait_for,
 )
 
 # test_celery.py's kill of a worker process mid-shard, run here on this module's cluster (pytest
 # resolves the fixture's `cluster` and `celery_runs` to the ones below): the finished batches are
 # objects in the bucket, and the rerun, on whichever worker takes it, embeds only the rest.
 from test_celery import (
-    WORKER_START_TIMEOUT_S,
     WORKERS,
     Cluster,
+    dedup_in_one_process,
+    drive_and_record,
     killed_shard,  # noqa: F401  (a fixture, used by the two tests below)
-    materializations,
-    step_pids,
+    running_workers,
     test_a_worker_killed_mid_shard_fails_that_run_and_keeps_its_finished_batches,  # noqa: F401
     test_rerunning_the_killed_shard_embeds_only_what_no_finished_batch_holds,  # noqa: F401
     vector_table,
@@ -49,7 +44,7 @@ from imgdedup_pipeline.core.sample import build_sample_set
 from imgdedup_pipeline.core.settings import Settings
 from imgdedup_pipeline.core.sharding import SHARD_KEYS
 from imgdedup_pipeline.core.shared_exports import CURRENT_POINTER, published_export, published_manifest
-from imgdedup_pipeline.definitions import ALL_ASSETS, DEDUP_JOB, build_definitions
+from imgdedup_pipeline.definitions import ALL_ASSETS
 
 moto_server = pytest.importorskip("moto.server", reason="needs the dev extra: pip install 'moto[server]'")
 boto3 = pytest.importorskip("boto3")
@@ -129,20 +124,7 @@ def cluster(postgres, s3_environment, tmp_path_factory):
         return process_env(process_settings(shared, folder), {**extra, **s3_environment})
 
     orchestrator = base / "orchestrator"
-    previous_url = os.environ.get("DAGSTER_POSTGRES_URL")
-    os.environ["DAGSTER_POSTGRES_URL"] = instance_url  # this process reads the instance too
-    workers, stopped = {}, {}
-    try:
-        for name in WORKERS:
-            log = base / f"{name}.log"
-            workers[name] = start_process(celery_worker_command(name), environment(base / name), log)
-            wait_for(
-                lambda: " ready." in log.read_text(errors="replace"),  # noqa: B023 (waited for here)
-                f"celery {name} to be ready",
-                WORKER_START_TIMEOUT_S,
-                [log],
-                [workers[name]],
-            )
+    with running_workers(base, lambda name: environment(base / name), instance_url) as workers:
         env = environment(orchestrator)
         yield Cluster(
             base=base,
@@ -151,15 +133,6 @@ def cluster(postgres, s3_environment, tmp_path_factory):
             env=env,
             workers=workers,
         )
-    finally:
-        stopped = {name: stop_process_tree(process) for name, process in workers.items()}
-        if previous_url is None:
-            os.environ.pop("DAGSTER_POSTGRES_URL", None)
-        else:
-            os.environ["DAGSTER_POSTGRES_URL"] = previous_url
-    for name, pids in stopped.items():
-        assert len(pids) >= 2, name  # the dagster-celery command and the celery worker below it
-        assert not [pid for pid in pids if is_alive(pid)], f"{name} left processes running"
 
 
 def local_files(folder: Path) -> set[str]:
@@ -170,29 +143,10 @@ def local_files(folder: Path) -> set[str]:
 def celery_runs(cluster):
     """The catalog, the 16 shards and dedup_job on the workers; the same images in one process on
     one disk, without shared storage."""
-    found = cluster.drive()
-    found["worker_pids"] = cluster.worker_pids()
-    with dg.DagsterInstance.from_config(str(cluster.home)) as instance:
-        found["status"] = {name: instance.get_run_by_id(run["run_id"]).status for name, run in found["runs"].items()}
-        found["step_pids"] = {name: step_pids(instance, run["run_id"]) for name, run in found["runs"].items()}
-        found["dedup_metadata"] = materializations(instance, found["runs"]["dedup"]["run_id"])
+    found = drive_and_record(cluster)
     found["local_files"] = {name: local_files(cluster.base / name / "out") for name in (*WORKERS, "orchestrator")}
-
-    single = dataclasses.replace(
-        cluster.settings,
-        out_dir=str(cluster.base / "single"),
-        executor="in_process",
-        celery_broker_url=None,
-        celery_backend_url=None,
-        shared_storage_uri=None,
-    )
-    with dg.instance_for_test() as instance:
-        result = (
-            build_definitions(single)
-            .resolve_job_def(DEDUP_JOB)
-            .execute_in_process(instance=instance, raise_on_error=False)
-        )
-    found.update(distributed=cluster.settings, single=single, single_success=result.success)
+    single, single_success = dedup_in_one_process(cluster.settings, cluster.base / "single", shared_storage_uri=None)
+    found.update(distributed=cluster.settings, single=single, single_success=single_success)
     found["bucket"] = ObjectFolder.from_uri(SHARED_URI, boto3.client("s3"))
     found["bucket_names"] = set(found["bucket"].names())  # before the killed-shard tests add checkpoints
     return found
