@@ -397,18 +397,17 @@ def print_local_exports(run_id: str, out: Path) -> None:
 
 def print_shared_exports(run_id: str, shared_storage_uri: str) -> None:
     """Where the published export set is on the shared storage (core/shared_exports.py)."""
-    from imgdedup_pipeline.core.shared_exports import published_manifest
-    from imgdedup_pipeline.resources.output_store import OutputStoreResource
+    from imgdedup_pipeline.core.export_set import EXPORTS_DIR
+    from imgdedup_pipeline.core.object_store import folder_at
+    from imgdedup_pipeline.core.shared_exports import CURRENT_POINTER, published_manifest
 
-    shared = OutputStoreResource(out_dir=".", shared_storage_uri=shared_storage_uri).shared
-    if shared is None:
-        raise ValueError(f"no shared storage in {shared_storage_uri!r}")
+    shared = folder_at(shared_storage_uri)
     manifest = published_manifest(shared)
     if manifest is None or manifest["run_id"] != run_id:
         print("this run published no exports")
         return
-    folder = shared.uri("exports", run_id)
-    print(f"exports published in {folder} (named by {shared.uri('exports', 'current.json')}):")
+    folder = shared.uri(EXPORTS_DIR, run_id)
+    print(f"exports published in {folder} (named by {shared.uri(EXPORTS_DIR, CURRENT_POINTER)}):")
     for name in manifest["files"]:
         print(f"  {name:21s} {folder}/{name}")
 
