@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scoring_index
 
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -79,19 +79,20 @@ def main() -> int:
 
     import scoring_index
 
-    import core.search.contents
-    import core.search.ivf
-    import core.search.signals
+    import imgdedup_pipeline.core.scoring as scoring
+    import imgdedup_pipeline.core.search.contents as contents
+    import imgdedup_pipeline.core.search.ivf as ivf
+    import imgdedup_pipeline.core.search.signals as signals
     from imgdedup_pipeline.resources import lancedb
 
     sampler.wrap(lancedb.LanceDBResource, "read_content_vectors", "read_content_vectors")
-    sampler.wrap(core.search.signals.HashSignal, "matrix", "pHash matrix")
-    sampler.wrap(core.search.signals.HashSignal, "vouched_matches", "pHash search")
+    sampler.wrap(signals.HashSignal, "matrix", "pHash matrix")
+    sampler.wrap(signals.HashSignal, "vouched_matches", "pHash search")
     for step in ("_train_centroids", "_assign", "_build_index", "_search", "_refine", "_scan_dense_rows", "result"):
-        sampler.wrap(core.search.ivf._Search, step, f"index {step.strip('_')}")
+        sampler.wrap(ivf._Search, step, f"index {step.strip('_')}")
     for name in ("merge_searches", "nearest_outside_group", "identical_groups", "find_content_neighbors"):
-        sampler.wrap(core.search.contents, name, name)
-    sampler.wrap(core.scoring, "compute_uniqueness_scores", "compute_uniqueness_scores")
+        sampler.wrap(contents, name, name)
+    sampler.wrap(scoring, "compute_uniqueness_scores", "compute_uniqueness_scores")
     sampler.book("bench (keys, pHashes, the check after the stage)")
     figures = scoring_index.run_stage(args.uri, args.rows, args.queries, args.stage_engine)
     print(json.dumps({key: value for key, value in figures.items() if key != "labels"}))

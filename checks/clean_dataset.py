@@ -30,7 +30,7 @@ from imgdedup_pipeline.resources.policy import DedupPolicyResource
 # Where the nearest-kept-content tables of earlier runs are kept (under OUT/state), and the
 # version of their meaning: bump it when `nearest_kept_contents` changes its answer or its columns.
 NEAREST_TABLES_FOLDER = "check-tables"
-NEAREST_TABLE_FORMAT = 1
+NEAREST_TABLE_FORMAT = 2
 
 
 def unique_pixel_hash_suite() -> list:
@@ -85,13 +85,18 @@ def nearest_kept_contents_digest(
     engine: str,
 ) -> str:
     """`inputs_digest` of everything `nearest_kept_contents` reads: the kept contents and their
-    first paths, their vectors as read from the vector table, their pHashes and the signal's cutoff,
+    first paths, their vectors as read from the vector table, their pHashes, edge hashes and the signal's cutoffs,
     the distance the cutoff maps to and the search engine chosen (with the table's format)."""
     contents = clean.sort_values("path").drop_duplicates("pixel_hash")
     hashes = sorted(contents["pixel_hash"])
     informative_hashes = None
     if hash_signal is not None and hash_signal.threshold_bits > 0:
-        informative_hashes = (hash_signal.threshold_bits, hash_signal.matrix(hashes))
+        informative_hashes = (
+            hash_signal.threshold_bits,
+            hash_signal.edge_agreement_bits,
+            hash_signal.matrix(hashes),
+            hash_signal.edges(hashes),
+        )
     return inputs_digest(
         NEAREST_TABLE_FORMAT,
         contents["pixel_hash"].to_numpy(dtype=object),

@@ -34,10 +34,15 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from imgdedup_pipeline.core.atomic_write import write_atomically
-from imgdedup_pipeline.core.distances import cosine_distance, invariant_hamming, to_uniqueness
+from imgdedup_pipeline.core.distances import (
+    EDGE_AGREEMENT_BITS,
+    confirmed_invariant_hamming,
+    cosine_distance,
+    to_uniqueness,
+)
 from imgdedup_pipeline.core.images import (
-    dihedral_phashes,
     informative_phashes,
+    perceptual_hashes,
     pixel_hash,
     trim_uniform_borders,
 )
@@ -193,18 +198,23 @@ class Population:
         vectors: (M, D) float embeddings from the pipeline (normalised here).
         hashes: (M, V) uint64 invariant pHashes, identity first.
         pixel_hashes: (M,) the contents' pixel hashes.
+        edge_hashes: (M, EDGE_HASH_WORDS) uint64 edge hashes (`core.images.edge_hash_of_grid`).
     """
 
     vectors: np.ndarray
     hashes: np.ndarray
     pixel_hashes: Sequence[str]
+    edge_hashes: np.ndarray
 
 
-def vouching_hamming(query: np.ndarray, hashes: np.ndarray) -> np.ndarray:
-    """`invariant_hamming`, with -1 where the query's or the other row's hash carries no
-    information (a flat image): such a pair gets no say from the hash, as in the pipeline."""
+def vouching_hamming(query: np.ndarray, query_edge, hashes: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The pipeline's pHash distance (`core.distances.confirmed_invariant_hamming`: a turned
+    variant counts only where the edge hashes agree), with -1 where the query's or the other row's
+    hash carries no information (a flat image): such a pair gets no say from the hash."""
     query, hashes = np.asarray(query, dtype=np.uint64), np.asarray(hashes, dtype=np.uint64)
-    bits = invariant_hamming(query[None, :], hashes).astype(np.int64)
+    bits = confirmed_invariant_hamming(
+        query[None, :], hashes, np.asarray(query_edge, np.uint64)[None, :], edges, EDGE_AGREEMENT_BITS
+    )
     informative = informative_phashes(hashes) & informative_phashes(query)
     return np.where(informative, bits, -1)
 
@@ -215,7 +225,7 @@ def measure_calibration_pairs(
     hash_threshold_bits: int,
     seed: int = DEFAULT_SEED,
     edits: Sequence[tuple[str, Edit]] = EDITS,
-    hashes: Callable[[Image.Image], np.ndarray] = dihedral_phashes,
+    hashes: Callable[[Image.Image], tuple[np.ndarray, np.ndarray]] = perceptual_hashes,
     batch_size: int = 32,
     max_side: int | None = DEFAULT_MAX_SIDE,
     population: Population | None = None,
@@ -235,7 +245,7 @@ def measure_calibration_pairs(
             hash and no pair is matched by it).
         seed: base seed of the edits (original i uses seed + i).
         edits: the edits to apply.
-        hashes: RGB image -> (V,) uint64 invariant hashes, identity first.
+        hashes: RGB image -> ((V,) uint64 invariant pHashes, identity first; its edge hash words).
         batch_size: images per `embed` call.
         max_side: originals larger than this are first shrunk to it (aspect kept): editing,
             hashing and embedding full-size photos costs time and changes nothing the model
@@ -282,12 +292,17 @@ def measure_calibration_pairs(
             ]
         )
     )
-    phashes = np.stack([np.asarray(hashes(image), dtype=np.uint64) for image in images])
+    phashes, edges = zip(*(hashes(image) for image in images), strict=True)
+    phashes = np.stack([np.asarray(p, dtype=np.uint64) for p in phashes])
+    edges = np.stack([np.asarray(e, dtype=np.uint64) for e in edges])
     original_rows = np.nonzero(is_original)[0]
     if population is None:
-        population = Population(vectors[original_rows], phashes[original_rows], list(original_pixel_hashes))
+        population = Population(
+            vectors[original_rows], phashes[original_rows], list(original_pixel_hashes), edges[original_rows]
+        )
     pop_vectors = l2_normalize(population.vectors)
     pop_hashes = np.asarray(population.hashes, dtype=np.uint64)
+    pop_edges = np.asarray(population.edge_hashes, dtype=np.uint64)
     pop_pixels = np.asarray(population.pixel_hashes, dtype=object)
 
     # Which population rows are the source itself or the user's own duplicate of it (the trap).
@@ -296,7 +311,7 @@ def measure_calibration_pairs(
         same = pop_pixels == original_pixel_hashes[index]
         same |= cosine_distance(pop_vectors @ vectors[original_row]) < 1e-5
         if hash_threshold_bits > 0:
-            bits = vouching_hamming(phashes[original_row], pop_hashes)
+            bits = vouching_hamming(phashes[original_row], edges[original_row], pop_hashes, pop_edges)
             same |= (bits >= 0) & (bits <= hash_threshold_bits)
         same_content.append(same)
     excluded = [
@@ -316,7 +331,11 @@ def measure_calibration_pairs(
                     "source": src,
                     "edit": edit_name[row],
                     "distance": float(to_uniqueness(cosine_distance(vectors[origin] @ vectors[row]))),
-                    "hash_bits": int(vouching_hamming(phashes[row], phashes[origin : origin + 1])[0]),
+                    "hash_bits": int(
+                        vouching_hamming(
+                            phashes[row], edges[row], phashes[origin : origin + 1], edges[origin : origin + 1]
+                        )[0]
+                    ),
                 }
             )
         eligible = ~same_content[src]
@@ -326,7 +345,7 @@ def measure_calibration_pairs(
             )
             continue
         distance = to_uniqueness(cosine_distance(pop_vectors @ vectors[row]))
-        bits = vouching_hamming(phashes[row], pop_hashes)
+        bits = vouching_hamming(phashes[row], edges[row], pop_hashes, pop_edges)
         matched = (
             eligible & (bits >= 0) & (bits <= hash_threshold_bits)
             if hash_threshold_bits > 0

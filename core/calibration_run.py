@@ -131,6 +131,7 @@ def calibrate_catalog(
         vectors=np.stack([vectors[h] for h in contents["pixel_hash"]]),
         hashes=np.stack([np.asarray(p, dtype=np.int64).view(np.uint64) for p in contents["phashes"]]),
         pixel_hashes=contents["pixel_hash"].tolist(),
+        edge_hashes=np.stack([np.asarray(e, dtype=np.int64).view(np.uint64) for e in contents["edge_hash"]]),
     )
     log(
         f"{model_id}: calibrating on {len(originals)} sampled images ({len(unreadable)} unreadable) against {len(contents)} contents"

@@ -41,6 +41,7 @@ IMAGE_COLUMNS = [
     "source_mode",
     "frames",
     "phashes",
+    "edge_hash",
 ]
 REJECTED_COLUMNS = ["image_id", "path", "bytes", "reason", "detail"]
 
@@ -101,6 +102,7 @@ def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int) -> di
         "source_mode": facts.source_mode,
         "frames": facts.frames,
         "phashes": list(facts.phashes),
+        "edge_hash": list(facts.edge_hash),
     }
 
 

@@ -4,6 +4,8 @@
 - Uniqueness scale (SPEC.md): `uniqueness = d / 2`, in [0, 1]; thresholds and labels live here.
 - Rotation/flip-invariant Hamming distance (bits) between dihedral pHash sets: (V,) uint64 per
   image, the identity variant in column 0 and its rotations/flips after it.
+- The same, with a turned variant counting only where the images' edge hashes agree after the
+  turn (`confirmed_invariant_hamming`; `core.images.edge_hash_of_grid`).
 - Top-k order: ascending distance, ties by the smaller index, as every search reports neighbours.
 
 Nothing here imports Dagster.
@@ -12,6 +14,8 @@ Nothing here imports Dagster.
 from __future__ import annotations
 
 import numpy as np
+
+from imgdedup_pipeline.core.images import EDGE_HASH_WORDS, dihedral_edge_hashes
 
 
 def cosine_distance(dot):
@@ -42,6 +46,43 @@ def invariant_hamming(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
     forward = identity_to_variant_bits(hashes, others).min(axis=1)
     backward = identity_to_variant_bits(others, hashes).min(axis=1)
     return np.minimum(forward, backward)
+
+
+# A turned pHash match counts only where the two images' 256-bit edge hashes lie within this many
+# bits after the turn. Measured on the shared and generated sets (BENCHMARKS.md, "Turned pHash
+# matches"): true turned copies 0-16 bits, a turned copy with a watermark 32; opposite quarters of
+# point-symmetric pictures 52-120.
+EDGE_AGREEMENT_BITS = 40
+_NOT_CONFIRMED_BITS = 255  # a variant whose edges do not agree: farther than any 64-bit distance
+
+
+def confirmed_invariant_hamming(
+    hashes: np.ndarray, others: np.ndarray, edges: np.ndarray, other_edges: np.ndarray, edge_bits: int
+) -> np.ndarray:
+    """`invariant_hamming` over the variants that the edge hashes confirm: the identity always,
+    a rotation / flip only where the two images' edge hashes lie within `edge_bits` of each other
+    after that same turn. (n,) int64 (at most 64: the identities always count).
+
+    Args:
+        hashes, others: paired (n, V) uint64 dihedral pHash rows (rows broadcast).
+        edges, other_edges: their (n, EDGE_HASH_WORDS) uint64 edge hashes (identity only).
+        edge_bits: the largest edge-hash distance that confirms a turned variant.
+    """
+    edges, other_edges = np.broadcast_arrays(
+        np.asarray(edges, np.uint64).reshape(-1, EDGE_HASH_WORDS),
+        np.asarray(other_edges, np.uint64).reshape(-1, EDGE_HASH_WORDS),
+    )
+    bits = _NOT_CONFIRMED_BITS
+    for mine, theirs, my_edges, their_edges in (
+        (hashes, others, edges, other_edges),
+        (others, hashes, other_edges, edges),
+    ):
+        variant_bits = identity_to_variant_bits(mine, theirs).astype(np.int64)
+        turned_edges = dihedral_edge_hashes(their_edges)[:, : variant_bits.shape[1]]
+        agree = np.bitwise_count(my_edges[:, None, :] ^ turned_edges).sum(axis=2, dtype=np.int64) <= edge_bits
+        agree[:, 0] = True
+        bits = np.minimum(bits, np.where(agree, variant_bits, _NOT_CONFIRMED_BITS).min(axis=1))
+    return np.asarray(bits, dtype=np.int64)
 
 
 def invariant_hamming_matrix(queries: np.ndarray, by_variant: np.ndarray) -> np.ndarray:

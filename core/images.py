@@ -83,6 +83,7 @@ class DecodedImage:
     source_mode: str
     frames: int
     phashes: tuple[int, ...] = ()  # dihedral pHashes as signed int64 (Parquet has no list<uint64> ints > 2**63)
+    edge_hash: tuple[int, ...] = ()  # `edge_hash_of_grid`'s words as signed int64, for the same reason
 
 
 class FileChangedError(RuntimeError):
@@ -351,26 +352,91 @@ FLAT_GRID_MAX_GREY_STD = 2.0
 MIN_INFORMATIVE_PHASH_BITS = 24
 
 
-def dihedral_phashes(rgb: Image.Image, *, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """64-bit pHashes (imagehash's `phash`) of the border-trimmed image under all 8 rotations / flips.
-
-    The image is reduced once to pHash's 32x32 grey input and the variants are exact transposes of
-    that grid, so the min Hamming distance between one image's identity hash and another's 8
-    variants is a rotation/flip-invariant distance. A flat grid (grey standard deviation below
-    FLAT_GRID_MAX_GREY_STD) gets all-zero hashes, which `informative_phashes` rejects.
-    `box`: the image's `content_box`, when already computed.
-    Returns (8,) uint64, identity first.
-    """
+def phash_grid(rgb: Image.Image, *, box: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
+    """pHash's 32x32 grey input of the border-trimmed image (uint8), or None when it is flat (grey
+    standard deviation below FLAT_GRID_MAX_GREY_STD). `box`: the image's `content_box`, when
+    already computed."""
     grid = (
         trim_uniform_borders(rgb, box=box)
         .convert("L")
         .resize((PHASH_INPUT_SIDE, PHASH_INPUT_SIDE), Image.Resampling.LANCZOS)
     )
     pixels = np.asarray(grid)
-    if float(np.asarray(pixels, dtype=np.float64).std()) < FLAT_GRID_MAX_GREY_STD:
+    return None if float(np.asarray(pixels, dtype=np.float64).std()) < FLAT_GRID_MAX_GREY_STD else pixels
+
+
+def dihedral_phashes(rgb: Image.Image, *, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """64-bit pHashes (imagehash's `phash`) of the border-trimmed image under all 8 rotations / flips.
+
+    The image is reduced once to pHash's 32x32 grey input (`phash_grid`) and the variants are exact
+    transposes of that grid, so the min Hamming distance between one image's identity hash and
+    another's 8 variants is a rotation/flip-invariant distance. A flat grid gets all-zero hashes,
+    which `informative_phashes` rejects.
+    Returns (8,) uint64, identity first.
+    """
+    return dihedral_phashes_of_grid(phash_grid(rgb, box=box))
+
+
+def perceptual_hashes(
+    rgb: Image.Image, *, box: tuple[int, int, int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image's (8,) uint64 `dihedral_phashes` and its (EDGE_HASH_WORDS,) `edge_hash_of_grid`,
+    from one grid."""
+    grid = phash_grid(rgb, box=box)
+    return dihedral_phashes_of_grid(grid), edge_hash_of_grid(grid)
+
+
+def dihedral_phashes_of_grid(grid: np.ndarray | None) -> np.ndarray:
+    """`dihedral_phashes` of a `phash_grid` (all zeros for None, a flat image)."""
+    if grid is None:
         return np.zeros(len(DIHEDRAL_TRANSPOSES), dtype=np.uint64)
-    bits = _phash_bits(np.stack([transposed(pixels) for transposed in _DIHEDRAL_ARRAY_VIEWS]))
+    bits = _phash_bits(np.stack([transposed(grid) for transposed in _DIHEDRAL_ARRAY_VIEWS]))
     return np.packbits(bits.astype(np.uint8), axis=1).view(">u8").astype(np.uint64).ravel()
+
+
+EDGE_HASH_SIDE = 16  # 16 x 16 blocks of 2 x 2 grid pixels
+EDGE_HASH_WORDS = EDGE_HASH_SIDE**2 // 64  # 256 bits in four 64-bit words
+
+
+def edge_hash_of_grid(grid: np.ndarray | None) -> np.ndarray:
+    """Where a `phash_grid`'s edges are: its gradient magnitude averaged over 16 x 16 blocks, a bit
+    set where a block lies above the blocks' median (row-major, first block in the top bit).
+    Returns (EDGE_HASH_WORDS,) uint64; zeros for None (a flat image).
+
+    pHash keeps only the lowest frequencies, so opposite quarters of a point-symmetric picture
+    (a fundus photo, a colour wheel) match under a turn; their edges do not line up. A true turned
+    copy's edges do, after the same turn (`dihedral_edge_hashes`), so the pHash signal lets a
+    turned match count only where the edge hashes agree too (`core.distances`). The blocks tile
+    the grid and the gradient magnitude does not change under a turn or a flip, so the hash of a
+    turned grid is exactly the turned bit grid (tested).
+    """
+    if grid is None:
+        return np.zeros(EDGE_HASH_WORDS, dtype=np.uint64)
+    magnitude = np.hypot(*np.gradient(np.asarray(grid, dtype=np.float64)))
+    block = PHASH_INPUT_SIDE // EDGE_HASH_SIDE
+    blocks = magnitude.reshape(EDGE_HASH_SIDE, block, EDGE_HASH_SIDE, block).mean(axis=(1, 3))
+    return _pack_bit_grids((blocks > np.median(blocks))[None])[0]
+
+
+def dihedral_edge_hashes(edge_hashes: np.ndarray) -> np.ndarray:
+    """(P, EDGE_HASH_WORDS) uint64 edge hashes (or int64 bit patterns) -> (P, 8, EDGE_HASH_WORDS):
+    each one's hash of the image under the 8 rotations / flips, in `DIHEDRAL_TRANSPOSES` order:
+    the bit grid turned as the image (`edge_hash_of_grid`), so variant v pairs with pHash variant v."""
+    edge_hashes = np.asarray(edge_hashes)
+    words = edge_hashes.view(np.uint64) if edge_hashes.dtype == np.int64 else edge_hashes.astype(np.uint64)
+    big_endian = np.ascontiguousarray(words.reshape(-1, EDGE_HASH_WORDS), dtype=">u8")
+    grids = np.unpackbits(big_endian.view(np.uint8), axis=1)
+    grids = grids.reshape(-1, EDGE_HASH_SIDE, EDGE_HASH_SIDE)
+    turned = np.stack([view(grids) for view in _DIHEDRAL_BATCH_VIEWS], axis=1)  # (P, 8, side, side)
+    return _pack_bit_grids(turned.reshape(-1, EDGE_HASH_SIDE, EDGE_HASH_SIDE)).reshape(
+        len(grids), len(DIHEDRAL_TRANSPOSES), EDGE_HASH_WORDS
+    )
+
+
+def _pack_bit_grids(grids: np.ndarray) -> np.ndarray:
+    """(P, side, side) bools -> (P, EDGE_HASH_WORDS) uint64, row-major, first cell in the top bit."""
+    packed = np.packbits(grids.reshape(len(grids), EDGE_HASH_SIDE**2).astype(np.uint8), axis=1)
+    return packed.view(">u8").astype(np.uint64)
 
 
 # `DIHEDRAL_TRANSPOSES` as views of a (rows, columns) array, in the same order (tested equal).
@@ -383,6 +449,19 @@ _DIHEDRAL_ARRAY_VIEWS = (
     lambda a: a[::-1, :],
     lambda a: a.T,
     lambda a: np.rot90(a, 2).T,
+)
+
+
+# The same views over the last two axes of a batch of grids (tested equal, view by view).
+_DIHEDRAL_BATCH_VIEWS = (
+    lambda a: a,
+    lambda a: np.rot90(a, 1, axes=(-2, -1)),
+    lambda a: np.rot90(a, 2, axes=(-2, -1)),
+    lambda a: np.rot90(a, 3, axes=(-2, -1)),
+    lambda a: a[..., :, ::-1],
+    lambda a: a[..., ::-1, :],
+    lambda a: np.swapaxes(a, -1, -2),
+    lambda a: np.swapaxes(np.rot90(a, 2, axes=(-2, -1)), -1, -2),
 )
 
 
@@ -531,6 +610,7 @@ def describe_image(
             ) from exc
     rgb = load_rgb(source, max_pixels)
     box = content_box(rgb)  # once: the content-pixel count and the pHashes both trim to it
+    phashes, edge_hash = perceptual_hashes(rgb, box=box)
     return DecodedImage(
         width=rgb.width,
         height=rgb.height,
@@ -538,5 +618,6 @@ def describe_image(
         content_pixels=content_pixel_count(rgb, box=box),
         source_mode=source_mode,
         frames=frames,
-        phashes=tuple(dihedral_phashes(rgb, box=box).view(np.int64).tolist()),
+        phashes=tuple(phashes.view(np.int64).tolist()),
+        edge_hash=tuple(edge_hash.view(np.int64).tolist()),
     )

@@ -71,8 +71,9 @@ def score_images(
     Args:
         raw_images: catalog rows to score (`without_changed`).
         vectors: the embedding of every content of `raw_images` (ContentVectors, or pixel hash ->
-            vector), or a function that reads them: then nothing holds the (M, D) matrix once the
-            search is done, and it is freed before the scores are built (~2.9 GiB at 1M x 768).
+            vector), or a function that reads them: it is called after the pHash search
+            (`find_content_neighbors`), nothing holds the (M, D) matrix once the search is done,
+            and it is freed before the scores are built (~2.9 GiB at 1M x 768).
         thresholds: the label thresholds in force; the search radius is the near-duplicate one.
         keep_policy: `core.grouping.KEEP_POLICIES`.
         review_pins: path -> keep/remove from the review file, read once for the run.
@@ -87,7 +88,7 @@ def score_images(
         `ScoredImages`: scores (one row per image, sorted by path), pairs and the search summary.
     """
     neighbors = find_content_neighbors(
-        vectors() if callable(vectors) else vectors,
+        vectors,
         radius=thresholds.near_duplicate_cosine_distance,
         hash_signal=hash_signal,
         cache=SearchCache(cache_file, warn),

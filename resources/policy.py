@@ -86,8 +86,7 @@ class DedupPolicyResource(dg.ConfigurableResource):
         """The pHash signal over the images' contents, or None when it is switched off."""
         if self.hash_threshold_bits <= 0:
             return None
-        per_content = raw_images.drop_duplicates("pixel_hash").set_index("pixel_hash")["phashes"]
-        return HashSignal(per_content.to_dict(), self.hash_threshold_bits)
+        return HashSignal.from_catalog(raw_images, self.hash_threshold_bits)
 
     def calibration_settings(self, batch_size: int, force: bool = False) -> CalibrationSettings:
         """The values `core.calibration_run.calibrate_catalog` reads, with the model's `batch_size`."""

@@ -9,7 +9,7 @@ where the turned-copy check proves a copy (`core.rotated_copies`), its distance.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,7 +85,7 @@ class ContentNeighbors:
 
 
 def find_content_neighbors(
-    vectors: ContentVectors | Mapping[str, np.ndarray] | pd.Series,
+    vectors: ContentVectors | Mapping[str, np.ndarray] | pd.Series | Callable[[], ContentVectors],
     radius: float,
     hash_signal: HashSignal | None = None,
     cache: SearchCache | None = None,
@@ -98,7 +98,11 @@ def find_content_neighbors(
 
     Args:
         vectors: the contents' embeddings, as `ContentVectors` (used in place) or a mapping pixel
-            hash -> embedding (any float dtype; sorted and normalised here).
+            hash -> embedding (any float dtype; sorted and normalised here), or a function that
+            reads them as `ContentVectors`: it is called once the hash signal's search is done, so
+            that its tables and the (M, D) matrix are never held at once (the stage's peak at 1M
+            contents, BENCHMARKS.md "Memory at 1M"); with a hash signal it must read exactly the
+            signal's contents.
         radius: cosine distance within which pairs are kept (2 x the near-duplicate threshold);
             the hash signal's cutoff maps onto it.
         hash_signal: optional perceptual hashes per pixel hash.
@@ -108,7 +112,7 @@ def find_content_neighbors(
         engine: the embedding search setting, `exact`, `index` or `auto`
             (`core.search.choose.choose_engine`). The index finds nearly every neighbour (recall@1
             0.996 at 1M in BENCHMARKS.md). The hash signal is searched in full on every run, only
-            within its cutoff (`HashSignal.vouched_matches`).
+            within its cutoff (`HashSignal.vouched_pairs`).
         rotated_copy_signal: optional check of contents turned by an arbitrary angle with black
             corners against their nearest contents (`core.rotated_copies`); it runs on every call,
             from the embedding search, so incremental and full runs agree.
@@ -116,9 +120,22 @@ def find_content_neighbors(
             (the scoring's rule); False keeps every content its own group (the clean-set check,
             where any other content counts).
     """
-    if not isinstance(vectors, ContentVectors):
-        vectors = ContentVectors.from_mapping(vectors)
-    hashes, matrix = vectors.hashes, vectors.matrix
+    searching_hashes = hash_signal is not None and hash_signal.threshold_bits > 0
+    read = vectors if callable(vectors) else None
+    if read is not None and not searching_hashes:
+        vectors, read = read(), None
+    radius = max(radius, IDENTICAL_COSINE_DISTANCE)
+    updates = {}
+    hash_pairs = None
+    if hash_signal is not None and searching_hashes:
+        hashes = hash_signal.pixel_hashes if read is not None else _content_vectors(vectors).hashes
+        phashes, edges = hash_signal.matrix(hashes), hash_signal.edges(hashes)
+        informative = informative_phashes(phashes)
+        hash_pairs, updates["hash"] = hash_signal.vouched_pairs(phashes, edges)
+    content_vectors = _content_vectors(read() if read is not None else vectors)
+    if hash_pairs is not None and not np.array_equal(content_vectors.hashes, hashes):
+        raise ValueError("the vectors read are not of the hash signal's contents")
+    hashes, matrix = content_vectors.hashes, content_vectors.matrix
     if len(hashes) == 0:
         empty = np.empty(0, np.int64)
         return ContentNeighbors(
@@ -128,8 +145,6 @@ def find_content_neighbors(
             np.empty(0, np.float32),
             pd.DataFrame({"left": empty, "right": empty, "distance": np.empty(0, np.float32)}),
         )
-    radius = max(radius, IDENTICAL_COSINE_DISTANCE)
-    updates = {}
     choice = choose_engine("cosine", len(hashes), engine)
     embedding = choice.engine.build(matrix)
     if choice.mode == "exact" and cache is not None:
@@ -150,13 +165,9 @@ def find_content_neighbors(
 
     searches = [embedding_search]
     distance_rules = [lambda row: embedding.distances_from(np.array([row]))[0]]
-    if hash_signal is not None and hash_signal.threshold_bits > 0:
-        phashes = hash_signal.matrix(hashes)
-        informative = informative_phashes(phashes)
-        hash_matches, updates["hash"] = hash_signal.vouched_matches(phashes, radius)
-        searches.append(hash_matches)
-        del hash_matches
-        distance_rules.append(lambda row: hash_signal.vouched_distances_from(phashes, informative, row, radius))
+    if hash_signal is not None and hash_pairs is not None:
+        searches.append(hash_pairs.matches(NEIGHBORS_PER_ROW, hash_signal.bits_to_cosine(radius)))
+        distance_rules.append(lambda row: hash_signal.vouched_distances_from(phashes, edges, informative, row, radius))
     if rotated_copy_signal is not None:
         turned_matches, tested = rotated_copy_signal.vouched_matches(hashes, embedding_search, group, radius)
         updates["rotated_copy"] = SearchUpdate(
@@ -166,7 +177,8 @@ def find_content_neighbors(
         )
         searches.append(turned_matches)
         distance_rules.append(lambda row: turned_vouched_distances_from(turned_matches, row))
-    search = merge_searches(searches, k=NEIGHBORS_PER_ROW) if len(searches) > 1 else embedding_search
+    # The embedding search is this call's own: the fused lists are written into its lists.
+    search = merge_searches(searches, k=NEIGHBORS_PER_ROW, into_first=True) if len(searches) > 1 else embedding_search
     # Each signal's own top-k lists (~190 MiB apiece at 1M contents) are in `search` now.
     del searches, embedding_search
 
@@ -177,6 +189,10 @@ def find_content_neighbors(
     nearest_row, nearest_distance = nearest_outside_group(row_distances, group, search)
     pairs = pd.DataFrame({"left": search.pair_left, "right": search.pair_right, "distance": search.pair_distance})
     return ContentNeighbors(hashes, group, nearest_row, nearest_distance, pairs, updates)
+
+
+def _content_vectors(vectors: ContentVectors | Mapping[str, np.ndarray] | pd.Series) -> ContentVectors:
+    return vectors if isinstance(vectors, ContentVectors) else ContentVectors.from_mapping(vectors)
 
 
 def identical_groups(size: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -40,14 +40,32 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
-def merge_searches(searches: list[NeighborSearch], k: int) -> NeighborSearch:
+def merge_searches(searches: list[NeighborSearch], k: int, into_first: bool = False) -> NeighborSearch:
     """Fuse searches whose distances are already on one scale: a pair's distance is the smallest
-    any search gives it; top-k lists are merged and cut to k."""
+    any search gives it; top-k lists are merged and cut to k.
+
+    `into_first`: write the merged lists into the first search's own arrays where they have the
+    result's shape and types (the caller's, not used after): one (M, k) pair of arrays less
+    (~190 MiB at 1M rows, k 16)."""
     rows = len(searches[0].topk_index)
     width = sum(s.topk_index.shape[1] for s in searches)
     k = max(0, min(k, width))
-    topk_index = np.empty((rows, k), dtype=np.result_type(*[s.topk_index for s in searches]))
-    topk_distance = np.empty((rows, k), dtype=np.result_type(*[s.topk_distance for s in searches]))
+    index_type = np.result_type(*[s.topk_index for s in searches])
+    distance_type = np.result_type(*[s.topk_distance for s in searches])
+    first = searches[0]
+    if (
+        into_first
+        and first.topk_index.shape == (rows, k)
+        and (first.topk_index.dtype, first.topk_distance.dtype) == (index_type, distance_type)
+        and first.topk_index.flags.writeable
+        and first.topk_distance.flags.writeable
+    ):
+        # Each block of the result depends only on the same rows of the inputs, so it may
+        # overwrite the first input's block once it is computed.
+        topk_index, topk_distance = first.topk_index, first.topk_distance
+    else:
+        topk_index = np.empty((rows, k), dtype=index_type)
+        topk_distance = np.empty((rows, k), dtype=distance_type)
     # Row blocks: the candidates side by side and their sort order exist for one block at a time
     # (at 1M rows and two signals, all at once would add ~0.6 GiB).
     for start in range(0, rows, MERGE_BLOCK_ROWS):

@@ -133,7 +133,12 @@ def far_apart_phashes(count: int) -> list[list[int]]:
 )
 def test_no_duplicate_pairs_check_reads_the_vector_table(vector_table, hashes, passed):
     clean = pd.DataFrame(
-        {"path": [f"{h}.png" for h in hashes], "pixel_hash": hashes, "phashes": far_apart_phashes(len(hashes))}
+        {
+            "path": [f"{h}.png" for h in hashes],
+            "pixel_hash": hashes,
+            "phashes": far_apart_phashes(len(hashes)),
+            "edge_hash": [[0] * 4] * len(hashes),
+        }
     )
     result = clean_dataset_no_duplicate_pairs(
         clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource()
@@ -150,7 +155,9 @@ def test_no_duplicate_pairs_check_reads_the_vector_table(vector_table, hashes, p
 def test_no_duplicate_pairs_check_uses_the_fused_phash_distance(vector_table):
     """h1 and h3 are far apart as vectors, but their pHashes match: a duplicate by that signal."""
     same = far_apart_phashes(1)[0]
-    clean = pd.DataFrame({"path": ["h1.png", "h3.png"], "pixel_hash": ["h1", "h3"], "phashes": [same, same]})
+    clean = pd.DataFrame(
+        {"path": ["h1.png", "h3.png"], "pixel_hash": ["h1", "h3"], "phashes": [same, same], "edge_hash": [[0] * 4] * 2}
+    )
     result = clean_dataset_no_duplicate_pairs(
         clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource()
     )
@@ -167,7 +174,9 @@ def test_no_duplicate_pairs_check_uses_the_fused_phash_distance(vector_table):
 def test_no_duplicate_pairs_check_ignores_the_phashes_of_flat_images(vector_table):
     """Two flat images hash alike (all zeros) whatever their colour: the hash says nothing there."""
     flat = [0] * 8
-    clean = pd.DataFrame({"path": ["h1.png", "h3.png"], "pixel_hash": ["h1", "h3"], "phashes": [flat, flat]})
+    clean = pd.DataFrame(
+        {"path": ["h1.png", "h3.png"], "pixel_hash": ["h1", "h3"], "phashes": [flat, flat], "edge_hash": [[0] * 4] * 2}
+    )
     result = clean_dataset_no_duplicate_pairs(
         clean_dataset=clean, image_vectors={"model_id": "model"}, lancedb=vector_table, policy=DedupPolicyResource()
     )
@@ -178,7 +187,14 @@ def test_no_duplicate_pairs_check_reuses_its_search_only_for_unchanged_inputs(ve
     """With a state folder the nearest-content table of an earlier call is reused while the vectors,
     pHashes, paths and thresholds are the same; any change searches again, and the expectations
     run every time."""
-    clean = pd.DataFrame({"path": ["h1.png", "h3.png"], "pixel_hash": ["h1", "h3"], "phashes": far_apart_phashes(2)})
+    clean = pd.DataFrame(
+        {
+            "path": ["h1.png", "h3.png"],
+            "pixel_hash": ["h1", "h3"],
+            "phashes": far_apart_phashes(2),
+            "edge_hash": [[0] * 4] * 2,
+        }
+    )
     state = tmp_path / "state"
 
     def check(table, lancedb=vector_table, policy=DedupPolicyResource()):

@@ -175,8 +175,9 @@ def test_vouching_hamming_gives_no_bits_where_a_hash_carries_no_information():
     picture = np.full(8, 0x5555_5555_5555_5555, np.uint64)  # 32 bits set, as a picture's pHash
     flat = np.zeros(8, np.uint64)
     population = np.stack([picture ^ np.uint64(0b111), flat, np.full(8, 1 << 63, np.uint64)])
-    assert vouching_hamming(picture, population).tolist() == [3, -1, -1]
-    assert vouching_hamming(flat, population).tolist() == [-1, -1, -1]
+    edges = np.zeros((3, 4), np.uint64)
+    assert vouching_hamming(picture, edges[0], population, edges).tolist() == [3, -1, -1]
+    assert vouching_hamming(flat, edges[0], population, edges).tolist() == [-1, -1, -1]
 
 
 def test_flat_images_are_never_matched_by_their_hash_in_calibration():

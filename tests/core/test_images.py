@@ -16,22 +16,34 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from imgdedup_pipeline.core.distances import (
+    EDGE_AGREEMENT_BITS,
+    confirmed_invariant_hamming,
+    invariant_hamming,
+)
 from imgdedup_pipeline.core.grouping import keep_policy_order
 from imgdedup_pipeline.core.images import (
+    _DIHEDRAL_ARRAY_VIEWS,
+    _DIHEDRAL_BATCH_VIEWS,
     DEFAULT_MAX_PIXELS,
     DIHEDRAL_TRANSPOSES,
+    EDGE_HASH_WORDS,
     PHASH_INPUT_SIDE,
     DiscoveredFile,
     ImageRejected,
     content_pixel_count,
     describe_image,
+    dihedral_edge_hashes,
     dihedral_phashes,
     discover_image_files,
+    edge_hash_of_grid,
     file_sha256,
     image_id_for,
     informative_phashes,
     load_rgb,
     open_image,
+    perceptual_hashes,
+    phash_grid,
     pixel_hash,
     to_rgb,
 )
@@ -495,6 +507,58 @@ def test_dihedral_phashes_separate_different_images_and_ignore_letterbox():
     assert min_variant_bits(first, dihedral_phashes(Image.fromarray(canvas))) <= 2
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_the_edge_hash_of_a_turned_grid_is_the_turned_bit_grid(seed):
+    """`dihedral_edge_hashes` turns the stored identity edge hash exactly as the image: column v is
+    the edge hash of the grid under pHash variant v, so the two signals pair variant for variant."""
+    rng = np.random.default_rng(seed)
+    smooth = np.kron(rng.integers(0, 256, (6, 9, 3)), np.ones((24, 24, 1)))
+    rgb = Image.fromarray(np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8))
+    grid = phash_grid(rgb)
+    turned = dihedral_edge_hashes(edge_hash_of_grid(grid)[None, :])
+    assert turned.shape == (1, 8, EDGE_HASH_WORDS) and turned.dtype == np.uint64
+    direct = [edge_hash_of_grid(np.ascontiguousarray(view(grid))).tolist() for view in _DIHEDRAL_ARRAY_VIEWS]
+    assert turned[0].tolist() == direct
+    assert len({tuple(words) for words in direct}) > 1  # the turns do move the bits: the test compares something
+    stacked = np.stack([grid, grid.T])
+    for array_view, batch_view in zip(_DIHEDRAL_ARRAY_VIEWS, _DIHEDRAL_BATCH_VIEWS, strict=True):
+        np.testing.assert_array_equal(batch_view(stacked), np.stack([array_view(grid), array_view(grid.T)]))
+
+
+def test_a_turned_copy_is_confirmed_and_opposite_quarters_of_a_symmetric_picture_are_not():
+    """The turned pHash match of a true rotated copy keeps its bits; a quarter of a point-symmetric
+    picture matches the opposite quarter turned 180 degrees in pHash but not in its edges."""
+    from tests.synthetic_images import sample_photo
+
+    retina = sample_photo("retina").resize((512, 512))
+    quarter = retina.crop((0, 0, 256, 256))
+    opposite = retina.crop((256, 256, 512, 512))
+    copy = quarter.transpose(Image.Transpose.ROTATE_90)
+
+    def hashes(image):
+        phashes, edge = perceptual_hashes(image)
+        return phashes[None, :], edge[None, :]
+
+    (q, qe), (o, oe), (c, ce) = hashes(quarter), hashes(opposite), hashes(copy)
+    assert invariant_hamming(q, o)[0] <= 10  # the pHash alone takes the opposite quarter for a turned copy
+    assert confirmed_invariant_hamming(q, o, qe, oe, EDGE_AGREEMENT_BITS)[0] > 10
+    assert confirmed_invariant_hamming(q, c, qe, ce, EDGE_AGREEMENT_BITS)[0] == invariant_hamming(q, c)[0] <= 2
+
+
+def test_an_identity_match_needs_no_edge_agreement():
+    picture = np.full((1, 8), 0x5555_5555_5555_5555, np.uint64)
+    nearby = picture ^ np.uint64(0b111)
+    far_edges = (np.zeros((1, EDGE_HASH_WORDS), np.uint64), np.full((1, EDGE_HASH_WORDS), 2**64 - 1, np.uint64))
+    assert confirmed_invariant_hamming(picture, nearby, *far_edges, EDGE_AGREEMENT_BITS).tolist() == [3]
+    turned_only = np.roll(nearby, 1, axis=1)  # the match now sits in a turned variant only
+    turned_only[0, 0] = ~picture[0, 0]
+    assert invariant_hamming(picture, turned_only)[0] == 3
+    # The 3-bit turned match does not count; what is left is the identities, 64 bits apart.
+    assert confirmed_invariant_hamming(picture, turned_only, *far_edges, EDGE_AGREEMENT_BITS)[0] == 64
+    everything = EDGE_HASH_WORDS * 64  # every edge distance allowed
+    assert confirmed_invariant_hamming(picture, turned_only, *far_edges, everything)[0] == 3
+
+
 def grey_gradient(width: int, height: int) -> Image.Image:
     """A grey ramp from black to white along the longer side."""
     ramp = np.linspace(0, 255, max(width, height)).astype(np.uint8)
@@ -566,6 +630,10 @@ def test_describe_image_reports_signed_phashes(tmp_path):
     facts = describe_image(path)
     assert len(facts.phashes) == 8
     assert np.array(facts.phashes, np.int64).view(np.uint64).tolist() == dihedral_phashes(blocky_rgb(3)).tolist()
+    assert (
+        np.array(facts.edge_hash, np.int64).view(np.uint64).tolist()
+        == edge_hash_of_grid(phash_grid(blocky_rgb(3))).tolist()
+    )
 
 
 # --- Discovery ----------------------------------------------------------------------------------

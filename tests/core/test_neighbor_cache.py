@@ -114,7 +114,7 @@ def test_content_neighbors_from_a_previous_run_equal_a_fresh_search(tmp_path):
     phashes = {h: rng.integers(0, 2**63, 8, dtype=np.int64) for h in pool_hashes}
     for i in range(0, 60, 2):  # pHash-near pairs whose embeddings are far apart
         phashes[pool_hashes[i + 1]] = phashes[pool_hashes[i]] ^ np.int64(0b111)
-    signal = HashSignal(phashes, threshold_bits=10)
+    signal = HashSignal.from_mapping(phashes, threshold_bits=10)
     cache = SearchCache(tmp_path / "embedding.npz")
     first = find_content_neighbors(dict(zip(pool_hashes[:250], pool_vectors[:250])), RADIUS, signal, cache=cache)
     assert first.updates["embedding"].mode == "full"

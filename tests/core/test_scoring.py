@@ -24,7 +24,7 @@ from imgdedup_pipeline.core.scoring import (
     compute_uniqueness_scores,
     label_for,
 )
-from imgdedup_pipeline.core.search.contents import IDENTICAL_COSINE_DISTANCE, find_content_neighbors
+from imgdedup_pipeline.core.search.contents import IDENTICAL_COSINE_DISTANCE, ContentVectors, find_content_neighbors
 from imgdedup_pipeline.core.search.engines import search_neighbors
 from imgdedup_pipeline.core.search.result import l2_normalize, nearest_outside_group
 from imgdedup_pipeline.core.search.signals import NEIGHBORS_PER_ROW, HashSignal
@@ -524,7 +524,7 @@ def score_fused(vectors, hashes, threshold_bits=10, thresholds=Thresholds(), row
     rows = rows or [image("a.png", "a", content_pixels=200), image("b.png", "b")]
     images = pd.DataFrame(rows)
     neighbors = find_content_neighbors(
-        vectors, thresholds.near_duplicate_cosine_distance, HashSignal(hashes, threshold_bits)
+        vectors, thresholds.near_duplicate_cosine_distance, HashSignal.from_mapping(hashes, threshold_bits)
     )
     rank = keep_policy_order(images)
     scores = compute_uniqueness_scores(images, neighbors, rank, thresholds)
@@ -609,7 +609,7 @@ def test_hash_distance_compares_identity_with_the_other_variants(hash_a, hash_b,
 def test_without_a_hash_signal_only_the_embedding_counts(threshold_bits):
     rows = [image("a.png", "a"), image("b.png", "b")]
     images = pd.DataFrame(rows)
-    signal = None if threshold_bits is None else HashSignal(hashes_bits_apart(1), threshold_bits)
+    signal = None if threshold_bits is None else HashSignal.from_mapping(hashes_bits_apart(1), threshold_bits)
     neighbors = find_content_neighbors(ORTHOGONAL, 0.1, signal)
     scores = compute_uniqueness_scores(images, neighbors, keep_policy_order(images), Thresholds())
     assert scores["uniqueness"].tolist() == pytest.approx([0.5, 0.5], abs=FLOAT32_TOLERANCE)
@@ -674,7 +674,7 @@ def test_a_unique_images_score_is_its_embedding_distance():
         )
     hashes["h001"] = hashes["h000"] ^ np.int64(0b11_0000)  # 2 bits: vouched for
     embedding_only = scores_of(vectors, None)
-    fused = scores_of(vectors, HashSignal(hashes, threshold_bits=10))
+    fused = scores_of(vectors, HashSignal.from_mapping(hashes, threshold_bits=10))
     assert (embedding_only["label"] == LABEL_UNIQUE).all()
     assert fused.loc["h000.png", "uniqueness"] == pytest.approx(0.01, abs=FLOAT32_TOLERANCE)  # 2 of 10 bits x 0.05
     unique = fused.drop(index=["h000.png", "h001.png"])
@@ -691,7 +691,7 @@ def test_a_hash_beyond_its_cutoff_changes_nothing(threshold_bits):
         for h, mask in (("a", 0), ("b", (1 << (threshold_bits + 2)) - 1), ("c", ((1 << 30) - 1) << 32))
     }  # disjoint runs: b-c = b + 30 bits
     embedding_only = scores_of(vectors, None)
-    fused = scores_of(vectors, HashSignal(hashes, threshold_bits))
+    fused = scores_of(vectors, HashSignal.from_mapping(hashes, threshold_bits))
     pd.testing.assert_frame_equal(fused, embedding_only)
     assert (fused["label"] == LABEL_UNIQUE).all()
     assert fused.loc["a.png", "uniqueness"] == pytest.approx(0.15, abs=FLOAT32_TOLERANCE)  # b's embedding distance
@@ -723,7 +723,7 @@ def test_hashes_without_information_never_count(hash_a, hash_b):
     """Solid red, green, blue, white and black all hash alike (SPEC.md: for flat images only the
     embedding and exact pixel identity decide)."""
     hashes = {"a": np.array([hash_a] * 8, np.int64), "b": np.array([hash_b] * 8, np.int64)}
-    fused = scores_of(ORTHOGONAL, HashSignal(hashes, threshold_bits=10))
+    fused = scores_of(ORTHOGONAL, HashSignal.from_mapping(hashes, threshold_bits=10))
     assert fused["uniqueness"].tolist() == pytest.approx([0.5, 0.5], abs=FLOAT32_TOLERANCE)
     assert (fused["label"] == LABEL_UNIQUE).all()
 
@@ -737,7 +737,7 @@ def test_flat_images_still_match_by_embedding_and_by_pixel_identity():
         image("green.png", "green"),
     ]
     images = pd.DataFrame(rows)
-    signal = HashSignal({h: np.zeros(8, np.int64) for h in vectors}, threshold_bits=10)
+    signal = HashSignal.from_mapping({h: np.zeros(8, np.int64) for h in vectors}, threshold_bits=10)
     neighbors = find_content_neighbors(vectors, Thresholds().near_duplicate_cosine_distance, signal)
     scores = compute_uniqueness_scores(images, neighbors, keep_policy_order(images), Thresholds()).set_index("path")
     assert sorted(scores.loc[["red.png", "red_copy.png"], "uniqueness"]) == pytest.approx(
@@ -750,7 +750,9 @@ def test_flat_images_still_match_by_embedding_and_by_pixel_identity():
 def test_vouched_matches_keep_only_informative_pairs_within_the_cutoff():
     flat, picture = np.zeros(8, np.uint64), np.full(8, PICTURE_HASH, np.uint64)
     phashes = np.stack([flat, picture, flat, picture ^ np.uint64(0b111), picture ^ np.uint64(((1 << 12) - 1) << 20)])
-    matches, update = HashSignal({}, threshold_bits=10).vouched_matches(phashes, radius=0.1, k=4)
+    matches, update = HashSignal.from_mapping({}, threshold_bits=10).vouched_matches(
+        phashes, np.zeros((len(phashes), 4), np.uint64), radius=0.1, k=4
+    )
     assert list(zip(matches.pair_left.tolist(), matches.pair_right.tolist())) == [(1, 3)]
     assert matches.pair_distance.tolist() == pytest.approx([0.03])  # 3 bits of 10 -> 0.3 x 0.1
     assert matches.topk_index[[0, 2, 4]].max() == -1 and np.isinf(matches.topk_distance[[0, 2, 4]]).all()
@@ -758,7 +760,69 @@ def test_vouched_matches_keep_only_informative_pairs_within_the_cutoff():
     assert update.searched_rows == 3 and update.mode == "full"
 
 
+def test_a_turned_hash_match_counts_only_where_the_edges_agree():
+    """Opposite quarters of a fundus photo match under a flip in pHash; only the true turned copy
+    of a quarter is vouched for, in the pairs and in the per-row distances alike."""
+    from PIL import Image
+
+    from imgdedup_pipeline.core.images import perceptual_hashes
+    from tests.synthetic_images import sample_photo
+
+    retina = sample_photo("retina").resize((512, 512))
+    pictures = {
+        "quarter": retina.crop((0, 0, 256, 256)),
+        "opposite": retina.crop((0, 256, 256, 512)),  # the quarter below: a vertical flip apart in pHash
+        "turned_copy": retina.crop((0, 0, 256, 256)).transpose(Image.Transpose.ROTATE_270),
+    }
+    hashes = {name: perceptual_hashes(picture) for name, picture in pictures.items()}
+    phash_only = HashSignal.from_mapping({n: h for n, (h, _) in hashes.items()}, threshold_bits=10)
+    signal = HashSignal.from_mapping({n: h for n, (h, _) in hashes.items()}, 10, {n: e for n, (_, e) in hashes.items()})
+    names = list(phash_only.pixel_hashes)  # sorted: opposite, quarter, turned_copy
+
+    def vouched(hash_signal: HashSignal) -> set[tuple[str, str]]:
+        found, _ = hash_signal.vouched_matches(hash_signal.hashes, hash_signal.edge_hashes, radius=0.1)
+        return {(names[a], names[b]) for a, b in zip(found.pair_left, found.pair_right, strict=True)}
+
+    assert ("opposite", "quarter") in vouched(phash_only)  # edges all equal: the pHash alone decides
+    assert vouched(signal) == {("quarter", "turned_copy")}
+    informative = np.ones(3, bool)
+    from_quarter = signal.vouched_distances_from(signal.hashes, signal.edge_hashes, informative, 1, radius=0.1)
+    assert np.isinf(from_quarter[0]) and from_quarter[2] <= 0.1  # [1] is the row itself
+
+
+def test_a_reader_of_the_vectors_is_called_after_the_hash_search_with_the_same_result(monkeypatch):
+    """Given a reader, the pHash search runs before the vectors are read (the 1M stage's peak);
+    the neighbours are those of the vectors given directly; a reader of other contents is refused."""
+    vectors = random_contents(30)
+    rng = np.random.default_rng(2)
+    hashes = {h: picture_hashes(rng, 1) for h in vectors}
+    hashes["h003"] = hashes["h001"] ^ np.int64(0b1011)  # 3 bits: a pair only the hash vouches for
+    signal = HashSignal.from_mapping(hashes, threshold_bits=10)
+    radius = Thresholds().near_duplicate_cosine_distance
+    order = []
+    search_hashes = HashSignal.vouched_pairs
+
+    def recorded_hash_search(self, *args):
+        order.append("hash")
+        return search_hashes(self, *args)
+
+    def read() -> ContentVectors:
+        order.append("read")
+        return ContentVectors.from_mapping(vectors)
+
+    monkeypatch.setattr(HashSignal, "vouched_pairs", recorded_hash_search)
+    from_reader = find_content_neighbors(read, radius, signal)
+    assert order == ["hash", "read"]
+    direct = find_content_neighbors(vectors, radius, signal)
+    pd.testing.assert_frame_equal(from_reader.pairs, direct.pairs)
+    np.testing.assert_array_equal(from_reader.nearest_distance, direct.nearest_distance)
+    assert (1, 3) in set(zip(direct.pairs["left"], direct.pairs["right"]))
+    fewer = dict(list(vectors.items())[1:])
+    with pytest.raises(ValueError, match="hash signal's contents"):
+        find_content_neighbors(lambda: ContentVectors.from_mapping(fewer), radius, signal)
+
+
 def test_hash_matrix_of_no_contents_is_empty_with_one_column_per_variant():
     """An empty clean set (an empty folder) asks for the hashes of no content at all."""
-    matrix = HashSignal({}, threshold_bits=10).matrix([])
+    matrix = HashSignal.from_mapping({}, threshold_bits=10).matrix([])
     assert matrix.shape == (0, 8) and matrix.dtype == np.uint64

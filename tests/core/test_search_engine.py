@@ -115,7 +115,7 @@ def clustered_contents(seed: int = 0):
             phashes[copy, 3] = phashes[source, 0] ^ flipped
         else:
             phashes[copy, 0] = phashes[source, 0] ^ flipped
-    signal = HashSignal({h: phashes[i].view(np.int64) for i, h in enumerate(hashes)}, threshold_bits=10)
+    signal = HashSignal.from_mapping({h: phashes[i].view(np.int64) for i, h in enumerate(hashes)}, threshold_bits=10)
     return ContentVectors(hashes, matrix), signal
 
 

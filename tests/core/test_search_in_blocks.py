@@ -38,6 +38,19 @@ def test_merge_searches_in_row_blocks_equals_one_block(monkeypatch, block_rows):
     assert_same_search(merge_searches(searches, k=5), whole)
 
 
+@pytest.mark.parametrize("block_rows", [1, 7, 50], ids=["one-row-blocks", "uneven-blocks", "one-block"])
+def test_merge_searches_into_the_first_searchs_lists_equals_a_new_merge(monkeypatch, block_rows):
+    monkeypatch.setattr(result_module, "MERGE_BLOCK_ROWS", block_rows)
+    expected = merge_searches([random_search(50, 5, seed=1), random_search(50, 6, seed=2)], k=5)
+    first = random_search(50, 5, seed=1)
+    merged = merge_searches([first, random_search(50, 6, seed=2)], k=5, into_first=True)
+    assert_same_search(merged, expected)
+    assert merged.topk_index is first.topk_index and merged.topk_distance is first.topk_distance
+    narrower = random_search(50, 3, seed=1)  # not the result's shape: a new pair of arrays
+    merged = merge_searches([narrower, random_search(50, 6, seed=2)], k=5, into_first=True)
+    assert merged.topk_index is not narrower.topk_index and merged.topk_index.shape == (50, 5)
+
+
 def picture_hashes(rows: int, seed: int = 0) -> np.ndarray:
     """(rows, 8) uint64 hashes: half flat (not informative), the rest near copies of a few pictures."""
     rng = np.random.default_rng(seed)
@@ -53,7 +66,7 @@ def test_vouched_matches_equal_the_informative_rows_search_mapped_back(rows):
     lists mapped back to content rows (how they were built before)."""
     phashes = picture_hashes(rows)
     phashes[0] = phashes[-1] ^ np.uint64(1)  # informative, with a match
-    signal = HashSignal({}, threshold_bits=10)
+    signal = HashSignal.from_mapping({}, threshold_bits=10)
     informative = np.flatnonzero(informative_phashes(phashes))
     own, _ = hash_pairs_within(phashes[informative], 4, 10)
     index = np.full((rows, own.topk_index.shape[1]), -1, dtype=np.int64)
@@ -61,7 +74,7 @@ def test_vouched_matches_equal_the_informative_rows_search_mapped_back(rows):
     index[informative] = np.where(own.topk_index >= 0, informative[np.maximum(own.topk_index, 0)], -1)
     distance[informative] = own.topk_distance
     mapped = NeighborSearch(index, distance, informative[own.pair_left], informative[own.pair_right], own.pair_distance)
-    found, _ = signal.vouched_matches(phashes, radius=0.1, k=4)
+    found, _ = signal.vouched_matches(phashes, np.zeros((rows, 4), np.uint64), radius=0.1, k=4)
     assert_same_search(found, scaled(mapped, signal.bits_to_cosine(0.1)))
     if rows == 40:
         assert (found.topk_index >= 0).any() and (found.topk_index[(phashes == 0).all(axis=1)] == -1).all()
@@ -75,7 +88,7 @@ def test_vouched_matches_equal_the_informative_rows_search_mapped_back(rows):
 def test_hash_matrix_equals_the_stacked_rows(as_stored):
     phashes = picture_hashes(12)
     keys = [f"{i:04x}" for i in range(12)]
-    signal = HashSignal({key: as_stored(phashes[i]) for i, key in enumerate(keys)})
+    signal = HashSignal.from_mapping({key: as_stored(phashes[i]) for i, key in enumerate(keys)})
     order = keys[::-1]
     matrix = signal.matrix(order)
     assert matrix.dtype == np.uint64
@@ -83,9 +96,20 @@ def test_hash_matrix_equals_the_stacked_rows(as_stored):
 
 
 def test_hash_matrix_refuses_rows_of_another_shape():
-    signal = HashSignal({"a": np.zeros(8, np.int64), "b": np.zeros(1, np.int64)})
     with pytest.raises(ValueError, match="shape"):
-        signal.matrix(["a", "b"])
+        HashSignal.from_mapping({"a": np.zeros(8, np.int64), "b": np.zeros(1, np.int64)})
+
+
+def test_hash_matrix_is_the_signals_own_for_its_contents_and_refuses_an_unknown_one():
+    phashes = picture_hashes(5)
+    keys = [f"{i:04x}" for i in range(5)]
+    signal = HashSignal.from_mapping(dict(zip(keys, phashes, strict=True)))
+    assert np.shares_memory(signal.matrix(keys), signal.hashes)  # the search's case: no copy
+    np.testing.assert_array_equal(signal.matrix(keys[1:3]), phashes[1:3])
+    with pytest.raises(KeyError, match="zz"):
+        signal.matrix(["0001", "zz"])
+    with pytest.raises(ValueError, match="sorted"):
+        HashSignal(np.array(keys[::-1], dtype=object), phashes, np.zeros((5, 4), np.uint64))
 
 
 @pytest.mark.parametrize("block_rows", [1, 7], ids=["one-row-blocks", "uneven-blocks"])
