@@ -18,7 +18,7 @@ from imgdedup_pipeline.core.search.cache import SearchUpdate
 from imgdedup_pipeline.core.search.choose import EngineChoice, choose_engine
 from imgdedup_pipeline.core.search.engines import IndexedHamming
 from imgdedup_pipeline.core.search.exact_hamming import hamming_distances_from, topk_from_pairs
-from imgdedup_pipeline.core.search.result import NeighborSearch, scaled
+from imgdedup_pipeline.core.search.result import NeighborSearch
 
 NEIGHBORS_PER_ROW = 16
 
@@ -219,7 +219,9 @@ class VouchedPairs:
         index, distance = topk_from_pairs(
             self.rows, max(0, min(k, self.informative_rows - 1)), self.left, self.right, bits
         )
-        return scaled(NeighborSearch(index, distance, self.left, self.right, bits), bits_to_cosine)
+        # Scaled in place, as `scaled` would give: no second (M, k) array (~64 MiB at 1M contents).
+        distance *= np.float32(bits_to_cosine)
+        return NeighborSearch(index, distance, self.left, self.right, bits * np.float32(bits_to_cosine))
 
 
 def hash_pairs_within(
