@@ -15,6 +15,11 @@ vouches for (both hashes informative, within the cutoff), reports per set and tr
   texture crops?
 - `embedding, flat`: pairs within the embedding radius where an image is flat (its hash carries no
   information), with the largest per-channel difference of the two images' mean colours.
+- `turned pHash match only`: pairs the pHash puts within the cutoff only through a rotated or
+  flipped variant (the identities are farther), with the smallest distance of the two images'
+  256-bit edge hashes after such a turn (`core.distances.confirmed_invariant_hamming` counts the
+  turn only up to EDGE_AGREEMENT_BITS): the figure that tells true turned copies from opposite
+  quarters of point-symmetric pictures.
 
 Usage:
     .venv/bin/python bench/precision_signals.py OUT [--far-bits 20]
@@ -33,7 +38,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from imgdedup_pipeline.core.images import informative_phashes, to_rgb
+from imgdedup_pipeline.core.images import dihedral_edge_hashes, informative_phashes, to_rgb
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "bench" / "data"
@@ -86,6 +91,8 @@ def pairs(out: Path, name: str, data: Path, threshold: float, cutoff_bits: int) 
     """Every pair within the embedding radius or vouched for by the pHash, with its figures."""
     catalog, matrix = contents(out, name, data)
     hashes = np.stack([np.asarray(p, dtype=np.int64).view(np.uint64) for p in catalog["phashes"]])
+    edges = np.stack([np.asarray(e, dtype=np.int64).view(np.uint64) for e in catalog["edge_hash"]])
+    turned_edges = dihedral_edge_hashes(edges)  # (M, 8, words)
     informative = informative_phashes(hashes)
     uniqueness = (1.0 - matrix @ matrix.T) / 2.0
     left, right = np.triu_indices(len(catalog), k=1)
@@ -106,6 +113,7 @@ def pairs(out: Path, name: str, data: Path, threshold: float, cutoff_bits: int) 
             "turned": bits[keep].argmin(axis=1) > 0,
             "informative": both[keep],
             "embedding_close": embedding_close[keep],
+            "turned_edge_bits": turned_edge_bits(hashes, edges, turned_edges, left[keep], right[keep], cutoff_bits),
         }
     )
     colour_gap = []
@@ -117,6 +125,22 @@ def pairs(out: Path, name: str, data: Path, threshold: float, cutoff_bits: int) 
         found = all(c is not None for c in colours)
         colour_gap.append(float(np.abs(colours[0] - colours[1]).max()) if found else np.nan)
     return frame.assign(colour_gap=colour_gap)
+
+
+def turned_edge_bits(hashes, edges, turned_edges, left, right, cutoff_bits: int) -> np.ndarray:
+    """Per pair: NaN when an identity hash is within the cutoff of the other's identity or no turned
+    variant is, else the smallest edge-hash distance over the turned variants within it (both ways)."""
+    figures = np.full(len(left), np.nan)
+    for pair, (i, j) in enumerate(zip(left, right, strict=True)):
+        forward, backward = np.bitwise_count(hashes[i, 0] ^ hashes[j]), np.bitwise_count(hashes[j, 0] ^ hashes[i])
+        if min(forward[0], backward[0]) <= cutoff_bits:
+            continue
+        edge_forward = np.bitwise_count(edges[i] ^ turned_edges[j]).sum(axis=1)
+        edge_backward = np.bitwise_count(edges[j] ^ turned_edges[i]).sum(axis=1)
+        within = np.r_[forward[1:], backward[1:]] <= cutoff_bits
+        if within.any():
+            figures[pair] = np.r_[edge_forward[1:], edge_backward[1:]][within].min()
+    return figures
 
 
 def summary(frame: pd.DataFrame, far_bits: int) -> list[dict]:
@@ -133,6 +157,7 @@ def summary(frame: pd.DataFrame, far_bits: int) -> list[dict]:
             "bits",
         ),
         "embedding, flat": (frame["embedding_close"] & ~frame["informative"], "colour_gap"),
+        "turned pHash match only": (frame["turned_edge_bits"].notna(), "turned_edge_bits"),
     }
     rows = []
     for (name, truth), part in frame.groupby(["set", "true"], sort=True):
