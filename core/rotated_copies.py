@@ -86,7 +86,7 @@ def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
     # needs neither. Imported before the early return: `core.images.import_decoding_modules`
     # calls this once in the calling thread, so decoding threads never import them first.
     from scipy import ndimage
-    from skimage.transform import hough_line, hough_line_peaks
+    from skimage.transform import hough_line
 
     last_x, last_y = rgb.width - 1, rgb.height - 1
     if rgb.mode == "RGB" and not any(
@@ -127,6 +127,83 @@ def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
     if (offsets.min(axis=1) <= EDGE_TOLERANCE_PIXELS).mean() < MIN_STRAIGHT_EDGE_FRACTION:
         return None
     return None if abs(turn) < MIN_TURN_DEGREES else (turn, float(fill.mean()))
+
+
+def hough_line_peaks(
+    accumulator: np.ndarray,
+    angles: np.ndarray,
+    distances: np.ndarray,
+    num_peaks: float = np.inf,
+    threshold: float | None = None,
+    min_distance: int = 9,
+    min_angle: int = 10,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-image's `hough_line_peaks`, the same answer (tested on turned photos and noise), in
+    about a third of its time: it filters only the box around the cells above the threshold and
+    reduces the candidate regions with numpy where scikit-image builds an object per region (most
+    of the turned-corner test's time, which runs on every dark-cornered image while discovering).
+
+    Returns:
+        (votes, angles, distances) of the peaks, strongest first where more than num_peaks.
+    """
+    from scipy import ndimage
+    from skimage import measure
+
+    min_angle = min(min_angle, accumulator.shape[1])
+    rows, columns = accumulator.shape
+    if threshold is None:
+        threshold = 0.5 * float(np.max(accumulator))
+    above = accumulator > threshold
+    any_row, any_column = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
+    if len(any_row) == 0:
+        return np.array([]), np.array([]), np.array([])
+    # The window of every cell that decides anything lies within this box.
+    top, bottom = max(int(any_row[0]) - min_distance, 0), min(int(any_row[-1]) + min_distance + 1, rows)
+    left, right = max(int(any_column[0]) - min_angle, 0), min(int(any_column[-1]) + min_angle + 1, columns)
+    box = accumulator[top:bottom, left:right]
+    box_max = ndimage.maximum_filter1d(box, size=2 * min_distance + 1, axis=0, mode="constant", cval=0)
+    box_max = ndimage.maximum_filter1d(box_max, size=2 * min_angle + 1, axis=1, mode="constant", cval=0)
+    labels = measure.label(above[top:bottom, left:right] & (box == box_max))
+    count = int(labels.max())
+    ys, xs = np.nonzero(labels)
+    label_of = labels[ys, xs]
+    strongest = np.zeros(count + 1, dtype=accumulator.dtype)
+    np.maximum.at(strongest, label_of, box_max[ys, xs])
+    sizes = np.maximum(np.bincount(label_of, minlength=count + 1), 1).astype(np.float64)
+    # Centroids in the whole accumulator's coordinates, rounded as scikit-image rounds them.
+    centre_y = np.bincount(label_of, weights=ys + top, minlength=count + 1) / sizes
+    centre_x = np.bincount(label_of, weights=xs + left, minlength=count + 1) / sizes
+    region = np.arange(1, count + 1)
+    # Strongest first; equal ones in descending label order (scikit-image's reversed stable sort).
+    order = region[np.lexsort((region, strongest[1:]))][::-1]
+    centres = np.round(np.stack([centre_y[order], centre_x[order]], axis=1)).astype(int)
+    suppressed = np.zeros(accumulator.shape, bool)
+    around_y, around_x = np.mgrid[-min_distance : min_distance + 1, -min_angle : min_angle + 1]
+    votes, peak_y, peak_x = [], [], []
+    for y, x in centres:
+        vote = 0 if suppressed[y, x] else box_max[y - top, x - left]
+        if vote > threshold:
+            near_y, near_x = y + around_y, x + around_x
+            inside = np.logical_and(near_y > 0, near_y < rows)  # scikit-image's bounds, row 0 excluded
+            near_y, near_x = near_y[inside], near_x[inside]
+            # Angles wrap around: a neighbour past either end is the opposite line at the other.
+            low = near_x < 0
+            near_y[low] = rows - near_y[low]
+            near_x[low] += columns
+            high = near_x >= columns
+            near_y[high] = rows - near_y[high]
+            near_x[high] -= columns
+            suppressed[near_y, near_x] = True
+            votes.append(vote)
+            peak_y.append(y)
+            peak_x.append(x)
+    found, found_y, found_x = np.array(votes), np.array(peak_y, dtype=int), np.array(peak_x, dtype=int)
+    if num_peaks < len(found):
+        best = np.argsort(found)[::-1][: int(num_peaks)]
+        found, found_y, found_x = found[best], found_y[best], found_x[best]
+    if found_x.size == 0:
+        return found, np.array([]), np.array([])
+    return found, angles[found_x], distances[found_y]
 
 
 def turned_black_corners_degrees(rgb: Image.Image) -> float | None:

@@ -10,6 +10,7 @@ from imgdedup_pipeline.core.rotated_copies import (
     MIN_INLIERS,
     RotatedCopySignal,
     SimilarityMatch,
+    hough_line_peaks,
     signal_distance,
     similarity_match,
     turned_black_corners_degrees,
@@ -124,3 +125,40 @@ def test_a_turned_copy_counts_fewer_content_pixels_than_its_original(photo):
     copy = turned(photo, 30.0)
     assert content_pixel_count(photo) == photo.width * photo.height
     assert content_pixel_count(copy) < 0.9 * photo.width * photo.height
+
+
+def hough_inputs():
+    """Hough accumulators of the turned-corner test's edge maps (photos turned by many angles,
+    one with dark corners of its own) and of noise (many peaks, plateaus and ties)."""
+    from scipy import ndimage
+    from skimage.transform import hough_line
+
+    edges = []
+    rng = np.random.default_rng(0)
+    for name in ("astronaut", "coffee", "rocket", "retina"):
+        image = Image.fromarray(np.asarray(getattr(data, name)())).convert("RGB")
+        for degrees in rng.uniform(-60, 60, 6):
+            small = np.asarray(turned(image, float(degrees)).resize((192, 192)))
+            black = small.max(axis=2) <= 12
+            edges.append(black & ~ndimage.binary_erosion(black))
+    for _ in range(12):
+        shape = tuple(int(side) for side in rng.integers(20, 192, 2))
+        edges.append(rng.random(shape) < rng.uniform(0.002, 0.2))
+    angles = np.deg2rad(np.arange(-90.0, 90.0, 0.25))
+    return [hough_line(edge, angles) for edge in edges]
+
+
+def test_hough_line_peaks_equal_scikit_images():
+    from skimage.transform import hough_line_peaks as scikit_image_peaks
+
+    compared = 0
+    for accumulator, angles, distances in hough_inputs():
+        for share, peaks in ((0.25, 8), (0.5, np.inf), (0.1, 3)):
+            threshold = share * accumulator.max()
+            expected = scikit_image_peaks(accumulator, angles, distances, num_peaks=peaks, threshold=threshold)
+            found = hough_line_peaks(accumulator, angles, distances, num_peaks=peaks, threshold=threshold)
+            for mine, theirs in zip(found, expected, strict=True):
+                assert mine.dtype == theirs.dtype and mine.shape == theirs.shape
+                np.testing.assert_array_equal(mine, theirs)
+            compared += len(expected[0])
+    assert compared > 200  # peaks were found, not only empty answers
