@@ -22,7 +22,13 @@ from imgdedup_pipeline.core.rotated_copies import RotatedCopySignal
 from imgdedup_pipeline.core.rotated_copies import vouched_distances_from as turned_vouched_distances_from
 from imgdedup_pipeline.core.search.cache import SearchCache, SearchUpdate
 from imgdedup_pipeline.core.search.choose import choose_engine
-from imgdedup_pipeline.core.search.result import l2_normalize, merge_searches, nearest_outside_group
+from imgdedup_pipeline.core.search.result import (
+    NeighborSearch,
+    RowBlockLists,
+    l2_normalize,
+    merge_searches,
+    nearest_outside_group,
+)
 from imgdedup_pipeline.core.search.signals import NEIGHBORS_PER_ROW, HashSignal
 
 IDENTICAL_COSINE_DISTANCE = 1e-5  # below this, two vectors are float noise of the same content
@@ -163,10 +169,10 @@ def find_content_neighbors(
     else:
         group = np.arange(len(hashes), dtype=np.int64)
 
-    searches = [embedding_search]
+    searches: list[NeighborSearch | RowBlockLists] = [embedding_search]
     distance_rules = [lambda row: embedding.distances_from(np.array([row]))[0]]
     if hash_signal is not None and hash_pairs is not None:
-        searches.append(hash_pairs.matches(NEIGHBORS_PER_ROW, hash_signal.bits_to_cosine(radius)))
+        searches.append(hash_pairs.lists(NEIGHBORS_PER_ROW, hash_signal.bits_to_cosine(radius)))
         distance_rules.append(lambda row: hash_signal.vouched_distances_from(phashes, edges, informative, row, radius))
     if rotated_copy_signal is not None:
         turned_matches, tested = rotated_copy_signal.vouched_matches(hashes, embedding_search, group, radius)

@@ -124,29 +124,47 @@ def search_hash_neighbors(hashes: np.ndarray, k: int, radius_bits: float, max_ce
 
 
 def topk_from_pairs(rows: int, k: int, left: np.ndarray, right: np.ndarray, distance: np.ndarray):
-    """(M, k) nearest rows among each row's pairs: ascending distance, ties by smaller index.
+    """(M, k) nearest rows among each row's pairs: ascending distance, ties by smaller index
+    (`PairLists`, all rows at once)."""
+    return PairLists(rows, left, right, distance).topk(k)
+
+
+class PairLists:
+    """Every row's pairs, nearest first (ascending bits, ties by smaller index), read for any
+    block of rows: a caller that merges lists block by block never holds (M, k) arrays of them.
 
     Each pair is listed under both rows as one int64, (row * 65 + bits) * M + neighbour, sorted
     in place (16 bytes a pair); the j-th nearest of a row is then at its row's start + j.
+
+    Args:
+        rows: M.
+        left, right: (P,) int64 row pairs.
+        distance: (P,) their distances in whole bits (0-64).
     """
-    index = np.full((rows, k), -1, dtype=np.int64)
-    dist = np.full((rows, k), np.inf, dtype=np.float32)
-    if k == 0 or len(left) == 0:
+
+    def __init__(self, rows: int, left: np.ndarray, right: np.ndarray, distance: np.ndarray):
+        self.rows = rows
+        pairs = len(left)
+        self.key = np.empty(2 * pairs, np.int64)
+        for half, (row, other) in enumerate(((left, right), (right, left))):
+            part = self.key[half * pairs : (half + 1) * pairs]
+            np.multiply(row, HASH_BITS + 1, out=part)
+            part += np.asarray(distance).astype(np.int64)
+            part *= rows
+            part += other
+        self.key.sort()
+        self.degree = np.bincount(left, minlength=rows) + np.bincount(right, minlength=rows)
+        self.start = np.cumsum(self.degree) - self.degree
+
+    def topk(self, k: int, first: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows first..stop, k) int64 nearest rows (-1 pads) and float32 bits (+inf pads)."""
+        stop = self.rows if stop is None else stop
+        index = np.full((stop - first, k), -1, dtype=np.int64)
+        dist = np.full((stop - first, k), np.inf, dtype=np.float32)
+        degree, start = self.degree[first:stop], self.start[first:stop]
+        for rank in range(k if len(self.key) else 0):
+            has = np.flatnonzero(degree > rank)
+            bits, other = np.divmod(self.key[start[has] + rank] % ((HASH_BITS + 1) * self.rows), self.rows)
+            index[has, rank] = other
+            dist[has, rank] = bits.astype(np.float32)
         return index, dist
-    pairs = len(left)
-    key = np.empty(2 * pairs, np.int64)
-    for half, (row, other) in enumerate(((left, right), (right, left))):
-        part = key[half * pairs : (half + 1) * pairs]
-        np.multiply(row, HASH_BITS + 1, out=part)
-        part += distance.astype(np.int64)
-        part *= rows
-        part += other
-    key.sort()
-    degree = np.bincount(left, minlength=rows) + np.bincount(right, minlength=rows)
-    start = np.cumsum(degree) - degree
-    for rank in range(k):
-        has = np.flatnonzero(degree > rank)
-        bits, other = np.divmod(key[start[has] + rank] % ((HASH_BITS + 1) * rows), rows)
-        index[has, rank] = other
-        dist[has, rank] = bits.astype(np.float32)
-    return index, dist

@@ -4,7 +4,9 @@ pairs, and the nearest row outside a group."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,35 @@ class NeighborSearch:
     pair_right: np.ndarray
     pair_distance: np.ndarray
 
+    @property
+    def width(self) -> int:
+        return self.topk_index.shape[1]
+
+    def lists(self, block: slice) -> tuple[np.ndarray, np.ndarray]:
+        """The top-k lists of a block of rows."""
+        return self.topk_index[block], self.topk_distance[block]
+
+
+class RowBlockLists(Protocol):
+    """A search whose top-k lists `merge_searches` reads one row block at a time: a
+    `NeighborSearch`, or one kept as its pairs (`core.search.signals.VouchedPairs.lists`)."""
+
+    @property
+    def pair_left(self) -> np.ndarray: ...
+
+    @property
+    def pair_right(self) -> np.ndarray: ...
+
+    @property
+    def pair_distance(self) -> np.ndarray: ...
+
+    @property
+    def width(self) -> int: ...
+
+    def lists(self, block: slice) -> tuple[np.ndarray, np.ndarray]:
+        """(rows in block, width) int64 indices and float32 distances."""
+        ...
+
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Return float32 rows scaled to unit length (zero rows stay zero)."""
@@ -40,19 +71,24 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.where(norms > 0, norms, 1.0)
 
 
-def merge_searches(searches: list[NeighborSearch], k: int, into_first: bool = False) -> NeighborSearch:
+def merge_searches(
+    searches: Sequence[NeighborSearch | RowBlockLists], k: int, into_first: bool = False
+) -> NeighborSearch:
     """Fuse searches whose distances are already on one scale: a pair's distance is the smallest
-    any search gives it; top-k lists are merged and cut to k.
+    any search gives it; top-k lists are merged and cut to k, one row block at a time.
 
-    `into_first`: write the merged lists into the first search's own arrays where they have the
-    result's shape and types (the caller's, not used after): one (M, k) pair of arrays less
-    (~190 MiB at 1M rows, k 16)."""
-    rows = len(searches[0].topk_index)
-    width = sum(s.topk_index.shape[1] for s in searches)
-    k = max(0, min(k, width))
-    index_type = np.result_type(*[s.topk_index for s in searches])
-    distance_type = np.result_type(*[s.topk_distance for s in searches])
+    The first search is a `NeighborSearch` (it gives the row count); the others may keep their
+    lists as pairs (`RowBlockLists`). `into_first`: write the merged lists into the first search's
+    own arrays where they have the result's shape and types (the caller's, not used after): one
+    (M, k) pair of arrays less (~190 MiB at 1M rows, k 16)."""
     first = searches[0]
+    assert isinstance(first, NeighborSearch)
+    rows = len(first.topk_index)
+    width = sum(s.width for s in searches)
+    k = max(0, min(k, width))
+    empty = [s.lists(slice(0, 0)) for s in searches]  # each search's list types
+    index_type = np.result_type(*[index for index, _ in empty])
+    distance_type = np.result_type(*[distance for _, distance in empty])
     if (
         into_first
         and first.topk_index.shape == (rows, k)
@@ -70,9 +106,10 @@ def merge_searches(searches: list[NeighborSearch], k: int, into_first: bool = Fa
     # (at 1M rows and two signals, all at once would add ~0.6 GiB).
     for start in range(0, rows, MERGE_BLOCK_ROWS):
         block = slice(start, start + MERGE_BLOCK_ROWS)
-        index = np.concatenate([s.topk_index[block] for s in searches], axis=1)
-        distance = np.concatenate([s.topk_distance[block] for s in searches], axis=1)
-        topk_index[block], topk_distance[block] = nearest_first(index, distance, k)
+        index, distance = zip(*(s.lists(block) for s in searches), strict=True)
+        topk_index[block], topk_distance[block] = nearest_first(
+            np.concatenate(index, axis=1), np.concatenate(distance, axis=1), k
+        )
     pairs = (
         pd.DataFrame(
             {

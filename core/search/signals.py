@@ -17,7 +17,7 @@ from imgdedup_pipeline.core.search.batches import release_free_heap
 from imgdedup_pipeline.core.search.cache import SearchUpdate
 from imgdedup_pipeline.core.search.choose import EngineChoice, choose_engine
 from imgdedup_pipeline.core.search.engines import IndexedHamming
-from imgdedup_pipeline.core.search.exact_hamming import hamming_distances_from, topk_from_pairs
+from imgdedup_pipeline.core.search.exact_hamming import PairLists, hamming_distances_from, topk_from_pairs
 from imgdedup_pipeline.core.search.result import NeighborSearch
 
 NEIGHBORS_PER_ROW = 16
@@ -214,14 +214,42 @@ class VouchedPairs:
 
     def matches(self, k: int, bits_to_cosine: float) -> NeighborSearch:
         """The pairs with each row's up to k nearest among them (ties by index), on the cosine scale."""
-        bits = self.bits.astype(np.float32)
+        lists = self.lists(k, bits_to_cosine)
+        index, distance = lists.lists(slice(None))
+        return NeighborSearch(index, distance, lists.pair_left, lists.pair_right, lists.pair_distance)
+
+    def lists(self, k: int, bits_to_cosine: float) -> ScaledPairLists:
+        """As `matches`, with the top-k lists read per row block when merged
+        (`core.search.result.merge_searches`): no (M, k) arrays of them (~190 MiB at 1M contents)."""
+        width = max(0, min(k, self.informative_rows - 1))
         # Over all M rows from the pairs: the same lists as the informative rows' own, mapped.
-        index, distance = topk_from_pairs(
-            self.rows, max(0, min(k, self.informative_rows - 1)), self.left, self.right, bits
+        return ScaledPairLists(
+            PairLists(self.rows, self.left, self.right, self.bits),
+            width,
+            np.float32(bits_to_cosine),
+            self.left,
+            self.right,
+            self.bits.astype(np.float32) * np.float32(bits_to_cosine),
         )
-        # Scaled in place, as `scaled` would give: no second (M, k) array (~64 MiB at 1M contents).
-        distance *= np.float32(bits_to_cosine)
-        return NeighborSearch(index, distance, self.left, self.right, bits * np.float32(bits_to_cosine))
+
+
+@dataclass(frozen=True)
+class ScaledPairLists:
+    """`VouchedPairs` on the cosine scale, its top-k lists built for one row block at a time
+    (`core.search.result.RowBlockLists`)."""
+
+    pair_lists: PairLists
+    width: int
+    scale: np.float32
+    pair_left: np.ndarray
+    pair_right: np.ndarray
+    pair_distance: np.ndarray
+
+    def lists(self, block: slice) -> tuple[np.ndarray, np.ndarray]:
+        first, stop, _ = block.indices(self.pair_lists.rows)
+        index, bits = self.pair_lists.topk(self.width, first, max(first, stop))
+        bits *= self.scale  # in place: the same float32 products as scaling the whole lists
+        return index, bits
 
 
 def hash_pairs_within(
