@@ -51,6 +51,21 @@ def test_merge_searches_into_the_first_searchs_lists_equals_a_new_merge(monkeypa
     assert merged.topk_index is not narrower.topk_index and merged.topk_index.shape == (50, 5)
 
 
+@pytest.mark.parametrize("block_rows", [1, 7, 50], ids=["one-row-blocks", "uneven-blocks", "one-block"])
+def test_hash_pairs_merged_block_by_block_equal_their_whole_lists_merged(monkeypatch, block_rows):
+    """The pHash matches reach the merge as pairs whose lists are built per row block; the merged
+    search equals merging their whole (M, k) lists."""
+    phashes = picture_hashes(50, seed=4)
+    signal = HashSignal.from_mapping({}, threshold_bits=10)
+    pairs, _ = signal.vouched_pairs(phashes, np.zeros((50, 4), np.uint64))
+    assert len(pairs.left) > 20  # rows with several matches: lists to merge
+    embedding = random_search(50, 6, seed=5)
+    monkeypatch.setattr(result_module, "MERGE_BLOCK_ROWS", 10_000)
+    whole = merge_searches([embedding, pairs.matches(8, 0.01)], k=8)
+    monkeypatch.setattr(result_module, "MERGE_BLOCK_ROWS", block_rows)
+    assert_same_search(merge_searches([embedding, pairs.lists(8, 0.01)], k=8), whole)
+
+
 def picture_hashes(rows: int, seed: int = 0) -> np.ndarray:
     """(rows, 8) uint64 hashes: half flat (not informative), the rest near copies of a few pictures."""
     rng = np.random.default_rng(seed)
