@@ -19,7 +19,8 @@ is paired. Per category: P, false pairs, and images wrongly removed.
 model id, so its own vector table; use a separate `--out` to compare fresh runs).
 
 `--calibrate` runs `imgdedup calibrate` on each set first (the user's flow: the run then uses the
-threshold calibrated on that set's own images); `--near-duplicate-threshold` pins one value for all
+threshold calibrated on that set's own images; a set it refuses is scored at the default threshold
+and says so); `--near-duplicate-threshold` pins one value for all
 sets. Default: the settings' defaults.
 
 Per-relation recall: a true pair (two images of one ground-truth group) counts for the relation of
@@ -243,6 +244,7 @@ def main() -> int:
     figures = {}
     relations = {}
     categories = {}
+    calibration_failures: dict[str, str] = {}
     for name, data in datasets.items():
         out = Path(args.out) / name
         started = time.perf_counter()
@@ -269,9 +271,13 @@ def main() -> int:
                 text=True,
             )
             if calibration.returncode != 0:
-                print(calibration.stdout[-2000:], calibration.stderr[-2000:], file=sys.stderr)
-                return calibration.returncode
-            calibrated = json.loads((out / "state" / "thresholds.json").read_text())["models"]
+                # A set calibration refuses (too few or too alike originals) is scored at the
+                # default threshold, as `imgdedup run` would be, so that the other sets still run.
+                reason = (calibration.stderr.strip() or calibration.stdout.strip()).splitlines()[-1:] or ["no output"]
+                print(f"{name}: calibration failed ({reason[0][:300]}); scored at the default threshold")
+                calibration_failures[name] = reason[0][:300]
+            else:
+                calibrated = json.loads((out / "state" / "thresholds.json").read_text())["models"]
         pinned = (
             ["--near-duplicate-threshold", str(args.near_duplicate_threshold)]
             if args.near_duplicate_threshold is not None
@@ -326,6 +332,8 @@ def main() -> int:
         figures[name]["seconds"] = round(seconds, 1)
         if calibrated:
             figures[name]["calibrated_threshold"] = next(iter(calibrated.values()))["near_duplicate_threshold"]
+        elif name in calibration_failures:
+            figures[name]["calibration_failed"] = calibration_failures[name]
         if name == hard_negatives:
             categories[name] = category_precision(data, out / "uniqueness.csv")
         else:
@@ -334,6 +342,7 @@ def main() -> int:
             figures[name]["cost"] = cost_per_100_images(data, args.embedder, precision=args.precision)
         cost = f"; {figures[name]['cost']['total_s_per_100']:.1f} s / 100 images" if "cost" in figures[name] else ""
         threshold_note = f"  T {figures[name]['calibrated_threshold']:.4f}" if calibrated else ""
+        threshold_note += "  (calibration failed: default T)" if name in calibration_failures else ""
         if "cost" in figures[name]:
             cost += f", of which the turned-copy check {figures[name]['cost']['turned_copy_check_s_per_100']:.2f} s"
         print(

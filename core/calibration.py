@@ -133,6 +133,20 @@ def _watermark(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return marked
 
 
+def _small_rotation(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    # Turned by 1-10 degrees either way on its own canvas: black corners, as editors leave them.
+    degrees = float(rng.uniform(1.0, 10.0)) * (1.0 if rng.random() < 0.5 else -1.0)
+    return image.rotate(degrees, resample=Image.Resampling.BICUBIC)
+
+
+def _off_centre_crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    keep = float(rng.uniform(0.75, 0.85))  # of each side, anchored at a random corner
+    width, height = max(1, round(image.width * keep)), max(1, round(image.height * keep))
+    left = 0 if rng.random() < 0.5 else image.width - width
+    top = 0 if rng.random() < 0.5 else image.height - height
+    return image.crop((left, top, left + width, top + height))
+
+
 Edit = Callable[[Image.Image, np.random.Generator], Image.Image]
 EDITS: tuple[tuple[str, Edit], ...] = (
     ("recompress", _recompress),
@@ -145,8 +159,35 @@ EDITS: tuple[tuple[str, Edit], ...] = (
     ("flip", _flip),
     ("letterbox", _letterbox),
     ("watermark", _watermark),
+    ("small rotation", _small_rotation),
+    ("off-centre crop", _off_centre_crop),
 )
 EDIT_NAMES = tuple(name for name, _ in EDITS)
+
+
+def _halves(image: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """The two halves across the longer side: no pixel in common (a texture's two crops)."""
+    width, height = image.size
+    if width >= height:
+        return image.crop((0, 0, width // 2, height)), image.crop((width - width // 2, 0, width, height))
+    return image.crop((0, 0, width, height // 2)), image.crop((0, height - height // 2, width, height))
+
+
+def _opposite_quarters(image: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """The top-left and bottom-right quarters: alike under a turn in a point-symmetric picture."""
+    width, height = image.size
+    return image.crop((0, 0, width // 2, height // 2)), image.crop(
+        (width - width // 2, height - height // 2, width, height)
+    )
+
+
+# Pairs of different pictures cut from one original (bench/hard_negatives.py's texture crops and
+# opposite crops): the calibration counts them as negatives, so a collection whose pictures hold
+# such look-alikes gets a threshold that keeps them apart.
+HARD_NEGATIVES: tuple[tuple[str, Callable[[Image.Image], tuple[Image.Image, Image.Image]]], ...] = (
+    ("halves", _halves),
+    ("opposite quarters", _opposite_quarters),
+)
 
 
 def edited_copies(
@@ -180,7 +221,9 @@ class CalibrationPairs:
         negatives: one row per query (a sampled original, edit '', or a copy): source, edit,
             nearest (population row of the nearest eligible different content, -1 if none),
             distance, hash_bits; "nearest" follows the fused rule (a pHash match first, then the
-            smallest embedding distance).
+            smallest embedding distance). Then one row per hard negative: two different pictures
+            cut from one original (edit "hard negative: <name>", nearest -1), their distance and
+            hash bits.
         excluded: (sample index, population row) pairs left out of the negatives because the row is
             the source itself or the user's own duplicate of it (identical pixels or a pHash match).
     """
@@ -230,6 +273,7 @@ def measure_calibration_pairs(
     max_side: int | None = DEFAULT_MAX_SIDE,
     population: Population | None = None,
     original_pixel_hashes: Sequence[str] | None = None,
+    hard_negatives: Sequence[tuple[str, Callable[[Image.Image], tuple[Image.Image, Image.Image]]]] = HARD_NEGATIVES,
 ) -> CalibrationPairs:
     """Edit every original, embed and hash everything the way the pipeline does, and measure pairs.
 
@@ -253,6 +297,8 @@ def measure_calibration_pairs(
         population: the dataset's contents; None = the sampled originals themselves.
         original_pixel_hashes: the originals' pixel hashes as in the catalog (to find them in the
             population); default computed from the images.
+        hard_negatives: ways to cut two different pictures from each original; each pair is one
+            more negative (edit "hard negative: <name>", nearest -1), measured like the others.
 
     Returns:
         CalibrationPairs (new DataFrames).
@@ -268,6 +314,7 @@ def measure_calibration_pairs(
     if original_pixel_hashes is None:
         original_pixel_hashes = [pixel_hash(image) for image in originals]
     images, source, edit_name = [], [], []
+    hard_pairs: list[tuple[int, str, Image.Image, Image.Image]] = []
     for index, original in enumerate(originals):
         if max_side is not None and max(original.size) > max_side:
             scale = max_side / max(original.size)
@@ -282,6 +329,10 @@ def measure_calibration_pairs(
             images.append(copy)
             source.append(index)
             edit_name.append(name)
+        for name, cut in hard_negatives:
+            first, second = cut(original)
+            if pixel_hash(first) != pixel_hash(second):  # a flat picture's halves are one image
+                hard_pairs.append((index, name, first, second))
     is_original = np.array([name == "" for name in edit_name])
     trimmed = [trim_uniform_borders(image) for image in images]
     vectors = l2_normalize(
@@ -362,6 +413,35 @@ def measure_calibration_pairs(
                 "hash_bits": int(bits[nearest]),
             }
         )
+    if hard_pairs:
+        cuts = [image for _, _, first, second in hard_pairs for image in (first, second)]
+        cut_vectors = l2_normalize(
+            np.concatenate(
+                [
+                    np.asarray(embed([trim_uniform_borders(c) for c in cuts[start : start + batch_size]]), np.float32)
+                    for start in range(0, len(cuts), batch_size)
+                ]
+            )
+        )
+        cut_hashes, cut_edges = zip(*(hashes(image) for image in cuts), strict=True)
+        for pair, (index, name, _, _) in enumerate(hard_pairs):
+            one, other = 2 * pair, 2 * pair + 1
+            negative_rows.append(
+                {
+                    "source": index,
+                    "edit": f"hard negative: {name}",
+                    "nearest": -1,
+                    "distance": float(to_uniqueness(cosine_distance(cut_vectors[one] @ cut_vectors[other]))),
+                    "hash_bits": int(
+                        vouching_hamming(
+                            np.asarray(cut_hashes[one], np.uint64),
+                            cut_edges[one],
+                            np.asarray(cut_hashes[other], np.uint64)[None, :],
+                            np.asarray(cut_edges[other], np.uint64)[None, :],
+                        )[0]
+                    ),
+                }
+            )
     return CalibrationPairs(pd.DataFrame(positive_rows), pd.DataFrame(negative_rows), excluded)
 
 

@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter
 
 from imgdedup_pipeline.core.calibration import (
     EDIT_NAMES,
+    HARD_NEGATIVES,
     CalibrationError,
     CalibrationPairs,
     calibrate_threshold,
@@ -156,7 +157,30 @@ def test_users_own_duplicates_are_left_out_of_the_negatives(sample_with_own_dupl
     for source, other in ((0, own_copy), (own_copy, 0)):
         assert not (pairs.negatives.loc[pairs.negatives["source"] == source, "nearest"] == other).any()
     assert len(pairs.positives) == len(sample_with_own_duplicate) * len(EDIT_NAMES)
-    assert len(pairs.negatives) == len(sample_with_own_duplicate) * (len(EDIT_NAMES) + 1)
+    assert len(query_negatives(pairs)) == len(sample_with_own_duplicate) * (len(EDIT_NAMES) + 1)
+
+
+def query_negatives(pairs: CalibrationPairs) -> pd.DataFrame:
+    """The negatives searched in the population (not the hard negatives cut from an original)."""
+    return pairs.negatives[~pairs.negatives["edit"].str.startswith("hard negative")]
+
+
+def test_hard_negatives_are_two_pictures_cut_from_each_original_measured_as_the_pipeline_would():
+    """Halves and opposite quarters of every original are negatives; a flat original's halves are
+    one image (equal pixels) and are left out."""
+    sample = [smooth_pattern(seed) for seed in range(5)] + [Image.new("RGB", (96, 72), (0, 128, 255))]
+    pairs = measure_calibration_pairs(sample, fake_embed, H, seed=0)
+    hard = pairs.negatives[pairs.negatives["edit"].str.startswith("hard negative")]
+    names = [f"hard negative: {name}" for name, _ in HARD_NEGATIVES]
+    assert sorted(hard["edit"].unique()) == sorted(names) and (hard["nearest"] == -1).all()
+    assert sorted(hard["source"].unique()) == [0, 1, 2, 3, 4]  # the flat sixth has none
+    assert len(hard) == 5 * len(HARD_NEGATIVES)
+    left, right = sample[2].crop((0, 0, 48, 72)), sample[2].crop((48, 0, 96, 72))
+    vectors = fake_embed([left, right])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    halves = hard[(hard["source"] == 2) & (hard["edit"] == "hard negative: halves")]
+    assert halves["distance"].item() == pytest.approx((1.0 - vectors[0] @ vectors[1]) / 2.0, abs=1e-6)
+    assert halves["hash_bits"].between(0, 64).all()
 
 
 def test_own_duplicates_do_not_wreck_precision(sample_with_own_duplicate):
@@ -168,7 +192,7 @@ def test_own_duplicates_do_not_wreck_precision(sample_with_own_duplicate):
     vectors = fake_embed(sample_with_own_duplicate)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     naive_nearest = (1.0 - vectors[-1] @ vectors[0]) / 2.0
-    assert naive_nearest < pairs.negatives["distance"].min()
+    assert naive_nearest < query_negatives(pairs)["distance"].min()
 
 
 def test_vouching_hamming_gives_no_bits_where_a_hash_carries_no_information():
@@ -265,9 +289,18 @@ def test_offline_model_calibrates_to_a_sane_threshold():
     photos += [Image.fromarray(data.cat()).convert("RGB"), jpeg(photos[1].resize((300, 200)), 70)]
     outcome = calibrate_threshold(photos, EfficientNetLite0Embedder().embed, H, target_precision=0.99, seed=0)
     choice = outcome.choice
-    # Fourteen unrelated photos lie far apart (nearest different photo ~0.28), so the threshold can
-    # reach far out; it must stay below that nearest other photo and above float noise.
+    # Fourteen unrelated photos lie far apart (nearest different photo ~0.28): without the hard
+    # negatives the threshold reached ~0.2 out. The halves and quarters of the texture photos (brick,
+    # gravel, grass) lie at 0.03-0.07 from each other; the threshold must keep them apart (all six
+    # were within ~0.2), stay above float noise and still find most edits.
     assert 0.02 <= choice.threshold < min(0.3, choice.next_negative_distance), choice
-    assert choice.precision >= 0.99 and choice.recall >= 0.9
+    hard = outcome.pairs.negatives[outcome.pairs.negatives["edit"].str.startswith("hard negative")]
+    textures = hard[hard["source"].isin([SKIMAGE_PHOTOS.index(name) for name in ("brick", "gravel", "grass")])]
+    # At the target precision the sample tolerates ~1 % false pairs: one pair (brick's halves) may stay.
+    assert len(textures) == 6 and (textures["distance"] <= choice.threshold).sum() <= 1
+    assert textures["distance"].min() < 0.05  # the default threshold would pair them: this tests something
+    assert choice.precision >= 0.99 and choice.recall >= 0.8
+    per_edit = outcome.record["recall_per_edit"]
+    assert min(per_edit[edit] for edit in ("recompress", "blur", "grayscale", "letterbox", "rotate", "flip")) >= 0.9
     assert outcome.record["excluded_own_duplicates"] >= 3  # chelsea / cat / the re-compression
     assert outcome.record["near_duplicate_threshold"] == pytest.approx(choice.threshold, abs=1e-6)
