@@ -154,7 +154,8 @@ def calibrate_catalog(
 
 
 def calibration_histogram(outcome: CalibrationOutcome, hash_threshold_bits: int, model_id: str) -> bytes:
-    """The PNG of the edited copies' and the nearest other contents' distances, with the threshold."""
+    """The PNG of the edited copies' and the negatives' distances (nearest other contents, pictures
+    cut from one image), with the threshold."""
     from imgdedup_pipeline.core.plots import calibration_histogram_png
 
     positives, negatives = outcome.pairs.positives, outcome.pairs.negatives
@@ -174,7 +175,8 @@ def calibration_caption(model_id: str, outcome: CalibrationOutcome, population_s
     return (
         f"Near-duplicate threshold for `{model_id}`: **{choice.threshold:.4g}** (uniqueness scale), estimated pair precision "
         f"{choice.precision:.3f} (target {choice.target_precision}) and recall {choice.recall:.3f} of the edited copies. "
-        f"Negatives are each image's nearest different content among all {population_size}; {len(outcome.pairs.excluded)} contents were "
+        f"Negatives are each image's nearest different content among all {population_size}, and two pairs of different pictures "
+        f"cut from each sampled image (its halves, its opposite quarters); {len(outcome.pairs.excluded)} contents were "
         "left out as the user's own duplicates of a sampled image (identical or pHash match). Scoring uses this value from the next "
         "run on unless the threshold is pinned."
     )
