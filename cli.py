@@ -295,6 +295,29 @@ def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO
         )
 
 
+def report_step_failures(result, verbose: bool) -> list[tuple[str, str]]:
+    """Print one line per failed step, naming the error the step's code raised (not Dagster's
+    wrapper), with its stack trace when `verbose`; returns (step, error) pairs."""
+    failed_steps = []
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        # A failed gate fails its step too (dagster.Failure from checks/gates.py, or Dagster's own
+        # DagsterAssetCheckFailedError); `summarize` reports it with its values.
+        if error is None or error.cls_name in ("DagsterAssetCheckFailedError", "Failure"):
+            continue
+        cause = error
+        while cause.cause is not None and cause.cls_name in (
+            "DagsterExecutionStepExecutionError",
+            "DagsterUserCodeExecutionError",
+        ):
+            cause = cause.cause
+        failed_steps.append((event.step_key, f"{cause.cls_name}: {cause.message.strip()}"))
+        print(f"FAILED step {event.step_key}: {cause.cls_name}: {cause.message.strip()[:2000]}", file=sys.stderr)
+        if verbose:
+            print("".join(cause.stack), file=sys.stderr)
+    return failed_steps
+
+
 def summarize(result, settings: Settings, verbose: bool = False) -> int:
     """Print what happened and where the results are; return the exit code.
 
@@ -317,23 +340,7 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
             value = evaluation.metadata[key].value if key in evaluation.metadata else None
             if value is not None:
                 print(f"    {key}: {json.dumps(value, default=str)}")
-    failed_steps = []
-    for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
-        # A failed gate fails its step too (dagster.Failure from checks/gates.py, or Dagster's own
-        # DagsterAssetCheckFailedError); it is reported with its values above and below.
-        if error is None or error.cls_name in ("DagsterAssetCheckFailedError", "Failure"):
-            continue
-        cause = error
-        while cause.cause is not None and cause.cls_name in (
-            "DagsterExecutionStepExecutionError",
-            "DagsterUserCodeExecutionError",
-        ):
-            cause = cause.cause
-        failed_steps.append((event.step_key, f"{cause.cls_name}: {cause.message.strip()}"))
-        print(f"FAILED step {event.step_key}: {cause.cls_name}: {cause.message.strip()[:2000]}", file=sys.stderr)
-        if verbose:
-            print("".join(cause.stack), file=sys.stderr)
+    failed_steps = report_step_failures(result, verbose)
     from imgdedup_pipeline.definitions import ALL_ASSETS
 
     # The run targets its asset selection, or (none given) every asset of the dedup job (the
@@ -522,7 +529,11 @@ def command_calibrate(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if not settings_are_valid(settings):
         return EXIT_CONFIG
-    job = build_definitions(settings).resolve_job_def(CALIBRATION_JOB)
+    job = (
+        build_definitions(settings)
+        .resolve_job_def(CALIBRATION_JOB)
+        .with_logger_defs({"console": terminal_logger_definition()})
+    )
     with open_instance() as instance:
         release_abandoned_runs(instance)
         result = job.execute_in_process(
@@ -531,14 +542,12 @@ def command_calibrate(args: argparse.Namespace) -> int:
             raise_on_error=False,
             run_config={
                 "ops": {"embedding_thresholds": {"config": {"force": args.force}}},
-                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                "loggers": {"console": {"config": {"log_level": "WARNING", "tracebacks": args.verbose}}},
             },
         )
-    for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
-        if error is not None:
-            print(f"FAILED step {event.step_key}: {error.message.strip()[:2000]}", file=sys.stderr)
-    if not result.success:
+    if report_step_failures(result, args.verbose) or not result.success:
+        if not args.verbose:
+            print("(rerun with --verbose for the traceback)", file=sys.stderr)
         return EXIT_FAILED
     model_id = model_id_for(settings)
     if model_id is None:
@@ -670,6 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_setting_argument(calibrate, name)
     calibrate.add_argument(
         "--force", action="store_true", help="recalibrate even if this sample was calibrated with these settings"
+    )
+    calibrate.add_argument(
+        "--verbose", action="store_true", help="print the stack traces of failures (always kept in the Dagster run log)"
     )
     calibrate.set_defaults(handler=command_calibrate, settings_fields=CALIBRATE_SETTINGS)
     similar = commands.add_parser(

@@ -273,7 +273,8 @@ def main() -> int:
             if calibration.returncode != 0:
                 # A set calibration refuses (too few or too alike originals) is scored at the
                 # default threshold, as `imgdedup run` would be, so that the other sets still run.
-                reason = (calibration.stderr.strip() or calibration.stdout.strip()).splitlines()[-1:] or ["no output"]
+                lines = (calibration.stderr + calibration.stdout).splitlines()
+                reason = [line for line in lines if "CalibrationError:" in line][-1:] or lines[-1:] or ["no output"]
                 print(f"{name}: calibration failed ({reason[0][:300]}); scored at the default threshold")
                 calibration_failures[name] = reason[0][:300]
             else:

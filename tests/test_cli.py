@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tests.synthetic_images import write_noise_png
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -334,3 +336,27 @@ def test_a_shared_storage_that_is_not_object_storage_fails_fast_with_exit_2(tmp_
     assert completed.returncode == 2
     assert "shared storage '/mnt/nfs/imgdedup' is not an object-storage URI" in completed.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_calibration_the_sample_cannot_give_fails_in_one_line_without_a_stack_trace(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for seed in range(3):  # fewer distinct images than a calibration needs
+        write_noise_png(images / f"{seed}.png", seed=seed, size=(64, 48))
+    completed = imgdedup(
+        "calibrate",
+        "--images",
+        str(images),
+        "--out",
+        str(tmp_path / "out"),
+        "--embedder",
+        "offline",
+        dagster_home=tmp_path / "home",
+    )
+    assert completed.returncode == 1
+    last_lines = completed.stderr.strip().splitlines()[-2:]
+    assert last_lines[0].startswith("FAILED step embedding_thresholds: CalibrationError")
+    assert "at least 4 distinct images, got 3" in last_lines[0]
+    assert last_lines[1] == "(rerun with --verbose for the traceback)"
+    assert "Stack Trace" not in completed.stderr and "Traceback" not in completed.stderr
