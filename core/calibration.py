@@ -59,6 +59,9 @@ DEFAULT_MAX_SIDE = 512
 MIN_ORIGINALS = 4  # below this there is no "nearest other original" worth the name
 THRESHOLDS_FILE = "thresholds.json"  # in the output folder's state directory
 FILE_FORMAT_VERSION = 1
+# What a calibration measures (its edits, its negatives, the pHash rule): a stored calibration made
+# under another version is made again rather than reused for the same sample.
+CALIBRATION_RULES_VERSION = 2
 
 
 class CalibrationError(ValueError):
@@ -222,8 +225,8 @@ class CalibrationPairs:
             nearest (population row of the nearest eligible different content, -1 if none),
             distance, hash_bits; "nearest" follows the fused rule (a pHash match first, then the
             smallest embedding distance). Then one row per hard negative: two different pictures
-            cut from one original (edit "hard negative: <name>", nearest -1), their distance and
-            hash bits.
+            cut from one original (edit "hard negative: <name>", nearest -1, hash_bits -1: judged by
+            the embedding alone), their distance.
         excluded: (sample index, population row) pairs left out of the negatives because the row is
             the source itself or the user's own duplicate of it (identical pixels or a pHash match).
     """
@@ -250,13 +253,16 @@ class Population:
     edge_hashes: np.ndarray
 
 
-def vouching_hamming(query: np.ndarray, query_edge, hashes: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def vouching_hamming(
+    query: np.ndarray, query_edge, hashes: np.ndarray, edges: np.ndarray, within_bits: int = 64
+) -> np.ndarray:
     """The pipeline's pHash distance (`core.distances.confirmed_invariant_hamming`: a turned
-    variant counts only where the edge hashes agree), with -1 where the query's or the other row's
-    hash carries no information (a flat image): such a pair gets no say from the hash."""
+    variant counts only where the edge hashes agree; exact up to `within_bits`, the cutoff the
+    caller compares with), with -1 where the query's or the other row's hash carries no
+    information (a flat image): such a pair gets no say from the hash."""
     query, hashes = np.asarray(query, dtype=np.uint64), np.asarray(hashes, dtype=np.uint64)
     bits = confirmed_invariant_hamming(
-        query[None, :], hashes, np.asarray(query_edge, np.uint64)[None, :], edges, EDGE_AGREEMENT_BITS
+        query[None, :], hashes, np.asarray(query_edge)[None, :], edges, EDGE_AGREEMENT_BITS, within_bits
     )
     informative = informative_phashes(hashes) & informative_phashes(query)
     return np.where(informative, bits, -1)
@@ -298,7 +304,7 @@ def measure_calibration_pairs(
         original_pixel_hashes: the originals' pixel hashes as in the catalog (to find them in the
             population); default computed from the images.
         hard_negatives: ways to cut two different pictures from each original; each pair is one
-            more negative (edit "hard negative: <name>", nearest -1), measured like the others.
+            more negative (edit "hard negative: <name>", nearest -1), by its embedding distance.
 
     Returns:
         CalibrationPairs (new DataFrames).
@@ -334,15 +340,14 @@ def measure_calibration_pairs(
             if pixel_hash(first) != pixel_hash(second):  # a flat picture's halves are one image
                 hard_pairs.append((index, name, first, second))
     is_original = np.array([name == "" for name in edit_name])
-    trimmed = [trim_uniform_borders(image) for image in images]
-    vectors = l2_normalize(
-        np.concatenate(
-            [
-                np.asarray(embed(trimmed[start : start + batch_size]), np.float32)
-                for start in range(0, len(trimmed), batch_size)
-            ]
-        )
-    )
+
+    def embedded(pictures: list[Image.Image]) -> np.ndarray:
+        """L2-normalised rows, the pictures trimmed of uniform borders first, as the pipeline does."""
+        trimmed = [trim_uniform_borders(picture) for picture in pictures]
+        batches = [embed(trimmed[start : start + batch_size]) for start in range(0, len(trimmed), batch_size)]
+        return l2_normalize(np.concatenate([np.asarray(batch, np.float32) for batch in batches]))
+
+    vectors = embedded(images)
     phashes, edges = zip(*(hashes(image) for image in images), strict=True)
     phashes = np.stack([np.asarray(p, dtype=np.uint64) for p in phashes])
     edges = np.stack([np.asarray(e, dtype=np.uint64) for e in edges])
@@ -362,7 +367,9 @@ def measure_calibration_pairs(
         same = pop_pixels == original_pixel_hashes[index]
         same |= cosine_distance(pop_vectors @ vectors[original_row]) < 1e-5
         if hash_threshold_bits > 0:
-            bits = vouching_hamming(phashes[original_row], edges[original_row], pop_hashes, pop_edges)
+            bits = vouching_hamming(
+                phashes[original_row], edges[original_row], pop_hashes, pop_edges, hash_threshold_bits
+            )
             same |= (bits >= 0) & (bits <= hash_threshold_bits)
         same_content.append(same)
     excluded = [
@@ -396,7 +403,7 @@ def measure_calibration_pairs(
             )
             continue
         distance = to_uniqueness(cosine_distance(pop_vectors @ vectors[row]))
-        bits = vouching_hamming(phashes[row], edges[row], pop_hashes, pop_edges)
+        bits = vouching_hamming(phashes[row], edges[row], pop_hashes, pop_edges, hash_threshold_bits)
         matched = (
             eligible & (bits >= 0) & (bits <= hash_threshold_bits)
             if hash_threshold_bits > 0
@@ -414,32 +421,19 @@ def measure_calibration_pairs(
             }
         )
     if hard_pairs:
-        cuts = [image for _, _, first, second in hard_pairs for image in (first, second)]
-        cut_vectors = l2_normalize(
-            np.concatenate(
-                [
-                    np.asarray(embed([trim_uniform_borders(c) for c in cuts[start : start + batch_size]]), np.float32)
-                    for start in range(0, len(cuts), batch_size)
-                ]
-            )
-        )
-        cut_hashes, cut_edges = zip(*(hashes(image) for image in cuts), strict=True)
+        # Judged by the embedding alone (hash_bits -1): the threshold sets only the embedding's
+        # radius, and the halves of a mirror-symmetric picture are the pHash's flipped copies of
+        # each other, which no threshold could keep apart.
+        cut_vectors = embedded([image for _, _, first, second in hard_pairs for image in (first, second)])
         for pair, (index, name, _, _) in enumerate(hard_pairs):
-            one, other = 2 * pair, 2 * pair + 1
+            one, other = cut_vectors[2 * pair], cut_vectors[2 * pair + 1]
             negative_rows.append(
                 {
                     "source": index,
                     "edit": f"hard negative: {name}",
                     "nearest": -1,
-                    "distance": float(to_uniqueness(cosine_distance(cut_vectors[one] @ cut_vectors[other]))),
-                    "hash_bits": int(
-                        vouching_hamming(
-                            np.asarray(cut_hashes[one], np.uint64),
-                            cut_edges[one],
-                            np.asarray(cut_hashes[other], np.uint64)[None, :],
-                            np.asarray(cut_edges[other], np.uint64)[None, :],
-                        )[0]
-                    ),
+                    "distance": float(to_uniqueness(cosine_distance(one @ other))),
+                    "hash_bits": -1,
                 }
             )
     return CalibrationPairs(pd.DataFrame(positive_rows), pd.DataFrame(negative_rows), excluded)
@@ -611,6 +605,7 @@ def calibration_record(
             if k != "threshold"
         },
         "recall_per_edit": per_edit,
+        "rules_version": CALIBRATION_RULES_VERSION,
         "sample_size": sample_size,
         "seed": seed,
         "hash_threshold_bits": hash_threshold_bits,

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from imgdedup_pipeline.core.calibration import (
+    CALIBRATION_RULES_VERSION,
     CalibrationOutcome,
     Population,
     calibrate_threshold,
@@ -103,6 +104,7 @@ def calibrate_catalog(
     digest = sample_digest([*sample["pixel_hash"], "|", *contents["pixel_hash"]])
     stored = read_calibrations(settings.thresholds_file).get(model_id)
     parameters = {
+        "rules_version": CALIBRATION_RULES_VERSION,
         "seed": settings.seed,
         "target_precision": settings.target_precision,
         "hash_threshold_bits": settings.hash_threshold_bits,

@@ -51,38 +51,58 @@ def invariant_hamming(hashes: np.ndarray, others: np.ndarray) -> np.ndarray:
 # A turned pHash match counts only where the two images' 256-bit edge hashes lie within this many
 # bits after the turn. Measured on the shared and generated sets (BENCHMARKS.md, "Turned pHash
 # matches"): true turned copies 0-16 bits, a turned copy with a watermark 32; opposite quarters of
-# point-symmetric pictures 52-120.
+# point-symmetric pictures 52-108.
 EDGE_AGREEMENT_BITS = 40
 _NOT_CONFIRMED_BITS = 255  # a variant whose edges do not agree: farther than any 64-bit distance
+_CONFIRM_CHUNK_ROWS = 65_536  # rows whose turned edge hashes exist at once (~2.5 KiB a row)
 
 
 def confirmed_invariant_hamming(
-    hashes: np.ndarray, others: np.ndarray, edges: np.ndarray, other_edges: np.ndarray, edge_bits: int
+    hashes: np.ndarray,
+    others: np.ndarray,
+    edges: np.ndarray,
+    other_edges: np.ndarray,
+    edge_bits: int,
+    within_bits: int = 64,
 ) -> np.ndarray:
     """`invariant_hamming` over the variants that the edge hashes confirm: the identity always,
     a rotation / flip only where the two images' edge hashes lie within `edge_bits` of each other
     after that same turn. (n,) int64 (at most 64: the identities always count).
 
+    Edges are compared only where a turn within `within_bits` beats the identity: a caller that
+    only asks whether a pair lies within a cutoff passes it, and a row whose answer is beyond it
+    gets some value beyond it (the identity's bits) without its edge hashes ever being turned.
+
     Args:
         hashes, others: paired (n, V) uint64 dihedral pHash rows (rows broadcast).
-        edges, other_edges: their (n, EDGE_HASH_WORDS) uint64 edge hashes (identity only).
+        edges, other_edges: their (n, EDGE_HASH_WORDS) edge hashes (identity only; uint64 or
+            int64 bit patterns, rows broadcast).
         edge_bits: the largest edge-hash distance that confirms a turned variant.
+        within_bits: answers are exact up to this many bits.
     """
-    edges, other_edges = np.broadcast_arrays(
-        np.asarray(edges, np.uint64).reshape(-1, EDGE_HASH_WORDS),
-        np.asarray(other_edges, np.uint64).reshape(-1, EDGE_HASH_WORDS),
-    )
-    bits = _NOT_CONFIRMED_BITS
-    for mine, theirs, my_edges, their_edges in (
-        (hashes, others, edges, other_edges),
-        (others, hashes, other_edges, edges),
-    ):
-        variant_bits = identity_to_variant_bits(mine, theirs).astype(np.int64)
-        turned_edges = dihedral_edge_hashes(their_edges)[:, : variant_bits.shape[1]]
-        agree = np.bitwise_count(my_edges[:, None, :] ^ turned_edges).sum(axis=2, dtype=np.int64) <= edge_bits
-        agree[:, 0] = True
-        bits = np.minimum(bits, np.where(agree, variant_bits, _NOT_CONFIRMED_BITS).min(axis=1))
-    return np.asarray(bits, dtype=np.int64)
+    hashes, others = np.broadcast_arrays(np.asarray(hashes), np.asarray(others))
+    edges, other_edges = np.broadcast_arrays(_edge_words(edges), _edge_words(other_edges))
+    forward = identity_to_variant_bits(hashes, others).astype(np.int64)
+    backward = identity_to_variant_bits(others, hashes).astype(np.int64)
+    bits = np.minimum(forward[:, 0], backward[:, 0])
+    turned = np.minimum(forward[:, 1:].min(axis=1, initial=64), backward[:, 1:].min(axis=1, initial=64))
+    to_confirm = np.flatnonzero((turned < bits) & (turned <= within_bits))
+    for start in range(0, len(to_confirm), _CONFIRM_CHUNK_ROWS):
+        rows = to_confirm[start : start + _CONFIRM_CHUNK_ROWS]
+        for variant_bits, my_edges, their_edges in ((forward, edges, other_edges), (backward, other_edges, edges)):
+            turned_edges = dihedral_edge_hashes(their_edges[rows])[:, : variant_bits.shape[1]]
+            agree = np.bitwise_count(my_edges[rows, None, :] ^ turned_edges).sum(axis=2, dtype=np.int64) <= edge_bits
+            agree[:, 0] = True
+            confirmed = np.where(agree, variant_bits[rows], _NOT_CONFIRMED_BITS).min(axis=1)
+            bits[rows] = np.minimum(bits[rows], confirmed)
+    return bits
+
+
+def _edge_words(edges) -> np.ndarray:
+    """(n, EDGE_HASH_WORDS) uint64 from uint64 words or int64 bit patterns (as the catalog stores them)."""
+    words = np.asarray(edges)
+    words = words.view(np.uint64) if words.dtype == np.int64 else words.astype(np.uint64)
+    return words.reshape(-1, EDGE_HASH_WORDS)
 
 
 def invariant_hamming_matrix(queries: np.ndarray, by_variant: np.ndarray) -> np.ndarray:

@@ -143,9 +143,9 @@ class HashSignal:
 
     def confirmed_bits(self, phashes: np.ndarray, edges: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """(P,) int64 pHash bits of the row pairs over the variants the edges confirm
-        (`core.distances.confirmed_invariant_hamming`)."""
+        (`core.distances.confirmed_invariant_hamming`), exact up to `threshold_bits`."""
         return confirmed_invariant_hamming(
-            phashes[left], phashes[right], edges[left], edges[right], self.edge_agreement_bits
+            phashes[left], phashes[right], edges[left], edges[right], self.edge_agreement_bits, self.threshold_bits
         )
 
     def vouched_pairs(self, phashes: np.ndarray, edges: np.ndarray) -> tuple[VouchedPairs, SearchUpdate]:
@@ -255,8 +255,9 @@ class ScaledPairLists:
 def hash_pairs_within(
     hashes: np.ndarray, k: int, threshold_bits: int, workers: int | None = None
 ) -> tuple[NeighborSearch, EngineChoice]:
-    """The pairs within `threshold_bits` (bits) and each row's up to k nearest among them, through
-    the Hamming engine the chooser takes for this size, and that choice. Both engines find the
+    """The pairs within `threshold_bits` (bits, over every variant: no edge confirmation, see
+    `HashSignal.vouched_pairs`) and each row's up to k nearest among them, through the Hamming
+    engine the chooser takes for this size, and that choice. Both engines find the
     same pairs; the top-k lists are built from the pairs (ties by index), so they agree too.
 
     Args:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from synthetic_images import sample_photo
 
-from imgdedup_pipeline.core.calibration import write_calibration
+from imgdedup_pipeline.core.calibration import CALIBRATION_RULES_VERSION, write_calibration
 from imgdedup_pipeline.core.settings import Settings
 from imgdedup_pipeline.definitions import (
     ALL_ASSETS,
@@ -214,3 +214,18 @@ def test_cli_calibrate_prints_and_stores_the_threshold(photo_folder, tmp_path):
         timeout=600,
     )
     assert bad.returncode == 2 and "target_precision must be within (0, 1]" in bad.stderr
+
+
+def test_a_calibration_stored_under_older_rules_is_made_again(calibrated):
+    """The same sample and settings reuse a stored calibration only if it measured what this
+    version measures (its edits, its negatives, the pHash rule)."""
+    settings, *_ = calibrated
+    path = Path(settings.thresholds_file)
+    stored = json.loads(path.read_text())
+    for record in stored["models"].values():
+        record["rules_version"] = CALIBRATION_RULES_VERSION - 1
+    path.write_text(json.dumps(stored))
+    with dg.instance_for_test() as instance:
+        result = build_definitions(settings).resolve_job_def(CALIBRATION_JOB).execute_in_process(instance=instance)
+    assert result.success and metadata_of(result, "embedding_thresholds")["reused"].value is False
+    assert json.loads(path.read_text())["models"][model_id_for(settings)]["rules_version"] == CALIBRATION_RULES_VERSION
