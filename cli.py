@@ -295,15 +295,17 @@ def run_pipeline(settings: Settings, source: str = "cli", log_level: str = "INFO
         )
 
 
-def report_step_failures(result, verbose: bool) -> list[tuple[str, str]]:
+def report_step_failures(result, verbose: bool, gates_reported: bool = False) -> list[tuple[str, str]]:
     """Print one line per failed step, naming the error the step's code raised (not Dagster's
-    wrapper), with its stack trace when `verbose`; returns (step, error) pairs."""
+    wrapper), with its stack trace when `verbose`; returns (step, error) pairs.
+
+    `gates_reported`: the caller prints failed gates with their values (`summarize`), so a step
+    failed by its gate (dagster.Failure from checks/gates.py, or Dagster's own
+    DagsterAssetCheckFailedError) is left to it."""
     failed_steps = []
     for event in result.get_step_failure_events():
         error = event.step_failure_data.error
-        # A failed gate fails its step too (dagster.Failure from checks/gates.py, or Dagster's own
-        # DagsterAssetCheckFailedError); `summarize` reports it with its values.
-        if error is None or error.cls_name in ("DagsterAssetCheckFailedError", "Failure"):
+        if error is None or (gates_reported and error.cls_name in ("DagsterAssetCheckFailedError", "Failure")):
             continue
         cause = error
         while cause.cause is not None and cause.cls_name in (
@@ -340,7 +342,7 @@ def summarize(result, settings: Settings, verbose: bool = False) -> int:
             value = evaluation.metadata[key].value if key in evaluation.metadata else None
             if value is not None:
                 print(f"    {key}: {json.dumps(value, default=str)}")
-    failed_steps = report_step_failures(result, verbose)
+    failed_steps = report_step_failures(result, verbose, gates_reported=True)
     from imgdedup_pipeline.definitions import ALL_ASSETS
 
     # The run targets its asset selection, or (none given) every asset of the dedup job (the

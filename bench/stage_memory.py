@@ -88,7 +88,6 @@ def main() -> int:
     sampler.wrap(lancedb.LanceDBResource, "read_content_vectors", "read_content_vectors")
     sampler.wrap(signals.HashSignal, "matrix", "pHash matrix")
     sampler.wrap(signals.HashSignal, "vouched_pairs", "pHash search")
-    sampler.wrap(signals.VouchedPairs, "matches", "pHash top-k lists")
     for step in ("_train_centroids", "_assign", "_build_index", "_search", "_refine", "_scan_dense_rows", "result"):
         sampler.wrap(ivf._Search, step, f"index {step.strip('_')}")
     for name in ("merge_searches", "nearest_outside_group", "identical_groups", "find_content_neighbors"):

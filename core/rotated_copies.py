@@ -86,6 +86,7 @@ def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
     # needs neither. Imported before the early return: `core.images.import_decoding_modules`
     # calls this once in the calling thread, so decoding threads never import them first.
     from scipy import ndimage
+    from skimage import measure  # noqa: F401 (used by hough_line_peaks: imported here, see above)
     from skimage.transform import hough_line
 
     last_x, last_y = rgb.width - 1, rgb.height - 1
@@ -133,6 +134,7 @@ def hough_line_peaks(
     accumulator: np.ndarray,
     angles: np.ndarray,
     distances: np.ndarray,
+    *,
     num_peaks: float = np.inf,
     threshold: float | None = None,
     min_distance: int = 9,

@@ -130,6 +130,8 @@ def find_content_neighbors(
     read = vectors if callable(vectors) else None
     if read is not None and not searching_hashes:
         vectors, read = read(), None
+    if read is None:
+        vectors = _content_vectors(vectors)  # once: a mapping is sorted and stacked here
     radius = max(radius, IDENTICAL_COSINE_DISTANCE)
     updates = {}
     hash_pairs = None

@@ -56,9 +56,13 @@ def test_hash_pairs_merged_block_by_block_equal_their_whole_lists_merged(monkeyp
     """The pHash matches reach the merge as pairs whose lists are built per row block; the merged
     search equals merging their whole (M, k) lists."""
     phashes = picture_hashes(50, seed=4)
+    phashes[::3] = np.roll(phashes[::3], 1, axis=1)  # these match the others through a turned variant
     signal = HashSignal.from_mapping({}, threshold_bits=10)
-    pairs, _ = signal.vouched_pairs(phashes, np.zeros((50, 4), np.uint64))
-    assert len(pairs.left) > 20  # rows with several matches: lists to merge
+    # Random edge hashes: turned matches are mostly not confirmed, identity ones are kept.
+    edges = np.random.default_rng(6).integers(0, 2**63, size=(50, 4), dtype=np.int64).view(np.uint64)
+    pairs, _ = signal.vouched_pairs(phashes, edges)
+    unconfirmed, _ = signal.vouched_pairs(phashes, np.zeros((50, 4), np.uint64))
+    assert 20 < len(pairs.left) < len(unconfirmed.left)  # rows with several matches; some turns refused
     embedding = random_search(50, 6, seed=5)
     monkeypatch.setattr(result_module, "MERGE_BLOCK_ROWS", 10_000)
     whole = merge_searches([embedding, pairs.matches(8, 0.01)], k=8)
