@@ -19,7 +19,8 @@ vouches for (both hashes informative, within the cutoff), reports per set and tr
   flipped variant (the identities are farther), with the smallest distance of the two images'
   256-bit edge hashes after such a turn (`core.distances.confirmed_invariant_hamming` counts the
   turn only up to EDGE_AGREEMENT_BITS): the figure that tells true turned copies from opposite
-  quarters of point-symmetric pictures.
+  quarters of point-symmetric pictures. Another view of pairs already counted under the kinds
+  above, not a kind of its own.
 
 Usage:
     .venv/bin/python bench/precision_signals.py OUT [--far-bits 20]

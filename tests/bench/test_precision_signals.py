@@ -26,6 +26,8 @@ def test_each_pair_counts_once_under_the_kind_that_decides_it():
             "informative": [True, True, True, True, False],
             "embedding_close": [False, True, False, True, True],
             "colour_gap": [float("nan")] * 4 + [255.0],
+            # The turned-only pHash pairs' edge-hash distance (NaN where the identity vouches).
+            "turned_edge_bits": [12.0, float("nan"), 60.0, float("nan"), float("nan")],
         }
     )
     rows = {(row["kind"], row["true"]): row for row in summary(frame, far_bits=20)}
@@ -34,4 +36,7 @@ def test_each_pair_counts_once_under_the_kind_that_decides_it():
     assert rows[("embedding, hash < 20 bits", True)]["max"] == 0
     assert rows[("embedding, hash >= 20 bits", False)]["min"] == 24
     assert rows[("embedding, flat", False)]["max"] == 255.0
-    assert sum(row["pairs"] for row in rows.values()) == len(frame)
+    # The turned-only pairs are also reported by their edge hashes: another view of the same pairs.
+    assert rows[("turned pHash match only", True)]["max"] == 12.0
+    assert rows[("turned pHash match only", False)]["min"] == 60.0
+    assert sum(row["pairs"] for (kind, _), row in rows.items() if kind != "turned pHash match only") == len(frame)
