@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imgdedup_pipeline.core.images import EDGE_HASH_WORDS, dihedral_edge_hashes
+from imgdedup_pipeline.core.images import dihedral_edge_hashes, edge_hash_words
 
 
 def cosine_distance(dot):
@@ -81,7 +81,7 @@ def confirmed_invariant_hamming(
         within_bits: answers are exact up to this many bits.
     """
     hashes, others = np.broadcast_arrays(np.asarray(hashes), np.asarray(others))
-    edges, other_edges = np.broadcast_arrays(_edge_words(edges), _edge_words(other_edges))
+    edges, other_edges = np.broadcast_arrays(edge_hash_words(edges), edge_hash_words(other_edges))
     forward = identity_to_variant_bits(hashes, others).astype(np.int64)
     backward = identity_to_variant_bits(others, hashes).astype(np.int64)
     bits = np.minimum(forward[:, 0], backward[:, 0])
@@ -96,13 +96,6 @@ def confirmed_invariant_hamming(
             confirmed = np.where(agree, variant_bits[rows], _NOT_CONFIRMED_BITS).min(axis=1)
             bits[rows] = np.minimum(bits[rows], confirmed)
     return bits
-
-
-def _edge_words(edges) -> np.ndarray:
-    """(n, EDGE_HASH_WORDS) uint64 from uint64 words or int64 bit patterns (as the catalog stores them)."""
-    words = np.asarray(edges)
-    words = words.view(np.uint64) if words.dtype == np.int64 else words.astype(np.uint64)
-    return words.reshape(-1, EDGE_HASH_WORDS)
 
 
 def invariant_hamming_matrix(queries: np.ndarray, by_variant: np.ndarray) -> np.ndarray:

@@ -422,15 +422,21 @@ def dihedral_edge_hashes(edge_hashes: np.ndarray) -> np.ndarray:
     """(P, EDGE_HASH_WORDS) uint64 edge hashes (or int64 bit patterns) -> (P, 8, EDGE_HASH_WORDS):
     each one's hash of the image under the 8 rotations / flips, in `DIHEDRAL_TRANSPOSES` order:
     the bit grid turned as the image (`edge_hash_of_grid`), so variant v pairs with pHash variant v."""
-    edge_hashes = np.asarray(edge_hashes)
-    words = edge_hashes.view(np.uint64) if edge_hashes.dtype == np.int64 else edge_hashes.astype(np.uint64)
-    big_endian = np.ascontiguousarray(words.reshape(-1, EDGE_HASH_WORDS), dtype=">u8")
+    big_endian = np.ascontiguousarray(edge_hash_words(edge_hashes), dtype=">u8")
     grids = np.unpackbits(big_endian.view(np.uint8), axis=1)
     grids = grids.reshape(-1, EDGE_HASH_SIDE, EDGE_HASH_SIDE)
     turned = np.stack([view(grids) for view in _DIHEDRAL_BATCH_VIEWS], axis=1)  # (P, 8, side, side)
     return _pack_bit_grids(turned.reshape(-1, EDGE_HASH_SIDE, EDGE_HASH_SIDE)).reshape(
         len(grids), len(DIHEDRAL_TRANSPOSES), EDGE_HASH_WORDS
     )
+
+
+def edge_hash_words(edge_hashes) -> np.ndarray:
+    """(P, EDGE_HASH_WORDS) uint64 from edge hashes as uint64 words or int64 bit patterns (as the
+    catalog stores them)."""
+    words = np.asarray(edge_hashes)
+    words = words.view(np.uint64) if words.dtype == np.int64 else words.astype(np.uint64)
+    return words.reshape(-1, EDGE_HASH_WORDS)
 
 
 def _pack_bit_grids(grids: np.ndarray) -> np.ndarray:

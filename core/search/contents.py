@@ -126,23 +126,24 @@ def find_content_neighbors(
             (the scoring's rule); False keeps every content its own group (the clean-set check,
             where any other content counts).
     """
-    searching_hashes = hash_signal is not None and hash_signal.threshold_bits > 0
-    read = vectors if callable(vectors) else None
-    if read is not None and not searching_hashes:
-        vectors, read = read(), None
-    if read is None:
-        vectors = _content_vectors(vectors)  # once: a mapping is sorted and stacked here
+    if hash_signal is not None and hash_signal.threshold_bits <= 0:
+        hash_signal = None
+    # Given a reader and a hash signal, the vectors are read after the hash search (its contents
+    # are the signal's); otherwise they are at hand from the start.
+    read = vectors if callable(vectors) and hash_signal is not None else None
+    content_vectors = None if read is not None else _content_vectors(vectors() if callable(vectors) else vectors)
     radius = max(radius, IDENTICAL_COSINE_DISTANCE)
     updates = {}
-    hash_pairs = None
-    if hash_signal is not None and searching_hashes:
-        hashes = hash_signal.pixel_hashes if read is not None else _content_vectors(vectors).hashes
+    if hash_signal is not None:
+        hashes = hash_signal.pixel_hashes if content_vectors is None else content_vectors.hashes
         phashes, edges = hash_signal.matrix(hashes), hash_signal.edges(hashes)
         informative = informative_phashes(phashes)
         hash_pairs, updates["hash"] = hash_signal.vouched_pairs(phashes, edges)
-    content_vectors = _content_vectors(read() if read is not None else vectors)
-    if hash_pairs is not None and not np.array_equal(content_vectors.hashes, hashes):
-        raise ValueError("the vectors read are not of the hash signal's contents")
+    if read is not None:
+        content_vectors = _content_vectors(read())
+        if not np.array_equal(content_vectors.hashes, hashes):
+            raise ValueError("the vectors read are not of the hash signal's contents")
+    assert content_vectors is not None  # at hand from the start, or read just now
     hashes, matrix = content_vectors.hashes, content_vectors.matrix
     if len(hashes) == 0:
         empty = np.empty(0, np.int64)
@@ -173,7 +174,7 @@ def find_content_neighbors(
 
     searches: list[NeighborSearch | RowBlockLists] = [embedding_search]
     distance_rules = [lambda row: embedding.distances_from(np.array([row]))[0]]
-    if hash_signal is not None and hash_pairs is not None:
+    if hash_signal is not None:
         searches.append(hash_pairs.lists(NEIGHBORS_PER_ROW, hash_signal.bits_to_cosine(radius)))
         distance_rules.append(lambda row: hash_signal.vouched_distances_from(phashes, edges, informative, row, radius))
     if rotated_copy_signal is not None:

@@ -92,11 +92,11 @@ class HashSignal:
         variants = (
             len(np.asarray(hashes_by_content[pixel_hashes[0]])) if len(pixel_hashes) else len(DIHEDRAL_TRANSPOSES)
         )
-        matrix = _rows_of(hashes_by_content, pixel_hashes, variants, "pHashes")
+        matrix = _stacked_rows(hashes_by_content, pixel_hashes, variants, "pHashes")
         if edge_hashes_by_content is None:
             edges = np.zeros((len(pixel_hashes), EDGE_HASH_WORDS), dtype=np.int64)
         else:
-            edges = _rows_of(edge_hashes_by_content, pixel_hashes, EDGE_HASH_WORDS, "edge hash")
+            edges = _stacked_rows(edge_hashes_by_content, pixel_hashes, EDGE_HASH_WORDS, "edge hash")
         return cls(pixel_hashes, matrix.view(np.uint64), edges.view(np.uint64), threshold_bits)
 
     @classmethod
@@ -184,7 +184,7 @@ class HashSignal:
         return distances
 
 
-def _rows_of(values_by_content: Mapping, pixel_hashes: np.ndarray, width: int, what: str) -> np.ndarray:
+def _stacked_rows(values_by_content: Mapping, pixel_hashes: np.ndarray, width: int, what: str) -> np.ndarray:
     """(M, width) int64 rows of the contents' values (uint64 or int64 bit patterns), filled row by
     row: a list of per-content arrays to stack would double the matrix."""
     rows = np.empty((len(pixel_hashes), width), dtype=np.int64)
