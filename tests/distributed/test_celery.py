@@ -107,6 +107,21 @@ def materializations(instance: dg.DagsterInstance, run_id: str) -> dict[str, dic
     }
 
 
+def celery_settings(postgres, database: str, images: Path, out_dir: Path, **more) -> Settings:
+    """The sample's settings with Celery steps, broker and result backend on `database`.
+    The sample is mostly planted copies by design; its duplicate-fraction gate would block it."""
+    return Settings(
+        image_root=str(images),
+        out_dir=str(out_dir),
+        embedder="offline",
+        max_duplicate_fraction=1.0,
+        executor="celery",
+        celery_broker_url=postgres.sqlalchemy_url(database, "sqla+postgresql+psycopg2"),
+        celery_backend_url=postgres.sqlalchemy_url(database, "db+postgresql+psycopg2"),
+        **more,
+    )
+
+
 @contextmanager
 def running_workers(base: Path, environment_for: Callable[[str], dict[str, str]], instance_url: str):
     """WORKERS started with deploy/celery.yaml's command, each with `environment_for(name)`, and
@@ -178,16 +193,7 @@ def cluster(postgres, tmp_path_factory):
     images = base / "images"
     build_sample_set(images)
     postgres.create_database("celery_test")
-    # The sample is mostly planted copies by design; its duplicate-fraction gate would block it.
-    settings = Settings(
-        image_root=str(images),
-        out_dir=str(base / "distributed"),
-        embedder="offline",
-        max_duplicate_fraction=1.0,
-        executor="celery",
-        celery_broker_url=postgres.sqlalchemy_url("celery_test", "sqla+postgresql+psycopg2"),
-        celery_backend_url=postgres.sqlalchemy_url("celery_test", "db+postgresql+psycopg2"),
-    )
+    settings = celery_settings(postgres, "celery_test", images, base / "distributed")
     home = dagster_home_from("dagster.postgres.yaml", base / "dagster_home")
     instance_url = postgres.sqlalchemy_url("celery_test")
     env = process_env(

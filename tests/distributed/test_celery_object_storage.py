@@ -29,6 +29,7 @@ from distributed_support import (
 from test_celery import (
     WORKERS,
     Cluster,
+    celery_settings,
     dedup_in_one_process,
     drive_and_record,
     killed_shard,  # noqa: F401  (a fixture, used by the two tests below)
@@ -106,17 +107,7 @@ def cluster(postgres, s3_environment, tmp_path_factory):
     build_sample_set(images)
     postgres.create_database("celery_s3_test")
     instance_url = postgres.sqlalchemy_url("celery_s3_test")
-    # The sample is mostly planted copies by design; its duplicate-fraction gate would block it.
-    shared = Settings(
-        image_root=str(images),
-        out_dir=str(base / "unused"),
-        embedder="offline",
-        max_duplicate_fraction=1.0,
-        executor="celery",
-        celery_broker_url=postgres.sqlalchemy_url("celery_s3_test", "sqla+postgresql+psycopg2"),
-        celery_backend_url=postgres.sqlalchemy_url("celery_s3_test", "db+postgresql+psycopg2"),
-        shared_storage_uri=SHARED_URI,
-    )
+    shared = celery_settings(postgres, "celery_s3_test", images, base / "unused", shared_storage_uri=SHARED_URI)
 
     def environment(folder: Path) -> dict[str, str]:
         home = dagster_home_from("dagster.postgres.yaml", folder / "dagster_home")
