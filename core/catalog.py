@@ -42,6 +42,7 @@ IMAGE_COLUMNS = [
     "frames",
     "phashes",
     "edge_hash",
+    "turned_degrees",
 ]
 REJECTED_COLUMNS = ["image_id", "path", "bytes", "reason", "detail"]
 
@@ -103,6 +104,7 @@ def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int) -> di
         "frames": facts.frames,
         "phashes": list(facts.phashes),
         "edge_hash": list(facts.edge_hash),
+        "turned_degrees": facts.turned_degrees,  # None becomes NaN in the float column
     }
 
 
@@ -163,6 +165,7 @@ def build_catalog(
     rejected["detail"] = rejected["detail"].map(printable_path)
     for column in ("bytes", "mtime_ns", "width", "height", "content_pixels", "frames"):
         images[column] = images[column].astype("int64")
+    images["turned_degrees"] = images["turned_degrees"].astype("float64")
     images["first_seen"] = pd.to_datetime(images["first_seen"], utc=True)
     rejected["bytes"] = rejected["bytes"].astype("Int64")
     return images.sort_values("path", ignore_index=True), rejected.sort_values("path", ignore_index=True)

@@ -84,6 +84,9 @@ class DecodedImage:
     frames: int
     phashes: tuple[int, ...] = ()  # dihedral pHashes as signed int64 (Parquet has no list<uint64> ints > 2**63)
     edge_hash: tuple[int, ...] = ()  # `edge_hash_of_grid`'s words as signed int64, for the same reason
+    # Degrees by which the image was turned on its canvas, read from its black corners
+    # (`core.rotated_copies.turned_black_corners`); None for an image without them.
+    turned_degrees: float | None = None
 
 
 class FileChangedError(RuntimeError):
@@ -311,12 +314,19 @@ def content_pixel_count(rgb: Image.Image, tolerance: int = 12, *, box: tuple[int
     """Pixels inside `content_box`, so that a letterboxed copy does not outrank its original, less
     the black corners of a copy turned on its canvas (`core.rotated_copies`), so that neither
     does a turned one. `box`: the image's `content_box` at `tolerance`, when already computed."""
+    return content_and_turn(rgb, content_box(rgb, tolerance) if box is None else box)[0]
+
+
+def content_and_turn(rgb: Image.Image, box: tuple[int, int, int, int]) -> tuple[int, float | None]:
+    """(`content_pixel_count`, the angle in degrees by which the image was turned on its canvas, or
+    None) for an image whose `content_box` is `box`. Only an image without uniform borders is tested
+    for turned black corners: a turned copy's content reaches every side of its canvas."""
     from imgdedup_pipeline.core.rotated_copies import turned_black_corners
 
-    left, top, right, bottom = content_box(rgb, tolerance) if box is None else box
+    left, top, right, bottom = box
     inside = (right - left) * (bottom - top)
     turned = turned_black_corners(rgb) if inside == rgb.width * rgb.height else None
-    return inside if turned is None else round(inside * (1.0 - turned[1]))
+    return (inside, None) if turned is None else (round(inside * (1.0 - turned[1])), turned[0])
 
 
 def trim_uniform_borders(
@@ -617,13 +627,15 @@ def describe_image(
     rgb = load_rgb(source, max_pixels)
     box = content_box(rgb)  # once: the content-pixel count and the pHashes both trim to it
     phashes, edge_hash = perceptual_hashes(rgb, box=box)
+    content_pixels, turned_degrees = content_and_turn(rgb, box)
     return DecodedImage(
         width=rgb.width,
         height=rgb.height,
         pixel_hash=pixel_hash(rgb),
-        content_pixels=content_pixel_count(rgb, box=box),
+        content_pixels=content_pixels,
         source_mode=source_mode,
         frames=frames,
         phashes=tuple(phashes.view(np.int64).tolist()),
         edge_hash=tuple(edge_hash.view(np.int64).tolist()),
+        turned_degrees=turned_degrees,
     )

@@ -7,15 +7,16 @@ features (ORB) and a RANSAC similarity transform, against its few nearest conten
 the signal vouches for a pair only when many features agree on one transform whose rotation is
 the angle the corners show (SPEC.md, "several signals"). Nothing here imports Dagster.
 
-Cost: one corner test on a small draft decode for contents whose nearest embedding neighbour lies
-just beyond the near-duplicate radius (most unique photos fail it at their 4 corner pixels), and a
-feature match only for the few contents with turned black corners.
+Cost: the corner test runs once per file, in the catalog, on the pixels decoded there anyway (most
+photos fail it at their 4 corner pixels); scoring decodes only the few contents with turned black
+corners whose nearest embedding neighbour lies just beyond the near-duplicate radius, and their
+neighbours, to match their features.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -208,13 +209,6 @@ def hough_line_peaks(
     return found, angles[found_x], distances[found_y]
 
 
-def turned_black_corners_degrees(rgb: Image.Image) -> float | None:
-    """The angle (degrees in [-45, 45)) by which an image was turned on its canvas, read from its
-    black corners; None when it has none (`turned_black_corners`)."""
-    found = turned_black_corners(rgb)
-    return None if found is None else found[0]
-
-
 @dataclass(frozen=True)
 class SimilarityMatch:
     """How well two images' local features agree on one similarity transform."""
@@ -295,9 +289,13 @@ class RotatedCopySignal:
     Attributes:
         load: callable(pixel hash, draft_size) -> RGB image of that content; JPEGs may be decoded
             at a reduced scale of at least draft_size (`core.images.load_rgb`).
+        turned_degrees: pixel hash -> the angle its black corners show (the catalog's
+            `turned_degrees`), for the contents that have turned black corners; no other content
+            is decoded to look for them.
     """
 
     load: Callable[[str, tuple[int, int] | None], Image.Image]
+    turned_degrees: Mapping[str, float]
 
     def _load_or_none(self, pixel_hash, draft) -> Image.Image | None:
         # A file that changed or vanished since it was catalogued is left to the next run's
@@ -310,8 +308,8 @@ class RotatedCopySignal:
     def vouched_matches(
         self, pixel_hashes: np.ndarray, embedding: NeighborSearch, group: np.ndarray, radius: float
     ) -> tuple[NeighborSearch, int]:
-        """The pairs this signal vouches for, on the cosine scale, and how many contents were
-        tested for turned corners.
+        """The pairs this signal vouches for, on the cosine scale, and how many turned contents
+        were matched against their neighbours.
 
         Args:
             pixel_hashes: (M,) the contents, in row order.
@@ -326,9 +324,8 @@ class RotatedCopySignal:
             if topk_index.shape[1]
             else np.full(len(pixel_hashes), np.inf)
         )
-        candidates = np.flatnonzero((nearest > radius) & (nearest <= CANDIDATE_MAX_COSINE_DISTANCE))
-        # JPEGs decode at 1/2-1/8 scale for the corner test (a straight edge needs few pixels).
-        draft = (CORNER_TEST_SIDE // 2, CORNER_TEST_SIDE // 2)
+        turned = np.array([str(h) in self.turned_degrees for h in pixel_hashes], dtype=bool)
+        candidates = np.flatnonzero(turned & (nearest > radius) & (nearest <= CANDIDATE_MAX_COSINE_DISTANCE))
         features: dict[int, tuple | None] = {}
 
         def features_of(row: int):
@@ -339,9 +336,8 @@ class RotatedCopySignal:
 
         found: dict[tuple[int, int], float] = {}
         for row in candidates.tolist():
-            small = self._load_or_none(pixel_hashes[row], draft)
-            degrees = None if small is None else turned_black_corners_degrees(small)
-            if degrees is None or features_of(row) is None:
+            degrees = self.turned_degrees[str(pixel_hashes[row])]
+            if features_of(row) is None:
                 continue
             close = outside[row] & (topk_distance[row] <= CANDIDATE_MAX_COSINE_DISTANCE)
             for other in topk_index[row][close][:NEIGHBORS_CHECKED]:

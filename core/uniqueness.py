@@ -47,10 +47,14 @@ def without_changed(raw_images: pd.DataFrame, changed_during_run: Mapping[str, o
 
 
 def rotated_copy_signal(raw_images: pd.DataFrame, load_rgb: Callable) -> RotatedCopySignal:
-    """The turned-copy check, reading each content from the file embedded for it with
-    `load_rgb(path, draft_size=...)`."""
+    """The turned-copy check for the catalog's contents with turned black corners, reading each
+    content from the file embedded for it with `load_rgb(path, draft_size=...)`."""
     path_of = path_per_content(raw_images)
-    return RotatedCopySignal(lambda pixel_hash, draft: load_rgb(path_of[pixel_hash], draft_size=draft))
+    turned = raw_images[raw_images["turned_degrees"].notna()]
+    return RotatedCopySignal(
+        lambda pixel_hash, draft: load_rgb(path_of[pixel_hash], draft_size=draft),
+        dict(zip(turned["pixel_hash"], turned["turned_degrees"].astype(float))),
+    )
 
 
 def score_images(

@@ -84,6 +84,20 @@ def test_image_rows_describe_the_files(image_root):
     assert pd.isna(rejected.set_index("path").loc["escape.png", "bytes"])
 
 
+def test_rows_carry_the_turn_read_from_black_corners(tmp_path):
+    """The catalog reads a turned copy's angle from its black corners once, for the turned-copy
+    check at scoring (which then decodes no other content to look for them); NaN elsewhere."""
+    from skimage import data
+
+    photo = Image.fromarray(data.chelsea())
+    photo.save(tmp_path / "photo.png")
+    photo.rotate(30.0, resample=Image.Resampling.BICUBIC).save(tmp_path / "turned.png")
+    images, _ = build_catalog(tmp_path, discover_image_files(tmp_path))
+    turns = images.set_index("path")["turned_degrees"]
+    assert images["turned_degrees"].dtype == np.float64
+    assert pd.isna(turns["photo.png"]) and abs(abs(turns["turned.png"]) - 30.0) <= 1.0
+
+
 def test_empty_root_gives_empty_typed_tables(tmp_path):
     images, rejected = build_catalog(tmp_path, [])
     assert images.empty and rejected.empty

@@ -1,10 +1,13 @@
 """The turned-copy signal (core/rotated_copies.py) on real photos from scikit-image."""
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
 
+from imgdedup_pipeline.core.images import describe_image
 from imgdedup_pipeline.core.rotated_copies import (
     INLIER_FRACTION_CUTOFF,
     MIN_INLIERS,
@@ -13,7 +16,6 @@ from imgdedup_pipeline.core.rotated_copies import (
     hough_line_peaks,
     signal_distance,
     similarity_match,
-    turned_black_corners_degrees,
     vouches_for,
 )
 from imgdedup_pipeline.core.search.contents import find_content_neighbors
@@ -35,9 +37,16 @@ def turned(image: Image.Image, degrees: float) -> Image.Image:
     return image.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=False)
 
 
+def turned_degrees(image: Image.Image) -> float | None:
+    """The turn the catalog reads from the image's black corners (PNG: its exact pixels)."""
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    return describe_image("image.png", data=encoded.getvalue()).turned_degrees
+
+
 @pytest.mark.parametrize("degrees", [30.0, -30.0, 7.0, 15.0, 3.0, -44.0], ids=lambda d: f"{d:+g}deg")
 def test_the_turn_is_read_from_black_corners(photo, degrees):
-    found = turned_black_corners_degrees(turned(photo, degrees))
+    found = turned_degrees(turned(photo, degrees))
     assert found is not None and abs(abs(found) - abs(degrees)) <= 1.0
 
 
@@ -45,7 +54,7 @@ def test_pictures_without_turned_corners_have_no_turn(photo, rocket):
     letterboxed = Image.new("RGB", (photo.width, photo.height + 120))
     letterboxed.paste(photo, (0, 60))
     for image in (photo, rocket, letterboxed, Image.new("RGB", (64, 48)), Image.new("RGB", (64, 48), (255, 255, 255))):
-        assert turned_black_corners_degrees(image) is None
+        assert turned_degrees(image) is None
 
 
 def test_a_turned_zoomed_copy_is_vouched_for_and_a_different_picture_is_not(photo, rocket):
@@ -54,7 +63,7 @@ def test_a_turned_zoomed_copy_is_vouched_for_and_a_different_picture_is_not(phot
         .resize((photo.width * 5 // 4, photo.height * 5 // 4))
         .crop((40, 20, 40 + photo.width, 20 + photo.height))
     )
-    corners = turned_black_corners_degrees(copy)
+    corners = turned_degrees(copy)
     assert corners is not None
     same = similarity_match(copy, photo)
     assert vouches_for(same, corners) and signal_distance(same, 0.1) <= 0.1
@@ -94,16 +103,35 @@ def test_find_content_neighbors_pairs_a_turned_copy_only_with_the_signal(photo, 
         loaded.append(pixel_hash)
         return images[pixel_hash]
 
+    turns = {name: turn for name, image in images.items() if (turn := turned_degrees(image)) is not None}
+    assert set(turns) == {"b-turned-copy", "c-other-turned"}
     plain = find_content_neighbors(vectors, radius=0.1)
     assert plain.pairs.empty
-    fused = find_content_neighbors(vectors, radius=0.1, rotated_copy_signal=RotatedCopySignal(load))
+    fused = find_content_neighbors(vectors, radius=0.1, rotated_copy_signal=RotatedCopySignal(load, turns))
     assert [tuple(fused.pixel_hashes[[r.left, r.right]]) for r in fused.pairs.itertuples()] == [
         ("a-photo", "b-turned-copy")
     ]
     assert fused.pairs["distance"].iloc[0] <= 0.1
     assert fused.nearest_distance[2] == pytest.approx(plain.nearest_distance[2])
-    assert fused.updates["rotated_copy"].searched_rows == 3
+    assert fused.updates["rotated_copy"].searched_rows == 2
     assert set(loaded) <= set(images)
+
+
+def test_only_turned_contents_are_decoded(photo):
+    """A content beyond the radius whose catalog row shows no turned corners is not decoded; a
+    turned one is, with its neighbours."""
+    vectors = dict(zip(["plain", "turned", "neighbour"], unit([[1, 0, 0], [0.6, 0.8, 0], [0.7, 0, 0.71]])))
+    loaded = []
+
+    def load(pixel_hash, draft):
+        loaded.append(pixel_hash)
+        return photo
+
+    find_content_neighbors(vectors, radius=0.1, rotated_copy_signal=RotatedCopySignal(load, {}))
+    assert loaded == []
+    found = find_content_neighbors(vectors, radius=0.1, rotated_copy_signal=RotatedCopySignal(load, {"turned": 30.0}))
+    assert found.updates["rotated_copy"].searched_rows == 1
+    assert "turned" in loaded and "plain" in loaded
 
 
 def test_contents_within_the_radius_or_far_beyond_it_are_never_decoded(photo):
@@ -112,7 +140,8 @@ def test_contents_within_the_radius_or_far_beyond_it_are_never_decoded(photo):
     def load(pixel_hash, draft):
         raise AssertionError(f"{pixel_hash} was decoded")
 
-    found = find_content_neighbors(vectors, radius=0.1, rotated_copy_signal=RotatedCopySignal(load))
+    every_turned = dict.fromkeys(vectors, 30.0)
+    found = find_content_neighbors(vectors, radius=0.1, rotated_copy_signal=RotatedCopySignal(load, every_turned))
     assert found.updates["rotated_copy"].searched_rows == 0
     assert len(search_neighbors(np.stack(list(vectors.values())), k=2, radius=0.1).pair_left) == len(found.pairs)
 
