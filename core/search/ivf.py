@@ -41,6 +41,7 @@ import numpy as np
 
 from imgdedup_pipeline.core.distances import cosine_distance
 from imgdedup_pipeline.core.search.batches import read_batches, release_free_heap
+from imgdedup_pipeline.core.search.exact_cosine import cosine_pair_distances
 from imgdedup_pipeline.core.search.result import NeighborSearch
 
 # Rows searched and re-ranked at once: faiss' fast scan builds a lookup table per query
@@ -419,9 +420,6 @@ class _Search:
         low, high = np.minimum(left[keep], right[keep]), np.maximum(left[keep], right[keep])
         code = np.unique(low * self.count + high)  # sorted by (left, right), each pair once
         left, right = code // self.count, code % self.count
-        distance = np.empty(len(left), dtype=np.float32)
-        for start in range(0, len(left), 8_192):  # not one (P, D) gather per side: 150 MiB each at 50k pairs
-            part = slice(start, start + 8_192)
-            distance[part] = cosine_distance(np.einsum("ij,ij->i", self.vectors[left[part]], self.vectors[right[part]]))
+        distance = cosine_pair_distances(self.vectors, left, right)
         within = distance <= self.radius
         return self.topk_index, self.topk_distance, left[within], right[within], distance[within]

@@ -145,3 +145,20 @@ def test_nearest_outside_group_in_row_blocks_equals_one_block(monkeypatch, block
     for got, want in zip(nearest_outside_group(row_distances, group, search), whole):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
+
+
+def test_pair_distances_in_blocks_equal_one_gather_of_every_pair():
+    """Close pairs' distances are computed a block of pairs at a time (PAIR_BLOCK); across block
+    boundaries every distance is bit-identical to one dot product per pair over all pairs at once."""
+    from imgdedup_pipeline.core.distances import cosine_distance
+    from imgdedup_pipeline.core.search.exact_cosine import PAIR_BLOCK, cosine_pair_distances
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((300, 96)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    left, right = rng.integers(0, 300, 2 * PAIR_BLOCK + 5), rng.integers(0, 300, 2 * PAIR_BLOCK + 5)
+    found = cosine_pair_distances(vectors, left, right)
+    expected = cosine_distance(np.einsum("ij,ij->i", vectors[left], vectors[right]))
+    assert found.dtype == np.float32
+    np.testing.assert_array_equal(found, expected)
+    assert len(cosine_pair_distances(vectors, left[:0], right[:0])) == 0
