@@ -192,6 +192,7 @@ def _describing_pool(workers: int, files: int) -> Executor:
     processes = min(workers, os.cpu_count() or 1)
     if files < PROCESS_POOL_MIN_FILES or processes < 2 or multiprocessing.current_process().daemon:
         return ThreadPoolExecutor(max_workers=workers)
+    logger.info("describing %d files in %d worker processes", files, processes)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
     return ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_leave_interrupts_to_the_run)
