@@ -6,15 +6,12 @@ unchanged folder only lists and stats it.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
-import multiprocessing
 import os
-import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -48,11 +45,6 @@ IMAGE_COLUMNS = [
     "turned_degrees",
 ]
 REJECTED_COLUMNS = ["image_id", "path", "bytes", "reason", "detail"]
-# Describing a file holds the interpreter lock for much of its time (Pillow's and numpy's work on
-# small images, the Python around them), so threads overlap only part of it. A batch of at least
-# this many files is described in worker processes instead, whose start costs a fraction of a
-# second (BENCHMARKS.md, "Whole run against the peers").
-PROCESS_POOL_MIN_FILES = 2_000
 
 
 def _describe_one(root: Path, discovered: DiscoveredFile, max_pixels: int) -> dict:
@@ -139,8 +131,7 @@ def build_catalog(
         previous: the image table of an earlier run; rows whose path, bytes and mtime_ns still match
             are reused without decoding.
         max_pixels: decompression-bomb limit.
-        workers: decoding threads (Pillow and hashlib release the GIL), or processes (at most one
-            per core) for a batch of PROCESS_POOL_MIN_FILES or more.
+        workers: decoding threads (Pillow and hashlib release the GIL).
         progress: called with (done, total) as files finish.
 
     Returns:
@@ -162,10 +153,8 @@ def build_catalog(
     started = time.monotonic()
     if to_describe:  # no decoding threads start otherwise, and a rerun skips the imports
         import_decoding_modules()
-    describe = functools.partial(_describe_one, root, max_pixels=max_pixels)
-    with _describing_pool(workers, len(to_describe)) as pool:
-        chunks = 16 if isinstance(pool, ProcessPoolExecutor) else 1
-        for done, row in enumerate(pool.map(describe, to_describe, chunksize=chunks), start=1):
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for done, row in enumerate(pool.map(lambda d: _describe_one(root, d, max_pixels), to_describe), start=1):
             rows.append(row)
             if progress and (done % 200 == 0 or done == len(to_describe)):
                 progress(done, len(to_describe))
@@ -180,27 +169,6 @@ def build_catalog(
     images["first_seen"] = pd.to_datetime(images["first_seen"], utc=True)
     rejected["bytes"] = rejected["bytes"].astype("Int64")
     return images.sort_values("path", ignore_index=True), rejected.sort_values("path", ignore_index=True)
-
-
-def _describing_pool(workers: int, files: int) -> Executor:
-    """Threads for a small batch; for a large one, at most one worker process per core, started by
-    a fork server (a clean process: forking this one, whose other threads may hold locks, is not
-    safe) that has imported this module once for all of them. Threads also where this process
-    may not have children (a daemonic worker of a process pool, as some distributed executors run
-    steps in)."""
-    workers = max(1, workers)
-    processes = min(workers, os.cpu_count() or 1)
-    if files < PROCESS_POOL_MIN_FILES or processes < 2 or multiprocessing.current_process().daemon:
-        return ThreadPoolExecutor(max_workers=workers)
-    logger.info("describing %d files in %d worker processes", files, processes)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_leave_interrupts_to_the_run)
-
-
-def _leave_interrupts_to_the_run() -> None:
-    """Ctrl-C stops the run, which shuts the pool down; workers do not each print a traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _unchanged(full: Path, old: dict) -> bool:

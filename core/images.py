@@ -310,22 +310,28 @@ def content_box(rgb: Image.Image, tolerance: int = 12) -> tuple[int, int, int, i
     return largest.point(lambda v: 255 if v > tolerance else 0).getbbox() or (0, 0, rgb.width, rgb.height)
 
 
-def content_pixel_count(rgb: Image.Image, tolerance: int = 12, *, box: tuple[int, int, int, int] | None = None) -> int:
+def content_pixel_count(rgb: Image.Image, tolerance: int = 12) -> int:
     """Pixels inside `content_box`, so that a letterboxed copy does not outrank its original, less
     the black corners of a copy turned on its canvas (`core.rotated_copies`), so that neither
-    does a turned one. `box`: the image's `content_box` at `tolerance`, when already computed."""
-    return content_and_turn(rgb, content_box(rgb, tolerance) if box is None else box)[0]
+    does a turned one."""
+    return content_and_turn(rgb, content_box(rgb, tolerance))[0]
+
+
+# A picture turned on its canvas reaches every side of it; where the canvas grew to hold it, at a
+# point only, and trimming takes those sides' few pixels as a border. More trimmed is a letterbox.
+TURNED_MAX_TRIMMED_PIXELS = 2
 
 
 def content_and_turn(rgb: Image.Image, box: tuple[int, int, int, int]) -> tuple[int, float | None]:
     """(`content_pixel_count`, the angle in degrees by which the image was turned on its canvas, or
-    None) for an image whose `content_box` is `box`. Only an image without uniform borders is tested
-    for turned black corners: a turned copy's content reaches every side of its canvas."""
+    None) for an image whose `content_box` is `box`. Only an image trimmed by at most
+    TURNED_MAX_TRIMMED_PIXELS on each side is tested for turned black corners."""
     from imgdedup_pipeline.core.rotated_copies import turned_black_corners
 
     left, top, right, bottom = box
     inside = (right - left) * (bottom - top)
-    turned = turned_black_corners(rgb) if inside == rgb.width * rgb.height else None
+    trimmed = max(left, top, rgb.width - right, rgb.height - bottom)
+    turned = turned_black_corners(rgb) if trimmed <= TURNED_MAX_TRIMMED_PIXELS else None
     return (inside, None) if turned is None else (round(inside * (1.0 - turned[1])), turned[0])
 
 

@@ -9,8 +9,8 @@ the angle the corners show (SPEC.md, "several signals"). Nothing here imports Da
 
 Cost: the corner test runs once per file, in the catalog, on the pixels decoded there anyway (most
 photos fail it at their 4 corner pixels); scoring decodes only the few contents with turned black
-corners whose nearest embedding neighbour lies just beyond the near-duplicate radius, and their
-neighbours, to match their features.
+corners, and their nearest neighbours just beyond the near-duplicate radius, to match their
+features.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from imgdedup_pipeline.core.images import ImageRejected
@@ -56,11 +57,11 @@ MAX_ANGLE_DISAGREEMENT_DEGREES = 3.0
 # A turned copy's matches are > 85 % inliers: 3 samples all inliers at once in 100 draws fails
 # with probability (1 - 0.85**3)**100 < 1e-17.
 RANSAC_TRIALS = 100
-# Contents whose nearest embedding neighbour is beyond the radius but within this cosine distance
-# are tested for turned corners; a turned copy sits at ~0.36 from its original.
+# A turned content is matched against its nearest contents beyond the radius (those within it are
+# matched already) but within this cosine distance; a turned copy sits at ~0.36 from its original.
 CANDIDATE_MAX_COSINE_DISTANCE = 0.5
-# Nearest contents by embedding, within that distance, checked against each turned content (a
-# 4th costs more than the budget of 2x one embedding pass on idealo, measured).
+# Nearest contents checked per turned content (a 4th cost more than the budget of 2x one embedding
+# pass on idealo, measured).
 NEIGHBORS_CHECKED = 3
 
 
@@ -297,13 +298,14 @@ class RotatedCopySignal:
     load: Callable[[str, tuple[int, int] | None], Image.Image]
     turned_degrees: Mapping[str, float]
 
-    def _load_or_none(self, pixel_hash, draft) -> Image.Image | None:
+    def _features_or_none(self, pixel_hash):
         # A file that changed or vanished since it was catalogued is left to the next run's
         # catalog; it must not fail the scoring.
         try:
-            return self.load(str(pixel_hash), draft)
+            image = self.load(str(pixel_hash), (FEATURE_SIDE, FEATURE_SIDE))
         except (ImageRejected, OSError):
             return None
+        return _features(image)
 
     def vouched_matches(
         self, pixel_hashes: np.ndarray, embedding: NeighborSearch, group: np.ndarray, radius: float
@@ -319,19 +321,16 @@ class RotatedCopySignal:
         """
         topk_index, topk_distance = embedding.topk_index, embedding.topk_distance
         outside = (topk_index >= 0) & (group[np.maximum(topk_index, 0)] != group[:, None])
-        nearest = (
-            np.where(outside, topk_distance, np.inf).min(axis=1)
-            if topk_index.shape[1]
-            else np.full(len(pixel_hashes), np.inf)
-        )
-        turned = np.array([str(h) in self.turned_degrees for h in pixel_hashes], dtype=bool)
-        candidates = np.flatnonzero(turned & (nearest > radius) & (nearest <= CANDIDATE_MAX_COSINE_DISTANCE))
+        # A turned copy may lie within the radius of another copy and beyond it of its original:
+        # every turned content is matched against its nearest contents beyond the radius.
+        beyond = outside & (topk_distance > radius) & (topk_distance <= CANDIDATE_MAX_COSINE_DISTANCE)
+        turned = pd.Index(pixel_hashes).isin(list(self.turned_degrees))
+        candidates = np.flatnonzero(turned & beyond.any(axis=1))
         features: dict[int, tuple | None] = {}
 
         def features_of(row: int):
             if row not in features:
-                image = self._load_or_none(pixel_hashes[row], (FEATURE_SIDE, FEATURE_SIDE))
-                features[row] = None if image is None else _features(image)
+                features[row] = self._features_or_none(pixel_hashes[row])
             return features[row]
 
         found: dict[tuple[int, int], float] = {}
@@ -339,8 +338,7 @@ class RotatedCopySignal:
             degrees = self.turned_degrees[str(pixel_hashes[row])]
             if features_of(row) is None:
                 continue
-            close = outside[row] & (topk_distance[row] <= CANDIDATE_MAX_COSINE_DISTANCE)
-            for other in topk_index[row][close][:NEIGHBORS_CHECKED]:
+            for other in topk_index[row][beyond[row]][:NEIGHBORS_CHECKED]:
                 if features_of(int(other)) is None:
                     continue
                 match = similarity_match(features_of(row), features_of(int(other)))

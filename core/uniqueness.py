@@ -46,10 +46,17 @@ def without_changed(raw_images: pd.DataFrame, changed_during_run: Mapping[str, o
     return raw_images[~raw_images["pixel_hash"].isin(changed_during_run.keys())]
 
 
-def rotated_copy_signal(raw_images: pd.DataFrame, load_rgb: Callable) -> RotatedCopySignal:
+def rotated_copy_signal(raw_images: pd.DataFrame, load_rgb: Callable, warn: Callable[[str], None]) -> RotatedCopySignal:
     """The turned-copy check for the catalog's contents with turned black corners, reading each
-    content from the file embedded for it with `load_rgb(path, draft_size=...)`."""
+    content from the file embedded for it with `load_rgb(path, draft_size=...)`. A catalog made
+    before the turn was read into it proves no turned copy, and `warn` says so."""
     path_of = path_per_content(raw_images)
+    if "turned_degrees" not in raw_images.columns:
+        warn(
+            "the image catalog predates its turned_degrees column, so no copy turned on its canvas is "
+            "proven in this run: materialize raw_images again (a run of the whole job does) to check them"
+        )
+        raw_images = raw_images.assign(turned_degrees=float("nan"))
     turned = raw_images[raw_images["turned_degrees"].notna()]
     return RotatedCopySignal(
         lambda pixel_hash, draft: load_rgb(path_of[pixel_hash], draft_size=draft),
@@ -85,7 +92,7 @@ def score_images(
         engine: the neighbour search setting (`exact`, `index`, `auto`).
         cache_file: the last run's embedding search for this model's table; only new contents
             (and those that lost a neighbour) are searched again. A cache that does not fit is ignored.
-        warn: told about a damaged cache file.
+        warn: told about a damaged cache file, or a catalog without the turned-copy check's column.
         load_rgb: with it, the turned-copy check runs, loading images through it.
 
     Returns:
@@ -97,7 +104,7 @@ def score_images(
         hash_signal=hash_signal,
         cache=SearchCache(cache_file, warn),
         engine=engine,
-        rotated_copy_signal=rotated_copy_signal(raw_images, load_rgb) if load_rgb is not None else None,
+        rotated_copy_signal=rotated_copy_signal(raw_images, load_rgb, warn) if load_rgb is not None else None,
     )
     search_modes = {
         signal: f"{u.mode}, {u.searched_rows} of {len(neighbors.pixel_hashes)} contents searched"

@@ -98,30 +98,6 @@ def test_rows_carry_the_turn_read_from_black_corners(tmp_path):
     assert pd.isna(turns["photo.png"]) and abs(abs(turns["turned.png"]) - 30.0) <= 1.0
 
 
-def test_a_large_batch_described_in_worker_processes_gives_the_threads_tables(image_root, monkeypatch):
-    """Above PROCESS_POOL_MIN_FILES files the catalog describes them in worker processes (started
-    by a fork server); the tables, rejections included, equal those of decoding threads."""
-    if (os.cpu_count() or 1) < 2:
-        pytest.skip("one core: the catalog uses threads whatever the batch size")
-    discovered = discover_image_files(image_root)
-    by_threads = build_catalog(image_root, discovered, workers=2)
-    pools = []
-    real_pool = catalog._describing_pool
-
-    def recording_pool(workers, files):
-        pools.append(pool := real_pool(workers, files))
-        return pool
-
-    monkeypatch.setattr(catalog, "PROCESS_POOL_MIN_FILES", 1)
-    monkeypatch.setattr(catalog, "_describing_pool", recording_pool)
-    calls = []
-    by_processes = build_catalog(image_root, discovered, workers=2, progress=lambda *done: calls.append(done))
-    assert [type(pool).__name__ for pool in pools] == ["ProcessPoolExecutor"]
-    for threads_table, processes_table in zip(by_threads, by_processes):
-        pd.testing.assert_frame_equal(threads_table, processes_table)
-    assert calls[-1] == (len(discovered), len(discovered))
-
-
 def test_empty_root_gives_empty_typed_tables(tmp_path):
     images, rejected = build_catalog(tmp_path, [])
     assert images.empty and rejected.empty

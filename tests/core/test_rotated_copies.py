@@ -50,6 +50,19 @@ def test_the_turn_is_read_from_black_corners(photo, degrees):
     assert found is not None and abs(abs(found) - abs(degrees)) <= 1.0
 
 
+@pytest.mark.parametrize("degrees", [30.0, -20.0, 7.0], ids=lambda d: f"{d:+g}deg")
+def test_a_copy_turned_on_a_grown_canvas_is_read_and_counts_its_picture_only(photo, degrees):
+    """`rotate(expand=True)` (and editors that grow the canvas) leave the picture touching each side
+    at a point: its 1-pixel borders are trimmed, and the turn is read all the same; its content
+    pixels are about the photo's, not the larger canvas's (so it does not outrank its original)."""
+    from imgdedup_pipeline.core.images import content_pixel_count
+
+    copy = photo.rotate(degrees, resample=Image.Resampling.BICUBIC, expand=True)
+    found = turned_degrees(copy)
+    assert found is not None and abs(abs(found) - abs(degrees)) <= 1.0
+    assert content_pixel_count(copy) <= 1.05 * photo.width * photo.height < 0.95 * copy.width * copy.height
+
+
 def test_pictures_without_turned_corners_have_no_turn(photo, rocket):
     letterboxed = Image.new("RGB", (photo.width, photo.height + 120))
     letterboxed.paste(photo, (0, 60))
@@ -115,6 +128,22 @@ def test_find_content_neighbors_pairs_a_turned_copy_only_with_the_signal(photo, 
     assert fused.nearest_distance[2] == pytest.approx(plain.nearest_distance[2])
     assert fused.updates["rotated_copy"].searched_rows == 2
     assert set(loaded) <= set(images)
+
+
+def test_a_turned_copy_near_another_copy_is_still_matched_against_its_original(photo):
+    """Two turned copies lie within the radius of each other and beyond it of the original: each
+    is matched against its nearest contents beyond the radius, so both join the original."""
+    images = {"a-photo": photo, "b-turned": turned(photo, 30.0), "c-turned-more": turned(photo, 32.0)}
+    vectors = dict(zip(images, unit([[1, 0, 0], [0.7, 0.714, 0], [0.69, 0.72, 0.06]])))
+    turns = {name: turned_degrees(image) for name, image in images.items() if name != "a-photo"}
+
+    def load(pixel_hash, draft):
+        return images[pixel_hash]
+
+    found = find_content_neighbors(vectors, radius=0.1, rotated_copy_signal=RotatedCopySignal(load, turns))
+    pairs = {tuple(found.pixel_hashes[[r.left, r.right]]) for r in found.pairs.itertuples()}
+    assert {("a-photo", "b-turned"), ("a-photo", "c-turned-more"), ("b-turned", "c-turned-more")} <= pairs
+    assert found.updates["rotated_copy"].searched_rows == 2
 
 
 def test_only_turned_contents_are_decoded(photo):
@@ -191,3 +220,19 @@ def test_hough_line_peaks_equal_scikit_images():
                 np.testing.assert_array_equal(mine, theirs)
             compared += len(expected[0])
     assert compared > 200  # peaks were found, not only empty answers
+
+
+def test_a_catalog_without_the_turn_column_proves_no_turned_copy_and_says_so(photo):
+    """raw_images pickled by a version before `turned_degrees` (a step re-executed after an
+    upgrade): the check runs over no turned content and the step is warned, not failed."""
+    import pandas as pd
+
+    from imgdedup_pipeline.core.uniqueness import rotated_copy_signal
+
+    older = pd.DataFrame({"path": ["a.png", "b.png"], "pixel_hash": ["h1", "h2"]})
+    warnings = []
+    signal = rotated_copy_signal(older, lambda path, draft_size: photo, warnings.append)
+    assert signal.turned_degrees == {} and len(warnings) == 1 and "raw_images" in warnings[0]
+    current = older.assign(turned_degrees=[float("nan"), 30.0])
+    assert rotated_copy_signal(current, lambda path, draft_size: photo, warnings.append).turned_degrees == {"h2": 30.0}
+    assert len(warnings) == 1
