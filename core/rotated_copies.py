@@ -78,8 +78,8 @@ def _scaled_down(rgb: Image.Image, side: int) -> Image.Image:
 
 
 def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
-    """(degrees in [-45, 45), share of the image its black corners cover) for an image turned on
-    its canvas, read from its black corners; None when it has none.
+    """(degrees in [-45, 45), share of the image its black corners and their edge cover) for an
+    image turned on its canvas, read from its black corners; None when it has none.
 
     The black fill must touch a corner of the image, cover at least MIN_BLACK_FRACTION, and end in
     straight edges that are not parallel to the image's sides (those are letterboxes).
@@ -129,7 +129,11 @@ def turned_black_corners(rgb: Image.Image) -> tuple[float, float] | None:
     )
     if (offsets.min(axis=1) <= EDGE_TOLERANCE_PIXELS).mean() < MIN_STRAIGHT_EDGE_FRACTION:
         return None
-    return None if abs(turn) < MIN_TURN_DEGREES else (turn, float(fill.mean()))
+    if abs(turn) < MIN_TURN_DEGREES:
+        return None
+    # The share includes the fill's 1-pixel edge at this scale: the resampled edge is part fill, and
+    # a copy turned on a grown canvas must not count more picture than its original.
+    return turn, float(ndimage.binary_dilation(fill).mean())
 
 
 def hough_line_peaks(
