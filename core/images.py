@@ -317,21 +317,16 @@ def content_pixel_count(rgb: Image.Image, tolerance: int = 12) -> int:
     return content_and_turn(rgb, content_box(rgb, tolerance))[0]
 
 
-# A picture turned on its canvas reaches every side of it; where the canvas grew to hold it, at a
-# point only, and trimming takes those sides' few pixels as a border. More trimmed is a letterbox.
-TURNED_MAX_TRIMMED_PIXELS = 2
-
-
 def content_and_turn(rgb: Image.Image, box: tuple[int, int, int, int]) -> tuple[int, float | None]:
     """(`content_pixel_count`, the angle in degrees by which the image was turned on its canvas, or
-    None) for an image whose `content_box` is `box`. Only an image trimmed by at most
-    TURNED_MAX_TRIMMED_PIXELS on each side is tested for turned black corners."""
+    None) for an image whose `content_box` is `box`. The corners are read from the content inside
+    the box: a copy turned on a canvas grown to hold it loses only its 1-pixel sides to the
+    trimming, a letterboxed one its bars, and a thin black frame is not taken for turned corners."""
     from imgdedup_pipeline.core.rotated_copies import turned_black_corners
 
     left, top, right, bottom = box
     inside = (right - left) * (bottom - top)
-    trimmed = max(left, top, rgb.width - right, rgb.height - bottom)
-    turned = turned_black_corners(rgb) if trimmed <= TURNED_MAX_TRIMMED_PIXELS else None
+    turned = turned_black_corners(rgb if inside == rgb.width * rgb.height else rgb.crop(box))
     return (inside, None) if turned is None else (round(inside * (1.0 - turned[1])), turned[0])
 
 

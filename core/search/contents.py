@@ -182,7 +182,7 @@ def find_content_neighbors(
         updates["rotated_copy"] = SearchUpdate(
             "full",
             tested,
-            f"{len(turned_matches.pair_left)} turned copies proven among {tested} contents with turned corners",
+            f"{len(turned_matches.pair_left)} turned copies proven among {tested} turned contents with neighbours just beyond the radius",
         )
         searches.append(turned_matches)
         distance_rules.append(lambda row: turned_vouched_distances_from(turned_matches, row))

@@ -50,7 +50,7 @@ def test_the_turn_is_read_from_black_corners(photo, degrees):
     assert found is not None and abs(abs(found) - abs(degrees)) <= 1.0
 
 
-@pytest.mark.parametrize("degrees", [30.0, -20.0, 7.0], ids=lambda d: f"{d:+g}deg")
+@pytest.mark.parametrize("degrees", [30.0, -20.0, 7.0, 44.0], ids=lambda d: f"{d:+g}deg")
 def test_a_copy_turned_on_a_grown_canvas_is_read_and_counts_its_picture_only(photo, degrees):
     """`rotate(expand=True)` (and editors that grow the canvas) leave the picture touching each side
     at a point: its 1-pixel borders are trimmed, and the turn is read all the same; its content
@@ -61,6 +61,23 @@ def test_a_copy_turned_on_a_grown_canvas_is_read_and_counts_its_picture_only(pho
     found = turned_degrees(copy)
     assert found is not None and abs(abs(found) - abs(degrees)) <= 1.0
     assert 0.95 * photo.width * photo.height < content_pixel_count(copy) < photo.width * photo.height
+
+
+def test_a_thin_black_frame_is_not_read_as_turned_corners(photo, rocket):
+    """The corners are read inside the trimmed borders: a small picture with a dark wedge reaching
+    its bottom edge and a 1-pixel black frame, or a dark photo in a 2-pixel frame, has no turn
+    (read on the whole canvas, the frame joined the dark areas into a slanted fill)."""
+    from PIL import ImageDraw, ImageEnhance, ImageOps
+
+    small = rocket.copy()
+    small.thumbnail((192, 192))
+    width, height = small.size
+    ImageDraw.Draw(small).polygon(
+        [(0.3 * width, height), (0.7 * width, height), (0.5 * width, 0.6 * height)], fill=(5, 5, 5)
+    )
+    dark = ImageEnhance.Brightness(photo).enhance(0.25)
+    for framed in (ImageOps.expand(small, border=1, fill=(0, 0, 0)), ImageOps.expand(dark, border=2, fill=(0, 0, 0))):
+        assert turned_degrees(framed) is None
 
 
 def test_pictures_without_turned_corners_have_no_turn(photo, rocket):
